@@ -1,0 +1,110 @@
+"""`cimid serve | check | plugins | hash-password | --version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import PROFILES, ConfigError, load
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cimid", description="A single-node DMTF CIMI cloud provider.")
+    parser.add_argument("--version", action="version", version=f"cimid {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "serve the CIMI API"), ("check", "validate the config and report driver health")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", type=Path, help="TOML file (see etc/cimid.toml)")
+        sub.add_argument("--profile", choices=PROFILES, help="sandbox (default) or host")
+        sub.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+        sub.add_argument("--state-dir", type=Path, help="database and sandbox state (default ./cimid-state, "
+                                                        "or /var/lib/cimid for the host profile)")
+    commands.add_parser("plugins", help="list registered plugins and the hooks they implement")
+    commands.add_parser("hash-password", help="read a password and print the hash for [[auth.users]]")
+    return parser
+
+
+def _config(args):
+    return load(args.config, profile=args.profile, state_dir=args.state_dir, listen=args.listen)
+
+
+def serve(args) -> int:
+    from aiohttp import web
+
+    from .http.app import make_app
+    config = _config(args)
+    host, port = config.listen
+    logging.getLogger("cimid").info("cimid %s serving the %s profile on http://%s:%d/cimi/cloudEntryPoint "
+                                    "(state in %s)", __version__, config.profile, host, port, config.state_dir)
+    web.run_app(make_app(config), host=host, port=port, print=None, access_log=None)
+    return 0
+
+
+def check(args) -> int:
+    from .plugins import Drivers, plugin_manager
+    config = _config(args)
+    print(f"config: ok (profile {config.profile}, state in {config.state_dir})")
+    drivers = Drivers.load(plugin_manager(), config)
+    healthy = True
+
+    async def report() -> None:
+        nonlocal healthy
+        for kind in ("compute", "storage", "network"):
+            driver = getattr(drivers, kind)
+            if driver is None:
+                print(f"{kind}: no driver configured (not served)")
+                continue
+            try:
+                await driver.open()
+                facts = await driver.health()
+                print(f"{kind}: {driver.name}: ok")
+                for key, value in facts.items():
+                    print(f"  {key}: {value}")
+            except Exception as exc:  # report every driver, whatever failed
+                healthy = False
+                print(f"{kind}: {driver.name}: FAILED: {exc}")
+            finally:
+                close = getattr(driver, "close", None)
+                if close:
+                    await close()
+        usage = shutil.disk_usage(config.state_dir if config.state_dir.exists() else config.state_dir.parent)
+        print(f"state dir: {usage.free // 2**20} MiB free")
+    asyncio.run(report())
+    return 0 if healthy else 1
+
+
+def plugins(_args) -> int:
+    from .plugins import describe, plugin_manager
+    for name, hooks in describe(plugin_manager()):
+        print(f"{name}: {', '.join(hooks) or '(no hooks)'}")
+    return 0
+
+
+def hash_password(_args) -> int:
+    from .http.auth import hash_password as make_hash
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("cimid: empty password", file=sys.stderr)
+        return 2
+    print(make_hash(password))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return {"serve": serve, "check": check, "plugins": plugins, "hash-password": hash_password}[args.command](args)
+    except ConfigError as exc:
+        print(f"cimid: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Configuration: TOML (every key documented in etc/cimid.toml), profile defaults, command-line overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = ("sandbox", "host")
+
+DEFAULTS: dict[str, dict] = {
+    "server": {
+        "listen": "127.0.0.1:8080",
+        "public_base_url": "",
+        "max_body_bytes": 1048576,
+        "log_requests": True,
+    },
+    "store": {"synchronous": "FULL"},
+    "jobs": {"retention_minutes": 1440, "max_concurrent": 4},
+    "auth": {"users": []},
+    "compute": {
+        "driver": "libvirt",
+        "uri": "",
+        "virt_type": "qemu",
+        "default_initial_state": "STARTED",
+        "operation_delay": 0.0,
+    },
+    "catalogue": {"seed": True},
+}
+
+PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
+    "sandbox": {"compute": {"uri": "sandbox"}},  # libvirt's in-process test driver, one per state dir
+    "host": {"compute": {"uri": "qemu:///system"}, "catalogue": {"seed": False}},
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    profile: str = "sandbox"
+    state_dir: Path = Path("cimid-state")
+    sections: dict[str, dict] = field(default_factory=dict)
+
+    def __getitem__(self, section: str) -> dict:
+        return self.sections[section]
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self["server"]["listen"].rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "cimid.sqlite3"
+
+
+def load(path: Path | None = None, *, profile: str | None = None, state_dir: Path | None = None,
+         listen: str | None = None, overrides: dict[str, dict] | None = None) -> Config:
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    profile = profile or raw.get("profile", "sandbox")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}': choose one of {', '.join(PROFILES)}")
+    sections = {name: dict(values) for name, values in DEFAULTS.items()}
+    for layer in (PROFILE_DEFAULTS[profile], raw, overrides or {}):
+        for name, values in layer.items():
+            if name in ("profile", "state_dir"):
+                continue
+            if name not in sections:
+                raise ConfigError(f"unknown config section [{name}]")
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            for key, value in values.items():
+                if key not in sections[name]:
+                    raise ConfigError(f"unknown config key {name}.{key}")
+                expected = type(DEFAULTS[name][key])
+                if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                    raise ConfigError(f"{name}.{key} must be a {expected.__name__}")
+                sections[name][key] = value
+    if listen:
+        sections["server"]["listen"] = listen
+    default_dir = "/var/lib/cimid" if profile == "host" else "cimid-state"
+    config = Config(profile, Path(state_dir or raw.get("state_dir", default_dir)).absolute(), sections)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    try:
+        config.listen
+    except ValueError:
+        raise ConfigError(f"server.listen must be HOST:PORT, got '{config['server']['listen']}'") from None
+    if config["store"]["synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError("store.synchronous must be FULL, NORMAL or EXTRA")
+    if config["compute"]["virt_type"] not in ("kvm", "qemu"):
+        raise ConfigError("compute.virt_type must be kvm or qemu")
+    if config["compute"]["default_initial_state"] not in ("STARTED", "STOPPED"):
+        raise ConfigError("compute.default_initial_state must be STARTED or STOPPED")
+    base = config["server"]["public_base_url"]
+    if base and not base.startswith(("http://", "https://")):
+        raise ConfigError("server.public_base_url must be an http(s) URL")
+    for user in config["auth"]["users"]:
+        if not isinstance(user, dict) or not {"name", "password_hash", "role"} <= set(user):
+            raise ConfigError("each [[auth.users]] needs name, password_hash and role")
+        if user["role"] not in ("admin", "reader"):
+            raise ConfigError(f"auth user {user['name']}: role must be admin or reader")

@@ -1,0 +1,143 @@
+"""Hook specifications: how drivers plug into cimid.
+
+Every driver, built-in or third-party, is a module or object registered under the `cimid` entry-point
+group that implements some of these hooks. Each `cimid_*_driver` hook is `firstresult`: cimid calls it once
+at start-up with the loaded configuration, and the first plugin that recognises the configured driver
+name answers with a driver object; the others return None. Core code never calls `pm.hook` directly: it
+goes through the typed facade in `cimid.plugins.Drivers`.
+
+Drivers know nothing about HTTP or CIMI wire formats: they take plain values and raise
+`cimid.errors.DriverError` when the host refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Config
+
+hookspec = pluggy.HookspecMarker("cimid")
+hookimpl = pluggy.HookimplMarker("cimid")
+
+
+@dataclass
+class MachineSpec:
+    """Everything a compute driver needs to realise one Machine."""
+
+    id: str  # the Machine's id, stable for its whole life
+    name: str
+    cpu: int
+    memory: int  # KiB
+    cpu_arch: str | None = None
+    disks: list[dict] = field(default_factory=list)  # [{"capacity": KB, "format": ..., "initialLocation": ...}]
+    image_location: str | None = None
+    user_data: str | None = None  # Base64, as the consumer gave it
+    credential: dict | None = None  # {"userName", "password", "key"}
+
+
+class ComputeDriver(Protocol):
+    """Runs Machines. Every method returns when the host has done the work (or raises DriverError)."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect to the hypervisor; raise DriverError(unavailable=True) if it does not answer."""
+
+    async def close(self) -> None: ...
+
+    async def health(self) -> dict[str, str]:
+        """Human-readable facts for `cimid check`, e.g. {"connection": "qemu:///system answers"}."""
+
+    async def adopt(self, machines: list[tuple[MachineSpec, str]]) -> None:
+        """Called once at start-up with every stored Machine and its last stable CIMI state, so a backend
+        whose state does not outlive the process (the sandbox) can rebuild it. Persistent backends ignore it."""
+
+    async def create(self, spec: MachineSpec) -> None:
+        """Define the machine, stopped."""
+
+    async def start(self, machine_id: str) -> None:
+        """Boot it, or resume it from PAUSED or SUSPENDED."""
+
+    async def stop(self, machine_id: str, force: bool) -> None:
+        """Shut it down (graceful ACPI), or power it off when force is true."""
+
+    async def pause(self, machine_id: str) -> None: ...
+
+    async def suspend(self, machine_id: str) -> None:
+        """Save its memory to disk and stop it (resumed by start)."""
+
+    async def delete(self, machine_id: str) -> None:
+        """Remove it and every file made for it; a machine the host does not know is not an error."""
+
+    async def state(self, machine_id: str) -> str | None:
+        """The CIMI state the host reports (STARTED, STOPPED, PAUSED, SUSPENDED, ERROR ...), None if unknown."""
+
+
+class StorageDriver(Protocol):
+    """Provides Volumes (directory/qcow2, LVM). Served once a storage driver is configured."""
+
+    name: str
+
+    async def create_volume(self, volume_id: str, capacity_kb: int, fmt: str) -> None: ...
+
+    async def delete_volume(self, volume_id: str) -> None: ...
+
+    async def health(self) -> dict[str, str]: ...
+
+
+class NetworkDriver(Protocol):
+    """Provides Networks (Linux bridges). Served once a network driver is configured."""
+
+    name: str
+
+    async def create_network(self, network_id: str, options: dict) -> None: ...
+
+    async def delete_network(self, network_id: str) -> None: ...
+
+    async def health(self) -> dict[str, str]: ...
+
+
+class MeterSource(Protocol):
+    """Measures one aspect (cpu, memory, disk, bandwidth) of host or machine, for Meters."""
+
+    aspect: str
+
+    async def sample(self, target_id: str | None) -> float: ...
+
+
+class CimidSpec:
+    @hookspec(firstresult=True)
+    def cimid_compute_driver(self, config: Config) -> ComputeDriver | None:
+        """Return the compute driver named by `config["compute"]["driver"]`, if this plugin provides it.
+
+        :param config: the loaded configuration (profile, state_dir, sections)
+        :return: a driver, not yet opened; None if this plugin does not provide that driver
+        """
+
+    @hookspec(firstresult=True)
+    def cimid_storage_driver(self, config: Config) -> StorageDriver | None:
+        """Return the storage driver this configuration asks for, if this plugin provides it.
+
+        :param config: the loaded configuration
+        :return: a driver, or None
+        """
+
+    @hookspec(firstresult=True)
+    def cimid_network_driver(self, config: Config) -> NetworkDriver | None:
+        """Return the network driver this configuration asks for, if this plugin provides it.
+
+        :param config: the loaded configuration
+        :return: a driver, or None
+        """
+
+    @hookspec
+    def cimid_meter_sources(self, config: Config) -> list[MeterSource]:
+        """Return the meter sources this plugin offers; every plugin's lists are combined.
+
+        :param config: the loaded configuration
+        :return: a list, possibly empty
+        """

@@ -1,0 +1,1 @@
+"""HTTP: routes, negotiation, auth, limits, error rendering."""

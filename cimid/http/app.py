@@ -1,0 +1,253 @@
+"""Routes, middleware (logging, auth, limits, errors) and rendering: the only place that speaks HTTP."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from ..config import Config
+from ..errors import BadRequest, CimiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..model import TYPES
+from ..plugins import Drivers, plugin_manager
+from ..service.presentation import Context, now
+from ..service.provider import Provider, QueryParams, Result
+from ..store.db import Store
+from ..wire import json_dialect, xml_dialect
+from . import negotiation
+from .auth import Authenticator
+
+log = logging.getLogger("cimid.http")
+PROVIDER = web.AppKey("provider", Provider)
+AUTH = web.AppKey("auth", Authenticator)
+CONFIG = web.AppKey("config", Config)
+
+
+# ---------------------------------------------------------------- rendering
+
+def _respond(request: web.Request, result: Result) -> web.Response:
+    fmt = request["format"]
+    headers = dict(result.headers)
+    if result.doc is None:
+        return web.Response(status=result.status, headers=headers)
+    if fmt == negotiation.XML:
+        if result.item_type is not None:
+            body = xml_dialect.render_collection(result.doc, result.item_type)
+        else:
+            body = xml_dialect.render(result.doc, result.rtype)
+        content_type = xml_dialect.MEDIA_TYPE
+    else:
+        body, content_type = json_dialect.render(result.doc), json_dialect.MEDIA_TYPE
+    headers["Content-Type"] = content_type
+    return web.Response(status=result.status, body=body, headers=headers)
+
+
+def _error_response(request: web.Request, error: CimiError) -> web.Response:
+    """Every error is a CIMI Job with an empty id, in the negotiated format (JSON if that failed)."""
+    job = {
+        "resourceURI": TYPES["Job"].type_uri, "id": "", "name": error.title, "state": "FAILED",
+        "targetResource": {"href": str(request.url)}, "action": request.method,
+        "returnCode": error.status, "progress": 100, "statusMessage": error.message,
+        "timeOfStatusChange": now(),
+    }
+    request.setdefault("format", negotiation.JSON)
+    response = _respond(request, Result(error.status, TYPES["Job"], job, headers=error.headers))
+    return response
+
+
+@web.middleware
+async def handle_errors(request: web.Request, handler):
+    started = time.perf_counter()
+    user = "-"
+    try:
+        try:
+            request["format"] = negotiation.response_format(_first_query(request, "$format"),
+                                                            request.headers.get("Accept"))
+            user, role = request.app[AUTH].authenticate(request.headers.get("Authorization"))
+            request["user"], request["role"] = user, role
+            response = await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"the body is larger than the {request.app[CONFIG]['server']['max_body_bytes']} "
+                                  "bytes this provider accepts") from None
+        except web.HTTPMethodNotAllowed as exc:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}",
+                                   sorted(exc.allowed_methods)) from None
+        except web.HTTPNotFound:
+            raise NotFound(f"nothing is served at {request.path}") from None
+    except CimiError as exc:
+        response = _error_response(request, exc)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path_qs)
+        response = _error_response(request, InternalError(
+            "cimid hit an unexpected error; it is logged on the server. The request may be retried."))
+    if request.app[CONFIG]["server"]["log_requests"]:
+        log.info("%s %s %d %.1fms user=%s", request.method, request.path_qs, response.status,
+                 (time.perf_counter() - started) * 1000, user)
+    return response
+
+
+# ---------------------------------------------------------------- request helpers
+
+def _first_query(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    return values[0] if values else None  # later duplicates are ignored (DSP0263 §4.1.6)
+
+
+def _names(request: web.Request, name: str) -> set[str] | None:
+    values = request.query.getall(name, [])
+    if not values:
+        return None
+    names = {n.strip() for v in values for n in v.split(",") if n.strip()}
+    return names or {"*"}
+
+
+def _positive(request: web.Request, name: str) -> int | None:
+    value = _first_query(request, name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a positive integer, not '{value}'") from None
+    if number < 1:
+        raise BadRequest(f"{name} must be a positive integer, not '{value}'")
+    return number
+
+
+def _params(request: web.Request) -> QueryParams:
+    return QueryParams(
+        filters=request.query.getall("$filter", []),
+        select=_names(request, "$select"),
+        expand=_names(request, "$expand"),
+        orderby=request.query.getall("$orderby", []),
+        first=_positive(request, "$first"),
+        last=_positive(request, "$last"),
+    )
+
+
+def _context(request: web.Request) -> Context:
+    base = request.app[CONFIG]["server"]["public_base_url"]
+    if base:
+        base = base.rstrip("/") + "/cimi/"
+    else:
+        base = f"{request.scheme}://{request.host}/cimi/"
+    return Context(base=base, role=request["role"], user=request["user"])
+
+
+async def _body(request: web.Request, optional: bool = False) -> tuple[str | None, dict]:
+    limit = request.app[CONFIG]["server"]["max_body_bytes"]
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than the {limit} bytes this provider accepts")
+    body = await request.read()
+    if not body.strip():
+        if optional:
+            return None, {}
+        raise BadRequest("this request needs a body")
+    fmt = negotiation.request_format(request.headers.get("Content-Type"), body)
+    if fmt == negotiation.XML:
+        return xml_dialect.parse(body)
+    return json_dialect.parse(body)
+
+
+# ---------------------------------------------------------------- handlers
+
+def _allow(request: web.Request, methods: list[str], what: str) -> None:
+    if request.method not in methods:
+        raise MethodNotAllowed(f"{request.method} is not allowed on {what}; use {', '.join(methods)}", methods)
+
+
+async def cloud_entry_point(request: web.Request) -> web.Response:
+    from ..service.metadata import entry_point
+    _allow(request, ["GET"], "the CloudEntryPoint")
+    provider = request.app[PROVIDER]
+    doc = entry_point(provider, _context(request))
+    from ..service.presentation import select_attributes
+    doc = select_attributes(doc, TYPES["CloudEntryPoint"], _params(request).select)
+    return _respond(request, Result(200, TYPES["CloudEntryPoint"], doc))
+
+
+async def collection(request: web.Request) -> web.Response:
+    provider = request.app[PROVIDER]
+    name = request.match_info["collection"]
+    ctx = _context(request)
+    _allow(request, ["GET", "POST"], "a collection")
+    if request.method == "GET":
+        return _respond(request, await provider.query(ctx, name, _params(request)))
+    if name != "resourceMetadata":
+        provider.type_of(name)  # 404 before reading the body of a request to nowhere
+    root, body = await _body(request)
+    return _respond(request, await provider.create(ctx, name, root, body))
+
+
+async def resource(request: web.Request) -> web.Response:
+    provider = request.app[PROVIDER]
+    name, id = request.match_info["collection"], request.match_info["id"]
+    ctx = _context(request)
+    _allow(request, ["GET", "PUT", "DELETE"], "a resource")
+    if request.method == "GET":
+        return _respond(request, await provider.get(ctx, name, id, _params(request)))
+    if_match = request.headers.get("If-Match")
+    if request.method == "DELETE":
+        return _respond(request, await provider.delete(ctx, name, id, if_match))
+    _, body = await _body(request)
+    return _respond(request, await provider.update(ctx, name, id, body, _names(request, "$select"), if_match))
+
+
+async def operation(request: web.Request) -> web.Response:
+    provider = request.app[PROVIDER]
+    name, id, op = request.match_info["collection"], request.match_info["id"], request.match_info["op"]
+    ctx = _context(request)
+    if name == "machines" and op == "disks":
+        if request.method != "GET":
+            raise MethodNotAllowed(f"{request.method} is not allowed on a Machine's disks", ["GET"])
+        await provider.load(provider.type_of("machines"), id)
+        return _respond(request, await provider.query(ctx, "disks", _params(request), parent=id))
+    if request.method != "POST":
+        raise MethodNotAllowed(f"operations take POST, not {request.method}", ["POST"])
+    root, body = await _body(request, optional=True)
+    if root not in (None, "Action"):
+        raise BadRequest(f"an operation takes an Action document, not a {root}")
+    body = body or {"action": op}  # an empty body asks for the operation its URL names
+    return _respond(request, await provider.action(ctx, name, id, op, body, request.headers.get("If-Match")))
+
+
+async def disk(request: web.Request) -> web.Response:
+    provider = request.app[PROVIDER]
+    _allow(request, ["GET"], "a Disk")
+    provider.type_of("machines")
+    return _respond(request, await provider.get_disk(_context(request), request.match_info["id"],
+                                                     request.match_info["disk"], _params(request)))
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"nothing is served at {request.path}; start at /cimi/cloudEntryPoint")
+
+
+# ---------------------------------------------------------------- application
+
+def make_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
+    pm = plugin_manager(extra_plugins)
+    drivers = Drivers.load(pm, config)
+    provider = Provider(config, Store(config.database, config["store"]["synchronous"].upper()), drivers)
+    app = web.Application(middlewares=[handle_errors], client_max_size=config["server"]["max_body_bytes"])
+    app[PROVIDER] = provider
+    app[CONFIG] = config
+    app[AUTH] = Authenticator(config["auth"]["users"])
+    app["plugin_manager"] = pm
+    app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
+    app.router.add_route("*", "/cimi/{collection}", collection)
+    app.router.add_route("*", "/cimi/{collection}/{id}", resource)
+    app.router.add_route("*", "/cimi/{collection}/{id}/{op}", operation)
+    app.router.add_route("*", "/cimi/machines/{id}/disks/{disk}", disk)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+    async def on_startup(_app):
+        await provider.start()
+
+    async def on_cleanup(_app):
+        await provider.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,1 @@
+"""cimid service layer."""

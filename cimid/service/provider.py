@@ -1,0 +1,415 @@
+"""The provider: create, read, query, update, delete and actions for every served type.
+
+Catalogue resources (configurations, images, templates, credentials) only touch SQLite and answer at
+once (201/200), each with a finished Job. Machines involve the host: they answer 202 with a QUEUED Job
+that the JobRunner carries out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from ..config import Config
+from ..errors import (BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider,
+                      PreconditionFailed)
+from ..model import ACTION_BASE, BY_COLLECTION, TYPES, ResourceType
+from ..model.resources import JOB_FINISHED, MachineCreate
+from ..model.validate import require, validate
+from ..plugins import Drivers
+from ..store import query as q
+from ..store.db import Row, Store, Transaction, column
+from . import metadata
+from .jobs import JobRunner, job_row, set_job_state
+from .presentation import (Context, absolute, collection_type, href_to_id, new_id, now, operations, path_of,
+                           present, select_attributes, split_href)
+
+log = logging.getLogger("cimid.service")
+
+
+@dataclass
+class Result:
+    """What the HTTP layer sends: status, the type to render with, the document, extra headers."""
+
+    status: int
+    rtype: ResourceType | None = None
+    doc: dict | None = None
+    item_type: ResourceType | None = None  # set when doc is a collection
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class QueryParams:
+    filters: list[str] = field(default_factory=list)
+    select: set[str] | None = None
+    expand: set[str] | None = None
+    orderby: list[str] = field(default_factory=list)
+    first: int | None = None
+    last: int | None = None
+
+
+def etag(row: Row) -> str:
+    return f'"{row.version}"'
+
+
+def check_if_match(row: Row, if_match: str | None) -> None:
+    if if_match is None:
+        return
+    tags = {t.strip() for t in if_match.split(",")}
+    if "*" not in tags and etag(row) not in tags and f"W/{etag(row)}" not in tags:
+        raise PreconditionFailed(f"the resource changed: its ETag is now {etag(row)}, not {if_match}")
+
+
+class Provider:
+    def __init__(self, config: Config, store: Store, drivers: Drivers):
+        self.config = config
+        self.store = store
+        self.drivers = drivers
+        self.jobs = JobRunner(store, config["jobs"]["max_concurrent"])
+        from .machines import Machines  # the compute service needs the provider's helpers
+        self.machines = Machines(self)
+        self._retention_task: asyncio.Task | None = None
+
+    # ---------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        await self.store.open()
+        if self.config["catalogue"]["seed"]:
+            from .seed import seed_catalogue
+            await seed_catalogue(self.store)
+        if self.drivers.compute is not None:
+            await self.machines.recover()
+        await self.purge_jobs()
+        self._retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
+
+    async def stop(self) -> None:
+        if self._retention_task:
+            self._retention_task.cancel()
+        await self.jobs.shutdown()
+        if self.drivers.compute is not None:
+            await self.drivers.compute.close()
+        await self.store.close()
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.purge_jobs()
+            except Exception:  # keep purging later; one bad minute must not end retention
+                log.exception("job retention failed")
+
+    async def purge_jobs(self) -> None:
+        minutes = self.config["jobs"]["retention_minutes"]
+        import datetime as dt
+        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        async with self.store.write() as tx:
+            await tx.execute(
+                "DELETE FROM resources WHERE kind = 'Job' AND state IN ('SUCCESS', 'FAILED', 'STOPPED')"
+                " AND json_extract(doc, '$.timeOfStatusChange') < ?", (cutoff,))
+
+    def served(self, rtype: ResourceType) -> bool:
+        if rtype.name in ("Machine", "Disk"):
+            return self.drivers.compute is not None
+        return True
+
+    def type_of(self, collection: str) -> ResourceType:
+        rtype = collection_type(collection)
+        if not self.served(rtype):
+            raise NotFound(f"this provider has no collection '{collection}'")
+        return rtype
+
+    # ---------------------------------------------------------------- read
+
+    async def load(self, rtype: ResourceType, id: str, parent: str | None = None) -> Row:
+        row = await self.store.get(rtype.name, id)
+        if row is None or (parent is not None and row.parent != parent):
+            raise NotFound(f"there is no {rtype.name} '{id}'")
+        return row
+
+    async def get(self, ctx: Context, collection: str, id: str, params: QueryParams) -> Result:
+        if collection == "resourceMetadata":
+            doc = metadata.resource_metadata_by_id(self, ctx, id)
+            return Result(200, TYPES["ResourceMetadata"], select_attributes(doc, TYPES["ResourceMetadata"],
+                                                                           params.select))
+        rtype = self.type_of(collection)
+        row = await self.load(rtype, id)
+        doc = await self.render(rtype, row, ctx, params)
+        return Result(200, rtype, doc, headers={"ETag": etag(row)})
+
+    async def get_disk(self, ctx: Context, machine_id: str, disk_id: str, params: QueryParams) -> Result:
+        await self.load(TYPES["Machine"], machine_id)
+        row = await self.load(TYPES["Disk"], disk_id, parent=machine_id)
+        return Result(200, TYPES["Disk"], await self.render(TYPES["Disk"], row, ctx, params),
+                      headers={"ETag": etag(row)})
+
+    async def render(self, rtype: ResourceType, row: Row, ctx: Context, params: QueryParams) -> dict:
+        doc = present(rtype, row, ctx)
+        if params.expand:
+            await self._expand(rtype, doc, ctx, params.expand)
+        return select_attributes(doc, rtype, params.select)
+
+    async def _expand(self, rtype: ResourceType, doc: dict, ctx: Context, names: set[str]) -> None:
+        for attr in rtype.attributes:
+            if attr.type != "ref" or ("*" not in names and attr.name not in names):
+                continue
+            ref = doc.get(attr.name)
+            if not isinstance(ref, dict) or "href" not in ref:
+                continue
+            try:
+                coll, id = split_href(ref["href"])
+                target = BY_COLLECTION[coll]
+                row = await self.store.get(target.name, id)
+            except (BadRequest, KeyError):
+                continue
+            if row is not None:
+                inner = present(target, row, ctx)
+                inner.pop("resourceURI", None)
+                inner.pop("operations", None)
+                doc[attr.name] = {"href": ref["href"], **{k: v for k, v in inner.items() if k != "id"}}
+
+    async def query(self, ctx: Context, collection: str, params: QueryParams, parent: str = "") -> Result:
+        if collection == "resourceMetadata":
+            return metadata.resource_metadata_collection(self, ctx, params)
+        rtype = TYPES["Disk"] if parent else self.type_of(collection)
+        where, args = [], []
+        resolve = self._resolver(rtype)
+        try:
+            for text in params.filters:
+                sql, values = q.compile_filter(text, resolve)
+                where.append(sql)
+                args.extend(values)
+            order = ", ".join(q.compile_orderby(text, resolve) for text in params.orderby if text.strip())
+        except q.QueryError as exc:
+            raise BadRequest(str(exc)) from None
+        count, rows = await self.store.query(rtype.name, parent, " AND ".join(where), args, order,
+                                             params.first, params.last)
+        coll_href = ctx.base + (f"machines/{parent}/disks" if parent else rtype.collection)
+        items = []
+        for row in rows:
+            item = await self.render(rtype, row, ctx, QueryParams(expand=params.expand))
+            if params.select:
+                item = select_attributes(item, rtype, params.select - {"id", "count", "operations"} or None)
+            items.append(item)
+        doc = {"resourceURI": rtype.collection_uri, "id": coll_href, "count": count}
+        if items:
+            doc[rtype.items] = items
+        if ctx.may_write and rtype.creatable and not parent:
+            doc["operations"] = [{"rel": "add", "href": coll_href}]
+        return Result(200, rtype, doc, item_type=rtype)
+
+    def _resolver(self, rtype: ResourceType):
+        def resolve(name: str) -> q.Column | None:
+            attr = rtype.attribute(name)
+            if attr is None or attr.type not in ("string", "URI", "integer", "boolean", "dateTime", "map"):
+                return None
+            if attr.type == "map" and name != "properties":
+                return None
+            return column(name, {"URI": "string"}.get(attr.type, attr.type))
+        return resolve
+
+    # ---------------------------------------------------------------- write
+
+    def _writer(self, ctx: Context) -> None:
+        if not ctx.may_write:
+            raise Forbidden(f"user '{ctx.user}' may read but not change resources")
+
+    async def create(self, ctx: Context, collection: str, root: str | None, body: dict) -> Result:
+        self._writer(ctx)
+        if collection == "resourceMetadata":
+            raise MethodNotAllowed("ResourceMetadata is provided by cimid and cannot be created", ["GET"])
+        rtype = self.type_of(collection)
+        if not rtype.creatable:
+            raise MethodNotAllowed(f"{rtype.name} resources cannot be created by consumers", ["GET"])
+        expected = rtype.create_wrapper or rtype.name
+        if root is not None and root not in (expected, rtype.name):
+            raise BadRequest(f"POST to {collection} takes a {expected}, not a {root}")
+        if rtype.name == "Machine":
+            return await self.machines.create(ctx, body)
+        if rtype.create_wrapper:  # Credential: from a CredentialTemplate, by value or by reference
+            request = validate(TYPES[rtype.create_wrapper], body, creating=True)
+            require(TYPES[rtype.create_wrapper], request)
+            async with self.store.write() as tx:
+                template = await self.resolve_ref(tx, TYPES[rtype.create_wrapper].attribute(
+                    rtype.template_attribute), request[rtype.template_attribute])
+                attrs = {k: v for k, v in template.items() if k not in ("created", "updated", "_href")}
+                attrs.update({k: request[k] for k in ("name", "description", "properties") if k in request})
+                return await self._insert(tx, ctx, rtype, attrs)
+        attrs = validate(rtype, body, creating=True)
+        require(rtype, attrs)
+        async with self.store.write() as tx:
+            await self._check_references(tx, rtype, attrs)
+            if rtype.name == "MachineImage":
+                attrs.setdefault("type", "IMAGE")
+                attrs["state"] = "AVAILABLE"
+            return await self._insert(tx, ctx, rtype, attrs)
+
+    async def _insert(self, tx: Transaction, ctx: Context, rtype: ResourceType, attrs: dict) -> Result:
+        stamp = now()
+        row = Row(rtype.name, new_id(), "", {**attrs, "created": stamp, "updated": stamp})
+        await tx.insert(row)
+        path = path_of(rtype, row)
+        job = job_row(action="add", target=rtype.collection, affected=[path], state="SUCCESS",
+                      message=f"{rtype.name} created")
+        await tx.insert(job)
+        return Result(201, rtype, present(rtype, row, ctx),
+                      headers={"Location": ctx.base + path, "CIMI-Job-URI": ctx.base + f"jobs/{job.id}",
+                               "ETag": etag(row)})
+
+    async def _check_references(self, tx: Transaction, rtype: ResourceType, attrs: dict) -> None:
+        """Store references as relative hrefs, after checking that each names an existing resource."""
+        for attr in rtype.attributes:
+            value = attrs.get(attr.name)
+            if attr.type != "ref" or not isinstance(value, dict):
+                continue
+            target = TYPES[attr.target]
+            if "href" in value:
+                id = href_to_id(value["href"], target, attr.name)
+                if await tx.get(target.name, id) is None:
+                    raise BadRequest(f"{attr.name}: '{value['href']}' does not name an existing {target.name}")
+                overrides = {k: v for k, v in value.items() if k != "href"}
+                if overrides:
+                    raise BadRequest(f"{attr.name}: a stored {rtype.name} refers to a {target.name} by href "
+                                     "alone; give overrides when creating from it")
+                attrs[attr.name] = {"href": f"{target.collection}/{id}"}
+            else:
+                await self._check_references(tx, target, value)
+
+    async def resolve_ref(self, tx: Transaction, attr, value: dict) -> dict:
+        """A by-value or by-reference(+overrides) template attribute -> the attributes it stands for."""
+        target = TYPES[attr.target]
+        if "href" not in value:
+            await self._check_references(tx, target, value)
+            return dict(value)
+        id = href_to_id(value["href"], target, attr.name)
+        row = await tx.get(target.name, id)
+        if row is None:
+            raise BadRequest(f"{attr.name}: '{value['href']}' does not name an existing {target.name}")
+        resolved = {k: v for k, v in row.attrs.items() if k not in ("state",)}
+        resolved["_href"] = f"{target.collection}/{id}"
+        for key, override in value.items():
+            if key == "href":
+                continue
+            if override is None:
+                resolved.pop(key, None)  # null / empty element erases the template's value
+            else:
+                resolved[key] = override
+        require(target, resolved, attr.name)
+        return resolved
+
+    async def update(self, ctx: Context, collection: str, id: str, body: dict, select: set[str] | None,
+                     if_match: str | None) -> Result:
+        self._writer(ctx)
+        if collection == "resourceMetadata":
+            raise MethodNotAllowed("ResourceMetadata is read-only", ["GET"])
+        rtype = self.type_of(collection)
+        if not rtype.editable:
+            raise MethodNotAllowed(f"{rtype.name} resources cannot be updated", ["GET", "DELETE"])
+        if select and "*" not in select:
+            extra = set(body) - select - {"resourceURI", "id"}
+            if extra:
+                raise BadRequest(f"attributes not named in $select: {', '.join(sorted(extra))}")
+        changes = validate(rtype, body, creating=False)
+        async with self.store.write() as tx:
+            row = await tx.get(rtype.name, id)
+            if row is None:
+                raise NotFound(f"there is no {rtype.name} '{id}'")
+            check_if_match(row, if_match)
+            if row.state in rtype.transitional_states:
+                raise Conflict(f"{rtype.name} '{id}' is {row.state}; wait for its Job to finish")
+            writable = [a.name for a in rtype.attributes if a.writable]
+            names = [n for n in writable if not select or "*" in select or n in select]
+            await self._check_references(tx, rtype, changes)
+            for name in names:  # an attribute left out of a full (or $select-ed) update is removed
+                if name in changes:
+                    row.attrs[name] = changes[name]
+                else:
+                    row.attrs.pop(name, None)
+            require(rtype, row.attrs)
+            row.attrs["updated"] = now()
+            await tx.update(row)
+            path = path_of(rtype, row)
+            job = job_row(action="edit", target=path, affected=[path], state="SUCCESS",
+                          message=f"{rtype.name} updated")
+            await tx.insert(job)
+        return Result(200, rtype, present(rtype, row, ctx),
+                      headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}", "ETag": etag(row)})
+
+    async def delete(self, ctx: Context, collection: str, id: str, if_match: str | None) -> Result:
+        self._writer(ctx)
+        if collection == "resourceMetadata":
+            raise MethodNotAllowed("ResourceMetadata is read-only", ["GET"])
+        rtype = self.type_of(collection)
+        if rtype.name == "Machine":
+            return await self.machines.delete(ctx, id, if_match)
+        async with self.store.write() as tx:
+            row = await tx.get(rtype.name, id)
+            if row is None:
+                raise NotFound(f"there is no {rtype.name} '{id}'")
+            check_if_match(row, if_match)
+            if rtype.name == "Job" and row.state not in JOB_FINISHED:
+                raise Conflict(f"Job '{id}' is {row.state}; stop it first, or wait for it to finish")
+            await tx.delete(rtype.name, id)
+            path = path_of(rtype, row)
+            job = job_row(action="delete", target=path, affected=[], state="SUCCESS",
+                          message=f"{rtype.name} deleted")
+            await tx.insert(job)
+        return Result(200, TYPES["Job"], present(TYPES["Job"], job, ctx),
+                      headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}"})
+
+    async def action(self, ctx: Context, collection: str, id: str, operation: str, body: dict,
+                     if_match: str | None) -> Result:
+        self._writer(ctx)
+        rtype = self.type_of(collection)
+        request = validate(TYPES["Action"], body, creating=True)
+        require(TYPES["Action"], request)
+        name = request["action"].rstrip("/").rsplit("/", 1)[-1]  # lenient: match by last path segment
+        if name != operation:
+            raise BadRequest(f"the Action document asks for '{name}' but was sent to the '{operation}' operation")
+        if name not in rtype.actions:
+            known = ("capture", "snapshot", "restore", "start", "stop", "restart", "pause", "suspend")
+            if name in known:
+                raise NotImplementedByProvider(f"{rtype.name} does not support '{ACTION_BASE}{name}' here")
+            raise NotFound(f"{rtype.name} has no operation '{name}'")
+        if rtype.name == "Job":
+            return await self.stop_job(ctx, id, if_match)
+        return await self.machines.act(ctx, id, rtype.actions[name], request, if_match)
+
+    async def stop_job(self, ctx: Context, id: str, if_match: str | None) -> Result:
+        async with self.store.write() as tx:
+            job = await tx.get("Job", id)
+            if job is None:
+                raise NotFound(f"there is no Job '{id}'")
+            check_if_match(job, if_match)
+            if job.state in JOB_FINISHED or job.state == "STOPPING":
+                raise Conflict(f"Job '{id}' is already {job.state}")
+            if job.attrs.get("parentJob"):
+                raise Conflict("stop the parent Job; nested Jobs follow it")
+            if job.state == "QUEUED":
+                kind = job.internal.get("kind")
+                set_job_state(job, "STOPPED", "stopped by request before it began")
+                if kind == "machine":
+                    await self.machines.settle_unstarted(tx, job)
+                for step in job.internal.get("steps", ()):
+                    if step.get("job"):
+                        nested = await tx.get("Job", step["job"])
+                        set_job_state(nested, "STOPPED", "stopped by request before it began")
+                        await tx.update(nested)
+            elif job.internal.get("stoppable"):
+                set_job_state(job, "STOPPING", "stop requested; the current step finishes first")
+                self.jobs.stop_requested.add(id)
+            else:
+                raise Conflict(f"Job '{id}' is in a step that cannot be interrupted; it cannot be stopped now")
+            await tx.update(job)
+        return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx),
+                      headers={"CIMI-Job-URI": ctx.base + f"jobs/{id}", "Location": ctx.base + f"jobs/{id}"})
+
+    def operations_for(self, rtype: ResourceType, row: Row, ctx: Context) -> list[dict]:
+        return operations(rtype, row, ctx, ctx.base + path_of(rtype, row))
+
+    def absolute(self, rtype: ResourceType, attrs: dict, ctx: Context) -> dict:
+        return absolute(rtype, attrs, ctx.base)
+
+
+__all__ = ["Context", "MachineCreate", "Provider", "QueryParams", "Result"]

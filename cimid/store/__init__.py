@@ -1,0 +1,1 @@
+"""cimid store layer."""

@@ -1,0 +1,197 @@
+"""SQLite through aiosqlite: WAL, one writer connection behind a lock, BEGIN IMMEDIATE, versioned migrations.
+
+Durability: `synchronous = FULL` by default, so a transaction that answered is on disk even after a power
+cut; `NORMAL` (configurable) survives any process crash but may lose the last commits on power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+
+from .query import Column
+
+log = logging.getLogger("cimid.store")
+
+# Attributes kept in their own columns (indexed, cheap to filter and sort); everything else lives in `doc`.
+PROMOTED = ("name", "description", "created", "updated", "state")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE resources (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order: the stable default ordering
+        kind TEXT NOT NULL,                     -- resource type name, e.g. 'Machine'
+        id TEXT NOT NULL,                       -- last path segment of the resource URI
+        parent TEXT NOT NULL DEFAULT '',        -- owning resource id for sub-collections (a Machine's disks)
+        name TEXT, description TEXT, created TEXT NOT NULL, updated TEXT, state TEXT,
+        doc TEXT NOT NULL DEFAULT '{}',         -- the other attributes, as JSON
+        internal TEXT NOT NULL DEFAULT '{}',    -- provider-only data (job steps, driver hints), never shown
+        version INTEGER NOT NULL DEFAULT 1,     -- bumped on every change; the ETag
+        UNIQUE (kind, id)
+    );
+    CREATE INDEX resources_by_name ON resources (kind, parent, name);
+    CREATE INDEX resources_by_created ON resources (kind, parent, created);
+    CREATE INDEX resources_by_state ON resources (kind, state);
+    """,
+]
+
+
+@dataclass
+class Row:
+    kind: str
+    id: str
+    parent: str
+    attrs: dict  # every stored attribute, promoted ones included
+    internal: dict = field(default_factory=dict)
+    version: int = 1
+
+    @property
+    def state(self) -> str | None:
+        return self.attrs.get("state")
+
+
+_SELECT = "SELECT kind, id, parent, name, description, created, updated, state, doc, internal, version FROM resources"
+
+
+def _row(r) -> Row:
+    attrs = json.loads(r[8])
+    for name, value in zip(PROMOTED, r[3:8]):
+        if value is not None:
+            attrs[name] = value
+    return Row(r[0], r[1], r[2], attrs, json.loads(r[9]), r[10])
+
+
+def column(attribute: str, type_: str) -> Column:
+    """Where an attribute lives in SQL (used by the $filter/$orderby compiler)."""
+    if attribute in PROMOTED:
+        return Column(attribute, type_)
+    return Column(f"json_extract(doc, '$.{attribute}')", type_)
+
+
+class Transaction:
+    def __init__(self, conn: aiosqlite.Connection):
+        self.conn = conn
+        self.after_commit: list[Callable[[], None]] = []
+
+    async def get(self, kind: str, id: str) -> Row | None:
+        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
+        return _row(rows[0]) if rows else None
+
+    async def insert(self, row: Row) -> None:
+        promoted, doc = _split(row.attrs)
+        await self.conn.execute(
+            "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal)),
+        )
+
+    async def update(self, row: Row) -> None:
+        promoted, doc = _split(row.attrs)
+        await self.conn.execute(
+            "UPDATE resources SET name = ?, description = ?, created = ?, updated = ?, state = ?, doc = ?,"
+            " internal = ?, version = version + 1 WHERE kind = ? AND id = ?",
+            (*promoted, json.dumps(doc), json.dumps(row.internal), row.kind, row.id),
+        )
+        row.version += 1
+
+    async def delete(self, kind: str, id: str) -> None:
+        await self.conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
+        await self.conn.execute("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,))
+
+    async def execute(self, sql: str, params=()) -> None:
+        await self.conn.execute(sql, params)
+
+
+def _split(attrs: dict) -> tuple[list, dict]:
+    promoted = [attrs.get(name) for name in PROMOTED]
+    doc = {k: v for k, v in attrs.items() if k not in PROMOTED}
+    return promoted, doc
+
+
+class Store:
+    def __init__(self, path: Path, synchronous: str = "FULL"):
+        self.path = path
+        self.synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._migrate()
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)  # we issue BEGIN ourselves
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def _migrate(self) -> None:
+        (version,), = await self._writer.execute_fetchall("PRAGMA user_version")
+        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        await self._writer.execute(statement)
+                await self._writer.execute(f"PRAGMA user_version = {number}")
+                await self._writer.execute("COMMIT")
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            log.info("store migrated to schema version %d", number)
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Transaction]:
+        """The one way to change the store: serialised, atomic, callbacks run only after the commit."""
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            tx = Transaction(self._writer)
+            try:
+                yield tx
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+        for callback in tx.after_commit:
+            callback()
+
+    async def get(self, kind: str, id: str) -> Row | None:
+        rows = await self._reader.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
+        return _row(rows[0]) if rows else None
+
+    async def select(self, where: str, params=()) -> list[Row]:
+        return [_row(r) for r in await self._reader.execute_fetchall(f"{_SELECT} WHERE {where}", params)]
+
+    async def query(self, kind: str, parent: str, where: str = "", params=(), order: str = "",
+                    first: int | None = None, last: int | None = None) -> tuple[int, list[Row]]:
+        """One page of a collection, with the count after filtering; all of it done by SQLite."""
+        cond = "kind = ? AND parent = ?" + (f" AND {where}" if where else "")
+        args = (kind, parent, *params)
+        start = max(first or 1, 1)
+        limit = -1 if last is None else last - start + 1
+        if limit == 0 or (last is not None and limit < 0):
+            rows = []
+        else:
+            order_by = f"{order}, seq" if order else "seq"
+            rows = await self._reader.execute_fetchall(
+                f"{_SELECT} WHERE {cond} ORDER BY {order_by} LIMIT ? OFFSET ?", (*args, limit, start - 1))
+        (count,), = await self._reader.execute_fetchall(f"SELECT count(*) FROM resources WHERE {cond}", args)
+        return count, [_row(r) for r in rows]

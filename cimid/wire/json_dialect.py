@@ -1,0 +1,32 @@
+"""CIMI 1.1 JSON: documents are already plain attribute dicts; only parsing needs care."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import BadRequest
+
+MEDIA_TYPE = "application/json"
+
+
+def render(doc: dict) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse(body: bytes) -> tuple[str | None, dict]:
+    """Return (root type name from resourceURI or None, attribute dict)."""
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    uri = doc.get("resourceURI")
+    if uri is not None and not isinstance(uri, str):
+        raise BadRequest("resourceURI must be a string")
+    root = uri.rstrip("/").rsplit("/", 1)[-1] if uri else None
+    return root, doc
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")

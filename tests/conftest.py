@@ -1,0 +1,121 @@
+"""Fixtures: `app_client` (the sandbox profile over HTTP), `bare_app` (no drivers), XSD checking of every
+XML body a test receives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from lxml import etree
+
+from cimid.config import load
+from cimid.http.app import make_app
+
+XSD = Path(__file__).resolve().parents[1] / "tests" / "data" / "dsp8009_1.0.2.xsd"
+_SCHEMA = etree.XMLSchema(etree.parse(str(XSD), etree.XMLParser(no_network=True)))
+NS = {"c": "http://schemas.dmtf.org/cimi/1"}
+
+
+def assert_valid_xml(body: bytes) -> etree._Element:
+    root = etree.fromstring(body)
+    if not _SCHEMA.validate(root):
+        raise AssertionError(f"XML does not validate against DSP8009: {_SCHEMA.error_log}\n{body.decode()}")
+    return root
+
+
+class Reply:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+        ctype = headers.get("Content-Type", "")
+        self.xml = assert_valid_xml(body) if ctype.startswith("application/xml") and body else None
+        self.json = json.loads(body) if ctype.startswith("application/json") and body else None
+
+    def __repr__(self) -> str:
+        return f"<Reply {self.status} {self.body[:300]!r}>"
+
+
+class CimiClient:
+    """The aiohttp test client, speaking CIMI: bodies as dicts (JSON) or bytes (XML); XML answers validated."""
+
+    def __init__(self, client: TestClient, app):
+        self.client, self.app = client, app
+        self.base = str(client.make_url("/cimi/"))
+
+    def url(self, path: str) -> str:
+        return path[len(self.base):] if path.startswith(self.base) else path
+
+    async def request(self, method: str, path: str, body=None, *, fmt: str = "json", headers=None,
+                      params=None) -> Reply:
+        headers = dict(headers or {})
+        headers.setdefault("Accept", "application/xml" if fmt == "xml" else "application/json")
+        data = None
+        if isinstance(body, dict):
+            data = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif isinstance(body, (bytes, str)):
+            data = body.encode() if isinstance(body, str) else body
+            headers.setdefault("Content-Type", "application/xml")
+        target = path if path.startswith("/") else "/cimi/" + self.url(path)
+        async with self.client.request(method, target, data=data, headers=headers, params=params) as resp:
+            return Reply(resp.status, resp.headers, await resp.read())
+
+    async def get(self, path, **kw):
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path, body=None, **kw):
+        return await self.request("POST", path, body, **kw)
+
+    async def put(self, path, body=None, **kw):
+        return await self.request("PUT", path, body, **kw)
+
+    async def delete(self, path, **kw):
+        return await self.request("DELETE", path, **kw)
+
+    async def wait_job(self, job_url: str, timeout: float = 10.0) -> dict:
+        import asyncio
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            job = (await self.get(job_url)).json
+            if job["state"] in ("SUCCESS", "FAILED", "STOPPED"):
+                return job
+            if loop.time() > deadline:
+                raise AssertionError(f"job still {job['state']} after {timeout}s: {job}")
+            await asyncio.sleep(0.02)
+
+    async def rows(self) -> list[tuple]:
+        """Every row of the store, for proving that a refused request changed nothing."""
+        import sqlite3
+        db = sqlite3.connect(self.app["config_path"])
+        try:
+            return db.execute("SELECT kind, id, parent, name, description, state, doc, version FROM resources"
+                              " ORDER BY seq").fetchall()
+        finally:
+            db.close()
+
+
+async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugins: tuple = ()):
+    config = load(profile="sandbox", state_dir=tmp_path / "state", overrides=overrides)
+    config["server"]["log_requests"] = False
+    app = make_app(config, extra_plugins)
+    app["config_path"] = str(config.database)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return CimiClient(client, app)
+
+
+@pytest.fixture
+async def app_client(tmp_path):
+    client = await make_client(tmp_path)
+    yield client
+    await client.client.close()
+
+
+@pytest.fixture
+async def bare_app(tmp_path):
+    """The protocol machinery with no driver: the catalogue only, Machines not served."""
+    client = await make_client(tmp_path, {"compute": {"driver": "none"}})
+    yield client
+    await client.client.close()

@@ -1,0 +1,218 @@
+"""Machines on the sandbox (libvirt's test driver): create by value and by reference, the state machine,
+Jobs with nested steps, stopping Jobs."""
+
+import pytest
+
+from cimid.http.app import PROVIDER
+from conftest import NS, make_client
+
+CIMI = "http://schemas.dmtf.org/cimi/1"
+ACTION = f"{CIMI}/action/"
+
+
+def by_reference(base, **overrides):
+    return {"resourceURI": f"{CIMI}/MachineCreate", "name": "web-1", "description": "front end",
+            "properties": {"owner": "team-a"},
+            "machineTemplate": {"href": base + "machineTemplates/small-tiny-linux", **overrides}}
+
+
+async def create(client, body) -> tuple[str, dict]:
+    r = await client.post("machines", body)
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS", job
+    return r.headers["Location"], job
+
+
+async def act(client, machine, name, expect="SUCCESS", **extra):
+    r = await client.post(f"{machine}/{name}", {"resourceURI": f"{CIMI}/Action", "action": ACTION + name, **extra})
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == expect, job
+    return job
+
+
+async def test_create_by_reference_with_overrides(app_client):
+    r = await app_client.post("machines", by_reference(app_client.base, machineConfig={
+        "href": app_client.base + "machineConfigs/medium"}))
+    assert r.status == 202
+    assert r.json["state"] in ("QUEUED", "RUNNING", "SUCCESS") and r.json["action"] == "add"
+    machine = (await app_client.get(r.headers["Location"])).json
+    assert machine["state"] in ("CREATING", "STARTING", "STARTED")
+    job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS" and len(job["nestedJobs"]) == 2
+    for nested in job["nestedJobs"]:
+        n = (await app_client.get(nested["href"])).json
+        assert n["state"] == "SUCCESS" and n["parentJob"]["href"] == job["id"]
+    m = (await app_client.get(r.headers["Location"])).json
+    assert m["state"] == "STARTED" and m["cpu"] == 2 and m["memory"] == 4 * 1024 * 1024
+    assert m["name"] == "web-1" and m["properties"] == {"owner": "team-a"}
+    assert {o["rel"] for o in m["operations"]} == {"edit", "delete", ACTION + "stop", ACTION + "restart",
+                                                    ACTION + "pause", ACTION + "suspend"}
+    disks = (await app_client.get(m["disks"]["href"])).json
+    assert disks["count"] == 1 and disks["disks"][0]["capacity"] == 20 * 1024 * 1024
+    x = (await app_client.get(m["disks"]["href"], fmt="xml")).xml
+    assert x.findtext("c:Disk/c:capacity", namespaces=NS) == str(20 * 1024 * 1024)
+
+
+async def test_create_by_value_xml_initially_stopped(app_client):
+    body = f"""<MachineCreate xmlns="{CIMI}"><name>byval</name>
+      <machineTemplate><initialState>STOPPED</initialState>
+        <machineConfig><cpu>2</cpu><memory>524288</memory></machineConfig>
+        <machineImage><imageLocation>file:///images/x.qcow2</imageLocation></machineImage>
+        <credential><userName>root</userName><key>{b"ssh-rsa AAAA".hex()}</key></credential>
+      </machineTemplate></MachineCreate>"""
+    r = await app_client.post("machines", body, fmt="xml")
+    assert r.status == 202, r
+    assert r.xml.tag == f"{{{CIMI}}}Job"
+    job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS" and "nestedJobs" not in job
+    m = (await app_client.get(r.headers["Location"], fmt="xml")).xml
+    assert m.findtext("c:state", namespaces=NS) == "STOPPED"
+    assert m.findtext("c:cpu", namespaces=NS) == "2"
+    # a transient template or configuration never becomes visible
+    assert (await app_client.get("machineConfigs")).json["count"] == 4
+
+
+async def test_full_lifecycle(app_client):
+    m, _ = await create(app_client, by_reference(app_client.base))
+    await act(app_client, m, "pause")
+    assert (await app_client.get(m)).json["state"] == "PAUSED"
+    await act(app_client, m, "start")
+    assert (await app_client.get(m)).json["state"] == "STARTED"
+    await act(app_client, m, "suspend")
+    got = (await app_client.get(m)).json
+    assert got["state"] == "SUSPENDED"
+    assert {o["rel"] for o in got["operations"]} == {"edit", "delete", ACTION + "start"}
+    await act(app_client, m, "start")
+    await act(app_client, m, "stop")
+    assert (await app_client.get(m)).json["state"] == "STOPPED"
+    job = await act(app_client, m, "restart")
+    assert (await app_client.get(m)).json["state"] == "STARTED" and "nestedJobs" not in job
+    job = await act(app_client, m, "restart", force=True)
+    assert len(job["nestedJobs"]) == 2
+    await act(app_client, m, "stop", force=True)
+    r = await app_client.delete(m)
+    assert r.status == 202
+    job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS" and job["action"] == "delete"
+    assert (await app_client.get(m)).status == 404
+    assert (await app_client.get(m + "/disks")).status == 404
+    rows = [r for r in await app_client.rows() if r[0] in ("Machine", "Disk")]
+    assert rows == []
+
+
+async def test_action_by_last_segment_and_empty_body(app_client):
+    m, _ = await create(app_client, by_reference(app_client.base))
+    r = await app_client.post(f"{m}/stop", {"action": "urn:whatever:stop", "force": True})
+    assert r.status == 202
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    r = await app_client.post(f"{m}/start", f'<Action><action> {ACTION}start </action></Action>', fmt="xml")
+    assert r.status == 202, r
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    r = await app_client.post(f"{m}/pause")
+    assert r.status == 202
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    assert (await app_client.get(m)).json["state"] == "PAUSED"
+
+
+async def test_action_not_allowed_in_state_is_409_and_changes_nothing(app_client):
+    m, _ = await create(app_client, by_reference(app_client.base, initialState="STOPPED"))
+    before = await app_client.rows()
+    r = await app_client.post(f"{m}/pause", {"action": ACTION + "pause"})
+    assert r.status == 409 and "STOPPED" in r.json["statusMessage"] and r.json["id"] == ""
+    assert await app_client.rows() == before
+
+
+async def test_state_is_reread_from_the_hypervisor(app_client):
+    """The driver is the truth: a domain changed behind cimid's back is seen at the next Job."""
+    m, _ = await create(app_client, by_reference(app_client.base))
+    machine_id = m.rsplit("/", 1)[1]
+    driver = app_client.app[PROVIDER].drivers.compute
+    await driver.stop(machine_id, force=True)  # behind cimid's back
+    job = await act(app_client, m, "pause", expect="FAILED")
+    assert "libvirt" in job["statusMessage"]
+    assert (await app_client.get(m)).json["state"] == "STOPPED"
+
+
+async def test_create_with_unknown_configuration_is_400_and_leaves_nothing(app_client):
+    before = await app_client.rows()
+    r = await app_client.post("machines", by_reference(app_client.base, machineConfig={
+        "href": app_client.base + "machineConfigs/nope"}))
+    assert r.status == 400 and "machineConfig" in r.json["statusMessage"]
+    r = await app_client.post("machines", {"machineTemplate": {"href": app_client.base + "machineTemplates/zz"}})
+    assert r.status == 400
+    r = await app_client.post("machines", {"machineTemplate": {"machineConfig": {"cpu": 1}}})
+    assert r.status == 400
+    assert await app_client.rows() == before
+
+
+async def test_machine_update_changes_name_only(app_client):
+    m, _ = await create(app_client, by_reference(app_client.base))
+    got = (await app_client.get(m)).json
+    r = await app_client.put(m, dict(got, name="renamed", cpu=64))
+    assert r.status == 200
+    after = (await app_client.get(m)).json
+    assert after["name"] == "renamed" and after["cpu"] == 1
+
+
+async def test_job_stop_while_queued(tmp_path):
+    client = await make_client(tmp_path, {"jobs": {"max_concurrent": 1}, "compute": {"operation_delay": 0.4}})
+    try:
+        a = await client.post("machines", by_reference(client.base, initialState="STOPPED"))
+        b = await client.post("machines", by_reference(client.base, initialState="STOPPED"))
+        job_b = b.headers["CIMI-Job-URI"]
+        queued = (await client.get(job_b)).json
+        assert queued["state"] == "QUEUED"
+        assert ACTION + "stop" in {o["rel"] for o in queued["operations"]}
+        r = await client.post(f"{job_b}/stop", {"action": ACTION + "stop"})
+        assert r.status == 202
+        stopped = await client.wait_job(job_b)
+        assert stopped["state"] == "STOPPED"
+        assert (await client.get(b.headers["Location"])).status == 404  # nothing was made
+        assert (await client.wait_job(a.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        assert (await client.post(f"{job_b}/stop", {"action": ACTION + "stop"})).status == 409
+    finally:
+        await client.client.close()
+
+
+async def test_job_stop_between_nested_steps(tmp_path):
+    client = await make_client(tmp_path, {"compute": {"operation_delay": 0.3}})
+    try:
+        r = await client.post("machines", by_reference(client.base))
+        job_url = r.headers["CIMI-Job-URI"]
+        import asyncio
+        for _ in range(100):
+            job = (await client.get(job_url)).json
+            if job["state"] == "RUNNING":
+                break
+            await asyncio.sleep(0.02)
+        not_now = await client.post(f"{job_url}/stop", {"action": ACTION + "stop"})
+        assert not_now.status == 409  # the first step (define) is under way and cannot be interrupted
+        for _ in range(100):
+            job = (await client.get(job_url)).json
+            if any(o["rel"] == ACTION + "stop" for o in job.get("operations", ())):
+                break
+            await asyncio.sleep(0.02)
+        r = await client.post(f"{job_url}/stop", {"action": ACTION + "stop"})
+        assert r.status == 202, r
+        job = await client.wait_job(job_url)
+        assert job["state"] == "STOPPED"
+        nested = [(await client.get(n["href"])).json["state"] for n in job["nestedJobs"]]
+        assert nested == ["SUCCESS", "STOPPED"]
+        m = (await client.get(job["affectedResources"][0]["href"])).json
+        assert m["state"] == "STOPPED"  # defined, never started: read back from the hypervisor
+    finally:
+        await client.client.close()
+
+
+async def test_running_job_cannot_be_deleted(tmp_path):
+    client = await make_client(tmp_path, {"compute": {"operation_delay": 0.3}})
+    try:
+        r = await client.post("machines", by_reference(client.base))
+        d = await client.delete(r.headers["CIMI-Job-URI"])
+        assert d.status == 409
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert (await client.delete(r.headers["CIMI-Job-URI"])).status == 200
+    finally:
+        await client.client.close()
