@@ -234,7 +234,6 @@ def make_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
     app[PROVIDER] = provider
     app[CONFIG] = config
     app[AUTH] = Authenticator(config["auth"]["users"])
-    app["plugin_manager"] = pm
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)

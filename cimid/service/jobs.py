@@ -1,8 +1,9 @@
 """Jobs: persisted before the response goes out, run in-process, reconciled after a restart.
 
 A host Job is a list of steps (one driver call each). With more than one step, each step is a nested Job.
-Stop is honoured between steps and for a Job still QUEUED; a driver call already under way is never
-interrupted, since the host would be left in an unknown state.
+Stop is honoured for a Job still QUEUED, and for a running Job before its next step begins (the current
+step finishes first); a driver call already under way is never interrupted, since the host would be
+left in an unknown state. A Job in its last step cannot be stopped.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ class JobRunner:
                     break
                 async with self.store.write() as tx:
                     job = await tx.get("Job", job_id)
-                    job.internal["stoppable"] = False  # a driver call cannot be interrupted
+                    # A driver call is never interrupted, but a stop asked for now takes effect before the
+                    # next step, so it is accepted while a step other than the last runs.
+                    job.internal["stoppable"] = index + 1 < len(steps)
                     job.internal["step"] = index
                     await tx.update(job)
                     if nested_id:
@@ -140,8 +143,6 @@ class JobRunner:
                         set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
                                       None if outcome == "SUCCESS" else message)
                         await tx.update(nested)
-                    more = index + 1 < len(steps)
-                    job.internal["stoppable"] = more and outcome == "SUCCESS"
                     set_job_state(job, "RUNNING", progress=int(100 * (index + 1) / len(steps)))
                     await tx.update(job)
                 if outcome != "SUCCESS":

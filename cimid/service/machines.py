@@ -75,11 +75,11 @@ class Machines:
             machine = Row("Machine", machine_id, "", attrs, {"spec": asdict(spec), "stable": None,
                                                             "image": image.get("_href")})
             await tx.insert(machine)
-            for index, disk in enumerate(spec.disks):
+            for disk in spec.disks:
                 disk_attrs = {"created": stamp, "capacity": disk["capacity"]}
                 if disk.get("initialLocation"):
                     disk_attrs["initialLocation"] = disk["initialLocation"]
-                await tx.insert(Row("Disk", f"{index}", machine_id, disk_attrs))
+                await tx.insert(Row("Disk", new_id(), machine_id, disk_attrs))
             steps = [{"op": "create", "transitional": "CREATING"}]
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})

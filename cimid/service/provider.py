@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field
 
 from ..config import Config
@@ -364,7 +365,7 @@ class Provider:
         rtype = self.type_of(collection)
         request = validate(TYPES["Action"], body, creating=True)
         require(TYPES["Action"], request)
-        name = request["action"].rstrip("/").rsplit("/", 1)[-1]  # lenient: match by last path segment
+        name = re.split(r"[/:#]", request["action"].strip().rstrip("/"))[-1]  # lenient: by its last segment
         if name != operation:
             raise BadRequest(f"the Action document asks for '{name}' but was sent to the '{operation}' operation")
         if name not in rtype.actions:

@@ -23,8 +23,10 @@ log = logging.getLogger("cimid.store")
 # Attributes kept in their own columns (indexed, cheap to filter and sort); everything else lives in `doc`.
 PROMOTED = ("name", "description", "created", "updated", "state")
 
-MIGRATIONS = [
-    """
+# Each migration is a list of statements, applied in one transaction; PRAGMA user_version counts them.
+MIGRATIONS: list[list[str]] = [
+    [
+        """
     CREATE TABLE resources (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order: the stable default ordering
         kind TEXT NOT NULL,                     -- resource type name, e.g. 'Machine'
@@ -35,11 +37,11 @@ MIGRATIONS = [
         internal TEXT NOT NULL DEFAULT '{}',    -- provider-only data (job steps, driver hints), never shown
         version INTEGER NOT NULL DEFAULT 1,     -- bumped on every change; the ETag
         UNIQUE (kind, id)
-    );
-    CREATE INDEX resources_by_name ON resources (kind, parent, name);
-    CREATE INDEX resources_by_created ON resources (kind, parent, created);
-    CREATE INDEX resources_by_state ON resources (kind, state);
-    """,
+    )""",
+        "CREATE INDEX resources_by_name ON resources (kind, parent, name)",
+        "CREATE INDEX resources_by_created ON resources (kind, parent, created)",
+        "CREATE INDEX resources_by_state ON resources (kind, state)",
+    ],
 ]
 
 
@@ -139,12 +141,11 @@ class Store:
 
     async def _migrate(self) -> None:
         (version,), = await self._writer.execute_fetchall("PRAGMA user_version")
-        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        await self._writer.execute(statement)
+                for statement in statements:
+                    await self._writer.execute(statement)
                 await self._writer.execute(f"PRAGMA user_version = {number}")
                 await self._writer.execute("COMMIT")
             except BaseException:

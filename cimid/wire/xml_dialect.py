@@ -62,7 +62,9 @@ def _fill(el, doc: dict, rtype: ResourceType) -> None:
         if not rtype.xml_has_common and attr.name == "id":
             continue
         value = doc.get(attr.name)
-        if value is not None and value != "" and value != [] and value != {}:
+        if attr.name == "id" and value == "":  # the id of an error Job is empty, and still present
+            etree.SubElement(el, _q("id"))
+        elif value is not None and value != "" and value != [] and value != {}:
             _attribute(el, attr, value)
         if rtype.xml_operations_after == attr.name:
             _operations(el, doc.get("operations", ()))

@@ -40,7 +40,7 @@ async def test_error_shape_in_xml(app_client):
     ({"cpu": 1, "memory": 1, "cpuArch": "6502"}, "cpuArch"),
     ({"cpu": 1, "memory": 1, "disks": [{"capacity": 1}]}, "format"),
     ({"cpu": 1, "memory": 1, "disks": {"capacity": 1}}, "disks"),
-    ({"resourceURI": f"{CIMI}/Machine", "cpu": 1, "memory": 1}, "resourceURI"),
+    ({"resourceURI": f"{CIMI}/Machine", "cpu": 1, "memory": 1}, "not a Machine"),
 ])
 async def test_bad_attributes_are_400_and_change_nothing(app_client, body, needle):
     before = await app_client.rows()

@@ -176,32 +176,39 @@ async def test_job_stop_while_queued(tmp_path):
         await client.client.close()
 
 
-async def test_job_stop_between_nested_steps(tmp_path):
+async def wait_running(client, job_url):
+    import asyncio
+    for _ in range(200):
+        job = (await client.get(job_url)).json
+        if job["state"] == "RUNNING":
+            return job
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job never ran: {job}")
+
+
+async def test_job_stop_takes_effect_before_the_next_step(tmp_path):
     client = await make_client(tmp_path, {"compute": {"operation_delay": 0.3}})
     try:
-        r = await client.post("machines", by_reference(client.base))
+        r = await client.post("machines", by_reference(client.base))  # two steps: create, then start
         job_url = r.headers["CIMI-Job-URI"]
-        import asyncio
-        for _ in range(100):
-            job = (await client.get(job_url)).json
-            if job["state"] == "RUNNING":
-                break
-            await asyncio.sleep(0.02)
-        not_now = await client.post(f"{job_url}/stop", {"action": ACTION + "stop"})
-        assert not_now.status == 409  # the first step (define) is under way and cannot be interrupted
-        for _ in range(100):
-            job = (await client.get(job_url)).json
-            if any(o["rel"] == ACTION + "stop" for o in job.get("operations", ())):
-                break
-            await asyncio.sleep(0.02)
-        r = await client.post(f"{job_url}/stop", {"action": ACTION + "stop"})
-        assert r.status == 202, r
+        running = await wait_running(client, job_url)
+        assert ACTION + "stop" in {o["rel"] for o in running["operations"]}
+        stop = await client.post(f"{job_url}/stop", {"action": ACTION + "stop"})
+        assert stop.status == 202 and stop.json["state"] == "STOPPING"
         job = await client.wait_job(job_url)
-        assert job["state"] == "STOPPED"
+        assert job["state"] == "STOPPED" and "before step 2" in job["statusMessage"]
         nested = [(await client.get(n["href"])).json["state"] for n in job["nestedJobs"]]
         assert nested == ["SUCCESS", "STOPPED"]
-        m = (await client.get(job["affectedResources"][0]["href"])).json
+        m = (await client.get(r.headers["Location"])).json
         assert m["state"] == "STOPPED"  # defined, never started: read back from the hypervisor
+        # a Job in its last (or only) step cannot be stopped: 409, and it carries on
+        start = await client.post(f"{r.headers['Location']}/start", {"action": ACTION + "start"})
+        running = await wait_running(client, start.headers["CIMI-Job-URI"])
+        assert ACTION + "stop" not in {o["rel"] for o in running.get("operations", ())}
+        refused = await client.post(f"{start.headers['CIMI-Job-URI']}/stop", {"action": ACTION + "stop"})
+        assert refused.status == 409
+        assert (await client.wait_job(start.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        assert (await client.get(r.headers["Location"])).json["state"] == "STARTED"
     finally:
         await client.client.close()
 
