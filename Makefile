@@ -8,6 +8,8 @@ LISTEN    ?= 127.0.0.1:8080
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Python, a compiler and libvirt's headers (libvirt-python builds from source), CA certificates for pip.
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev ca-certificates
+# The benchmarks load cimid from a second process with wrk.
+BENCH_PACKAGES  := wrk
 
 .PHONY: run test bench system-packages check clean
 
@@ -20,6 +22,7 @@ test: $(VENV)/.installed
 	exit $$rc
 
 bench: $(VENV)/.installed
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) bench/run.py
 
 check: $(VENV)/.installed

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
 
 from cimid.config import load
 from cimid.http.app import make_app
 
+DATABASE = web.AppKey("database", str)  # the store's file, for tests that read it directly
 XSD = Path(__file__).resolve().parents[1] / "tests" / "data" / "dsp8009_1.0.2.xsd"
 _SCHEMA = etree.XMLSchema(etree.parse(str(XSD), etree.XMLParser(no_network=True)))
 NS = {"c": "http://schemas.dmtf.org/cimi/1"}
@@ -88,7 +90,7 @@ class CimiClient:
     async def rows(self) -> list[tuple]:
         """Every row of the store, for proving that a refused request changed nothing."""
         import sqlite3
-        db = sqlite3.connect(self.app["config_path"])
+        db = sqlite3.connect(self.app[DATABASE])
         try:
             return db.execute("SELECT kind, id, parent, name, description, state, doc, version FROM resources"
                               " ORDER BY seq").fetchall()
@@ -100,7 +102,7 @@ async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugi
     config = load(profile="sandbox", state_dir=tmp_path / "state", overrides=overrides)
     config["server"]["log_requests"] = False
     app = make_app(config, extra_plugins)
-    app["config_path"] = str(config.database)
+    app[DATABASE] = str(config.database)
     client = TestClient(TestServer(app))
     await client.start_server()
     return CimiClient(client, app)

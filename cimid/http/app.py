@@ -22,12 +22,15 @@ log = logging.getLogger("cimid.http")
 PROVIDER = web.AppKey("provider", Provider)
 AUTH = web.AppKey("auth", Authenticator)
 CONFIG = web.AppKey("config", Config)
+FORMAT = web.RequestKey("format", str)  # the negotiated response format, json or xml
+USER = web.RequestKey("user", str)
+ROLE = web.RequestKey("role", str)
 
 
 # ---------------------------------------------------------------- rendering
 
 def _respond(request: web.Request, result: Result) -> web.Response:
-    fmt = request["format"]
+    fmt = request[FORMAT]
     headers = dict(result.headers)
     if result.doc is None:
         return web.Response(status=result.status, headers=headers)
@@ -51,7 +54,7 @@ def _error_response(request: web.Request, error: CimiError) -> web.Response:
         "returnCode": error.status, "progress": 100, "statusMessage": error.message,
         "timeOfStatusChange": now(),
     }
-    request.setdefault("format", negotiation.JSON)
+    request.setdefault(FORMAT, negotiation.JSON)
     response = _respond(request, Result(error.status, TYPES["Job"], job, headers=error.headers))
     return response
 
@@ -62,10 +65,10 @@ async def handle_errors(request: web.Request, handler):
     user = "-"
     try:
         try:
-            request["format"] = negotiation.response_format(_first_query(request, "$format"),
+            request[FORMAT] = negotiation.response_format(_first_query(request, "$format"),
                                                             request.headers.get("Accept"))
             user, role = request.app[AUTH].authenticate(request.headers.get("Authorization"))
-            request["user"], request["role"] = user, role
+            request[USER], request[ROLE] = user, role
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"the body is larger than the {request.app[CONFIG]['server']['max_body_bytes']} "
@@ -132,7 +135,7 @@ def _context(request: web.Request) -> Context:
         base = base.rstrip("/") + "/cimi/"
     else:
         base = f"{request.scheme}://{request.host}/cimi/"
-    return Context(base=base, role=request["role"], user=request["user"])
+    return Context(base=base, role=request[ROLE], user=request[USER])
 
 
 async def _body(request: web.Request, optional: bool = False) -> tuple[str | None, dict]:

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from cimid.http.auth import hash_password
-from conftest import NS, make_client
+from conftest import DATABASE, NS, make_client
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 
@@ -162,7 +162,7 @@ async def test_malformed_query_parameters_are_400(app_client):
 
 
 async def test_corrupt_store_row_is_500_without_traceback(app_client):
-    db = sqlite3.connect(app_client.app["config_path"])
+    db = sqlite3.connect(app_client.app[DATABASE])
     db.execute("UPDATE resources SET doc = 'not json' WHERE kind = 'MachineConfiguration' AND id = 'tiny'")
     db.commit()
     db.close()
