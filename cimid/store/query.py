@@ -17,8 +17,9 @@ MAX_COMPARISONS = 512   # keeps the SQL and its parameter count far below SQLite
 _OPS = ("<", "<=", "=", ">=", ">", "!=")
 _MIRROR = {"<": ">", "<=": ">=", "=": "=", ">=": "<=", ">": "<", "!=": "!="}
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
-_TYPE_NAMES = {"string": "a string", "integer": "an integer", "boolean": "a boolean (true or false)",
-               "dateTime": "a dateTime"}
+# Sortable/comparable types -> what a matching $filter value looks like (for error messages).
+_EXPECTED = {"string": "a quoted string like 'x'", "integer": "an integer like 2", "boolean": "true or false",
+             "dateTime": "a dateTime like 2012-05-25T13:30:15Z"}
 
 
 class QueryError(ValueError):
@@ -159,8 +160,8 @@ def _number(text: str, run: str, pos: int) -> _Tok:
     try:
         return _Tok("datetime", run, pos, normalize_datetime(run))
     except ValueError:
-        raise _fail("$filter", text, f"'{run}' is neither an integer nor a dateTime "
-                                     "(like 2012-05-25T13:30:15Z)", pos) from None
+        raise _fail("$filter", text, f"'{run}' is not a valid dateTime (like 2012-05-25T13:30:15Z)",
+                    pos) from None
 
 
 def _describe(tok: _Tok) -> str:
@@ -276,8 +277,8 @@ class _Parser:
 
     def typed_value(self, name: str, type_: str, op: str, value: _Tok):
         def mismatch() -> QueryError:
-            return self.error(f"attribute '{name}' is {_TYPE_NAMES.get(type_, type_)}, so it needs "
-                              f"{_TYPE_NAMES.get(type_, type_)} value, not {value.text}", value.pos)
+            return self.error(f"attribute '{name}' is of type {type_}; expected {_EXPECTED.get(type_, type_)}, "
+                              f"found {value.text}", value.pos)
         if type_ == "integer" and value.kind == "int":
             return value.value
         if type_ == "string" and value.kind == "string":
@@ -332,7 +333,8 @@ _ORDER_ITEM = re.compile(r"\s*(?P<attr>[^:]*?)\s*(?::\s*(?P<dir>.*?)\s*)?")
 
 
 def compile_orderby(text: str, resolve: Resolver) -> str:
-    """'name:desc,cpu' -> 'name DESC, json_extract(doc, '$.cpu') ASC'. Unknown attribute or bad direction -> QueryError."""
+    """'name:desc,cpu' -> 'name DESC, json_extract(doc, '$.cpu') ASC'.
+    Unknown attribute or bad direction -> QueryError."""
     terms, start = [], 0
     for item in text.split(","):
         m = _ORDER_ITEM.fullmatch(item)  # always matches; the parts are checked below
@@ -342,7 +344,7 @@ def compile_orderby(text: str, resolve: Resolver) -> str:
         col = resolve(name)
         if col is None:
             raise _fail("$orderby", text, f"unknown attribute '{name}'", pos)
-        if col.type not in _TYPE_NAMES:
+        if col.type not in _EXPECTED:
             raise _fail("$orderby", text, f"attribute '{name}' cannot be sorted", pos)
         if direction is not None and direction.lower() not in ("asc", "desc"):
             raise _fail("$orderby", text, f"sort direction must be 'asc' or 'desc', not '{direction}'",

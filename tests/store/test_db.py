@@ -1,0 +1,53 @@
+"""The store: WAL, migrations, one writer, rollback on error."""
+
+import sqlite3
+
+import pytest
+
+from cimid.store.db import MIGRATIONS, Row, Store
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(tmp_path / "db.sqlite3", "FULL")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_schema_is_migrated_and_in_wal_mode(store, tmp_path):
+    db = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    await store.close()
+    await store.open()  # a second open migrates nothing and keeps the data
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_failed_transaction_leaves_nothing_and_runs_no_callback(store):
+    called = []
+    with pytest.raises(RuntimeError):
+        async with store.write() as tx:
+            await tx.insert(Row("Thing", "a", "", {"name": "a", "created": "2020-01-01T00:00:00.000Z"}))
+            tx.after_commit.append(lambda: called.append(1))
+            raise RuntimeError("boom")
+    assert await store.get("Thing", "a") is None and called == []
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "a", "", {"name": "a", "created": "2020-01-01T00:00:00.000Z", "n": 1}))
+        tx.after_commit.append(lambda: called.append(1))
+    row = await store.get("Thing", "a")
+    assert row.attrs == {"name": "a", "created": "2020-01-01T00:00:00.000Z", "n": 1} and called == [1]
+
+
+async def test_update_bumps_version_and_query_pages_in_sql(store):
+    async with store.write() as tx:
+        for i in range(10):
+            await tx.insert(Row("Thing", f"t{i}", "", {"name": f"n{i}", "created": "2020-01-01T00:00:00.000Z",
+                                                      "cpu": i % 3}))
+    async with store.write() as tx:
+        row = await tx.get("Thing", "t1")
+        row.attrs["name"] = "renamed"
+        await tx.update(row)
+    assert (await store.get("Thing", "t1")).version == 2
+    count, rows = await store.query("Thing", "", "json_extract(doc, '$.cpu') = ?", [1], "name DESC", 2, 3)
+    assert count == 3 and [r.id for r in rows] == ["t7", "t4"]  # renamed > n7 > n4

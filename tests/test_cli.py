@@ -1,0 +1,60 @@
+"""The command line: --version, plugins, check, configuration errors."""
+
+import subprocess
+import sys
+
+from cimid import __version__
+
+
+def cimid(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "cimid.cli", *args], capture_output=True, text=True, timeout=60,
+                          **kw)
+
+
+def test_version():
+    r = cimid("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"cimid {__version__}"
+
+
+def test_plugins_lists_the_builtin_driver_through_its_entry_point():
+    r = cimid("plugins")
+    assert r.returncode == 0
+    assert "libvirt: cimid_compute_driver" in r.stdout.splitlines()
+
+
+def test_check_reports_driver_health(tmp_path):
+    r = cimid("check", "--state-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "config: ok (profile sandbox" in r.stdout
+    assert "compute: libvirt: ok" in r.stdout and "answers (libvirt" in r.stdout
+    assert "storage: no driver configured" in r.stdout
+
+
+def test_check_fails_when_the_hypervisor_does_not_answer(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('[compute]\nuri = "qemu+unix:///system?socket=/nonexistent/sock"\n')
+    r = cimid("check", "--config", str(conf), "--state-dir", str(tmp_path))
+    assert r.returncode == 1 and "compute: libvirt: FAILED" in r.stdout
+
+
+def test_config_errors_are_reported_not_raised(tmp_path):
+    for text, needle in (("[server]\nlisten = 8080\n", "server.listen must be a str"),
+                         ("[server]\nlisten = 'nope'\n", "HOST:PORT"),
+                         ("[compute]\nvirt_type = 'xen'\n", "virt_type"),
+                         ("[colour]\nx = 1\n", "unknown config section"),
+                         ("[jobs]\nretention = 1\n", "unknown config key jobs.retention"),
+                         ("[jobs\n", "c.toml")):
+        conf = tmp_path / "c.toml"
+        conf.write_text(text)
+        r = cimid("serve", "--config", str(conf), "--state-dir", str(tmp_path))
+        assert r.returncode == 2 and needle in r.stderr, (text, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = cimid("serve", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_hash_password_round_trip():
+    from cimid.http.auth import verify_password
+    r = cimid("hash-password", input="s3cret\n")
+    assert r.returncode == 0 and r.stdout.startswith("pbkdf2_sha256$")
+    assert verify_password("s3cret", r.stdout.strip()) and not verify_password("other", r.stdout.strip())

@@ -1,0 +1,75 @@
+"""Plugins: third-party drivers register through the same hooks; a failing driver fails its Job cleanly."""
+
+import pluggy
+import pytest
+
+from cimid.errors import DriverError
+from cimid.hookspecs import hookimpl
+from cimid.plugins import plugin_manager
+from conftest import make_client
+from drivers.libvirt_compute import LibvirtCompute
+
+CIMI = "http://schemas.dmtf.org/cimi/1"
+
+
+class RefusingCompute(LibvirtCompute):
+    """A real libvirt sandbox driver whose host refuses to define machines named 'doomed'."""
+
+    name = "refusing"
+
+    async def create(self, spec):
+        if spec.name == "doomed":
+            raise DriverError("the host has no room for 'doomed'")
+        if spec.name == "buggy":
+            raise RuntimeError("a bug in a third-party driver")
+        await super().create(spec)
+
+
+class RefusingPlugin:
+    @hookimpl
+    def cimid_compute_driver(self, config):
+        return RefusingCompute(config) if config["compute"]["driver"] == "refusing" else None
+
+
+async def test_third_party_driver_is_used_and_its_failures_fail_the_job(tmp_path):
+    client = await make_client(tmp_path, {"compute": {"driver": "refusing"}}, extra_plugins=(RefusingPlugin(),))
+    try:
+        template = {"href": client.base + "machineTemplates/small-tiny-linux"}
+        ok = await client.post("machines", {"name": "fine", "machineTemplate": template})
+        assert (await client.wait_job(ok.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        for name, message in (("doomed", "no room"), ("buggy", "internal error in the driver")):
+            r = await client.post("machines", {"name": name, "machineTemplate": template})
+            assert r.status == 202
+            job = await client.wait_job(r.headers["CIMI-Job-URI"])
+            assert job["state"] == "FAILED" and message in job["statusMessage"] and job["returnCode"] != 0
+            nested = [(await client.get(n["href"])).json for n in job["nestedJobs"]]
+            assert [n["state"] for n in nested] == ["FAILED", "FAILED"]
+            machine = (await client.get(r.headers["Location"])).json
+            assert machine["state"] == "ERROR"
+            assert {o["rel"] for o in machine["operations"]} == {"edit", "delete"}
+            d = await client.delete(r.headers["Location"])  # an ERROR machine can be cleaned up
+            assert (await client.wait_job(d.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+            assert (await client.get(r.headers["Location"])).status == 404
+    finally:
+        await client.client.close()
+
+
+def test_a_hook_without_specification_fails_at_start_up():
+    class Typo:
+        @hookimpl
+        def cimid_compute_drivers(self, config):  # misspelled hook name
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError):
+        plugin_manager((Typo(),))
+
+
+def test_builtin_driver_registers_through_the_entry_point_group():
+    pm = plugin_manager()
+    assert "libvirt" in dict(pm.list_name_plugin())
+    assert [impl.plugin_name for impl in pm.hook.cimid_compute_driver.get_hookimpls()] == ["libvirt"]
+
+
+async def test_no_compute_driver_means_no_machines(bare_app):
+    assert (await bare_app.get("machines")).status == 404
+    assert (await bare_app.post("machines", {"machineTemplate": {}})).status == 404
