@@ -98,7 +98,7 @@ def load(path: Path | None = None, *, profile: str | None = None, state_dir: Pat
 
 def _check(config: Config) -> None:
     try:
-        config.listen
+        _host, _port = config.listen
     except ValueError:
         raise ConfigError(f"server.listen must be HOST:PORT, got '{config['server']['listen']}'") from None
     if config["store"]["synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):

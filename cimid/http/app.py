@@ -55,8 +55,7 @@ def _error_response(request: web.Request, error: CimiError) -> web.Response:
         "timeOfStatusChange": now(),
     }
     request.setdefault(FORMAT, negotiation.JSON)
-    response = _respond(request, Result(error.status, TYPES["Job"], job, headers=error.headers))
-    return response
+    return _respond(request, Result(error.status, TYPES["Job"], job, headers=error.headers))
 
 
 @web.middleware

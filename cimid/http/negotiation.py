@@ -18,7 +18,7 @@ def response_format(query_format: str | None, accept: str | None) -> str:
     if not accept or not accept.strip():
         return JSON
     best, best_q = None, 0.0
-    for position, item in enumerate(accept.split(",")):
+    for item in accept.split(","):
         media, *params = [part.strip() for part in item.split(";")]
         q = 1.0
         for param in params:

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from ..model import BY_COLLECTION, REF, TYPES, ResourceType
 from ..store.db import Row
 
@@ -128,6 +128,5 @@ def present(rtype: ResourceType, row: Row, ctx: Context) -> dict:
 def collection_type(name: str) -> ResourceType:
     rtype = BY_COLLECTION.get(name)
     if rtype is None:
-        from ..errors import NotFound
         raise NotFound(f"this provider has no collection '{name}'")
     return rtype

@@ -8,6 +8,7 @@ that the JobRunner carries out.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 from dataclasses import dataclass, field
@@ -16,15 +17,15 @@ from ..config import Config
 from ..errors import (BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider,
                       PreconditionFailed)
 from ..model import ACTION_BASE, BY_COLLECTION, TYPES, ResourceType
-from ..model.resources import JOB_FINISHED, MachineCreate
+from ..model.resources import JOB_FINISHED
 from ..model.validate import require, validate
 from ..plugins import Drivers
 from ..store import query as q
 from ..store.db import Row, Store, Transaction, column
 from . import metadata
 from .jobs import JobRunner, job_row, set_job_state
-from .presentation import (Context, absolute, collection_type, href_to_id, new_id, now, operations, path_of,
-                           present, select_attributes, split_href)
+from .presentation import (Context, collection_type, href_to_id, new_id, now, path_of, present,
+                           select_attributes, split_href)
 
 log = logging.getLogger("cimid.service")
 
@@ -102,7 +103,6 @@ class Provider:
 
     async def purge_jobs(self) -> None:
         minutes = self.config["jobs"]["retention_minutes"]
-        import datetime as dt
         cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).strftime(
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         async with self.store.write() as tx:
@@ -405,12 +405,3 @@ class Provider:
             await tx.update(job)
         return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx),
                       headers={"CIMI-Job-URI": ctx.base + f"jobs/{id}", "Location": ctx.base + f"jobs/{id}"})
-
-    def operations_for(self, rtype: ResourceType, row: Row, ctx: Context) -> list[dict]:
-        return operations(rtype, row, ctx, ctx.base + path_of(rtype, row))
-
-    def absolute(self, rtype: ResourceType, attrs: dict, ctx: Context) -> dict:
-        return absolute(rtype, attrs, ctx.base)
-
-
-__all__ = ["Context", "MachineCreate", "Provider", "QueryParams", "Result"]

@@ -64,7 +64,7 @@ _SELECT = "SELECT kind, id, parent, name, description, created, updated, state, 
 
 def _row(r) -> Row:
     attrs = json.loads(r[8])
-    for name, value in zip(PROMOTED, r[3:8]):
+    for name, value in zip(PROMOTED, r[3:8], strict=True):
         if value is not None:
             attrs[name] = value
     return Row(r[0], r[1], r[2], attrs, json.loads(r[9]), r[10])

@@ -99,10 +99,7 @@ def _reference(el, value: dict, target: ResourceType | None) -> None:
     if value.get("href"):
         el.set("href", value["href"])
     if target is not None and len(value) > 1:  # expanded, or given by value
-        inner = {k: v for k, v in value.items() if k not in ("href", "operations")}
-        _fill(el, inner, target)
-        for op in el.findall(_q("operation")):
-            el.remove(op)
+        _fill(el, {k: v for k, v in value.items() if k not in ("href", "operations")}, target)
 
 
 def _operations(el, operations) -> None:

@@ -149,3 +149,29 @@ async def test_orderby_several_keys(app_client):
 async def test_unknown_query_parameters_are_ignored(app_client):
     r = await app_client.get("machineConfigs", params={"foo": "bar"})
     assert r.status == 200 and r.json["count"] == 4
+
+
+async def test_every_resource_of_every_collection_in_both_formats(app_client):
+    """One of everything, then every item of every collection, plain and expanded, JSON and XML."""
+    base = app_client.base
+    cred_tpl = await app_client.post("credentialTemplates", {"name": "ct", "userName": "u", "key": "ssh-rsa A"})
+    await app_client.post("credentials", {"credentialTemplate": {"href": cred_tpl.headers["Location"]}})
+    await app_client.post("machineImages", {"name": "snap", "type": "SNAPSHOT", "imageLocation": "file:///s",
+                                            "relatedImage": {"href": base + "machineImages/tiny-linux"}})
+    r = await app_client.post("machines", {"machineTemplate": {"href": base + "machineTemplates/small-tiny-linux"}})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    machine = (await app_client.get(r.headers["Location"])).json
+    seen = 0
+    for name in COLLECTIONS + [app_client.url(machine["disks"]["href"])]:
+        listing = (await app_client.get(name, params={"$expand": "*"})).json
+        items = next((v for k, v in listing.items() if isinstance(v, list)), [])
+        assert listing["count"] == len(items) > 0, name
+        for item in items:
+            for fmt in ("json", "xml"):
+                for params in (None, {"$expand": "*"}):
+                    got = await app_client.get(item["id"], fmt=fmt, params=params)
+                    assert got.status == 200, (item["id"], got)
+                    seen += 1
+        for fmt_params in ({"$format": "xml"}, {"$format": "xml", "$expand": "*"}):
+            assert (await app_client.get(name, params=fmt_params)).xml is not None
+    assert seen > 40

@@ -1,8 +1,6 @@
 """Machines on the sandbox (libvirt's test driver): create by value and by reference, the state machine,
 Jobs with nested steps, stopping Jobs."""
 
-import pytest
-
 from cimid.http.app import PROVIDER
 from conftest import NS, make_client
 

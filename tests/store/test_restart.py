@@ -112,7 +112,7 @@ async def test_acknowledged_writes_survive_kill_at_any_moment(tmp_path):
     for round_ in range(3):
         await daemon.start()
 
-        async def writer():
+        async def writer(round_=round_):
             n = 0
             while True:
                 status, headers, _ = await daemon.call("POST", "machineConfigs",

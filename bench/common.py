@@ -1,0 +1,171 @@
+"""What the benchmarks share: server subprocesses (cimid and the bare aiohttp baseline), a keep-alive
+HTTP client, statistics. Everything runs on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+BENCH_DIR = Path(__file__).resolve().parent
+MIB = 2 ** 20
+# cimid's per-request log line on stderr would otherwise cost more than some handlers it measures.
+QUIET_CONFIG = "[server]\nlog_requests = false\n"
+
+
+class WrongAnswer(Exception):
+    """A benchmarked request answered something other than what was asked: the figures mean nothing."""
+
+
+def free_port() -> int:
+    # The kernel picks an unused port; the short race until the server binds it is harmless here.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def query_string(params: dict[str, str]) -> str:
+    # Keep '$' literal in the names (as CIMI writes them); percent-encode everything else in the values.
+    return urlencode(params, quote_via=quote, safe="$")
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, so latencies measure the server, not TCP handshakes."""
+
+    def __init__(self, port: int, timeout: float = 30.0):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        self.conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        response = self.conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+    def get_json(self, path: str) -> dict:
+        status, _, body = self.request("GET", path)
+        if status != 200:
+            raise WrongAnswer(f"GET {path} answered {status}: {body[:300]!r}")
+        return json.loads(body)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Server:
+    """A server subprocess: started, waited for, measured, and always stopped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str):
+        self.name, self.port, self.log_path, self.ready_path = name, port, log_path, ready_path
+        self.log = open(log_path, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.startup_seconds: float | None = None
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Poll ready_path until it answers 200; return the seconds since spawn."""
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", self.ready_path)
+                if conn.getresponse().status == 200:
+                    self.startup_seconds = time.perf_counter() - self.started
+                    conn.close()
+                    return self.startup_seconds
+                conn.close()
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} did not answer {self.ready_path} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def rss_mib(self) -> float:
+        import psutil
+        proc = psutil.Process(self.proc.pid)
+        # cimid is one process (libvirt's test driver is in-process); children are counted in case that changes.
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / MIB
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # aiohttp's run_app exits cleanly on SIGTERM (runs cleanup)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0) -> Server:
+    """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers."""
+    config = workdir / "cimid-bench.toml"
+    config.write_text(QUIET_CONFIG)
+    port = free_port()
+    argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "sandbox",
+            "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
+    server = Server(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint")
+    try:
+        server.wait_ready(timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_bare(workdir: Path, name: str, path: str, body: bytes, headers: dict[str, str]) -> Server:
+    """The baseline: a bare aiohttp handler answering `path` with fixed bytes and headers."""
+    body_file = workdir / f"{name}.body"
+    body_file.write_bytes(body)
+    port = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "bare_server.py"), "--port", str(port), "--path", path,
+            "--body-file", str(body_file), *[a for k, v in headers.items() for a in ("--header", f"{k}: {v}")]]
+    server = Server(name, argv, port, workdir / f"{name}.log", path)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: a value that was actually observed."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(pct / 100 * len(ordered)) - 1, 0)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+class Figure:
+    """One line of the summary: what was measured, its target if the issue sets one, and the verdict."""
+
+    def __init__(self, label: str, shown: str, target: str = "", ok: bool | None = None):
+        self.label, self.shown, self.target, self.ok = label, shown, target, ok
+
+    @classmethod
+    def measured(cls, label: str, value: float, unit: str, digits: int, op: str = "", limit: float = 0.0):
+        shown = f"{value:,.{digits}f} {unit}".rstrip()
+        if not op:
+            return cls(label, shown)  # a baseline or context figure: no target
+        ok = value <= limit if op == "<=" else value >= limit
+        return cls(label, shown, f"{op} {limit:g} {unit}".rstrip(), ok)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "yes", False: "NO", None: "-"}[self.ok]
