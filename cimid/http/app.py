@@ -155,6 +155,8 @@ async def _body(request: web.Request, optional: bool = False) -> tuple[str | Non
 # ---------------------------------------------------------------- handlers
 
 def _allow(request: web.Request, methods: list[str], what: str) -> None:
+    if "GET" in methods:
+        methods = [*methods, "HEAD"]  # aiohttp sends HEAD answers without their body
     if request.method not in methods:
         raise MethodNotAllowed(f"{request.method} is not allowed on {what}; use {', '.join(methods)}", methods)
 
@@ -174,7 +176,7 @@ async def collection(request: web.Request) -> web.Response:
     name = request.match_info["collection"]
     ctx = _context(request)
     _allow(request, ["GET", "POST"], "a collection")
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return _respond(request, await provider.query(ctx, name, _params(request)))
     if name != "resourceMetadata":
         provider.type_of(name)  # 404 before reading the body of a request to nowhere
@@ -187,7 +189,7 @@ async def resource(request: web.Request) -> web.Response:
     name, id = request.match_info["collection"], request.match_info["id"]
     ctx = _context(request)
     _allow(request, ["GET", "PUT", "DELETE"], "a resource")
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return _respond(request, await provider.get(ctx, name, id, _params(request)))
     if_match = request.headers.get("If-Match")
     if request.method == "DELETE":
@@ -201,7 +203,7 @@ async def operation(request: web.Request) -> web.Response:
     name, id, op = request.match_info["collection"], request.match_info["id"], request.match_info["op"]
     ctx = _context(request)
     if name == "machines" and op == "disks":
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{request.method} is not allowed on a Machine's disks", ["GET"])
         await provider.load(provider.type_of("machines"), id)
         return _respond(request, await provider.query(ctx, "disks", _params(request), parent=id))

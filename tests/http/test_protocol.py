@@ -175,3 +175,9 @@ async def test_every_resource_of_every_collection_in_both_formats(app_client):
         for fmt_params in ({"$format": "xml"}, {"$format": "xml", "$expand": "*"}):
             assert (await app_client.get(name, params=fmt_params)).xml is not None
     assert seen > 40
+
+
+async def test_head_answers_headers_only(app_client):
+    r = await app_client.request("HEAD", "machineConfigs/small")
+    assert r.status == 200 and r.body == b"" and r.headers["ETag"]
+    assert (await app_client.request("HEAD", "machineConfigs/none")).status == 404

@@ -1,0 +1,93 @@
+"""Benchmark 1: requests per second of GET /cimi/machines/{id}, cimid against a bare aiohttp server.
+
+Both servers run at once (the idle one costs nothing) and wrk alternates between them, so the noise of
+a shared machine hits both alike; the figure that matters is the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from common import Client, Figure, WrongAnswer, median, start_bare, start_cimid
+
+TEMPLATE = "machineTemplates/small-tiny-linux"
+
+
+def create_machine(client: Client) -> str:
+    """Create a Machine through the API and wait for its Job; return the Machine's path."""
+    base = f"http://127.0.0.1:{client.port}/cimi/"
+    status, headers, body = client.request("POST", "/cimi/machines", {"machineTemplate": {"href": base + TEMPLATE}})
+    if status != 202 or "cimi-job-uri" not in headers or "location" not in headers:
+        raise WrongAnswer(f"POST /cimi/machines answered {status} {body[:300]!r}, not 202 with a Job and Location")
+    job_path = urlsplit(headers["cimi-job-uri"]).path
+    deadline = time.monotonic() + 30
+    while (state := client.get_json(job_path)["state"]) != "SUCCESS":
+        if state in ("FAILED", "STOPPED") or time.monotonic() > deadline:
+            raise WrongAnswer(f"the create Job {job_path} ended {state}, not SUCCESS")
+        time.sleep(0.02)
+    return urlsplit(headers["location"]).path
+
+
+def wrk(port: int, path: str, seconds: float, connections: int) -> float:
+    """One wrk run; its Requests/sec. Any non-2xx answer makes the figure meaningless, so it raises."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    if "Non-2xx or 3xx responses" in out:
+        raise WrongAnswer(f"wrk got error answers from port {port}:\n{out}")
+    if "Socket errors" in out:
+        print(f"    warning: wrk reported socket errors on port {port}: "
+              f"{re.search(r'Socket errors:.*', out).group(0)}")
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"cannot find Requests/sec in wrk's output:\n{out}")
+    return float(match.group(1))
+
+
+def run(workdir: Path, quick: bool) -> list[Figure]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk, or run `make bench`)")
+    rounds, seconds, connections = (2, 2, 8) if quick else (5, 5, 8)
+    with ExitStack() as stack:
+        cimid = start_cimid(workdir, "get-cimid", workdir / "get-state")
+        stack.callback(cimid.stop)
+        client = Client(cimid.port)
+        stack.callback(client.close)
+        path = create_machine(client)
+        status, headers, body = client.request("GET", path)
+        if status != 200:
+            raise WrongAnswer(f"GET {path} answered {status}")
+        # The baseline answers the very bytes cimid answered (ETag included, so both responses are alike).
+        answer = {"Content-Type": headers["content-type"], "ETag": headers["etag"]}
+        bare = start_bare(workdir, "get-bare", path, body, answer)
+        stack.callback(bare.stop)
+        bare_client = Client(bare.port)
+        stack.callback(bare_client.close)
+        _, bare_headers, bare_body = bare_client.request("GET", path)
+        if bare_body != body or bare_headers["content-type"] != headers["content-type"]:
+            raise WrongAnswer("the bare server does not answer what cimid answered")
+        print(f"  GET {path}: {len(body)} bytes of {headers['content-type']}; "
+              f"wrk -t1 -c{connections} -d{seconds}s, {rounds} interleaved rounds after a warm-up")
+
+        servers = {"bare": bare, "cimid": cimid}
+        for server in servers.values():
+            wrk(server.port, path, 1, connections)  # warm-up: imports, caches, SQLite pages
+        rps: dict[str, list[float]] = {name: [] for name in servers}
+        for round_number in range(1, rounds + 1):
+            for name, server in servers.items():
+                rps[name].append(wrk(server.port, path, seconds, connections))
+            print(f"    round {round_number}: bare {rps['bare'][-1]:8,.0f} req/s   cimid {rps['cimid'][-1]:8,.0f} req/s"
+                  f"   ratio {rps['cimid'][-1] / rps['bare'][-1]:.2f}")
+    bare_rps, cimid_rps = median(rps["bare"]), median(rps["cimid"])
+    ratio = cimid_rps / bare_rps
+    print(f"  median: bare {bare_rps:,.0f} req/s, cimid {cimid_rps:,.0f} req/s, cimid/bare {ratio:.2f}")
+    return [
+        Figure.measured("GET machine: bare aiohttp (baseline)", bare_rps, "req/s", 0),
+        Figure.measured("GET machine: cimid", cimid_rps, "req/s", 0),
+        Figure.measured("GET machine: cimid / bare", ratio, "", 2, ">=", 0.5),
+    ]
