@@ -155,6 +155,8 @@ def median(values: list[float]) -> float:
 class Figure:
     """One line of the summary: what was measured, its target if the issue sets one, and the verdict."""
 
+    wrong_answer = False  # a wrong answer voids the figures: run.py fails the run for it (never for timings)
+
     def __init__(self, label: str, shown: str, target: str = "", ok: bool | None = None):
         self.label, self.shown, self.target, self.ok = label, shown, target, ok
 
@@ -165,6 +167,13 @@ class Figure:
             return cls(label, shown)  # a baseline or context figure: no target
         ok = value <= limit if op == "<=" else value >= limit
         return cls(label, shown, f"{op} {limit:g} {unit}".rstrip(), ok)
+
+    @classmethod
+    def answer(cls, label: str, problems: list[str]):
+        """Whether the answers were right (the problems themselves are printed where they were found)."""
+        figure = cls(label, "WRONG" if problems else "right", "right", not problems)
+        figure.wrong_answer = bool(problems)
+        return figure
 
     @property
     def verdict(self) -> str:

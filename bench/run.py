@@ -1,0 +1,107 @@
+"""cimid's benchmarks: `python bench/run.py [--quick]` (or `make bench`).
+
+Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
+medians, and every figure that has a baseline was measured side by side with it in the same run.
+The summary is also written as Markdown to bench/RESULTS.md for the README's Performance section.
+Exits 1 only when a benchmark failed or a request answered the wrong thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import aiohttp
+
+import bench_10k
+import bench_get
+import bench_memory
+from common import BENCH_DIR, Figure
+
+
+def environment(quick: bool) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs (load {load}), "
+            f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, sandbox profile, "
+            f"{'quick' if quick else 'full'} run")
+
+
+def table(figures: list[Figure]) -> list[str]:
+    rows = [("Figure", "Measured", "Target", "Meets")] + [(f.label, f.shown, f.target or "-", f.verdict)
+                                                         for f in figures]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return lines
+
+
+def markdown(figures: list[Figure], context: str) -> str:
+    lines = ["<!-- written by bench/run.py, overwritten on every run -->",
+             f"Measured by `make bench` on {context}. Servers ran as subprocesses with request logging off; "
+             "request rates are medians of interleaved wrk runs, latencies of sequential keep-alive requests; "
+             "baselines were measured side by side in the same run.", "",
+             "| Figure | Measured | Target | Meets |", "|---|---|---|---|"]
+    for f in figures:
+        cells = [f.label, f.shown, f.target or "-", f.verdict]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="cimid's benchmarks")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
+    args = parser.parse_args()
+    context = environment(args.quick)
+    print(f"cimid benchmarks: {context}")
+    figures: list[Figure] = []
+    failed = False
+    rss_10k = None
+
+    def attempt(title: str, label: str, fn):
+        """Run one benchmark; a failure is reported and counted, and the others still run."""
+        nonlocal failed
+        print(f"\n== {title}")
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            print(f"\n  !!!!! {title} FAILED: {exc}")
+            figures.append(Figure(label, f"FAILED: {type(exc).__name__}", "", False))
+            failed = True
+            return None
+        print(f"  ({time.perf_counter() - started:.0f} s)")
+        return result
+
+    with tempfile.TemporaryDirectory(prefix="cimid-bench-") as tmp:
+        workdir = Path(tmp)
+        got = attempt("1. Single-resource GET: cimid against a bare aiohttp server", "GET machine",
+                      lambda: bench_get.run(workdir, args.quick))
+        figures += got or []
+        got = attempt("2. 10,000 Machines: query latency, start-up", "10,000 Machines",
+                      lambda: bench_10k.run(workdir, args.quick))
+        if got:
+            figures += got[0]
+            rss_10k = got[1]
+        got = attempt("3. Memory (resident set size)", "Memory", lambda: bench_memory.run(workdir, args.quick, rss_10k))
+        figures += got or []
+
+    print("\n== Summary\n")
+    print("\n".join(table(figures)))
+    (BENCH_DIR / "RESULTS.md").write_text(markdown(figures, context))
+    print(f"\n(written to {BENCH_DIR / 'RESULTS.md'})")
+    wrong = [f.label for f in figures if f.wrong_answer]
+    if wrong:
+        print(f"\n!!!!! WRONG ANSWERS in: {', '.join(wrong)}; the figures above them are void")
+    return 1 if failed or wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
