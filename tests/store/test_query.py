@@ -295,7 +295,7 @@ def test_orderby_errors(text, position):
     with pytest.raises(QueryError) as info:
         compile_orderby(text, resolve)
     assert info.value.position == position
-    assert str(info.value).startswith(f"$orderby: ") and f"at position {position}" in str(info.value)
+    assert str(info.value).startswith("$orderby: ") and f"at position {position}" in str(info.value)
 
 
 @pytest.mark.parametrize("text, expected", [
