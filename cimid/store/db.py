@@ -22,6 +22,7 @@ log = logging.getLogger("cimid.store")
 
 # Attributes kept in their own columns (indexed, cheap to filter and sort); everything else lives in `doc`.
 PROMOTED = ("name", "description", "created", "updated", "state")
+CACHE_ROWS = 4096
 
 # Each migration is a list of statements, applied in one transaction; PRAGMA user_version counts them.
 MIGRATIONS: list[list[str]] = [
@@ -81,12 +82,14 @@ class Transaction:
     def __init__(self, conn: aiosqlite.Connection):
         self.conn = conn
         self.after_commit: list[Callable[[], None]] = []
+        self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
 
     async def get(self, kind: str, id: str) -> Row | None:
         rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
         return _row(rows[0]) if rows else None
 
     async def insert(self, row: Row) -> None:
+        self._touch(row.kind, row.id)
         promoted, doc = _split(row.attrs)
         await self.conn.execute(
             "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal)"
@@ -95,6 +98,7 @@ class Transaction:
         )
 
     async def update(self, row: Row) -> None:
+        self._touch(row.kind, row.id)
         promoted, doc = _split(row.attrs)
         await self.conn.execute(
             "UPDATE resources SET name = ?, description = ?, created = ?, updated = ?, state = ?, doc = ?,"
@@ -104,11 +108,17 @@ class Transaction:
         row.version += 1
 
     async def delete(self, kind: str, id: str) -> None:
+        self.touched = None  # children (a Machine's disks) go too
         await self.conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
         await self.conn.execute("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,))
 
     async def execute(self, sql: str, params=()) -> None:
+        self.touched = None
         await self.conn.execute(sql, params)
+
+    def _touch(self, kind: str, id: str) -> None:
+        if self.touched is not None:
+            self.touched.add((kind, id))
 
 
 def _split(attrs: dict) -> tuple[list, dict]:
@@ -124,6 +134,10 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
+        # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
+        self._cache: dict[tuple[str, str], tuple] = {}
+        self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,12 +185,29 @@ class Store:
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+            self._commits += 1
+            if tx.touched is None:
+                self._cache.clear()
+            else:
+                for key in tx.touched:
+                    self._cache.pop(key, None)
         for callback in tx.after_commit:
             callback()
 
     async def get(self, kind: str, id: str) -> Row | None:
-        rows = await self._reader.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
-        return _row(rows[0]) if rows else None
+        key = (kind, id)
+        raw = self._cache.get(key)
+        if raw is None:
+            commits = self._commits
+            rows = await self._reader.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
+            if not rows:
+                return None
+            raw = rows[0]
+            if commits == self._commits:
+                if len(self._cache) >= CACHE_ROWS:
+                    del self._cache[next(iter(self._cache))]  # the oldest entry
+                self._cache[key] = raw
+        return _row(raw)
 
     async def select(self, where: str, params=()) -> list[Row]:
         return [_row(r) for r in await self._reader.execute_fetchall(f"{_SELECT} WHERE {where}", params)]

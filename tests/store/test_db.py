@@ -51,3 +51,21 @@ async def test_update_bumps_version_and_query_pages_in_sql(store):
     assert (await store.get("Thing", "t1")).version == 2
     count, rows = await store.query("Thing", "", "json_extract(doc, '$.cpu') = ?", [1], "name DESC", 2, 3)
     assert count == 3 and [r.id for r in rows] == ["t7", "t4"]  # renamed > n7 > n4
+
+
+async def test_read_cache_never_serves_a_changed_row(store):
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "c", "", {"name": "one", "created": "2020-01-01T00:00:00.000Z"}))
+    assert (await store.get("Thing", "c")).attrs["name"] == "one"  # now cached
+    async with store.write() as tx:
+        row = await tx.get("Thing", "c")
+        row.attrs["name"] = "two"
+        await tx.update(row)
+    assert (await store.get("Thing", "c")).attrs["name"] == "two"
+    async with store.write() as tx:
+        await tx.delete("Thing", "c")
+    assert await store.get("Thing", "c") is None
+    cached = await store.get("Thing", "c")  # a miss is not cached as absent either
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "c", "", {"name": "three", "created": "2020-01-01T00:00:00.000Z"}))
+    assert cached is None and (await store.get("Thing", "c")).attrs["name"] == "three"
