@@ -65,7 +65,7 @@ class Server:
 
     def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str):
         self.name, self.port, self.log_path, self.ready_path = name, port, log_path, ready_path
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process; stop() closes it
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.startup_seconds: float | None = None
@@ -94,6 +94,12 @@ class Server:
         proc = psutil.Process(self.proc.pid)
         # cimid is one process (libvirt's test driver is in-process); children are counted in case that changes.
         return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / MIB
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far, all threads (aiosqlite and libvirt work in threads of their own)."""
+        import psutil
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
 
     def log_tail(self, lines: int = 20) -> str:
         self.log.flush()

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -23,12 +24,12 @@ import aiohttp
 import bench_10k
 import bench_get
 import bench_memory
-from common import BENCH_DIR, Figure
+from common import BENCH_DIR, Figure, WrongAnswer
 
 
 def environment(quick: bool) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs (load {load}), "
+    return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs (load {load}), "
             f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, sandbox profile, "
             f"{'quick' if quick else 'full'} run")
 
@@ -44,9 +45,9 @@ def table(figures: list[Figure]) -> list[str]:
 
 def markdown(figures: list[Figure], context: str) -> str:
     lines = ["<!-- written by bench/run.py, overwritten on every run -->",
-             f"Measured by `make bench` on {context}. Servers ran as subprocesses with request logging off; "
-             "request rates are medians of interleaved wrk runs, latencies of sequential keep-alive requests; "
-             "baselines were measured side by side in the same run.", "",
+             (f"Measured by `make bench` on {context}. Servers ran as subprocesses with request logging off; "
+              "request rates are medians of interleaved wrk runs, latencies of sequential keep-alive requests; "
+              "baselines were measured side by side in the same run."), "",
              "| Figure | Measured | Target | Meets |", "|---|---|---|---|"]
     for f in figures:
         cells = [f.label, f.shown, f.target or "-", f.verdict]
@@ -58,6 +59,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="cimid's benchmarks")
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
     args = parser.parse_args()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and temp dirs are still cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also through make or a pipe
     context = environment(args.quick)
     print(f"cimid benchmarks: {context}")
     figures: list[Figure] = []
@@ -71,8 +75,9 @@ def main() -> int:
         started = time.perf_counter()
         try:
             result = fn()
-        except Exception as exc:
-            traceback.print_exc()
+        except Exception as exc:  # noqa: BLE001 - report it, run the other benchmarks
+            if not isinstance(exc, (WrongAnswer, RuntimeError)):  # those two explain themselves
+                traceback.print_exc(file=sys.stdout)  # in order with the report
             print(f"\n  !!!!! {title} FAILED: {exc}")
             figures.append(Figure(label, f"FAILED: {type(exc).__name__}", "", False))
             failed = True
