@@ -14,7 +14,7 @@ from ..plugins import Drivers, plugin_manager
 from ..service.presentation import Context, now
 from ..service.provider import Provider, QueryParams, Result
 from ..store.db import Store
-from ..wire import json_dialect, xml_dialect
+from ..wire import json_dialect
 from . import negotiation
 from .auth import Authenticator
 
@@ -22,6 +22,7 @@ log = logging.getLogger("cimid.http")
 PROVIDER = web.AppKey("provider", Provider)
 AUTH = web.AppKey("auth", Authenticator)
 CONFIG = web.AppKey("config", Config)
+RENDERINGS = web.AppKey("renderings", object)
 FORMAT = web.RequestKey("format", str)  # the negotiated response format, json or xml
 USER = web.RequestKey("user", str)
 ROLE = web.RequestKey("role", str)
@@ -29,20 +30,47 @@ ROLE = web.RequestKey("role", str)
 
 # ---------------------------------------------------------------- rendering
 
+class RenderingCache:
+    """Rendered bodies of single resources, keyed by what makes them differ (version included), so a
+    changed resource simply gets a new key; the oldest entries go first."""
+
+    def __init__(self, size: int = 2048):
+        self.size, self.bodies = size, {}
+
+    def get(self, key):
+        return self.bodies.get(key)
+
+    def put(self, key, body: bytes) -> None:
+        if len(self.bodies) >= self.size:
+            del self.bodies[next(iter(self.bodies))]
+        self.bodies[key] = body
+
+
+def _render(fmt: str, result: Result) -> bytes:
+    doc = result.document()
+    if fmt == negotiation.XML:
+        from ..wire import xml_dialect  # lxml is loaded only once someone speaks XML
+        if result.item_type is not None:
+            return xml_dialect.render_collection(doc, result.item_type)
+        return xml_dialect.render(doc, result.rtype)
+    return json_dialect.render(doc)
+
+
 def _respond(request: web.Request, result: Result) -> web.Response:
     fmt = request[FORMAT]
     headers = dict(result.headers)
-    if result.doc is None:
+    if result.doc is None and result.make_doc is None:
         return web.Response(status=result.status, headers=headers)
-    if fmt == negotiation.XML:
-        if result.item_type is not None:
-            body = xml_dialect.render_collection(result.doc, result.item_type)
-        else:
-            body = xml_dialect.render(result.doc, result.rtype)
-        content_type = xml_dialect.MEDIA_TYPE
+    if result.cache_key is not None:
+        cache = request.app[RENDERINGS]
+        key = (*result.cache_key, fmt)
+        body = cache.get(key)
+        if body is None:
+            body = _render(fmt, result)
+            cache.put(key, body)
     else:
-        body, content_type = json_dialect.render(result.doc), json_dialect.MEDIA_TYPE
-    headers["Content-Type"] = content_type
+        body = _render(fmt, result)
+    headers["Content-Type"] = "application/xml" if fmt == negotiation.XML else json_dialect.MEDIA_TYPE
     return web.Response(status=result.status, body=body, headers=headers)
 
 
@@ -148,6 +176,7 @@ async def _body(request: web.Request, optional: bool = False) -> tuple[str | Non
         raise BadRequest("this request needs a body")
     fmt = negotiation.request_format(request.headers.get("Content-Type"), body)
     if fmt == negotiation.XML:
+        from ..wire import xml_dialect
         return xml_dialect.parse(body)
     return json_dialect.parse(body)
 
@@ -238,6 +267,7 @@ def make_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
     app[PROVIDER] = provider
     app[CONFIG] = config
     app[AUTH] = Authenticator(config["auth"]["users"])
+    app[RENDERINGS] = RenderingCache()
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import Config
@@ -39,6 +40,13 @@ class Result:
     doc: dict | None = None
     item_type: ResourceType | None = None  # set when doc is a collection
     headers: dict[str, str] = field(default_factory=dict)
+    # A plain GET of one resource: what identifies its rendering (type, id, version, base, role), and how
+    # to build the document when the HTTP layer has no rendering cached under that key.
+    cache_key: tuple | None = None
+    make_doc: Callable[[], dict] | None = None
+
+    def document(self) -> dict | None:
+        return self.make_doc() if self.doc is None and self.make_doc else self.doc
 
 
 @dataclass
@@ -136,6 +144,9 @@ class Provider:
                                                                            params.select))
         rtype = self.type_of(collection)
         row = await self.load(rtype, id)
+        if not params.select and not params.expand:
+            return Result(200, rtype, headers={"ETag": etag(row)}, make_doc=lambda: present(rtype, row, ctx),
+                          cache_key=(rtype.name, row.id, row.version, ctx.base, ctx.role))
         doc = await self.render(rtype, row, ctx, params)
         return Result(200, rtype, doc, headers={"ETag": etag(row)})
 

@@ -11,7 +11,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosqlite
@@ -46,14 +45,21 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 
-@dataclass
 class Row:
-    kind: str
-    id: str
-    parent: str
-    attrs: dict  # every stored attribute, promoted ones included
-    internal: dict = field(default_factory=dict)
-    version: int = 1
+    """One stored resource: every attribute (promoted ones included) and provider-only `internal` data."""
+
+    __slots__ = ("kind", "id", "parent", "attrs", "version", "_internal", "_internal_json")
+
+    def __init__(self, kind: str, id: str, parent: str, attrs: dict, internal: dict | None = None,
+                 version: int = 1, internal_json: str = "{}"):
+        self.kind, self.id, self.parent, self.attrs, self.version = kind, id, parent, attrs, version
+        self._internal, self._internal_json = internal, internal_json
+
+    @property
+    def internal(self) -> dict:
+        if self._internal is None:  # decoded on first use: a plain GET never needs it
+            self._internal = json.loads(self._internal_json)
+        return self._internal
 
     @property
     def state(self) -> str | None:
@@ -68,7 +74,7 @@ def _row(r) -> Row:
     for name, value in zip(PROMOTED, r[3:8], strict=True):
         if value is not None:
             attrs[name] = value
-    return Row(r[0], r[1], r[2], attrs, json.loads(r[9]), r[10])
+    return Row(r[0], r[1], r[2], attrs, version=r[10], internal_json=r[9])
 
 
 def column(attribute: str, type_: str) -> Column:
@@ -134,6 +140,7 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._snapshot = asyncio.Lock()  # one multi-statement read at a time on the reader connection
         # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
         # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
         self._cache: dict[tuple[str, str], tuple] = {}
@@ -219,11 +226,17 @@ class Store:
         args = (kind, parent, *params)
         start = max(first or 1, 1)
         limit = -1 if last is None else last - start + 1
-        if limit == 0 or (last is not None and limit < 0):
-            rows = []
-        else:
-            order_by = f"{order}, seq" if order else "seq"
-            rows = await self._reader.execute_fetchall(
-                f"{_SELECT} WHERE {cond} ORDER BY {order_by} LIMIT ? OFFSET ?", (*args, limit, start - 1))
-        (count,), = await self._reader.execute_fetchall(f"SELECT count(*) FROM resources WHERE {cond}", args)
+        async with self._snapshot:  # page and count from one snapshot, so they agree
+            await self._reader.execute("BEGIN")
+            try:
+                if limit == 0 or (last is not None and limit < 0):
+                    rows = []
+                else:
+                    order_by = f"{order}, seq" if order else "seq"
+                    rows = await self._reader.execute_fetchall(
+                        f"{_SELECT} WHERE {cond} ORDER BY {order_by} LIMIT ? OFFSET ?", (*args, limit, start - 1))
+                (count,), = await self._reader.execute_fetchall(
+                    f"SELECT count(*) FROM resources WHERE {cond}", args)
+            finally:
+                await self._reader.execute("COMMIT")
         return count, [_row(r) for r in rows]
