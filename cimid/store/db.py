@@ -140,7 +140,10 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._snapshot = asyncio.Lock()  # one multi-statement read at a time on the reader connection
+        # Collection pages read in a transaction on a connection of their own: the single-row reader must
+        # never sit inside an old snapshot, or the row cache could keep what it read there.
+        self._pager: aiosqlite.Connection | None = None
+        self._snapshot = asyncio.Lock()
         # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
         # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
         self._cache: dict[tuple[str, str], tuple] = {}
@@ -151,6 +154,7 @@ class Store:
         self._writer = await self._connect()
         await self._migrate()
         self._reader = await self._connect()
+        self._pager = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)  # we issue BEGIN ourselves
@@ -175,10 +179,11 @@ class Store:
             log.info("store migrated to schema version %d", number)
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self._pager, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._pager = self._reader = self._writer = None
+        self._cache.clear()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
@@ -227,16 +232,16 @@ class Store:
         start = max(first or 1, 1)
         limit = -1 if last is None else last - start + 1
         async with self._snapshot:  # page and count from one snapshot, so they agree
-            await self._reader.execute("BEGIN")
+            await self._pager.execute("BEGIN")
             try:
                 if limit == 0 or (last is not None and limit < 0):
                     rows = []
                 else:
                     order_by = f"{order}, seq" if order else "seq"
-                    rows = await self._reader.execute_fetchall(
+                    rows = await self._pager.execute_fetchall(
                         f"{_SELECT} WHERE {cond} ORDER BY {order_by} LIMIT ? OFFSET ?", (*args, limit, start - 1))
-                (count,), = await self._reader.execute_fetchall(
+                (count,), = await self._pager.execute_fetchall(
                     f"SELECT count(*) FROM resources WHERE {cond}", args)
             finally:
-                await self._reader.execute("COMMIT")
+                await self._pager.execute("COMMIT")
         return count, [_row(r) for r in rows]
