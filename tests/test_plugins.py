@@ -7,7 +7,7 @@ from cimid.errors import DriverError
 from cimid.hookspecs import hookimpl
 from cimid.plugins import plugin_manager
 from conftest import make_client
-from drivers.libvirt_compute import LibvirtCompute
+from drivers.libvirt import LibvirtCompute
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from cimid.errors import DriverError
-from cimid.hookspecs import MachineSpec, hookimpl
+from cimid.hookspecs import MachineSpec
 
 DOMAIN_PREFIX = "cimid-"
 # libvirt keeps running and stopped domains; these states map onto CIMI's.
@@ -225,10 +225,3 @@ class LibvirtCompute:
                 return "SUSPENDED"
             return _STATES.get(code, "ERROR")
         return await self._call(state)
-
-
-@hookimpl
-def cimid_compute_driver(config):
-    if config["compute"]["driver"] == "libvirt":
-        return LibvirtCompute(config)
-    return None
