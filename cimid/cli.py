@@ -42,8 +42,25 @@ def serve(args) -> int:
     host, port = config.listen
     logging.getLogger("cimid").info("cimid %s serving the %s profile on http://%s:%d/cimi/cloudEntryPoint "
                                     "(state in %s)", __version__, config.profile, host, port, config.state_dir)
-    web.run_app(make_app(config), host=host, port=port, print=None, access_log=None)
+    asyncio.run(_serve(web, make_app(config), host, port))
     return 0
+
+
+async def _serve(web, app, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM; a second signal during shutdown changes nothing (systemd and make
+    both send one), so the store is always closed properly."""
+    import signal
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def check(args) -> int:

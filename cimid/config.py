@@ -24,6 +24,9 @@ DEFAULTS: dict[str, dict] = {
         "virt_type": "qemu",
         "default_initial_state": "STARTED",
         "operation_delay": 0.0,
+        "stop_timeout": 120.0,
+        "image_dir": "",
+        "disk_dir": "",
     },
     "catalogue": {"seed": True},
 }

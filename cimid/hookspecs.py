@@ -13,6 +13,7 @@ Drivers know nothing about HTTP or CIMI wire formats: they take plain values and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import pluggy
@@ -35,6 +36,7 @@ class MachineSpec:
     cpu_arch: str | None = None
     disks: list[dict] = field(default_factory=list)  # [{"capacity": KB, "format": ..., "initialLocation": ...}]
     image_location: str | None = None
+    image_id: str | None = None  # the MachineImage whose data the driver imported (None: given by value)
     user_data: str | None = None  # Base64, as the consumer gave it
     credential: dict | None = None  # {"userName", "password", "key"}
 
@@ -43,6 +45,7 @@ class ComputeDriver(Protocol):
     """Runs Machines. Every method returns when the host has done the work (or raises DriverError)."""
 
     name: str
+    imports_images: bool  # True: MachineImages are downloaded and inspected (import_image) before use
 
     async def open(self) -> None:
         """Connect to the hypervisor; raise DriverError(unavailable=True) if it does not answer."""
@@ -52,12 +55,25 @@ class ComputeDriver(Protocol):
     async def health(self) -> dict[str, str]:
         """Human-readable facts for `cimid check`, e.g. {"connection": "qemu:///system answers"}."""
 
+    def watch(self, callback: Callable[[str, str, str], None]) -> None:
+        """Call `callback(machine_id, cimi_state, reason)` whenever the host changes a machine's state by
+        itself (a guest powering off, a crash), from the event loop."""
+
     async def adopt(self, machines: list[tuple[MachineSpec, str]]) -> None:
         """Called once at start-up with every stored Machine and its last stable CIMI state, so a backend
         whose state does not outlive the process (the sandbox) can rebuild it. Persistent backends ignore it."""
 
+    async def import_image(self, image_id: str, location: str, checksum: str | None,
+                           progress: Callable[[int], Awaitable[None]]) -> dict:
+        """Download `location` into the image store, verify `checksum` ("sha256:<hex>"), inspect it.
+
+        :return: {"format": "qcow2" | "raw", "virtual_size": bytes}
+        """
+
+    async def delete_image(self, image_id: str) -> None: ...
+
     async def create(self, spec: MachineSpec) -> None:
-        """Define the machine, stopped."""
+        """Define the machine, stopped, with its disks and cloud-init seed."""
 
     async def start(self, machine_id: str) -> None:
         """Boot it, or resume it from PAUSED or SUSPENDED."""
@@ -75,6 +91,18 @@ class ComputeDriver(Protocol):
 
     async def state(self, machine_id: str) -> str | None:
         """The CIMI state the host reports (STARTED, STOPPED, PAUSED, SUSPENDED, ERROR ...), None if unknown."""
+
+    async def capture(self, machine_id: str, image_id: str) -> dict:
+        """Copy the machine's boot disk, flattened, into the image store as `image_id`.
+
+        :return: {"format", "virtual_size", "location"} of the new image (location: a URI of the copy)
+        """
+
+    async def restore(self, machine_id: str, image_id: str) -> None:
+        """Make the machine's boot disk a fresh copy-on-write overlay on the image `image_id`."""
+
+    async def console(self, machine_id: str, max_bytes: int) -> str:
+        """The last `max_bytes` of what the guest wrote to its serial console."""
 
 
 class StorageDriver(Protocol):

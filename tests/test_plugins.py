@@ -46,7 +46,7 @@ async def test_third_party_driver_is_used_and_its_failures_fail_the_job(tmp_path
             assert [n["state"] for n in nested] == ["FAILED", "FAILED"]
             machine = (await client.get(r.headers["Location"])).json
             assert machine["state"] == "ERROR"
-            assert {o["rel"] for o in machine["operations"]} == {"edit", "delete"}
+            assert {o["rel"] for o in machine["operations"]} == {"edit", "delete", "urn:x-cimid:operation:console"}
             d = await client.delete(r.headers["Location"])  # an ERROR machine can be cleaned up
             assert (await client.wait_job(d.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
             assert (await client.get(r.headers["Location"])).status == 404

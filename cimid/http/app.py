@@ -10,6 +10,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import BadRequest, CimiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..model import TYPES
+from ..model.resources import MACHINE_PARTS
 from ..plugins import Drivers, plugin_manager
 from ..service.presentation import Context, now
 from ..service.provider import Provider, QueryParams, Result
@@ -231,26 +232,32 @@ async def operation(request: web.Request) -> web.Response:
     provider = request.app[PROVIDER]
     name, id, op = request.match_info["collection"], request.match_info["id"], request.match_info["op"]
     ctx = _context(request)
-    if name == "machines" and op == "disks":
-        if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"{request.method} is not allowed on a Machine's disks", ["GET"])
-        await provider.load(provider.type_of("machines"), id)
-        return _respond(request, await provider.query(ctx, "disks", _params(request), parent=id))
+    if name == "machines" and op in MACHINE_PARTS:
+        _allow(request, ["GET"], f"a Machine's {op}")
+        provider.type_of("machines")
+        return _respond(request, await provider.query(ctx, op, _params(request), parent=id))
+    if name == "machines" and op == "console":  # provider extension: the serial console, as text
+        _allow(request, ["GET"], "a Machine's console")
+        provider.type_of("machines")
+        text = await provider.machines.console(ctx, id, _positive(request, "bytes") or 65536)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
     if request.method != "POST":
         raise MethodNotAllowed(f"operations take POST, not {request.method}", ["POST"])
     root, body = await _body(request, optional=True)
-    if root not in (None, "Action"):
+    if root not in (None, "Action", "MachineImage"):
         raise BadRequest(f"an operation takes an Action document, not a {root}")
     body = body or {"action": op}  # an empty body asks for the operation its URL names
-    return _respond(request, await provider.action(ctx, name, id, op, body, request.headers.get("If-Match")))
+    return _respond(request, await provider.action(ctx, name, id, op, body, request.headers.get("If-Match"),
+                                                   root))
 
 
-async def disk(request: web.Request) -> web.Response:
+async def machine_part(request: web.Request) -> web.Response:
     provider = request.app[PROVIDER]
-    _allow(request, ["GET"], "a Disk")
+    part = request.match_info["part"]
+    _allow(request, ["GET"], f"an item of a Machine's {part}")
     provider.type_of("machines")
-    return _respond(request, await provider.get_disk(_context(request), request.match_info["id"],
-                                                     request.match_info["disk"], _params(request)))
+    return _respond(request, await provider.get_part(_context(request), request.match_info["id"], part,
+                                                     request.match_info["item"], _params(request)))
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -272,7 +279,7 @@ def make_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)
     app.router.add_route("*", "/cimi/{collection}/{id}/{op}", operation)
-    app.router.add_route("*", "/cimi/machines/{id}/disks/{disk}", disk)
+    app.router.add_route("*", "/cimi/machines/{id}/{part}/{item}", machine_part)
     app.router.add_route("*", "/{tail:.*}", not_found)
 
     async def on_startup(_app):

@@ -6,9 +6,10 @@ from .types import REF, Action, Attribute, ResourceType, common_attributes
 
 MACHINE_STATES = (
     "CREATING", "STARTING", "STARTED", "STOPPING", "STOPPED", "PAUSING", "PAUSED",
-    "SUSPENDING", "SUSPENDED", "DELETING", "ERROR",
+    "SUSPENDING", "SUSPENDED", "CAPTURING", "RESTORING", "DELETING", "ERROR",
 )
-MACHINE_TRANSITIONAL = ("CREATING", "STARTING", "STOPPING", "PAUSING", "SUSPENDING", "DELETING")
+MACHINE_TRANSITIONAL = ("CREATING", "STARTING", "STOPPING", "PAUSING", "SUSPENDING", "CAPTURING", "RESTORING",
+                        "DELETING")
 INITIAL_STATES = ("STARTED", "STOPPED")
 CPU_ARCHES = (
     "68000", "Alpha", "ARM", "Itanium", "MIPS", "PA_RISC", "POWER", "PowerPC", "x86", "x86_64",
@@ -119,7 +120,24 @@ Disk = ResourceType(
     deletable=False,
     creatable=False,
     xml_has_common=False,
+    owner="Machine",
     description="Local storage of a Machine.",
+)
+
+MachineSnapshot = ResourceType(
+    "MachineSnapshot",
+    [
+        Attribute("id", "URI", provider_mandatory=True, mutable=False, consumer_writable=False),
+        _ro("created", "dateTime"),
+        _ro("snapshot", "ref", target="MachineImage", xml_name="shapshot"),  # sic, DSP8009 1.0.2
+    ],
+    collection="snapshots",
+    items="machineSnapshots",
+    editable=False,
+    deletable=False,
+    creatable=False,
+    owner="Machine",
+    description="A SNAPSHOT MachineImage taken of a Machine.",
 )
 
 MACHINE_ACTIONS = {
@@ -133,6 +151,12 @@ MACHINE_ACTIONS = {
                "Stop (force as given) then start, as two nested Jobs.", params=("force",)),
         Action("pause", ("STARTED",), "PAUSING", "PAUSED", "Freeze the machine, memory kept in RAM."),
         Action("suspend", ("STARTED",), "SUSPENDING", "SUSPENDED", "Save the machine's memory to disk and stop it."),
+        Action("capture", ("STARTED", "STOPPED", "PAUSED"), "CAPTURING", "its previous state",
+               "Make a new IMAGE MachineImage of the boot disk, flattened (body: a MachineImage or an Action)."),
+        Action("snapshot", ("STARTED", "STOPPED", "PAUSED"), "CAPTURING", "its previous state",
+               "Make a SNAPSHOT MachineImage of the boot disk, listed in the machine's snapshots."),
+        Action("restore", ("STARTED", "STOPPED"), "RESTORING", "its previous state",
+               "Revert the boot disk to the MachineImage given as `image`.", params=("image",)),
     ]
 }
 
@@ -146,6 +170,8 @@ Machine = ResourceType(
         _ro("disks", "collection", target="Disk"),
         _ro("cpuArch", "string"),
         _ro("cpuSpeed", "integer"),
+        _ro("latestSnapshot", "ref", target="MachineImage"),
+        _ro("snapshots", "collection", target="MachineSnapshot"),
     ],
     collection="machines",
     items="machines",
@@ -239,11 +265,13 @@ ActionRequest = ResourceType(
 
 ALL = [
     MachineConfigurationDisk, MachineConfiguration, MachineImage, Credential, CredentialTemplate,
-    MachineTemplate, Disk, Machine, Job, ResourceMetadata, CloudEntryPoint,
+    MachineTemplate, Disk, MachineSnapshot, Machine, Job, ResourceMetadata, CloudEntryPoint,
     MachineCreate, CredentialCreate, ActionRequest,
 ]
 TYPES: dict[str, ResourceType] = {t.name: t for t in ALL}
-BY_COLLECTION: dict[str, ResourceType] = {t.collection: t for t in ALL if t.collection and t.name != "Disk"}
+BY_COLLECTION: dict[str, ResourceType] = {t.collection: t for t in ALL if t.collection and not t.owner}
+# Collections that belong to one Machine: machines/{id}/disks, machines/{id}/snapshots.
+MACHINE_PARTS: dict[str, ResourceType] = {t.collection: t for t in ALL if t.owner == "Machine"}
 # What may appear as an XML/JSON request root, by element name.
 REQUEST_ROOTS = {t.name: t for t in ALL if t.name not in ("ResourceMetadata", "CloudEntryPoint", "Disk",
-                                                          "MachineConfigurationDisk")}
+                                                          "MachineSnapshot", "MachineConfigurationDisk")}

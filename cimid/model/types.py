@@ -37,6 +37,7 @@ class Attribute:
     target: str | None = None  # ref/collection: the referenced type; array: the item structure, or REF
     by_value: bool = False  # a ref that may also be given inline
     xml_item: str | None = None  # XML element of each array item (JSON `disks` -> XML `disk`)
+    xml_name: str | None = None  # XML element when it differs from the JSON name (DSP8009's `shapshot`)
     enum: tuple[str, ...] | None = None
     minimum: int | None = None
     max_length: int = 4096
@@ -103,6 +104,7 @@ class ResourceType:
     creatable: bool = True
     xml_has_common: bool = True  # DSP8009 1.0.2 gives some types (Disk) no common elements
     xml_operations_after: str | None = None  # DSP8009 puts Credential operations before userName/password/key
+    owner: str | None = None  # a Machine's disks and snapshots live at machines/{id}/{collection}/{item}
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -58,8 +58,8 @@ def set_job_state(row: Row, state: str, message: str | None = None, progress: in
     log.info("job %s %s %s%s", row.id, row.attrs.get("action", ""), state, f": {message}" if message else "")
 
 
-# A step executor: (job internal step dict) -> awaitable; supplied by the service that owns the resource.
-StepRunner = Callable[[Row, dict], Awaitable[None]]
+# A step executor: (job, step dict) -> what the step made (kept in the step as "result"), or None.
+StepRunner = Callable[[Row, dict], Awaitable[object]]
 # Reads what the host now says about the Job's target, outside any transaction (driver calls can be slow).
 Observer = Callable[[Row], Awaitable[object]]
 # Settles the target resource inside the transaction that records the outcome:
@@ -83,6 +83,13 @@ class JobRunner:
         task = asyncio.get_running_loop().create_task(self._run(job_id), name=f"job-{job_id}")
         self.tasks[job_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(job_id, None))
+
+    async def report_progress(self, job_id: str, percent: int) -> None:
+        async with self.store.write() as tx:
+            job = await tx.get("Job", job_id)
+            if job is not None and job.state == "RUNNING" and job.attrs.get("progress") != percent:
+                job.attrs["progress"] = percent
+                await tx.update(job)
 
     async def drain(self) -> None:
         """Wait for every running Job (tests and orderly shutdown)."""
@@ -127,8 +134,9 @@ class JobRunner:
                         set_job_state(nested, "RUNNING")
                         await tx.update(nested)
                     await finish(tx, job, "STEP", step.get("transitional", ""), None)
+                result = None
                 try:
-                    await run_step(job, step)
+                    result = await run_step(job, step)
                 except DriverError as exc:
                     outcome, message = "FAILED", str(exc)
                 except asyncio.CancelledError:
@@ -138,6 +146,8 @@ class JobRunner:
                     outcome, message = "FAILED", f"internal error in the driver: {exc}"
                 async with self.store.write() as tx:
                     job = await tx.get("Job", job_id)
+                    if result is not None:  # what the step made, for the finisher (e.g. a captured image)
+                        job.internal["steps"][index]["result"] = result
                     if nested_id:
                         nested = await tx.get("Job", nested_id)
                         set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",

@@ -25,6 +25,8 @@ class Machines:
         self.driver = provider.drivers.compute
         self.ready = False
         provider.jobs.register("machine", self.run_step, self.observe, self.finish)
+        if self.driver is not None:
+            self.driver.watch(self.on_event)
 
     async def ensure_driver(self) -> None:
         """Machine changes need a hypervisor that answers; reads of stored Machines do not."""
@@ -56,6 +58,9 @@ class Machines:
                     parts[name] = await self.provider.resolve_ref(tx, MachineTemplate.attribute(name), value)
             conf = parts["machineConfig"]
             image = parts["machineImage"]
+            if self.driver.imports_images and not image.get("_href"):
+                raise BadRequest("this provider boots only imported MachineImages: give machineImage by "
+                                 "reference (POST the image to machineImages first)")
             if image.get("state", "AVAILABLE") != "AVAILABLE":
                 raise Conflict(f"the MachineImage is {image['state']}, not AVAILABLE")
             initial = template.get("initialState") or config["default_initial_state"]
@@ -69,6 +74,7 @@ class Machines:
                 id=machine_id, name=attrs.get("name", ""), cpu=conf["cpu"], memory=conf["memory"],
                 cpu_arch=conf.get("cpuArch"), disks=conf.get("disks", []),
                 image_location=image.get("imageLocation"), user_data=template.get("userData"),
+                image_id=image["_href"].rsplit("/", 1)[1] if image.get("_href") else None,
                 credential={k: credential[k] for k in ("userName", "password", "key") if k in credential}
                 if credential else None,
             )
@@ -99,7 +105,12 @@ class Machines:
                 raise Conflict(f"cannot {action.name} Machine '{id}' while it is {machine.state}; "
                                f"{action.name} needs one of {', '.join(action.from_states)}")
             force = bool(request.get("force", False))
-            if action.name == "restart" and machine.state == "STOPPED":
+            if action.name in ("capture", "snapshot"):
+                return await self._capture(tx, ctx, machine, action, request.get("imageAttributes", {}))
+            if action.name == "restore":
+                image_id = await self._restorable(tx, request.get("image"))
+                steps = [{"op": "restore", "image": image_id, "transitional": "RESTORING"}]
+            elif action.name == "restart" and machine.state == "STOPPED":
                 steps = [{"op": "start", "transitional": "STARTING"}]
             elif action.name == "restart":
                 steps = [{"op": "stop", "force": force, "transitional": "STOPPING"},
@@ -107,8 +118,40 @@ class Machines:
             else:
                 steps = [{"op": action.name, "force": force, "transitional": action.transitional}]
             job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{id}",
-                                    success=f"Machine {action.final}")
+                                    success=f"Machine {action.final}" if action.name != "restore"
+                                    else "Machine restored")
         return self._accepted(ctx, machine, job)
+
+    async def _capture(self, tx: Transaction, ctx: Context, machine: Row, action: Action, attrs: dict):
+        """A new MachineImage (IMAGE for capture, SNAPSHOT for snapshot), made by a Job."""
+        from .provider import Result
+        stamp = now()
+        kind = "IMAGE" if action.name == "capture" else "SNAPSHOT"
+        image_attrs = {"name": f"{machine.attrs.get('name') or machine.id} {action.name}", **attrs,
+                       "created": stamp, "updated": stamp, "state": "CREATING", "type": kind,
+                       "imageLocation": ctx.base + f"machines/{machine.id}"}
+        if kind == "SNAPSHOT" and machine.internal.get("image"):
+            image_attrs["relatedImage"] = {"href": machine.internal["image"]}
+        image = Row("MachineImage", new_id(), "", image_attrs)
+        await tx.insert(image)
+        steps = [{"op": "capture", "image": image.id, "transitional": "CAPTURING"}]
+        job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{machine.id}",
+                                success=f"MachineImage {kind} made", affected=[f"machineImages/{image.id}"])
+        return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx),
+                      headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}",
+                               "Location": ctx.base + f"machineImages/{image.id}"})
+
+    async def _restorable(self, tx: Transaction, ref: dict | None) -> str:
+        from .presentation import href_to_id
+        if not ref or "href" not in ref:
+            raise BadRequest("restore needs an image: {\"href\": \"<a MachineImage of this provider>\"}")
+        image_id = href_to_id(ref["href"], TYPES["MachineImage"], "image")
+        image = await tx.get("MachineImage", image_id)
+        if image is None:
+            raise BadRequest(f"image: '{ref['href']}' does not name an existing MachineImage")
+        if image.state != "AVAILABLE":
+            raise Conflict(f"MachineImage '{image_id}' is {image.state}, not AVAILABLE")
+        return image_id
 
     async def delete(self, ctx: Context, id: str, if_match: str | None):
         from .provider import check_if_match
@@ -129,12 +172,13 @@ class Machines:
         return machine
 
     async def _queue(self, tx: Transaction, machine: Row, action: str, steps: list[dict], *, target: str,
-                     success: str) -> Row:
+                     success: str, affected: list[str] = ()) -> Row:
         """Persist the Job (and nested Jobs for several steps), mark the machine transitional."""
         path = f"machines/{machine.id}"
         internal = {"kind": "machine", "machine": machine.id, "steps": steps, "prior": machine.state,
                     "success_message": success, "stoppable": True}
-        job = job_row(action=action, target=target, affected=[path], state="QUEUED", internal=internal)
+        job = job_row(action=action, target=target, affected=[path, *affected], state="QUEUED",
+                      internal=internal)
         if len(steps) > 1:
             job.attrs["nestedJobs"] = []
             for step in steps:
@@ -167,6 +211,10 @@ class Machines:
             await self.driver.stop(machine_id, step.get("force", False))
         elif op in ("start", "pause", "suspend", "delete"):
             await getattr(self.driver, op)(machine_id)
+        elif op == "capture":
+            return await self.driver.capture(machine_id, step["image"])
+        elif op == "restore":
+            await self.driver.restore(machine_id, step["image"])
         else:
             raise DriverError(f"unknown step '{op}'")
 
@@ -186,10 +234,14 @@ class Machines:
                 machine.attrs["state"] = message
                 await tx.update(machine)
             return
-        last_op = job.internal["steps"][-1]["op"]
-        if outcome == "SUCCESS" and last_op == "delete":
+        last = job.internal["steps"][-1]
+        if outcome == "SUCCESS" and last["op"] == "delete":
             await tx.delete("Machine", machine.id)
             return
+        if last["op"] == "capture":
+            await self._settle_capture(tx, machine, last, outcome == "SUCCESS")
+        if outcome == "SUCCESS" and last["op"] == "restore":
+            machine.internal["image"] = f"machineImages/{last['image']}"  # the disk now stands on it
         if outcome == "SUCCESS" and observed is None:
             set_job_state(job, "FAILED", "the hypervisor no longer knows this machine")
         state = observed or "ERROR"
@@ -198,14 +250,61 @@ class Machines:
             machine.internal["stable"] = state
         await tx.update(machine)
 
+    async def _settle_capture(self, tx: Transaction, machine: Row, step: dict, succeeded: bool) -> None:
+        image = await tx.get("MachineImage", step["image"])
+        if image is None:
+            return
+        if not succeeded:
+            await tx.delete("MachineImage", image.id)
+            return
+        image.attrs["state"] = "AVAILABLE"
+        image.attrs["imageLocation"] = step["result"]["location"]
+        await tx.update(image)
+        if image.attrs["type"] == "SNAPSHOT":
+            await tx.insert(Row("MachineSnapshot", new_id(), machine.id, {
+                "created": now(), "snapshot": {"href": f"machineImages/{image.id}"}}))
+            machine.attrs["latestSnapshot"] = {"href": f"machineImages/{image.id}"}
+
+    def on_event(self, machine_id: str, state: str, reason: str) -> None:
+        """The host changed a machine by itself (a guest powered off, crashed): follow it."""
+        import asyncio
+        asyncio.get_running_loop().create_task(self._follow(machine_id, state, reason))
+
+    async def _follow(self, machine_id: str, state: str, reason: str) -> None:
+        async with self.store.write() as tx:
+            machine = await tx.get("Machine", machine_id)
+            if machine is None or machine.state in Machine.transitional_states or machine.state == state:
+                return  # a Job is at work, and it reads the state back when it ends
+            previous = machine.state
+            machine.attrs["state"] = state
+            if state != "ERROR":
+                machine.internal["stable"] = state
+            await tx.update(machine)
+            path = f"machines/{machine_id}"
+            # A Job records what happened and why, where a consumer can find it.
+            await tx.insert(job_row(action="urn:x-cimid:event:state", target=path, affected=[path],
+                                    state="FAILED" if state == "ERROR" else "SUCCESS",
+                                    message=f"{reason}: {previous} -> {state}"))
+        log.info("machine %s: %s (%s -> %s)", machine_id, reason, previous, state)
+
+    async def console(self, ctx: Context, id: str, max_bytes: int) -> str:
+        await self.provider.load(Machine, id)
+        try:
+            return await self.driver.console(id, max_bytes)
+        except DriverError as exc:
+            raise Unavailable(f"the console cannot be read: {exc}") from None
+
     async def settle_unstarted(self, tx: Transaction, job: Row) -> None:
         """A QUEUED Job was stopped: nothing reached the host, so undo only what the request recorded."""
         machine = await tx.get("Machine", job.internal["machine"])
         if machine is None:
             return
-        if job.internal["steps"][0]["op"] == "create":
+        first = job.internal["steps"][0]
+        if first["op"] == "create":
             await tx.delete("Machine", machine.id)
         else:
+            if first["op"] == "capture":
+                await tx.delete("MachineImage", first["image"])
             machine.attrs["state"] = job.internal["prior"]
             await tx.update(machine)
 

@@ -8,7 +8,7 @@ from ..errors import BadRequest, NotFound
 from ..model import TYPES, ResourceType
 from ..model.types import CAPABILITY_BASE
 from ..store import query as q
-from .presentation import Context, now, select_attributes
+from .presentation import CONSOLE_REL, Context, now, select_attributes
 
 CEP_COLLECTIONS = {
     "resourceMetadata": "ResourceMetadata", "machines": "Machine", "machineTemplates": "MachineTemplate",
@@ -19,7 +19,8 @@ STARTED_AT = now()
 
 
 def served_types(provider) -> list[ResourceType]:
-    names = ["CloudEntryPoint", "ResourceMetadata", "Machine", "Disk", "MachineTemplate", "MachineConfiguration",
+    names = ["CloudEntryPoint", "ResourceMetadata", "Machine", "Disk", "MachineSnapshot", "MachineTemplate",
+             "MachineConfiguration",
              "MachineImage", "Credential", "CredentialTemplate", "Job"]
     return [TYPES[n] for n in names if provider.served(TYPES[n])]
 
@@ -41,9 +42,13 @@ def _capabilities(provider, rtype: ResourceType) -> list[dict]:
         caps = {n: True for n in ("ExpandParameter", "FilterParameter", "FirstParameter", "SelectParameter",
                                   "OrderByParameter", "FormatParameter")}
     elif rtype.name == "Machine":
+        real_images = provider.drivers.compute.imports_images
         caps = {"DefaultInitialState": compute["default_initial_state"], "InitialStates": "STARTED,STOPPED",
-                "MachineTemplateByValue": True, "MachineConfigByValue": True, "MachineImageByValue": True,
-                "MachineCredentialByValue": True, "MachineStopForce": True, "MachineStopForceDefault": False}
+                "MachineTemplateByValue": True, "MachineConfigByValue": True,
+                "MachineImageByValue": not real_images, "MachineCredentialByValue": True,
+                "MachineStopForce": True, "MachineStopForceDefault": False, "RestoreFromImage": True}
+        if real_images:  # a cloud-init NoCloud seed carrying cimi/user-data
+            caps["UserData"] = "disk"
     elif rtype.name == "Credential":
         caps = {"CredentialTemplateByValue": True}
     elif rtype.name == "Job":
@@ -66,6 +71,10 @@ def _describe(provider, rtype: ResourceType, ctx: Context) -> dict:
     actions = [{"name": a.name, "uri": a.uri, "description": a.description, "method": "POST",
                 "inputMessage": "application/json", "outputMessage": "application/json"}
                for a in rtype.actions.values()]
+    if rtype.name == "Machine":
+        actions.append({"name": "console", "uri": CONSOLE_REL, "method": "GET", "outputMessage": "text/plain",
+                        "description": "Provider extension: the last bytes (query parameter bytes, default "
+                                       "65536) the guest wrote to its serial console."})
     if actions:
         doc["actions"] = actions
     return doc

@@ -12,6 +12,10 @@ from ..model import BY_COLLECTION, REF, TYPES, ResourceType
 from ..store.db import Row
 
 
+# A provider extension (DSP0263 §5.8): GET the machine's serial console output as text.
+CONSOLE_REL = "urn:x-cimid:operation:console"
+
+
 @dataclass(frozen=True)
 class Context:
     """Who asks, and the base URL every id and href is built from (ends with /cimi/)."""
@@ -35,8 +39,8 @@ def new_id() -> str:
 
 
 def path_of(rtype: ResourceType, row: Row) -> str:
-    if rtype.name == "Disk":
-        return f"machines/{row.parent}/disks/{row.id}"
+    if rtype.owner:
+        return f"machines/{row.parent}/{rtype.collection}/{row.id}"
     return f"{rtype.collection}/{row.id}"
 
 
@@ -101,6 +105,8 @@ def operations(rtype: ResourceType, row: Row, ctx: Context, href: str) -> list[d
     for action in rtype.actions.values():
         if state in action.from_states and _action_possible(rtype, row, action.name):
             ops.append({"rel": action.uri, "href": f"{href}/{action.name}"})
+    if rtype.name == "Machine" and state not in ("CREATING", "DELETING"):
+        ops.append({"rel": CONSOLE_REL, "href": f"{href}/console"})
     return ops
 
 

@@ -18,7 +18,7 @@ from ..config import Config
 from ..errors import (BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider,
                       PreconditionFailed)
 from ..model import ACTION_BASE, BY_COLLECTION, TYPES, ResourceType
-from ..model.resources import JOB_FINISHED
+from ..model.resources import JOB_FINISHED, MACHINE_PARTS
 from ..model.validate import require, validate
 from ..plugins import Drivers
 from ..store import query as q
@@ -77,8 +77,10 @@ class Provider:
         self.store = store
         self.drivers = drivers
         self.jobs = JobRunner(store, config["jobs"]["max_concurrent"])
-        from .machines import Machines  # the compute service needs the provider's helpers
+        from .images import Images  # these services need the provider's helpers
+        from .machines import Machines
         self.machines = Machines(self)
+        self.images = Images(self)
         self._retention_task: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- life
@@ -96,10 +98,12 @@ class Provider:
     async def stop(self) -> None:
         if self._retention_task:
             self._retention_task.cancel()
-        await self.jobs.shutdown()
-        if self.drivers.compute is not None:
-            await self.drivers.compute.close()
-        await self.store.close()
+        try:
+            await self.jobs.shutdown()
+            if self.drivers.compute is not None:
+                await self.drivers.compute.close()
+        finally:
+            await self.store.close()
 
     async def _retention_loop(self) -> None:
         while True:
@@ -119,7 +123,7 @@ class Provider:
                 " AND json_extract(doc, '$.timeOfStatusChange') < ?", (cutoff,))
 
     def served(self, rtype: ResourceType) -> bool:
-        if rtype.name in ("Machine", "Disk"):
+        if rtype.name == "Machine" or rtype.owner == "Machine":
             return self.drivers.compute is not None
         return True
 
@@ -150,11 +154,18 @@ class Provider:
         doc = await self.render(rtype, row, ctx, params)
         return Result(200, rtype, doc, headers={"ETag": etag(row)})
 
-    async def get_disk(self, ctx: Context, machine_id: str, disk_id: str, params: QueryParams) -> Result:
+    async def get_part(self, ctx: Context, machine_id: str, part: str, item_id: str, params: QueryParams) -> Result:
+        """One item of a Machine's disks or snapshots."""
+        rtype = self._part_type(part)
         await self.load(TYPES["Machine"], machine_id)
-        row = await self.load(TYPES["Disk"], disk_id, parent=machine_id)
-        return Result(200, TYPES["Disk"], await self.render(TYPES["Disk"], row, ctx, params),
-                      headers={"ETag": etag(row)})
+        row = await self.load(rtype, item_id, parent=machine_id)
+        return Result(200, rtype, await self.render(rtype, row, ctx, params), headers={"ETag": etag(row)})
+
+    def _part_type(self, part: str) -> ResourceType:
+        rtype = MACHINE_PARTS.get(part)
+        if rtype is None or not self.served(rtype):
+            raise NotFound(f"a Machine has no '{part}'")
+        return rtype
 
     async def render(self, rtype: ResourceType, row: Row, ctx: Context, params: QueryParams) -> dict:
         doc = present(rtype, row, ctx)
@@ -182,9 +193,14 @@ class Provider:
                 doc[attr.name] = {"href": ref["href"], **{k: v for k, v in inner.items() if k != "id"}}
 
     async def query(self, ctx: Context, collection: str, params: QueryParams, parent: str = "") -> Result:
+        """A collection, or with `parent` one of that Machine's disks or snapshots."""
         if collection == "resourceMetadata":
             return metadata.resource_metadata_collection(self, ctx, params)
-        rtype = TYPES["Disk"] if parent else self.type_of(collection)
+        if parent:
+            rtype = self._part_type(collection)
+            await self.load(TYPES["Machine"], parent)
+        else:
+            rtype = self.type_of(collection)
         where, args = [], []
         resolve = self._resolver(rtype)
         try:
@@ -197,7 +213,7 @@ class Provider:
             raise BadRequest(str(exc)) from None
         count, rows = await self.store.query(rtype.name, parent, " AND ".join(where), args, order,
                                              params.first, params.last)
-        coll_href = ctx.base + (f"machines/{parent}/disks" if parent else rtype.collection)
+        coll_href = ctx.base + (f"machines/{parent}/{rtype.collection}" if parent else rtype.collection)
         items = []
         for row in rows:
             item = await self.render(rtype, row, ctx, QueryParams(expand=params.expand))
@@ -250,12 +266,32 @@ class Provider:
                 return await self._insert(tx, ctx, rtype, attrs)
         attrs = validate(rtype, body, creating=True)
         require(rtype, attrs)
+        if rtype.name == "MachineImage":
+            machine_id = self._machine_named(attrs["imageLocation"])
+            if machine_id is not None:  # DSP0263: an image whose location is a Machine captures it
+                action = "snapshot" if attrs.get("type") == "SNAPSHOT" else "capture"
+                extra = {k: v for k, v in attrs.items() if k in ("name", "description", "properties")}
+                return await self.machines.act(ctx, machine_id, TYPES["Machine"].actions[action],
+                                               {"imageAttributes": extra}, None)
+            if self.drivers.compute is not None and self.drivers.compute.imports_images:
+                async with self.store.write() as tx:
+                    await self._check_references(tx, rtype, attrs)
+                return await self.images.create(ctx, {**attrs, "type": attrs.get("type", "IMAGE")})
         async with self.store.write() as tx:
             await self._check_references(tx, rtype, attrs)
             if rtype.name == "MachineImage":
                 attrs.setdefault("type", "IMAGE")
                 attrs["state"] = "AVAILABLE"
             return await self._insert(tx, ctx, rtype, attrs)
+
+    def _machine_named(self, location: str) -> str | None:
+        if self.drivers.compute is None or "/machines/" not in location and not location.startswith("machines/"):
+            return None
+        try:
+            collection, id = split_href(location)
+        except BadRequest:
+            return None
+        return id if collection == "machines" else None
 
     async def _insert(self, tx: Transaction, ctx: Context, rtype: ResourceType, attrs: dict) -> Result:
         stamp = now()
@@ -362,7 +398,13 @@ class Provider:
             check_if_match(row, if_match)
             if rtype.name == "Job" and row.state not in JOB_FINISHED:
                 raise Conflict(f"Job '{id}' is {row.state}; stop it first, or wait for it to finish")
+            if rtype.name == "MachineImage":
+                if row.state == "CREATING":
+                    raise Conflict(f"MachineImage '{id}' is still being made; wait for its Job")
+                await self.images.check_unused(tx, id)
             await tx.delete(rtype.name, id)
+            if rtype.name == "MachineImage" and self.drivers.compute is not None:
+                await self.drivers.compute.delete_image(id)
             path = path_of(rtype, row)
             job = job_row(action="delete", target=path, affected=[], state="SUCCESS",
                           message=f"{rtype.name} deleted")
@@ -371,9 +413,15 @@ class Provider:
                       headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}"})
 
     async def action(self, ctx: Context, collection: str, id: str, operation: str, body: dict,
-                     if_match: str | None) -> Result:
+                     if_match: str | None, root: str | None = None) -> Result:
         self._writer(ctx)
         rtype = self.type_of(collection)
+        if root == "MachineImage" and rtype.name == "Machine" and operation in ("capture", "snapshot"):
+            # capture and snapshot also take the new image's representation (name, description, properties)
+            attrs = validate(TYPES["MachineImage"], body, creating=True)
+            extra = {k: v for k, v in attrs.items() if k in ("name", "description", "properties")}
+            return await self.machines.act(ctx, id, rtype.actions[operation], {"imageAttributes": extra},
+                                           if_match)
         request = validate(TYPES["Action"], body, creating=True)
         require(TYPES["Action"], request)
         name = re.split(r"[/:#]", request["action"].strip().rstrip("/"))[-1]  # lenient: by its last segment

@@ -80,7 +80,7 @@ def _attribute(el, attr, value) -> None:
             prop = etree.SubElement(el, _q("property"), key=key)
             prop.text = val
     elif t in ("ref", "collection"):
-        child = etree.SubElement(el, _q(attr.name))
+        child = etree.SubElement(el, _q(attr.xml_name or attr.name))
         _reference(child, value, TYPES.get(attr.target) if attr.target else None)
     elif t == "array":
         for item in value:
@@ -147,7 +147,7 @@ def parse(body: bytes) -> tuple[str, dict]:
 
 def _read(el, rtype: ResourceType) -> dict:
     doc: dict = {}
-    by_item = {a.xml_item: a for a in rtype.attributes if a.xml_item}
+    by_item = {a.xml_item or a.xml_name: a for a in rtype.attributes if a.xml_item or a.xml_name}
     for child in el:
         if not isinstance(child.tag, str):
             continue

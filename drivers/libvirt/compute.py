@@ -1,23 +1,31 @@
 """Compute driver over libvirt.
 
 The sandbox profile uses libvirt's in-process test driver (`compute.uri = "sandbox"`, one fake host per
-state directory); the host profile uses `qemu:///system` with `compute.virt_type` from the config (never
-auto-detected: /dev/kvm can exist without working hardware virtualisation).
+state directory, no disks); the host profile uses `qemu:///system` with `compute.virt_type` from the
+config (never auto-detected: /dev/kvm can exist without working hardware virtualisation), real disk
+images, copy-on-write overlays and a cloud-init seed per machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import time
-from xml.sax.saxutils import escape
+from collections.abc import Callable
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
 from cimid.errors import DriverError
 from cimid.hookspecs import MachineSpec
 
+from . import images, seed
+
+log = logging.getLogger("cimid.libvirt")
 DOMAIN_PREFIX = "cimid-"
+KB = 1024  # CIMI capacities are in kilobytes; cimid reads them as 1024 bytes, like its memory in KiB
 # libvirt keeps running and stopped domains; these states map onto CIMI's.
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "ERROR",
@@ -31,13 +39,50 @@ _STATES = {
 }
 _SANDBOX_NODE = "<node><cpu><mhz>2000</mhz><nodes>1</nodes><sockets>1</sockets><cores>2</cores>" \
                 "<threads>1</threads><active>2</active></cpu><memory>25165824</memory></node>\n"
+_ARCHES = {"x86_64": "x86_64", "x86": "i686", "ARM": "aarch64"}
+MAX_IMAGE_BYTES = 1 << 40
+
+Watcher = Callable[[str, str, str], None]  # (machine id, CIMI state, reason)
 
 
 def _silence(ctx, err) -> None:
-    """libvirt prints every error to stderr by default; we report them ourselves."""
+    """libvirt prints every error to stderr by default; cimid reports them itself."""
 
 
 libvirt.registerErrorHandler(_silence, None)
+_events_loop: asyncio.AbstractEventLoop | None = None  # libvirt takes one event implementation per process
+
+
+def _register_events() -> bool:
+    """Deliver libvirt's events into this asyncio loop (libvirtaio); False if another loop has them."""
+    global _events_loop
+    loop = asyncio.get_running_loop()
+    if _events_loop is None:
+        import libvirtaio
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+        _events_loop = loop
+    return _events_loop is loop
+
+
+def event_state(event: int, detail: int) -> tuple[str, str] | None:
+    """A lifecycle event -> (CIMI state, reason), or None for events that change no state."""
+    if event == libvirt.VIR_DOMAIN_EVENT_STARTED or event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+        return "STARTED", "the machine runs"
+    if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+        return "PAUSED", "the machine was paused"
+    if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+        return "ERROR", "the guest crashed"
+    if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED:
+            return "ERROR", "the guest crashed"
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED:
+            return "ERROR", "the hypervisor failed the machine"
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED:
+            return "SUSPENDED", "the machine's memory was saved to disk"
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN:
+            return "STOPPED", "the guest shut itself down"
+        return "STOPPED", "the machine was powered off"
+    return None
 
 
 class LibvirtCompute:
@@ -46,12 +91,17 @@ class LibvirtCompute:
     def __init__(self, config):
         section = config["compute"]
         self.sandbox = section["uri"] == "sandbox"
+        self.imports_images = not self.sandbox  # the sandbox keeps images as catalogue entries only
         self.state_dir = config.state_dir
+        self.image_dir = Path(section["image_dir"] or config.state_dir / "images")
+        self.disk_dir = Path(section["disk_dir"] or config.state_dir / "disks")
         self.uri = f"test://{config.state_dir / 'sandbox-node.xml'}" if self.sandbox else section["uri"]
         self.domain_type = "test" if self.sandbox else section["virt_type"]
         self.delay = section["operation_delay"]
-        self.stop_timeout = 120.0
+        self.stop_timeout = float(section["stop_timeout"])
         self._conn: libvirt.virConnect | None = None
+        self._events = False
+        self._watchers: list[Watcher] = []
         # One thread: libvirt calls block, and the event loop must not.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="libvirt")
 
@@ -73,6 +123,8 @@ class LibvirtCompute:
             except libvirt.libvirtError as exc:
                 raise DriverError(f"cannot reach libvirt at {self.uri}: {exc.get_error_message()}",
                                   unavailable=True) from None
+            if self._events:
+                self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None)
         return self._conn
 
     def _domain(self, machine_id: str) -> libvirt.virDomain | None:
@@ -93,9 +145,10 @@ class LibvirtCompute:
         if self.delay:
             await asyncio.sleep(self.delay)
 
-    # ---------------------------------------------------------------- lifecycle
+    # ---------------------------------------------------------------- lifecycle of the driver
 
     async def open(self) -> None:
+        self._events = _register_events()
         await self._call(self._connection)
 
     async def close(self) -> None:
@@ -112,23 +165,103 @@ class LibvirtCompute:
     async def health(self) -> dict[str, str]:
         def probe():
             conn = self._connection()
-            return {"connection": f"{self.uri} answers (libvirt {conn.getLibVersion()})",
-                    "virt_type": self.domain_type,
-                    "domains": str(len(conn.listAllDomains()))}
-        return await self._call(probe)
+            facts = {"connection": f"{self.uri} answers (libvirt {conn.getLibVersion()})",
+                     "domains": str(len(conn.listAllDomains()))}
+            if self.sandbox:
+                facts["virt_type"] = "test (sandbox)"
+                return facts
+            kinds = {}
+            for virt in ("kvm", "qemu"):
+                try:
+                    conn.getDomainCapabilities(None, "x86_64", None, virt)
+                    kinds[virt] = "available"
+                except libvirt.libvirtError as exc:
+                    kinds[virt] = f"unavailable ({exc.get_error_message()})"
+            facts["virt_types"] = ", ".join(f"{k} {v}" for k, v in kinds.items())
+            facts["virt_type"] = f"{self.domain_type} (from the config)"
+            return facts
+        facts = await self._call(probe)
+        if not self.sandbox:
+            import shutil
+            for label, directory in (("image_dir", self.image_dir), ("disk_dir", self.disk_dir)):
+                existing = next(p for p in (directory, *directory.parents) if p.exists())
+                facts[label] = f"{directory} ({shutil.disk_usage(existing).free // 2**20} MiB free)"
+        return facts
+
+    def watch(self, callback: Watcher) -> None:
+        self._watchers.append(callback)
+
+    def _on_event(self, conn, dom, event, detail, opaque) -> None:
+        name = dom.name()
+        mapped = event_state(event, detail)
+        if mapped and name.startswith(DOMAIN_PREFIX):
+            for callback in self._watchers:
+                callback(name[len(DOMAIN_PREFIX):], *mapped)
+
+    # ---------------------------------------------------------------- images
+
+    def image_path(self, image_id: str) -> Path | None:
+        for fmt in ("qcow2", "raw"):
+            path = self.image_dir / f"{image_id}.{fmt}"
+            if path.exists():
+                return path
+        return None
+
+    async def import_image(self, image_id: str, location: str, checksum: str | None, progress) -> dict:
+        images.make_reachable(self.image_dir)
+        download = self.image_dir / f"{image_id}.download"
+        try:
+            await images.fetch(location, download, checksum, progress, MAX_IMAGE_BYTES)
+            info = await images.inspect(download)
+            path = self.image_dir / f"{image_id}.{info['format']}"
+            download.chmod(0o644)
+            download.replace(path)
+            return info
+        finally:
+            download.unlink(missing_ok=True)
+
+    async def delete_image(self, image_id: str) -> None:
+        path = self.image_path(image_id)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- machines
+
+    def machine_dir(self, machine_id: str) -> Path:
+        return self.disk_dir / machine_id
+
+    def console_log(self, machine_id: str) -> Path:
+        return self.machine_dir(machine_id) / "console.log"
 
     def domain_xml(self, spec: MachineSpec) -> str:
-        arch = {"x86": "i686", "ARM": "aarch64"}.get(spec.cpu_arch or "", "x86_64")
-        return (
+        arch = _ARCHES.get(spec.cpu_arch or "", "x86_64")
+        head = (
             f"<domain type='{self.domain_type}'>"
             f"<name>{DOMAIN_PREFIX}{escape(spec.id)}</name>"
             f"<title>{escape(spec.name or spec.id)}</title>"
             f"<memory unit='KiB'>{spec.memory}</memory>"
             f"<vcpu>{spec.cpu}</vcpu>"
-            f"<os><type arch='{arch}'>hvm</type></os>"
-            "<features><acpi/></features>"
+        )
+        if self.sandbox:
+            return head + f"<os><type arch='{arch}'>hvm</type></os><features><acpi/></features></domain>"
+        directory = self.machine_dir(spec.id)
+        disks = []
+        for index, path in enumerate(sorted(directory.glob("disk*.qcow2"))):
+            disks.append(f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                         f"<source file={quoteattr(str(path))}/><target dev='vd{chr(ord('a') + index)}' "
+                         "bus='virtio'/></disk>")
+        seed_iso = directory / "seed.iso"
+        # The pc machine's IDE CD-ROM: cloud kernels often lack AHCI, so a SATA drive could go unseen.
+        disks.append(f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+                     f"<source file={quoteattr(str(seed_iso))}/><target dev='hdc' bus='ide'/><readonly/></disk>")
+        return head + (
+            f"<os><type arch='{arch}' machine='pc'>hvm</type><boot dev='hd'/></os>"
+            "<features><acpi/><apic/></features>"
             "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>"
-            "</domain>"
+            f"<devices>{''.join(disks)}"
+            f"<serial type='pty'><log file={quoteattr(str(self.console_log(spec.id)))} append='on'/>"
+            "<target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"
+            "</devices></domain>"
         )
 
     async def adopt(self, machines: list[tuple[MachineSpec, str]]) -> None:
@@ -151,7 +284,36 @@ class LibvirtCompute:
 
     async def create(self, spec: MachineSpec) -> None:
         await self._simulated_latency()
-        await self._call(lambda: self._connection().defineXML(self.domain_xml(spec)))
+        if not self.sandbox:
+            await self._make_disks(spec)
+        try:
+            await self._call(lambda: self._connection().defineXML(self.domain_xml(spec)))
+        except DriverError:
+            if not self.sandbox:
+                images.remove_tree(self.machine_dir(spec.id))
+            raise
+
+    async def _make_disks(self, spec: MachineSpec) -> None:
+        base = self.image_path(spec.image_id) if spec.image_id else None
+        if base is None:
+            raise DriverError(f"the MachineImage {spec.image_id} is not in the image store; import it first")
+        directory = self.machine_dir(spec.id)
+        images.make_reachable(directory)
+        try:
+            sizes = [d["capacity"] * KB for d in spec.disks]
+            # The image goes on the first disk, grown to the first configured capacity if that is larger.
+            info = await images.inspect(base)
+            boot_size = max(info["virtual_size"], sizes[0]) if sizes else None
+            await images.create_overlay(base, info["format"], directory / "disk0.qcow2",
+                                        boot_size if boot_size != info["virtual_size"] else None)
+            for index, size in enumerate(sizes[1:], start=1):
+                await images.create_sparse(directory / f"disk{index}.qcow2", size)
+            seed.build_seed(directory / "seed.iso", instance_id=spec.id,
+                            hostname=seed.hostname_of(spec.name, f"cimi-{spec.id[:8]}"),
+                            credential=spec.credential, user_data_b64=spec.user_data)
+        except BaseException:
+            images.remove_tree(directory)
+            raise
 
     async def start(self, machine_id: str) -> None:
         await self._simulated_latency()
@@ -171,7 +333,7 @@ class LibvirtCompute:
         await self._simulated_latency()
 
         def stop() -> bool:
-            """Return True when the guest was asked to shut down and we must wait for it."""
+            """True when the guest was asked to shut down and we must wait for it."""
             dom = self._require(machine_id)
             if not dom.isActive():
                 if dom.hasManagedSaveImage():
@@ -214,6 +376,8 @@ class LibvirtCompute:
             flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             dom.undefineFlags(flags)
         await self._call(delete)
+        if not self.sandbox:
+            images.remove_tree(self.machine_dir(machine_id))
 
     async def state(self, machine_id: str) -> str | None:
         def state():
@@ -225,3 +389,54 @@ class LibvirtCompute:
                 return "SUSPENDED"
             return _STATES.get(code, "ERROR")
         return await self._call(state)
+
+    # ---------------------------------------------------------------- images of machines
+
+    async def capture(self, machine_id: str, image_id: str) -> dict:
+        """A standalone copy of the machine's boot disk in the image store (the machine is paused
+        meanwhile if it runs, so the copy is consistent)."""
+        if self.sandbox:
+            return {"format": "qcow2", "virtual_size": 0, "location": f"urn:cimid:sandbox:image:{image_id}"}
+        paused = await self._call(self._pause_if_running, machine_id)
+        try:
+            images.make_reachable(self.image_dir)
+            dest = self.image_dir / f"{image_id}.qcow2"
+            await images.flatten(self.machine_dir(machine_id) / "disk0.qcow2", dest)
+            dest.chmod(0o644)
+            return {**await images.inspect(dest), "location": dest.as_uri()}
+        finally:
+            if paused:
+                await self._call(lambda: self._require(machine_id).resume())
+
+    def _pause_if_running(self, machine_id: str) -> bool:
+        dom = self._require(machine_id)
+        if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+            dom.suspend()
+            return True
+        return False
+
+    async def restore(self, machine_id: str, image_id: str) -> None:
+        """The boot disk becomes a fresh overlay on the image; a running machine is restarted on it."""
+        if self.sandbox:
+            return
+        base = self.image_path(image_id)
+        if base is None:
+            raise DriverError(f"the MachineImage {image_id} has no data in the image store")
+        was_active = await self._call(lambda: self._require(machine_id).isActive())
+        if was_active:
+            await self._call(lambda: self._require(machine_id).destroy())
+        disk = self.machine_dir(machine_id) / "disk0.qcow2"
+        info = await images.inspect(base)
+        fresh = disk.with_name("disk0.new.qcow2")
+        await images.create_overlay(base, info["format"], fresh, None)
+        fresh.replace(disk)
+        if was_active:
+            await self._call(lambda: self._require(machine_id).create())
+
+    async def console(self, machine_id: str, max_bytes: int) -> str:
+        path = self.console_log(machine_id)
+        if self.sandbox or not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            return f.read().decode("utf-8", "replace")

@@ -89,7 +89,8 @@ async def test_resource_metadata_describes_types(app_client):
     caps = {c["name"]: c["value"] for c in rm["capabilities"]}
     assert caps["DefaultInitialState"] == "STARTED" and caps["MachineConfigByValue"] is True
     assert caps["MachineImageByValue"] is True and "InitialStates" in caps
-    assert {a["name"] for a in rm["actions"]} == {"start", "stop", "restart", "pause", "suspend"}
+    assert {a["name"] for a in rm["actions"]} == {"start", "stop", "restart", "pause", "suspend", "capture",
+                                                  "snapshot", "restore", "console"}
     cep = (await app_client.get("resourceMetadata/CloudEntryPoint")).json
     assert {c["name"] for c in cep["capabilities"]} >= {"FilterParameter", "SelectParameter",
                                                       "ExpandParameter", "FirstParameter"}

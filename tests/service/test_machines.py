@@ -6,6 +6,7 @@ from conftest import NS, make_client
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 ACTION = f"{CIMI}/action/"
+CONSOLE = "urn:x-cimid:operation:console"
 
 
 def by_reference(base, **overrides):
@@ -46,7 +47,8 @@ async def test_create_by_reference_with_overrides(app_client):
     assert m["state"] == "STARTED" and m["cpu"] == 2 and m["memory"] == 4 * 1024 * 1024
     assert m["name"] == "web-1" and m["properties"] == {"owner": "team-a"}
     assert {o["rel"] for o in m["operations"]} == {"edit", "delete", ACTION + "stop", ACTION + "restart",
-                                                    ACTION + "pause", ACTION + "suspend"}
+                                                    ACTION + "pause", ACTION + "suspend", ACTION + "capture",
+                                                    ACTION + "snapshot", ACTION + "restore", CONSOLE}
     disks = (await app_client.get(m["disks"]["href"])).json
     assert disks["count"] == 1 and disks["disks"][0]["capacity"] == 20 * 1024 * 1024
     x = (await app_client.get(m["disks"]["href"], fmt="xml")).xml
@@ -81,7 +83,7 @@ async def test_full_lifecycle(app_client):
     await act(app_client, m, "suspend")
     got = (await app_client.get(m)).json
     assert got["state"] == "SUSPENDED"
-    assert {o["rel"] for o in got["operations"]} == {"edit", "delete", ACTION + "start"}
+    assert {o["rel"] for o in got["operations"]} == {"edit", "delete", ACTION + "start", CONSOLE}
     await act(app_client, m, "start")
     await act(app_client, m, "stop")
     assert (await app_client.get(m)).json["state"] == "STOPPED"
@@ -122,15 +124,24 @@ async def test_action_not_allowed_in_state_is_409_and_changes_nothing(app_client
     assert await app_client.rows() == before
 
 
-async def test_state_is_reread_from_the_hypervisor(app_client):
-    """The driver is the truth: a domain changed behind cimid's back is seen at the next Job."""
+async def test_state_follows_the_hypervisor_by_itself(app_client):
+    """A domain powered off behind cimid's back (as a guest shutting itself down) is seen through libvirt's
+    lifecycle events, and a Job records what happened."""
+    import asyncio
     m, _ = await create(app_client, by_reference(app_client.base))
     machine_id = m.rsplit("/", 1)[1]
     driver = app_client.app[PROVIDER].drivers.compute
-    await driver.stop(machine_id, force=True)  # behind cimid's back
-    job = await act(app_client, m, "pause", expect="FAILED")
-    assert "libvirt" in job["statusMessage"]
+    await driver._call(lambda: driver._require(machine_id).destroy())  # behind cimid's back
+    for _ in range(100):
+        if (await app_client.get(m)).json["state"] == "STOPPED":
+            break
+        await asyncio.sleep(0.02)
     assert (await app_client.get(m)).json["state"] == "STOPPED"
+    events = (await app_client.get("jobs", params={"$filter": "action='urn:x-cimid:event:state'"})).json
+    assert events["count"] == 1 and "STARTED -> STOPPED" in events["jobs"][0]["statusMessage"]
+    assert events["jobs"][0]["targetResource"]["href"] == m
+    await act(app_client, m, "start")  # and the machine is usable as ever
+    assert (await app_client.get(m)).json["state"] == "STARTED"
 
 
 async def test_create_with_unknown_configuration_is_400_and_leaves_nothing(app_client):
@@ -221,3 +232,36 @@ async def test_running_job_cannot_be_deleted(tmp_path):
         assert (await client.delete(r.headers["CIMI-Job-URI"])).status == 200
     finally:
         await client.client.close()
+
+
+async def test_capture_snapshot_restore_in_the_sandbox(app_client):
+    m, _ = await create(app_client, by_reference(app_client.base))
+    r = await app_client.post(f"{m}/capture", {"resourceURI": f"{CIMI}/MachineImage", "name": "golden"})
+    assert r.status == 202, r
+    job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS" and r.headers["Location"] in [a["href"] for a in job["affectedResources"]]
+    image = (await app_client.get(r.headers["Location"])).json
+    assert image["state"] == "AVAILABLE" and image["type"] == "IMAGE" and image["name"] == "golden"
+    assert (await app_client.get(m)).json["state"] == "STARTED"
+    # the DSP0263 way: POST a MachineImage whose imageLocation is the Machine
+    r = await app_client.post("machineImages", {"name": "snap-1", "type": "SNAPSHOT", "imageLocation": m})
+    assert r.status == 202, r
+    assert (await app_client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    snap = (await app_client.get(r.headers["Location"])).json
+    assert snap["type"] == "SNAPSHOT" and snap["relatedImage"]["href"].endswith("/machineImages/tiny-linux")
+    machine = (await app_client.get(m)).json
+    assert machine["latestSnapshot"]["href"] == snap["id"]
+    snapshots = (await app_client.get(machine["snapshots"]["href"])).json
+    assert snapshots["count"] == 1 and snapshots["machineSnapshots"][0]["snapshot"]["href"] == snap["id"]
+    x = (await app_client.get(machine["snapshots"]["href"], fmt="xml")).xml
+    assert x.find("c:MachineSnapshot/c:shapshot", NS).get("href") == snap["id"]  # DSP8009's spelling
+    job = await act(app_client, m, "restore", image={"href": snap["id"]})
+    assert job["state"] == "SUCCESS" and (await app_client.get(m)).json["state"] == "STARTED"
+    before = await app_client.rows()
+    bad = await app_client.post(f"{m}/restore", {"action": ACTION + "restore", "image": {
+        "href": app_client.base + "machineImages/none"}})
+    assert bad.status == 400 and await app_client.rows() == before
+    # the image a machine's disk stands on cannot go while the machine is there
+    assert (await app_client.delete(snap["id"])).status == 409
+    assert (await app_client.delete("machineImages/tiny-linux")).status == 200  # no machine on it now
+    assert (await app_client.get(m + "/console")).status == 200

@@ -1,0 +1,177 @@
+"""Disk images: streamed download, checksum, inspection with qemu-img, copy-on-write overlays.
+
+An image is inspected before anything boots it: only raw and qcow2 are accepted, and a qcow2 that
+names a backing file or an external data file is refused, since it could make QEMU read host files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+
+from cimid.errors import DriverError
+
+CHUNK = 1 << 20
+Progress = Callable[[int], Awaitable[None]]  # percent done
+
+
+async def run(*cmd: str) -> str:
+    """Run a command; its stdout, or DriverError with what it printed."""
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DriverError(f"{cmd[0]} {cmd[1]} failed: {err.decode(errors='replace').strip()[:500]}")
+    return out.decode()
+
+
+def parse_checksum(text: str | None) -> tuple[str, str] | None:
+    """'sha256:<hex>' (or sha512, or bare hex of either length) -> (algorithm, hex digest)."""
+    if not text:
+        return None
+    algo, _, digest = text.strip().lower().rpartition(":")
+    algo = algo or {64: "sha256", 128: "sha512"}.get(len(digest), "")
+    if algo not in ("sha256", "sha512") or not all(c in "0123456789abcdef" for c in digest):
+        raise DriverError(f"checksum '{text}' is not sha256:<hex> or sha512:<hex>")
+    return algo, digest
+
+
+async def fetch(url: str, dest: Path, checksum: str | None, progress: Progress, max_bytes: int) -> None:
+    """Stream `url` (http, https or file) into `dest`, reporting progress and verifying the checksum."""
+    expected = parse_checksum(checksum)
+    digest = hashlib.new(expected[0] if expected else "sha256")
+    scheme = urlsplit(url).scheme
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with open(tmp, "wb") as out:
+            if scheme in ("http", "https"):
+                await _fetch_http(url, out, digest, progress, max_bytes)
+            elif scheme == "file":
+                await _fetch_file(Path(unquote(urlsplit(url).path)), out, digest, progress, max_bytes)
+            else:
+                raise DriverError(f"imageLocation must be an http, https or file URL, not '{url}'")
+        if expected and digest.hexdigest() != expected[1]:
+            raise DriverError(f"checksum mismatch: the download has {expected[0]} {digest.hexdigest()}, "
+                              f"the properties say {expected[1]}")
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def _fetch_http(url, out, digest, progress: Progress, max_bytes: int) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+            if response.status != 200:
+                raise DriverError(f"GET {url} answered {response.status} {response.reason}")
+            total = response.content_length
+            done, reported = 0, -1
+            async for chunk in response.content.iter_chunked(CHUNK):
+                done += len(chunk)
+                if done > max_bytes:
+                    raise DriverError(f"{url} is larger than the {max_bytes} bytes allowed for an image")
+                out.write(chunk)
+                digest.update(chunk)
+                if total:
+                    percent = min(99, done * 100 // total)
+                    if percent != reported:
+                        reported = percent
+                        await progress(percent)
+    except aiohttp.ClientError as exc:
+        raise DriverError(f"cannot download {url}: {exc}") from None
+
+
+async def _fetch_file(source: Path, out, digest, progress: Progress, max_bytes: int) -> None:
+    try:
+        total = source.stat().st_size
+        handle = open(source, "rb")
+    except OSError as exc:
+        raise DriverError(f"cannot read {source}: {exc.strerror}") from None
+    if total > max_bytes:
+        raise DriverError(f"{source} is larger than the {max_bytes} bytes allowed for an image")
+    loop = asyncio.get_running_loop()
+    with handle:
+        done, reported = 0, -1
+        while chunk := await loop.run_in_executor(None, handle.read, CHUNK):
+            await loop.run_in_executor(None, out.write, chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            percent = min(99, done * 100 // max(total, 1))
+            if percent != reported:
+                reported = percent
+                await progress(percent)
+
+
+async def inspect(path: Path) -> dict:
+    """qemu-img's view of an image, refused unless it is a self-contained raw or qcow2 disk."""
+    info = json.loads(await run("qemu-img", "info", "--output=json", str(path)))
+    fmt = info.get("format")
+    if fmt not in ("raw", "qcow2"):
+        raise DriverError(f"the image is {fmt}, not raw or qcow2; convert it with qemu-img first")
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise DriverError("the image is a qcow2 with a backing file; flatten it (qemu-img convert) first")
+    data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
+    if data_file:
+        raise DriverError("the image is a qcow2 with an external data file; that is refused")
+    if fmt == "raw" and not _looks_like_raw_disk(path):
+        raise DriverError("the file is not a disk image (not qcow2, and not a raw disk of whole sectors)")
+    return {"format": fmt, "virtual_size": int(info["virtual-size"])}
+
+
+def _looks_like_raw_disk(path: Path) -> bool:
+    """qemu-img calls any file raw; a disk is whole 512-byte sectors and does not start as text."""
+    size = path.stat().st_size
+    if size < 65536 or size % 512:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        head.decode("utf-8")
+        return not head.strip() or b"\0" in head  # readable text throughout: a page or a script
+    except UnicodeDecodeError:
+        return True
+
+
+async def create_overlay(base: Path, base_format: str, dest: Path, size_bytes: int | None) -> None:
+    """A qcow2 whose backing file is the cached image: costs the same for any image size."""
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(dest)]
+    if size_bytes:
+        cmd.append(str(size_bytes))
+    await run(*cmd)
+
+
+async def create_sparse(dest: Path, size_bytes: int) -> None:
+    await run("qemu-img", "create", "-q", "-f", "qcow2", str(dest), str(size_bytes))
+
+
+async def flatten(source: Path, dest: Path) -> None:
+    """A standalone qcow2 copy of a disk and everything under it (no backing file left)."""
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        await run("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(tmp))
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def make_reachable(directory: Path) -> None:
+    """Create a directory QEMU, which runs as its own user, can reach; say so if a parent stops it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o755)
+    for parent in directory.parents:
+        if not parent.stat().st_mode & 0o001:
+            raise DriverError(f"QEMU cannot reach {directory}: {parent} is not searchable by other users; "
+                              "put the state directory (or compute.image_dir / compute.disk_dir) elsewhere, "
+                              "e.g. under /var/lib")
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
