@@ -98,8 +98,9 @@ class CimiClient:
             db.close()
 
 
-async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugins: tuple = ()):
-    config = load(profile="sandbox", state_dir=tmp_path / "state", overrides=overrides)
+async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugins: tuple = (),
+                      profile: str = "sandbox"):
+    config = load(profile=profile, state_dir=tmp_path / "state", overrides=overrides)
     config["server"]["log_requests"] = False
     app = make_app(config, extra_plugins)
     app[DATABASE] = str(config.database)
