@@ -106,7 +106,9 @@ async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugi
     app[DATABASE] = str(config.database)
     client = TestClient(TestServer(app))
     await client.start_server()
-    return CimiClient(client, app)
+    cimi = CimiClient(client, app)
+    cimi.state_dir = config.state_dir
+    return cimi
 
 
 @pytest.fixture
