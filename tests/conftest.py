@@ -124,3 +124,55 @@ async def bare_app(tmp_path):
     client = await make_client(tmp_path, {"compute": {"driver": "none"}})
     yield client
     await client.client.close()
+
+
+# ---------------------------------------------------------------- the host tier (real qemu:///system)
+
+HOST_ROOT = Path("/var/lib/cimid-test")  # QEMU's own user must traverse it: not under /tmp/pytest-of-root
+GUEST_DIR = HOST_ROOT / "guest"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/tests/host/" in str(item.path):
+            item.add_marker(pytest.mark.host)
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The BIOS-bootable test guest (qcow2), built once by tests/host/build-guest-image.sh."""
+    image = GUEST_DIR / "disk.qcow2"
+    if not image.exists():
+        import subprocess
+        script = Path(__file__).parent / "host" / "build-guest-image.sh"
+        subprocess.run(["bash", str(script), str(GUEST_DIR)], check=True)
+    return image
+
+
+@pytest.fixture
+async def host_client():
+    """cimid on the host profile (qemu:///system, TCG), state in a fresh directory QEMU can reach."""
+    import shutil
+    import uuid
+
+    import libvirt
+    HOST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    root = HOST_ROOT / f"run-{uuid.uuid4().hex[:8]}"
+    root.mkdir(mode=0o755)
+    client = await make_client(root, {"compute": {"uri": "qemu:///system", "virt_type": "qemu",
+                                                  "stop_timeout": 30.0}, "catalogue": {"seed": True}},
+                               profile="host")
+    try:
+        yield client
+    finally:
+        await client.client.close()
+        conn = libvirt.open("qemu:///system")
+        try:
+            for dom in conn.listAllDomains():
+                if dom.name().startswith("cimid-") and str(root) in dom.XMLDesc():
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        finally:
+            conn.close()
+        shutil.rmtree(root, ignore_errors=True)

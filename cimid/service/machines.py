@@ -268,9 +268,12 @@ class Machines:
     def on_event(self, machine_id: str, state: str, reason: str) -> None:
         """The host changed a machine by itself (a guest powered off, crashed): follow it."""
         import asyncio
-        asyncio.get_running_loop().create_task(self._follow(machine_id, state, reason))
+        if self.store.is_open:  # events can still arrive while cimid shuts down
+            asyncio.get_running_loop().create_task(self._follow(machine_id, state, reason))
 
     async def _follow(self, machine_id: str, state: str, reason: str) -> None:
+        if not self.store.is_open:
+            return
         async with self.store.write() as tx:
             machine = await tx.get("Machine", machine_id)
             if machine is None or machine.state in Machine.transitional_states or machine.state == state:

@@ -178,6 +178,10 @@ class Store:
                 raise
             log.info("store migrated to schema version %d", number)
 
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
     async def close(self) -> None:
         for conn in (self._pager, self._reader, self._writer):
             if conn is not None:

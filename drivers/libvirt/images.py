@@ -112,7 +112,8 @@ async def _fetch_file(source: Path, out, digest, progress: Progress, max_bytes: 
 
 async def inspect(path: Path) -> dict:
     """qemu-img's view of an image, refused unless it is a self-contained raw or qcow2 disk."""
-    info = json.loads(await run("qemu-img", "info", "--output=json", str(path)))
+    # -U: a base image is open read-only in running guests; reading its header beside them is safe.
+    info = json.loads(await run("qemu-img", "info", "-U", "--output=json", str(path)))
     fmt = info.get("format")
     if fmt not in ("raw", "qcow2"):
         raise DriverError(f"the image is {fmt}, not raw or qcow2; convert it with qemu-img first")
@@ -156,7 +157,8 @@ async def flatten(source: Path, dest: Path) -> None:
     """A standalone qcow2 copy of a disk and everything under it (no backing file left)."""
     tmp = dest.with_name(dest.name + ".part")
     try:
-        await run("qemu-img", "convert", "-q", "-O", "qcow2", str(source), str(tmp))
+        # -U: the disk may be open by its (paused) guest; the caller made sure nothing writes to it.
+        await run("qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(source), str(tmp))
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
