@@ -1,4 +1,7 @@
-"""cimid's benchmarks: `python bench/run.py [--quick]` (or `make bench`).
+"""cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
+
+`--host` adds the real-machine benchmark (bench_host.py: root, libvirtd on qemu:///system, the test guest
+image); `--only host` (or get, 10k, memory) runs one benchmark alone and leaves bench/RESULTS.md as it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
 medians, and every figure that has a baseline was measured side by side with it in the same run.
@@ -23,14 +26,16 @@ import aiohttp
 
 import bench_10k
 import bench_get
+import bench_host
 import bench_memory
 from common import BENCH_DIR, Figure, WrongAnswer
 
 
-def environment(quick: bool) -> str:
+def environment(quick: bool, host: bool) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs (load {load}), "
-            f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, sandbox profile, "
+            f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, sandbox profile"
+            f"{' and host profile (qemu:///system, TCG)' if host else ''}, "
             f"{'quick' if quick else 'full'} run")
 
 
@@ -58,11 +63,15 @@ def markdown(figures: list[Figure], context: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="cimid's benchmarks")
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
+    parser.add_argument("--host", action="store_true",
+                        help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
+    parser.add_argument("--only", choices=("get", "10k", "memory", "host"), help="run this benchmark alone")
     args = parser.parse_args()
+    selected = {args.only} if args.only else {"get", "10k", "memory"} | ({"host"} if args.host else set())
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and temp dirs are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also through make or a pipe
-    context = environment(args.quick)
+    context = environment(args.quick, "host" in selected)
     print(f"cimid benchmarks: {context}")
     figures: list[Figure] = []
     failed = False
@@ -87,21 +96,32 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="cimid-bench-") as tmp:
         workdir = Path(tmp)
-        got = attempt("1. Single-resource GET: cimid against a bare aiohttp server", "GET machine",
-                      lambda: bench_get.run(workdir, args.quick))
-        figures += got or []
-        got = attempt("2. 10,000 Machines: query latency, start-up", "10,000 Machines",
-                      lambda: bench_10k.run(workdir, args.quick))
-        if got:
-            figures += got[0]
-            rss_10k = got[1]
-        got = attempt("3. Memory (resident set size)", "Memory", lambda: bench_memory.run(workdir, args.quick, rss_10k))
-        figures += got or []
+        if "get" in selected:
+            got = attempt("1. Single-resource GET: cimid against a bare aiohttp server", "GET machine",
+                          lambda: bench_get.run(workdir, args.quick))
+            figures += got or []
+        if "10k" in selected:
+            got = attempt("2. 10,000 Machines: query latency, start-up", "10,000 Machines",
+                          lambda: bench_10k.run(workdir, args.quick))
+            if got:
+                figures += got[0]
+                rss_10k = got[1]
+        if "memory" in selected:
+            got = attempt("3. Memory (resident set size)", "Memory",
+                          lambda: bench_memory.run(workdir, args.quick, rss_10k))
+            figures += got or []
+        if "host" in selected:
+            got = attempt("4. Real machines (host profile): create, start, concurrency", "Host machines",
+                          lambda: bench_host.run(workdir, args.quick))
+            figures += got or []
 
     print("\n== Summary\n")
     print("\n".join(table(figures)))
-    (BENCH_DIR / "RESULTS.md").write_text(markdown(figures, context))
-    print(f"\n(written to {BENCH_DIR / 'RESULTS.md'})")
+    if args.only:
+        print(f"\n(a single benchmark: {BENCH_DIR / 'RESULTS.md'} left as it was)")
+    else:
+        (BENCH_DIR / "RESULTS.md").write_text(markdown(figures, context))
+        print(f"\n(written to {BENCH_DIR / 'RESULTS.md'})")
     wrong = [f.label for f in figures if f.wrong_answer]
     if wrong:
         print(f"\n!!!!! WRONG ANSWERS in: {', '.join(wrong)}; the figures above them are void")

@@ -26,7 +26,7 @@ def test_check_reports_driver_health(tmp_path):
     r = cimid("check", "--state-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "config: ok (profile sandbox" in r.stdout
-    assert "compute: libvirt: ok" in r.stdout and "answers (libvirt" in r.stdout
+    assert "compute: libvirt: ok" in r.stdout and "answers (libvirt 9." in r.stdout
     assert "storage: no driver configured" in r.stdout
 
 

@@ -165,7 +165,8 @@ class LibvirtCompute:
     async def health(self) -> dict[str, str]:
         def probe():
             conn = self._connection()
-            facts = {"connection": f"{self.uri} answers (libvirt {conn.getLibVersion()})",
+            v = conn.getLibVersion()
+            facts = {"connection": f"{self.uri} answers (libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000})",
                      "domains": str(len(conn.listAllDomains()))}
             if self.sandbox:
                 facts["virt_type"] = "test (sandbox)"
@@ -174,11 +175,12 @@ class LibvirtCompute:
             for virt in ("kvm", "qemu"):
                 try:
                     conn.getDomainCapabilities(None, "x86_64", None, virt)
-                    kinds[virt] = "available"
+                    kinds[virt] = "offered by libvirt"
                 except libvirt.libvirtError as exc:
                     kinds[virt] = f"unavailable ({exc.get_error_message()})"
             facts["virt_types"] = ", ".join(f"{k} {v}" for k, v in kinds.items())
-            facts["virt_type"] = f"{self.domain_type} (from the config)"
+            facts["virt_type"] = (f"{self.domain_type} (from the config: libvirt offers kvm wherever /dev/kvm "
+                                  "exists, even where hardware virtualisation does not work)")
             return facts
         facts = await self._call(probe)
         if not self.sandbox:
