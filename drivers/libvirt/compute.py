@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,8 +103,12 @@ class LibvirtCompute:
         self._conn: libvirt.virConnect | None = None
         self._events = False
         self._watchers: list[Watcher] = []
-        # One thread: libvirt calls block, and the event loop must not.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="libvirt")
+        # libvirt calls block, and the event loop must not: they run on threads, one per concurrent Job plus
+        # one for state reads, so one machine's slow start does not hold up another's (libvirt
+        # connections are thread-safe; only (re)connecting is serialised).
+        self._executor = concurrent.futures.ThreadPoolExecutor(config["jobs"]["max_concurrent"] + 1,
+                                                               thread_name_prefix="libvirt")
+        self._connecting = threading.Lock()
 
     async def _call(self, fn, *args):
         try:
@@ -114,6 +119,13 @@ class LibvirtCompute:
                                                                    libvirt.VIR_ERR_SYSTEM_ERROR)) from None
 
     def _connection(self) -> libvirt.virConnect:
+        conn = self._conn
+        if conn is not None and conn.isAlive():
+            return conn
+        with self._connecting:
+            return self._reconnect()
+
+    def _reconnect(self) -> libvirt.virConnect:
         if self._conn is None or not self._conn.isAlive():
             if self.sandbox:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
