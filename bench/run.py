@@ -43,7 +43,7 @@ def table(figures: list[Figure]) -> list[str]:
     rows = [("Figure", "Measured", "Target", "Meets")] + [(f.label, f.shown, f.target or "-", f.verdict)
                                                          for f in figures]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return lines
 

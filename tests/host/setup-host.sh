@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Make this host ready for tests/host: libvirtd answering on qemu:///system, QEMU under TCG.
+# No systemd, no udev, no libvirt-daemon-system here, so this does by hand what they would do.
+# Idempotent: safe to run twice; a daemon already running is left alone and not recorded.
+# Each daemon it starts goes into $STARTED ("name pid"), and teardown-host.sh stops only those.
+# Needs root and the Makefile's TEST_PACKAGES (`make test` installs them).
+set -euo pipefail
+STARTED=/run/cimid-test-started
+URI=qemu:///system
+
+for c in libvirtd virtlogd virsh qemu-system-x86_64 qemu-img; do
+  command -v "$c" >/dev/null || { echo "setup-host: $c missing: install the Makefile's TEST_PACKAGES" >&2; exit 1; }
+done
+
+# 1. What libvirt-daemon-system's postinst would create: libvirtd resolves user and group libvirt-qemu
+#    at start-up and refuses to start without them.
+getent group kvm >/dev/null || groupadd --system kvm
+getent group libvirt >/dev/null || groupadd --system libvirt
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+  useradd --system --no-create-home -d /var/lib/libvirt -g libvirt-qemu -G kvm -s /usr/sbin/nologin libvirt-qemu
+
+# 2. What udev would do. Without it /dev/kvm is root:root 0600; QEMU's user then cannot open it and
+#    libvirt re-probes QEMU's capabilities on every domain start (~45 s each). The tests still use TCG
+#    (virt_type qemu): this machine's /dev/kvm cannot run a stock guest.
+if [ -e /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
+
+# 3. Directories the daemons write to (they exit at once if their log directory is missing), and the
+#    tests' own: /var/lib is searchable by QEMU's user, unlike /root or /tmp/pytest-of-root.
+mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/images /var/lib/libvirt/qemu /var/cache/libvirt
+install -d -m 0755 /var/lib/cimid-test
+
+alive() {  # alive PIDFILE NAME: the pid file names a live process called NAME
+  local pid
+  pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+}
+start() {  # start NAME: run NAME -d, wait for its pid file, record it as ours
+  local i
+  rm -f "/run/$1.pid"
+  "$1" -d
+  for i in $(seq 1 50); do alive "/run/$1.pid" "$1" && break; sleep 0.1; done
+  alive "/run/$1.pid" "$1" || { echo "setup-host: $1 did not start; see /var/log/libvirt/$1.log" >&2; exit 1; }
+  echo "$1 $(cat "/run/$1.pid")" >> "$STARTED"
+  echo "setup-host: started $1 (pid $(cat "/run/$1.pid"))"
+}
+
+# 4. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
+alive /run/virtlogd.pid virtlogd || start virtlogd
+if alive /run/libvirtd.pid libvirtd || virsh -q -c "$URI" version >/dev/null 2>&1; then
+  echo "setup-host: libvirtd already running"
+else
+  start libvirtd
+fi
+
+# 5. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
+for i in $(seq 1 300); do
+  virsh -q -c "$URI" version >/dev/null 2>&1 && { echo "setup-host: $URI answers"; exit 0; }
+  sleep 0.2
+done
+echo "setup-host: $URI does not answer after 60 s; see /var/log/libvirt/libvirtd.log" >&2
+exit 1
