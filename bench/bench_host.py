@@ -119,7 +119,8 @@ def wait_state(client: Client, path: str, state: str, timeout: float = 180) -> N
 
 
 def machine_body(base: str, image: str, initial: str) -> dict:
-    return {"machineTemplate": {"machineImage": {"href": image}, "machineConfig": {"href": base + "machineConfigs/tiny"},
+    return {"machineTemplate": {"machineImage": {"href": image},
+                                "machineConfig": {"href": base + "machineConfigs/tiny"},
                                 "initialState": initial}}
 
 

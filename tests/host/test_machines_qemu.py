@@ -243,3 +243,55 @@ async def test_unknown_configuration_and_by_value_image_are_400(host_client, gue
         "machineConfig": {"href": host_client.base + "machineConfigs/tiny"}}})
     assert by_value.status == 400 and "by reference" in by_value.json["statusMessage"]
     assert await host_client.rows() == before
+
+
+async def test_crash_becomes_error_with_a_reason(host_client, guest_image):
+    """QEMU dies under a running guest: the Machine becomes ERROR, a Job says why, and it can be cleaned."""
+    import os
+    import signal
+    client = host_client
+    r, _ = await import_image(client, guest_image.as_uri())
+    r = await client.post("machines", {"name": "doomed", "machineTemplate": {
+        "machineImage": {"href": r.headers["Location"]},
+        "machineConfig": {"href": client.base + "machineConfigs/tiny"}}})
+    machine = r.headers["Location"]
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    pid = int(Path(f"/run/libvirt/qemu/cimid-{machine.rsplit('/', 1)[1]}.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    got = await wait_state(client, machine, "ERROR", timeout=30)
+    assert {o["rel"] for o in got["operations"]} >= {"delete"}
+    events = (await client.get("jobs", params={"$filter": "action='urn:x-cimid:event:state' and state='FAILED'"}))
+    assert events.json["count"] == 1 and "STARTED -> ERROR" in events.json["jobs"][0]["statusMessage"]
+    r = await client.delete(machine)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+
+
+async def test_force_stop_and_what_the_host_profile_advertises(host_client, guest_image):
+    client = host_client
+    rm = (await client.get("resourceMetadata/Machine")).json
+    caps = {c["name"]: c["value"] for c in rm["capabilities"]}
+    assert caps["UserData"] == "disk" and caps["MachineImageByValue"] is False and caps["MachineStopForce"]
+    r, _ = await import_image(client, guest_image.as_uri())
+    r = await client.post("machines", {"machineTemplate": {
+        "machineImage": {"href": r.headers["Location"]},
+        "machineConfig": {"href": client.base + "machineConfigs/tiny"}}})
+    machine = r.headers["Location"]
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    await act(client, machine, "stop", force=True)  # power off, no ACPI
+    assert (await client.get(machine)).json["state"] == "STOPPED"
+    r = await client.delete(machine)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+
+
+def test_check_reports_the_host(tmp_path):
+    import sys
+    state = Path("/var/lib/cimid-test") / f"check-{tmp_path.name}"
+    try:
+        r = subprocess.run([sys.executable, "-m", "cimid.cli", "check", "--profile", "host", "--state-dir",
+                            str(state)], capture_output=True, text=True, timeout=60)
+    finally:
+        import shutil
+        shutil.rmtree(state, ignore_errors=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "compute: libvirt: ok" in r.stdout and "qemu:///system answers" in r.stdout
+    assert "qemu offered by libvirt" in r.stdout and "MiB free" in r.stdout
