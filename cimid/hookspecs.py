@@ -12,8 +12,8 @@ Drivers know nothing about HTTP or CIMI wire formats: they take plain values and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import pluggy

@@ -12,8 +12,8 @@ from ..errors import BadRequest, CimiError, InternalError, MethodNotAllowed, Not
 from ..model import TYPES
 from ..model.resources import MACHINE_PARTS
 from ..plugins import Drivers, plugin_manager
-from ..service.presentation import Context, now
-from ..service.provider import Provider, QueryParams, Result
+from ..service.presentation import Context, QueryParams, Result, now
+from ..service.provider import Provider
 from ..store.db import Store
 from ..wire import json_dialect
 from . import negotiation

@@ -9,7 +9,7 @@ from ..errors import Conflict
 from ..model import TYPES
 from ..store.db import Row, Transaction
 from .jobs import job_row
-from .presentation import Context, new_id, now, present
+from .presentation import Context, Result, new_id, now, present
 
 log = logging.getLogger("cimid.images")
 PROGRESS_STEP = 5  # percent between two progress writes
@@ -23,7 +23,6 @@ class Images:
         provider.jobs.register("image", self.run_step, self.observe, self.finish)
 
     async def create(self, ctx: Context, attrs: dict):
-        from .provider import Result
         await self.provider.machines.ensure_driver()
         stamp = now()
         async with self.store.write() as tx:

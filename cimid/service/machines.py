@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 
@@ -12,7 +13,7 @@ from ..model.resources import MachineCreate, MachineTemplate
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
 from .jobs import INTERRUPTED, job_row, set_job_state
-from .presentation import Context, new_id, now, present
+from .presentation import Context, Result, check_if_match, href_to_id, new_id, now, present
 
 log = logging.getLogger("cimid.machines")
 Machine = TYPES["Machine"]
@@ -96,7 +97,6 @@ class Machines:
     # ---------------------------------------------------------------- actions and delete
 
     async def act(self, ctx: Context, id: str, action: Action, request: dict, if_match: str | None):
-        from .provider import check_if_match
         await self.ensure_driver()
         async with self.store.write() as tx:
             machine = await self._load(tx, id)
@@ -124,7 +124,6 @@ class Machines:
 
     async def _capture(self, tx: Transaction, ctx: Context, machine: Row, action: Action, attrs: dict):
         """A new MachineImage (IMAGE for capture, SNAPSHOT for snapshot), made by a Job."""
-        from .provider import Result
         stamp = now()
         kind = "IMAGE" if action.name == "capture" else "SNAPSHOT"
         image_attrs = {"name": f"{machine.attrs.get('name') or machine.id} {action.name}", **attrs,
@@ -142,7 +141,6 @@ class Machines:
                                "Location": ctx.base + f"machineImages/{image.id}"})
 
     async def _restorable(self, tx: Transaction, ref: dict | None) -> str:
-        from .presentation import href_to_id
         if not ref or "href" not in ref:
             raise BadRequest("restore needs an image: {\"href\": \"<a MachineImage of this provider>\"}")
         image_id = href_to_id(ref["href"], TYPES["MachineImage"], "image")
@@ -154,7 +152,6 @@ class Machines:
         return image_id
 
     async def delete(self, ctx: Context, id: str, if_match: str | None):
-        from .provider import check_if_match
         await self.ensure_driver()
         async with self.store.write() as tx:
             machine = await self._load(tx, id)
@@ -195,7 +192,6 @@ class Machines:
         return job
 
     def _accepted(self, ctx: Context, machine: Row, job: Row):
-        from .provider import Result
         headers = {"CIMI-Job-URI": ctx.base + f"jobs/{job.id}", "Location": ctx.base + f"machines/{machine.id}"}
         return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx), headers=headers)
 
@@ -267,7 +263,6 @@ class Machines:
 
     def on_event(self, machine_id: str, state: str, reason: str) -> None:
         """The host changed a machine by itself (a guest powered off, crashed): follow it."""
-        import asyncio
         if self.store.is_open:  # events can still arrive while cimid shuts down
             asyncio.get_running_loop().create_task(self._follow(machine_id, state, reason))
 

@@ -8,7 +8,7 @@ from ..errors import BadRequest, NotFound
 from ..model import TYPES, ResourceType
 from ..model.types import CAPABILITY_BASE
 from ..store import query as q
-from .presentation import CONSOLE_REL, Context, now, select_attributes
+from .presentation import CONSOLE_REL, Context, Result, now, select_attributes
 
 CEP_COLLECTIONS = {
     "resourceMetadata": "ResourceMetadata", "machines": "Machine", "machineTemplates": "MachineTemplate",
@@ -89,7 +89,6 @@ def resource_metadata_by_id(provider, ctx: Context, id: str) -> dict:
 
 def resource_metadata_collection(provider, ctx: Context, params):
     """A handful of documents, queried through SQLite like every other collection (an in-memory table)."""
-    from .provider import Result
     docs = [_describe(provider, t, ctx) for t in served_types(provider)]
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE rm (seq INTEGER PRIMARY KEY, name TEXT, typeURI TEXT)")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, PreconditionFailed
 from ..model import BY_COLLECTION, REF, TYPES, ResourceType
 from ..store.db import Row
-
 
 # A provider extension (DSP0263 §5.8): GET the machine's serial console output as text.
 CONSOLE_REL = "urn:x-cimid:operation:console"
@@ -136,3 +136,43 @@ def collection_type(name: str) -> ResourceType:
     if rtype is None:
         raise NotFound(f"this provider has no collection '{name}'")
     return rtype
+
+
+@dataclass
+class Result:
+    """What the HTTP layer sends: status, the type to render with, the document, extra headers."""
+
+    status: int
+    rtype: ResourceType | None = None
+    doc: dict | None = None
+    item_type: ResourceType | None = None  # set when doc is a collection
+    headers: dict[str, str] = field(default_factory=dict)
+    # A plain GET of one resource: what identifies its rendering (type, id, version, base, role), and how
+    # to build the document when the HTTP layer has no rendering cached under that key.
+    cache_key: tuple | None = None
+    make_doc: Callable[[], dict] | None = None
+
+    def document(self) -> dict | None:
+        return self.make_doc() if self.doc is None and self.make_doc else self.doc
+
+
+@dataclass
+class QueryParams:
+    filters: list[str] = field(default_factory=list)
+    select: set[str] | None = None
+    expand: set[str] | None = None
+    orderby: list[str] = field(default_factory=list)
+    first: int | None = None
+    last: int | None = None
+
+
+def etag(row: Row) -> str:
+    return f'"{row.version}"'
+
+
+def check_if_match(row: Row, if_match: str | None) -> None:
+    if if_match is None:
+        return
+    tags = {t.strip() for t in if_match.split(",")}
+    if "*" not in tags and etag(row) not in tags and f"W/{etag(row)}" not in tags:
+        raise PreconditionFailed(f"the resource changed: its ETag is now {etag(row)}, not {if_match}")

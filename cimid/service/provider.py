@@ -11,12 +11,9 @@ import asyncio
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ..config import Config
-from ..errors import (BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider,
-                      PreconditionFailed)
+from ..errors import BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider
 from ..model import ACTION_BASE, BY_COLLECTION, TYPES, ResourceType
 from ..model.resources import JOB_FINISHED, MACHINE_PARTS
 from ..model.validate import require, validate
@@ -25,50 +22,23 @@ from ..store import query as q
 from ..store.db import Row, Store, Transaction, column
 from . import metadata
 from .jobs import JobRunner, job_row, set_job_state
-from .presentation import (Context, collection_type, href_to_id, new_id, now, path_of, present,
-                           select_attributes, split_href)
+from .presentation import (
+    Context,
+    QueryParams,
+    Result,
+    check_if_match,
+    collection_type,
+    etag,
+    href_to_id,
+    new_id,
+    now,
+    path_of,
+    present,
+    select_attributes,
+    split_href,
+)
 
 log = logging.getLogger("cimid.service")
-
-
-@dataclass
-class Result:
-    """What the HTTP layer sends: status, the type to render with, the document, extra headers."""
-
-    status: int
-    rtype: ResourceType | None = None
-    doc: dict | None = None
-    item_type: ResourceType | None = None  # set when doc is a collection
-    headers: dict[str, str] = field(default_factory=dict)
-    # A plain GET of one resource: what identifies its rendering (type, id, version, base, role), and how
-    # to build the document when the HTTP layer has no rendering cached under that key.
-    cache_key: tuple | None = None
-    make_doc: Callable[[], dict] | None = None
-
-    def document(self) -> dict | None:
-        return self.make_doc() if self.doc is None and self.make_doc else self.doc
-
-
-@dataclass
-class QueryParams:
-    filters: list[str] = field(default_factory=list)
-    select: set[str] | None = None
-    expand: set[str] | None = None
-    orderby: list[str] = field(default_factory=list)
-    first: int | None = None
-    last: int | None = None
-
-
-def etag(row: Row) -> str:
-    return f'"{row.version}"'
-
-
-def check_if_match(row: Row, if_match: str | None) -> None:
-    if if_match is None:
-        return
-    tags = {t.strip() for t in if_match.split(",")}
-    if "*" not in tags and etag(row) not in tags and f"W/{etag(row)}" not in tags:
-        raise PreconditionFailed(f"the resource changed: its ETag is now {etag(row)}, not {if_match}")
 
 
 class Provider:
@@ -136,7 +106,8 @@ class Provider:
     # ---------------------------------------------------------------- read
 
     async def load(self, rtype: ResourceType, id: str, parent: str | None = None) -> Row:
-        row = await self.store.get(rtype.name, id)
+        """A resource to read, never to change (it may be shared with other readers)."""
+        row = await self.store.get(rtype.name, id, shared=True)
         if row is None or (parent is not None and row.parent != parent):
             raise NotFound(f"there is no {rtype.name} '{id}'")
         return row

@@ -146,7 +146,7 @@ class Store:
         self._snapshot = asyncio.Lock()
         # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
         # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
-        self._cache: dict[tuple[str, str], tuple] = {}
+        self._cache: dict[tuple[str, str], list] = {}
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
 
     async def open(self) -> None:
@@ -210,20 +210,26 @@ class Store:
         for callback in tx.after_commit:
             callback()
 
-    async def get(self, kind: str, id: str) -> Row | None:
+    async def get(self, kind: str, id: str, *, shared: bool = False) -> Row | None:
+        """One row. shared=True returns the cache's own decoded Row, for readers that never change it
+        (a GET): it skips decoding the JSON on every request."""
         key = (kind, id)
-        raw = self._cache.get(key)
-        if raw is None:
+        entry = self._cache.get(key)
+        if entry is None:
             commits = self._commits
             rows = await self._reader.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
             if not rows:
                 return None
-            raw = rows[0]
+            entry = [rows[0], None]  # the raw row, and its shared decoded Row once asked for
             if commits == self._commits:
                 if len(self._cache) >= CACHE_ROWS:
                     del self._cache[next(iter(self._cache))]  # the oldest entry
-                self._cache[key] = raw
-        return _row(raw)
+                self._cache[key] = entry
+        if not shared:
+            return _row(entry[0])
+        if entry[1] is None:
+            entry[1] = _row(entry[0])
+        return entry[1]
 
     async def select(self, where: str, params=()) -> list[Row]:
         return [_row(r) for r in await self._reader.execute_fetchall(f"{_SELECT} WHERE {where}", params)]
