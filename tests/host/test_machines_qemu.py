@@ -295,3 +295,37 @@ def test_check_reports_the_host(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "compute: libvirt: ok" in r.stdout and "qemu:///system answers" in r.stdout
     assert "qemu offered by libvirt" in r.stdout and "MiB free" in r.stdout
+
+
+async def test_import_progress_advances(host_client, guest_image):
+    """A slow download: the Job's progress is seen between 0 and 100, never going back."""
+    data = guest_image.read_bytes()
+
+    async def slow(request):
+        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await response.prepare(request)
+        for start in range(0, len(data), 1 << 20):
+            await response.write(data[start:start + (1 << 20)])
+            await asyncio.sleep(0.05)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/slow.qcow2", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]
+        r = await host_client.post("machineImages", {"imageLocation": f"http://127.0.0.1:{port}/slow.qcow2"})
+        seen = []
+        while True:
+            job = (await host_client.get(r.headers["CIMI-Job-URI"])).json
+            seen.append(job["progress"])
+            if job["state"] in ("SUCCESS", "FAILED"):
+                break
+            await asyncio.sleep(0.02)
+        assert job["state"] == "SUCCESS", job
+        assert any(0 < p < 100 for p in seen) and seen == sorted(seen), seen
+    finally:
+        await runner.cleanup()
