@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from common import BENCH_DIR, Client, Figure, Server, WrongAnswer, free_port, median
+from common import BENCH_DIR, Client, Figure, Server, WrongAnswer, free_port, launch, median
 
 URI = "qemu:///system"
 TEST_ROOT = Path("/var/lib/cimid-test")
@@ -76,13 +76,7 @@ def start_cimid_host(workdir: Path, state_dir: Path) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir", str(state_dir),
             "--listen", f"127.0.0.1:{port}"]
-    server = Server("host-cimid", argv, port, workdir / "host-cimid.log", "/cimi/cloudEntryPoint")
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch("host-cimid", argv, port, workdir / "host-cimid.log", "/cimi/cloudEntryPoint")
 
 
 # ---------------------------------------------------------------- the API, synchronously

@@ -116,6 +116,18 @@ class Server:
         self.log.close()
 
 
+def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: str,
+           timeout: float = 60.0) -> Server:
+    """Start a server and return once `ready_path` answers; stop it again if it never does."""
+    server = Server(name, argv, port, log_path, ready_path)
+    try:
+        server.wait_ready(timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0) -> Server:
     """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers."""
     config = workdir / "cimid-bench.toml"
@@ -123,13 +135,7 @@ def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0
     port = free_port()
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "sandbox",
             "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
-    server = Server(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint")
-    try:
-        server.wait_ready(timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint", timeout)
 
 
 def start_bare(workdir: Path, name: str, path: str, body: bytes, headers: dict[str, str]) -> Server:
@@ -139,13 +145,7 @@ def start_bare(workdir: Path, name: str, path: str, body: bytes, headers: dict[s
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "bare_server.py"), "--port", str(port), "--path", path,
             "--body-file", str(body_file), *[a for k, v in headers.items() for a in ("--header", f"{k}: {v}")]]
-    server = Server(name, argv, port, workdir / f"{name}.log", path)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch(name, argv, port, workdir / f"{name}.log", path)
 
 
 def percentile(values: list[float], pct: float) -> float:
