@@ -11,11 +11,7 @@ import base64
 import io
 import json
 import re
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from pathlib import Path
-
-import pycdlib
 
 # DHCP on every Ethernet interface: what a cloud image expects when nothing else is said.
 NETWORK_CONFIG = {"version": 2, "ethernets": {"all": {"match": {"name": "e*"}, "dhcp4": True}}}
@@ -51,6 +47,8 @@ def user_data(credential: dict | None, consumer_data: bytes | None) -> bytes:
         return as_cloud_config
     if not config:
         return consumer_data
+    from email.mime.multipart import MIMEMultipart  # loaded when a machine is made, not at start-up
+    from email.mime.text import MIMEText
     message = MIMEMultipart()
     message.attach(MIMEText(as_cloud_config.decode(), "cloud-config"))
     first = consumer_data.split(b"\n", 1)[0]
@@ -68,6 +66,7 @@ def build_seed(path: Path, *, instance_id: str, hostname: str, credential: dict 
         "user-data": user_data(credential, consumer),
         "network-config": (json.dumps(NETWORK_CONFIG) + "\n").encode(),
     }
+    import pycdlib  # loaded when a machine is made: an idle daemon stays small
     iso = pycdlib.PyCdlib()
     # Rock Ridge and Joliet keep the lowercase, dashed names cloud-init looks for.
     iso.new(interchange_level=3, vol_ident="cidata", sys_ident="LINUX", rock_ridge="1.09", joliet=3)
