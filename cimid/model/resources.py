@@ -151,11 +151,11 @@ MACHINE_ACTIONS = {
                "Stop (force as given) then start, as two nested Jobs.", params=("force",)),
         Action("pause", ("STARTED",), "PAUSING", "PAUSED", "Freeze the machine, memory kept in RAM."),
         Action("suspend", ("STARTED",), "SUSPENDING", "SUSPENDED", "Save the machine's memory to disk and stop it."),
-        Action("capture", ("STARTED", "STOPPED", "PAUSED"), "CAPTURING", "its previous state",
+        Action("capture", ("STARTED", "STOPPED", "PAUSED"), "CAPTURING", "captured",
                "Make a new IMAGE MachineImage of the boot disk, flattened (body: a MachineImage or an Action)."),
-        Action("snapshot", ("STARTED", "STOPPED", "PAUSED"), "CAPTURING", "its previous state",
+        Action("snapshot", ("STARTED", "STOPPED", "PAUSED"), "CAPTURING", "snapshotted",
                "Make a SNAPSHOT MachineImage of the boot disk, listed in the machine's snapshots."),
-        Action("restore", ("STARTED", "STOPPED"), "RESTORING", "its previous state",
+        Action("restore", ("STARTED", "STOPPED"), "RESTORING", "restored",
                "Revert the boot disk to the MachineImage given as `image`.", params=("image",)),
     ]
 }

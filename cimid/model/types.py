@@ -62,7 +62,9 @@ def common_attributes() -> list[Attribute]:
 
 @dataclass(frozen=True)
 class Action:
-    """A custom operation of a stateful resource: from which states, through which, to which."""
+    """A custom operation of a stateful resource: from which states, through which transitional state,
+    and what it achieves (`final`: the state it leads to, or a word for operations that keep the state;
+    after every Job the state itself is read back from the host)."""
 
     name: str
     from_states: tuple[str, ...]

@@ -118,8 +118,7 @@ class Machines:
             else:
                 steps = [{"op": action.name, "force": force, "transitional": action.transitional}]
             job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{id}",
-                                    success=f"Machine {action.final}" if action.name != "restore"
-                                    else "Machine restored")
+                                    success=f"Machine {action.final}")
         return self._accepted(ctx, machine, job)
 
     async def _capture(self, tx: Transaction, ctx: Context, machine: Row, action: Action, attrs: dict):
