@@ -272,11 +272,19 @@ async def test_force_stop_and_what_the_host_profile_advertises(host_client, gues
     caps = {c["name"]: c["value"] for c in rm["capabilities"]}
     assert caps["UserData"] == "disk" and caps["MachineImageByValue"] is False and caps["MachineStopForce"]
     r, _ = await import_image(client, guest_image.as_uri())
+    two_disks = {"cpu": 1, "memory": 262144, "disks": [{"capacity": 1048576, "format": "ext4"},
+                                                       {"capacity": 4 * 1048576, "format": "raw"}]}
     r = await client.post("machines", {"machineTemplate": {
-        "machineImage": {"href": r.headers["Location"]},
-        "machineConfig": {"href": client.base + "machineConfigs/tiny"}}})
+        "machineImage": {"href": r.headers["Location"]}, "machineConfig": two_disks}})
     machine = r.headers["Location"]
     assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    text = await console_until(client, machine, "HVTEST: disks:")
+    assert "vdb" in text.split("HVTEST: disks:")[1].split("\n")[0]  # the extra disk, seen by the guest
+    extra = client.state_dir / "disks" / machine.rsplit("/", 1)[1] / "disk1.qcow2"
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(extra)], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["virtual-size"] == 4 * 2**30 and info["actual-size"] < 2**20  # 4 GiB, sparse
+    assert (await client.get(machine + "/disks")).json["count"] == 2
     await act(client, machine, "stop", force=True)  # power off, no ACPI
     assert (await client.get(machine)).json["state"] == "STOPPED"
     r = await client.delete(machine)
