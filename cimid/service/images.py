@@ -8,7 +8,7 @@ import logging
 from ..errors import Conflict
 from ..model import TYPES
 from ..store.db import Row, Transaction
-from .jobs import job_row
+from .jobs import INTERRUPTED, job_row, set_job_state
 from .presentation import Context, Result, new_id, now, present
 
 log = logging.getLogger("cimid.images")
@@ -73,3 +73,17 @@ class Images:
         if users[0][0]:
             raise Conflict(f"MachineImage '{image_id}' is the base of {users[0][0]} Machine disk(s); "
                            "delete those Machines first")
+
+    async def recover(self) -> None:
+        """After a restart: imports that never began run now; an interrupted one failed, and leaves nothing."""
+        pending = await self.store.select("kind = 'Job' AND state IN ('QUEUED', 'RUNNING', 'STOPPING')"
+                                          " AND json_extract(internal, '$.kind') = 'image'")
+        for job in pending:
+            if job.state == "QUEUED" and not job.internal.get("begun"):
+                self.provider.jobs.submit(job.id)
+                continue
+            async with self.store.write() as tx:
+                job = await tx.get("Job", job.id)
+                await self.finish(tx, job, "FAILED", INTERRUPTED, None)
+                set_job_state(job, "FAILED", INTERRUPTED)
+                await tx.update(job)

@@ -62,6 +62,8 @@ class Provider:
             await seed_catalogue(self.store)
         if self.drivers.compute is not None:
             await self.machines.recover()
+            if self.machines.ready:
+                await self.images.recover()
         await self.purge_jobs()
         self._retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
 
@@ -422,6 +424,8 @@ class Provider:
                 set_job_state(job, "STOPPED", "stopped by request before it began")
                 if kind == "machine":
                     await self.machines.settle_unstarted(tx, job)
+                elif kind == "image":  # nothing was downloaded: the image goes
+                    await self.images.finish(tx, job, "STOPPED", "stopped before it began", None)
                 for step in job.internal.get("steps", ()):
                     if step.get("job"):
                         nested = await tx.get("Job", step["job"])

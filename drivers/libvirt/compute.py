@@ -235,9 +235,9 @@ class LibvirtCompute:
             download.unlink(missing_ok=True)
 
     async def delete_image(self, image_id: str) -> None:
-        path = self.image_path(image_id)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        if self.image_dir.exists():
+            for path in self.image_dir.glob(f"{image_id}.*"):  # the image, or what an interrupted import left
+                path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- machines
 

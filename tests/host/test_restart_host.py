@@ -1,0 +1,96 @@
+"""A host-profile daemon killed with SIGKILL in the middle of an image import: after the restart the Job
+has FAILED with the reason, and neither the image nor a partial download is left."""
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import aiohttp
+from aiohttp import web
+
+from .conftest import fresh_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_import_interrupted_by_sigkill(guest_image):
+    root = fresh_dir("restart")
+    config = root / "cimid.toml"
+    config.write_text('profile = "host"\n[server]\nlog_requests = false\n'
+                      '[compute]\nuri = "qemu:///system"\nvirt_type = "qemu"\n')
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/cimi/"
+    argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir",
+            str(root / "state"), "--listen", f"127.0.0.1:{port}"]
+    data = guest_image.read_bytes()
+
+    async def trickle(request):  # a download that takes long enough to be killed in the middle
+        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await response.prepare(request)
+        for start in range(0, len(data), 1 << 18):
+            await response.write(data[start:start + (1 << 18)])
+            await asyncio.sleep(0.2)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/slow.qcow2", trickle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    image_port = site._server.sockets[0].getsockname()[1]
+    procs = []
+
+    async def start():
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(root / "log", "ab")))
+        async with aiohttp.ClientSession() as s:
+            for _ in range(300):
+                try:
+                    async with s.get(base + "cloudEntryPoint") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError((root / "log").read_text())
+
+    async def call(method, url, body=None):
+        async with aiohttp.ClientSession() as s, s.request(method, url, json=body,
+                                                           headers={"Accept": "application/json"}) as r:
+            return r.status, dict(r.headers), await r.json()
+
+    try:
+        await start()
+        status, headers, _ = await call("POST", base + "machineImages",
+                                        {"imageLocation": f"http://127.0.0.1:{image_port}/slow.qcow2"})
+        assert status == 202
+        job_url, image_url = headers["CIMI-Job-URI"], headers["Location"]
+        for _ in range(200):
+            job = (await call("GET", job_url))[2]
+            if job["state"] == "RUNNING" and job["progress"] > 0:
+                break
+            await asyncio.sleep(0.05)
+        assert job["state"] == "RUNNING", job
+        os.kill(procs[-1].pid, signal.SIGKILL)
+        procs[-1].wait()
+        assert any((root / "state" / "images").iterdir())  # a partial download is there
+        await start()
+        job = (await call("GET", job_url))[2]
+        assert job["state"] == "FAILED" and "interrupted" in job["statusMessage"], job
+        assert (await call("GET", image_url))[0] == 404
+        assert list((root / "state" / "images").iterdir()) == []
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        await runner.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
