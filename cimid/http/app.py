@@ -12,7 +12,8 @@ from ..errors import BadRequest, CimiError, InternalError, MethodNotAllowed, Not
 from ..model import TYPES
 from ..model.resources import MACHINE_PARTS
 from ..plugins import Drivers, plugin_manager
-from ..service.presentation import Context, QueryParams, Result, now
+from ..service.metadata import entry_point
+from ..service.presentation import Context, QueryParams, Result, now, select_attributes
 from ..service.provider import Provider
 from ..store.db import Store
 from ..wire import json_dialect
@@ -192,11 +193,9 @@ def _allow(request: web.Request, methods: list[str], what: str) -> None:
 
 
 async def cloud_entry_point(request: web.Request) -> web.Response:
-    from ..service.metadata import entry_point
     _allow(request, ["GET"], "the CloudEntryPoint")
     provider = request.app[PROVIDER]
     doc = entry_point(provider, _context(request))
-    from ..service.presentation import select_attributes
     doc = select_attributes(doc, TYPES["CloudEntryPoint"], _params(request).select)
     return _respond(request, Result(200, TYPES["CloudEntryPoint"], doc))
 

@@ -21,7 +21,9 @@ from ..plugins import Drivers
 from ..store import query as q
 from ..store.db import Row, Store, Transaction, column
 from . import metadata
+from .images import Images
 from .jobs import JobRunner, job_row, set_job_state
+from .machines import Machines
 from .presentation import (
     Context,
     QueryParams,
@@ -37,6 +39,7 @@ from .presentation import (
     select_attributes,
     split_href,
 )
+from .seed import seed_catalogue
 
 log = logging.getLogger("cimid.service")
 
@@ -47,8 +50,6 @@ class Provider:
         self.store = store
         self.drivers = drivers
         self.jobs = JobRunner(store, config["jobs"]["max_concurrent"])
-        from .images import Images  # these services need the provider's helpers
-        from .machines import Machines
         self.machines = Machines(self)
         self.images = Images(self)
         self._retention_task: asyncio.Task | None = None
@@ -58,7 +59,6 @@ class Provider:
     async def start(self) -> None:
         await self.store.open()
         if self.config["catalogue"]["seed"]:
-            from .seed import seed_catalogue
             await seed_catalogue(self.store)
         if self.drivers.compute is not None:
             await self.machines.recover()
