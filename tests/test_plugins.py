@@ -2,11 +2,11 @@
 
 import pluggy
 import pytest
+from conftest import make_client
 
 from cimid.errors import DriverError
 from cimid.hookspecs import hookimpl
 from cimid.plugins import plugin_manager
-from conftest import make_client
 from drivers.libvirt import LibvirtCompute
 
 CIMI = "http://schemas.dmtf.org/cimi/1"

@@ -16,6 +16,7 @@ The whole run shares one event loop (pyproject), since libvirtaio can be registe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from aiohttp import web
 from conftest import make_client  # tests/conftest.py (tests/host is a package)
 
 HERE = Path(__file__).resolve().parent
@@ -135,3 +137,27 @@ async def _wait_serial(path, needle: str, timeout: float = 60.0) -> str:
 def wait_serial():
     return _wait_serial
 
+
+
+@contextlib.asynccontextmanager
+async def serve_bytes(data: bytes, name: str = "image.qcow2", chunk: int = 1 << 20, pause: float = 0.0):
+    """Serve `data` at http://127.0.0.1:<port>/<name>, `chunk` bytes at a time with `pause` seconds
+    between chunks (a slow download); yields the URL."""
+    async def handler(request):
+        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await response.prepare(request)
+        for start in range(0, len(data), chunk):
+            await response.write(data[start:start + chunk])
+            await asyncio.sleep(pause)
+        return response
+
+    app = web.Application()
+    app.router.add_get(f"/{name}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/{name}"
+    finally:
+        await runner.cleanup()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from aiohttp import web
+
+from .conftest import serve_bytes
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 ACTION = f"{CIMI}/action/"
@@ -63,20 +64,10 @@ def domain_names() -> set[str]:
 
 @pytest.fixture
 async def http_image(guest_image):
-    """The guest image served by a web server of the test's own on 127.0.0.1."""
-    app = web.Application()
+    """The guest image served by a web server of the test's own on 127.0.0.1: (base URL, sha256)."""
     data = guest_image.read_bytes()
-    async def serve(request):
-        return web.Response(body=data)
-
-    app.router.add_get("/guest.qcow2", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", hashlib.sha256(data).hexdigest()
-    await runner.cleanup()
+    async with serve_bytes(data, "guest.qcow2") as url:
+        yield url.rsplit("/", 1)[0], hashlib.sha256(data).hexdigest()
 
 
 async def test_image_import_from_file_and_http(host_client, guest_image, http_image):
@@ -307,25 +298,8 @@ def test_check_reports_the_host(tmp_path):
 
 async def test_import_progress_advances(host_client, guest_image):
     """A slow download: the Job's progress is seen between 0 and 100, never going back."""
-    data = guest_image.read_bytes()
-
-    async def slow(request):
-        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
-        await response.prepare(request)
-        for start in range(0, len(data), 1 << 20):
-            await response.write(data[start:start + (1 << 20)])
-            await asyncio.sleep(0.05)
-        return response
-
-    app = web.Application()
-    app.router.add_get("/slow.qcow2", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]
-        r = await host_client.post("machineImages", {"imageLocation": f"http://127.0.0.1:{port}/slow.qcow2"})
+    async with serve_bytes(guest_image.read_bytes(), "slow.qcow2", pause=0.05) as url:
+        r = await host_client.post("machineImages", {"imageLocation": url})
         seen = []
         while True:
             job = (await host_client.get(r.headers["CIMI-Job-URI"])).json
@@ -335,5 +309,3 @@ async def test_import_progress_advances(host_client, guest_image):
             await asyncio.sleep(0.02)
         assert job["state"] == "SUCCESS", job
         assert any(0 < p < 100 for p in seen) and seen == sorted(seen), seen
-    finally:
-        await runner.cleanup()

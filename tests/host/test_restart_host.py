@@ -2,6 +2,7 @@
 has FAILED with the reason, and neither the image nor a partial download is left."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -10,9 +11,8 @@ import subprocess
 import sys
 
 import aiohttp
-from aiohttp import web
 
-from .conftest import fresh_dir
+from .conftest import fresh_dir, serve_bytes
 
 
 def free_port() -> int:
@@ -30,23 +30,10 @@ async def test_import_interrupted_by_sigkill(guest_image):
     base = f"http://127.0.0.1:{port}/cimi/"
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir",
             str(root / "state"), "--listen", f"127.0.0.1:{port}"]
-    data = guest_image.read_bytes()
-
-    async def trickle(request):  # a download that takes long enough to be killed in the middle
-        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
-        await response.prepare(request)
-        for start in range(0, len(data), 1 << 18):
-            await response.write(data[start:start + (1 << 18)])
-            await asyncio.sleep(0.2)
-        return response
-
-    app = web.Application()
-    app.router.add_get("/slow.qcow2", trickle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    image_port = site._server.sockets[0].getsockname()[1]
+    # a download long enough to be killed in the middle
+    slow = contextlib.AsyncExitStack()
+    image_url = await slow.enter_async_context(serve_bytes(guest_image.read_bytes(), "slow.qcow2",
+                                                           chunk=1 << 18, pause=0.2))
     procs = []
 
     async def start():
@@ -70,9 +57,9 @@ async def test_import_interrupted_by_sigkill(guest_image):
     try:
         await start()
         status, headers, _ = await call("POST", base + "machineImages",
-                                        {"imageLocation": f"http://127.0.0.1:{image_port}/slow.qcow2"})
+                                        {"imageLocation": image_url})
         assert status == 202
-        job_url, image_url = headers["CIMI-Job-URI"], headers["Location"]
+        job_url, image = headers["CIMI-Job-URI"], headers["Location"]
         for _ in range(200):
             job = (await call("GET", job_url))[2]
             if job["state"] == "RUNNING" and job["progress"] > 0:
@@ -85,12 +72,12 @@ async def test_import_interrupted_by_sigkill(guest_image):
         await start()
         job = (await call("GET", job_url))[2]
         assert job["state"] == "FAILED" and "interrupted" in job["statusMessage"], job
-        assert (await call("GET", image_url))[0] == 404
+        assert (await call("GET", image))[0] == 404
         assert list((root / "state" / "images").iterdir()) == []
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
-        await runner.cleanup()
+        await slow.aclose()
         shutil.rmtree(root, ignore_errors=True)

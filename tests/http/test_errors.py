@@ -5,9 +5,9 @@ import base64
 import sqlite3
 
 import pytest
+from conftest import DATABASE, NS, make_client
 
 from cimid.http.auth import hash_password
-from conftest import DATABASE, NS, make_client
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 

@@ -1,7 +1,6 @@
 """The protocol over HTTP: discovery, negotiation, every collection and resource in JSON and XML."""
 
 import pytest
-
 from conftest import NS
 
 CIMI = "http://schemas.dmtf.org/cimi/1"

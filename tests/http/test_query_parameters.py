@@ -1,7 +1,6 @@
 """$filter, $orderby, $first/$last end to end: typed by the model, run by SQLite, on real rows."""
 
 import pytest
-
 from conftest import NS
 
 CIMI = "http://schemas.dmtf.org/cimi/1"

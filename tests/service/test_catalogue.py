@@ -1,7 +1,6 @@
 """Catalogue resources: create (by value, by reference with overrides), read, update, delete, ETags."""
 
 import pytest
-
 from conftest import NS
 
 CIMI = "http://schemas.dmtf.org/cimi/1"

@@ -2,8 +2,9 @@
 
 import sqlite3
 
-from cimid.http.app import PROVIDER
 from conftest import DATABASE, make_client
+
+from cimid.http.app import PROVIDER
 
 
 async def test_finished_jobs_older_than_retention_are_purged(tmp_path):

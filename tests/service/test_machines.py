@@ -1,8 +1,9 @@
 """Machines on the sandbox (libvirt's test driver): create by value and by reference, the state machine,
 Jobs with nested steps, stopping Jobs."""
 
-from cimid.http.app import PROVIDER
 from conftest import NS, make_client
+
+from cimid.http.app import PROVIDER
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 ACTION = f"{CIMI}/action/"
