@@ -81,3 +81,27 @@ async def test_import_interrupted_by_sigkill(guest_image):
                 proc.wait(10)
         await slow.aclose()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_stopping_a_queued_import_leaves_nothing(guest_image):
+    """With one Job at a time, a second import waits QUEUED; stopping it removes its image at once."""
+    from conftest import make_client
+    root = fresh_dir("queue")
+    client = await make_client(root, {"compute": {"uri": "qemu:///system", "virt_type": "qemu"},
+                                      "jobs": {"max_concurrent": 1}}, profile="host")
+    try:
+        async with serve_bytes(guest_image.read_bytes(), "slow.qcow2", chunk=1 << 18, pause=0.1) as url:
+            first = await client.post("machineImages", {"imageLocation": url})
+            second = await client.post("machineImages", {"imageLocation": guest_image.as_uri()})
+            job = second.headers["CIMI-Job-URI"]
+            assert (await client.get(job)).json["state"] == "QUEUED"
+            stop = await client.post(f"{job}/stop", {"action": "http://schemas.dmtf.org/cimi/1/action/stop"})
+            assert stop.status == 202
+            assert (await client.get(job)).json["state"] == "STOPPED"
+            assert (await client.get(second.headers["Location"])).status == 404
+            assert (await client.wait_job(first.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+        stored = list((client.state_dir / "images").iterdir())
+        assert [p.name for p in stored] == [first.headers["Location"].rsplit("/", 1)[1] + ".qcow2"]
+    finally:
+        await client.client.close()
+        shutil.rmtree(root, ignore_errors=True)
