@@ -322,9 +322,9 @@ class LibvirtCompute:
                                         boot_size if boot_size != info["virtual_size"] else None)
             for index, size in enumerate(sizes[1:], start=1):
                 await images.create_sparse(directory / f"disk{index}.qcow2", size)
-            seed.build_seed(directory / "seed.iso", instance_id=spec.id,
-                            hostname=seed.hostname_of(spec.name, f"cimi-{spec.id[:8]}"),
-                            credential=spec.credential, user_data_b64=spec.user_data)
+            await asyncio.to_thread(seed.build_seed, directory / "seed.iso", instance_id=spec.id,
+                                    hostname=seed.hostname_of(spec.name, f"cimi-{spec.id[:8]}"),
+                                    credential=spec.credential, user_data_b64=spec.user_data)
         except BaseException:
             images.remove_tree(directory)
             raise
@@ -391,7 +391,7 @@ class LibvirtCompute:
             dom.undefineFlags(flags)
         await self._call(delete)
         if not self.sandbox:
-            images.remove_tree(self.machine_dir(machine_id))
+            await asyncio.to_thread(images.remove_tree, self.machine_dir(machine_id))
 
     async def state(self, machine_id: str) -> str | None:
         def state():

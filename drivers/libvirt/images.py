@@ -74,11 +74,12 @@ async def _fetch_http(url, out, digest, progress: Progress, max_bytes: int) -> N
                 raise DriverError(f"GET {url} answered {response.status} {response.reason}")
             total = response.content_length
             done, reported = 0, -1
+            loop = asyncio.get_running_loop()
             async for chunk in response.content.iter_chunked(CHUNK):
                 done += len(chunk)
                 if done > max_bytes:
                     raise DriverError(f"{url} is larger than the {max_bytes} bytes allowed for an image")
-                out.write(chunk)
+                await loop.run_in_executor(None, out.write, chunk)  # disk writes stay off the event loop
                 digest.update(chunk)
                 if total:
                     percent = min(99, done * 100 // total)
