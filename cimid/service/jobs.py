@@ -44,18 +44,25 @@ def job_row(*, action: str, target: str, affected: list[str], state: str, messag
     return Row("Job", new_id(), "", attrs, internal or {})
 
 
-def set_job_state(row: Row, state: str, message: str | None = None, progress: int | None = None) -> None:
+def set_job_state(row: Row, state: str, message: str | None = None) -> None:
     row.attrs["state"] = state
     row.attrs["timeOfStatusChange"] = now()
     if state in JOB_FINISHED:
         row.attrs["progress"] = 100
         row.attrs["returnCode"] = 0 if state == "SUCCESS" else 1
         row.internal.pop("stoppable", None)
-    elif progress is not None:
-        row.attrs["progress"] = progress
     if message is not None:
         row.attrs["statusMessage"] = message
     log.info("job %s %s %s%s", row.id, row.attrs.get("action", ""), state, f": {message}" if message else "")
+
+
+async def end_nested(tx: Transaction, job: Row, state: str, message: str) -> None:
+    """Give every nested Job of `job` that has not finished the parent's ending."""
+    for step in job.internal.get("steps", ()):
+        nested = await tx.get("Job", step["job"]) if step.get("job") else None
+        if nested is not None and nested.state not in JOB_FINISHED:
+            set_job_state(nested, state, message)
+            await tx.update(nested)
 
 
 # A step executor: (job, step dict) -> what the step made (kept in the step as "result"), or None.
@@ -153,7 +160,7 @@ class JobRunner:
                         set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
                                       None if outcome == "SUCCESS" else message)
                         await tx.update(nested)
-                    set_job_state(job, "RUNNING", progress=int(100 * (index + 1) / len(steps)))
+                    job.attrs["progress"] = int(100 * (index + 1) / len(steps))
                     await tx.update(job)
                 if outcome != "SUCCESS":
                     break
@@ -162,12 +169,6 @@ class JobRunner:
             async with self.store.write() as tx:
                 job = await tx.get("Job", job_id)
                 await finish(tx, job, outcome, message, observed)
-                for step in steps:
-                    if step.get("job"):
-                        nested = await tx.get("Job", step["job"])
-                        if nested and nested.state not in JOB_FINISHED:
-                            set_job_state(nested, "STOPPED" if outcome == "STOPPED" else "FAILED",
-                                          "not run: " + message)
-                            await tx.update(nested)
+                await end_nested(tx, job, "STOPPED" if outcome == "STOPPED" else "FAILED", "not run: " + message)
                 set_job_state(job, outcome, message)
                 await tx.update(job)

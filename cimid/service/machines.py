@@ -12,11 +12,19 @@ from ..model import TYPES, Action
 from ..model.resources import MachineCreate, MachineTemplate
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
-from .jobs import INTERRUPTED, job_row, set_job_state
+from .jobs import INTERRUPTED, end_nested, job_row, set_job_state
 from .presentation import Context, Result, check_if_match, href_to_id, new_id, now, present
 
 log = logging.getLogger("cimid.machines")
 Machine = TYPES["Machine"]
+
+
+def settle(machine: Row, observed: str | None) -> None:
+    """Take the state the host reports (nothing known: ERROR); remember it if it is a stable one, which
+    is what a volatile backend (the sandbox) rebuilds the machine in after a restart."""
+    machine.attrs["state"] = observed or "ERROR"
+    if observed and observed != "ERROR":
+        machine.internal["stable"] = observed
 
 
 class Machines:
@@ -214,10 +222,13 @@ class Machines:
             raise DriverError(f"unknown step '{op}'")
 
     async def observe(self, job: Row) -> str | None:
+        return await self._read_state(job.internal["machine"])
+
+    async def _read_state(self, machine_id: str) -> str | None:
         try:
-            return await self.driver.state(job.internal["machine"])
+            return await self.driver.state(machine_id)
         except DriverError as exc:
-            log.warning("cannot read the state of machine %s: %s", job.internal["machine"], exc)
+            log.warning("cannot read the state of machine %s: %s", machine_id, exc)
             return None
 
     async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
@@ -239,10 +250,7 @@ class Machines:
             machine.internal["image"] = f"machineImages/{last['image']}"  # the disk now stands on it
         if outcome == "SUCCESS" and observed is None:
             set_job_state(job, "FAILED", "the hypervisor no longer knows this machine")
-        state = observed or "ERROR"
-        machine.attrs["state"] = state
-        if state != "ERROR":
-            machine.internal["stable"] = state
+        settle(machine, observed)
         await tx.update(machine)
 
     async def _settle_capture(self, tx: Transaction, machine: Row, step: dict, succeeded: bool) -> None:
@@ -273,9 +281,7 @@ class Machines:
             if machine is None or machine.state in Machine.transitional_states or machine.state == state:
                 return  # a Job is at work, and it reads the state back when it ends
             previous = machine.state
-            machine.attrs["state"] = state
-            if state != "ERROR":
-                machine.internal["stable"] = state
+            settle(machine, state)
             await tx.update(machine)
             path = f"machines/{machine_id}"
             # A Job records what happened and why, where a consumer can find it.
@@ -333,12 +339,7 @@ class Machines:
             observed = await self.observe(job)
             async with self.store.write() as tx:
                 job = await tx.get("Job", job.id)
-                for step in job.internal["steps"]:
-                    if step.get("job"):
-                        nested = await tx.get("Job", step["job"])
-                        if nested and nested.state not in ("SUCCESS", "FAILED", "STOPPED"):
-                            set_job_state(nested, "FAILED", INTERRUPTED)
-                            await tx.update(nested)
+                await end_nested(tx, job, "FAILED", INTERRUPTED)
                 set_job_state(job, "FAILED", INTERRUPTED)
                 await tx.update(job)
                 machine = await tx.get("Machine", job.internal["machine"])
@@ -346,19 +347,16 @@ class Machines:
                     if observed is None and machine.state == "DELETING":
                         await tx.delete("Machine", machine.id)  # it was gone already
                     else:
-                        machine.attrs["state"] = observed or "ERROR"
-                        if observed:
-                            machine.internal["stable"] = observed
+                        settle(machine, observed)
                         await tx.update(machine)
-        for machine in await self.store.select(
-                "kind = 'Machine' AND state IN ('CREATING', 'STARTING', 'STOPPING', 'PAUSING', 'SUSPENDING',"
-                " 'DELETING')"):
+        transitional = ", ".join(f"'{state}'" for state in Machine.transitional_states)
+        for machine in await self.store.select(f"kind = 'Machine' AND state IN ({transitional})"):
             if machine.id in resumed:
                 continue
-            observed = await self.driver.state(machine.id)
+            observed = await self._read_state(machine.id)
             async with self.store.write() as tx:
                 current = await tx.get("Machine", machine.id)
-                current.attrs["state"] = observed or "ERROR"
+                settle(current, observed)
                 await tx.update(current)
             log.info("machine %s was %s at start-up; the hypervisor says %s", machine.id, machine.state,
                      observed or "nothing (ERROR)")

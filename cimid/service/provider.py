@@ -22,7 +22,7 @@ from ..store import query as q
 from ..store.db import Row, Store, Transaction, column
 from . import metadata
 from .images import Images
-from .jobs import JobRunner, job_row, set_job_state
+from .jobs import JobRunner, end_nested, job_row, set_job_state
 from .machines import Machines
 from .presentation import (
     Context,
@@ -426,11 +426,7 @@ class Provider:
                     await self.machines.settle_unstarted(tx, job)
                 elif kind == "image":  # nothing was downloaded: the image goes
                     await self.images.finish(tx, job, "STOPPED", "stopped before it began", None)
-                for step in job.internal.get("steps", ()):
-                    if step.get("job"):
-                        nested = await tx.get("Job", step["job"])
-                        set_job_state(nested, "STOPPED", "stopped by request before it began")
-                        await tx.update(nested)
+                await end_nested(tx, job, "STOPPED", "stopped by request before it began")
             elif job.internal.get("stoppable"):
                 set_job_state(job, "STOPPING", "stop requested; the current step finishes first")
                 self.jobs.stop_requested.add(id)
