@@ -37,12 +37,12 @@ def _config(args):
 def serve(args) -> int:
     from aiohttp import web
 
-    from .http.app import make_app
+    from .daemon import build_app
     config = _config(args)
     host, port = config.listen
     logging.getLogger("cimid").info("cimid %s serving the %s profile on http://%s:%d/cimi/cloudEntryPoint "
                                     "(state in %s)", __version__, config.profile, host, port, config.state_dir)
-    asyncio.run(_serve(web, make_app(config), host, port))
+    asyncio.run(_serve(web, build_app(config), host, port))
     return 0
 
 

@@ -29,6 +29,21 @@ class Drivers:
     storage: StorageDriver | None = None
     network: NetworkDriver | None = None
     meters: list[MeterSource] = field(default_factory=list)
+    _opened: set[str] = field(default_factory=set)
+
+    async def open(self, kind: str) -> None:
+        """Open the `kind` driver ("compute", "storage", "network") once; raise DriverError while its
+        backend does not answer (the next call tries again)."""
+        if kind not in self._opened:
+            await getattr(self, kind).open()
+            self._opened.add(kind)
+
+    async def close(self) -> None:
+        for kind in ("compute", "storage", "network"):
+            driver = getattr(self, kind)
+            if driver is not None and hasattr(driver, "close"):
+                await driver.close()
+        self._opened.clear()
 
     @classmethod
     def load(cls, pm: pluggy.PluginManager, config: Config) -> Drivers:

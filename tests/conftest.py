@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from lxml import etree
 
 from cimid.config import load
-from cimid.http.app import make_app
+from cimid.daemon import build_app
 
 DATABASE = web.AppKey("database", str)  # the store's file, for tests that read it directly
 XSD = Path(__file__).resolve().parents[1] / "tests" / "data" / "dsp8009_1.0.2.xsd"
@@ -102,7 +102,7 @@ async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugi
                       profile: str = "sandbox"):
     config = load(profile=profile, state_dir=tmp_path / "state", overrides=overrides)
     config["server"]["log_requests"] = False
-    app = make_app(config, extra_plugins)
+    app = build_app(config, extra_plugins)
     app[DATABASE] = str(config.database)
     client = TestClient(TestServer(app))
     await client.start_server()

@@ -1,6 +1,8 @@
-"""The CIMI resource model: every type declared once (see resources.py)."""
+"""The CIMI resource model: each family declared once in its own file, all of them registered in
+registry.py."""
 
-from .resources import BY_COLLECTION, TYPES
-from .types import ACTION_BASE, CIMI_NS, REF, Action, Attribute, ResourceType
+from .registry import FAMILIES, TYPES, collection_type, sub_collection
+from .types import ACTION_BASE, CIMI_NS, REF, Action, Attribute, Extension, Family, ResourceType
 
-__all__ = ["ACTION_BASE", "BY_COLLECTION", "CIMI_NS", "REF", "TYPES", "Action", "Attribute", "ResourceType"]
+__all__ = ["ACTION_BASE", "CIMI_NS", "FAMILIES", "REF", "TYPES", "Action", "Attribute", "Extension", "Family",
+           "ResourceType", "collection_type", "sub_collection"]

@@ -1,6 +1,6 @@
-"""The building blocks every resource type is declared with.
+"""The building blocks every resource family is declared with.
 
-One declaration per type drives validation, ResourceMetadata, `$filter` typing and XML element order.
+One declaration per type drives validation, ResourceMetadata, `$filter` typing and the wire dialects.
 """
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ ACTION_BASE = CIMI_NS + "/action/"
 CAPABILITY_BASE = CIMI_NS + "/capability/"
 
 REF = "ref"  # Attribute.target of an array whose items are plain references
-
-# CIMI attribute types (DSP0263 §5.5) and how each is filtered/sorted in SQL.
-FILTER_TYPES = {
-    "string": "string",
-    "URI": "string",
-    "integer": "integer",
-    "boolean": "boolean",
-    "dateTime": "dateTime",
-    "map": "map",
-}
+# Attribute types that $filter and $orderby can reach, and the SQL-side type each is compared as.
+FILTERABLE = {"string": "string", "URI": "string", "integer": "integer", "boolean": "boolean",
+              "dateTime": "dateTime"}
 
 
 @dataclass(frozen=True)
@@ -36,8 +29,7 @@ class Attribute:
     consumer_writable: bool = True
     target: str | None = None  # ref/collection: the referenced type; array: the item structure, or REF
     by_value: bool = False  # a ref that may also be given inline
-    xml_item: str | None = None  # XML element of each array item (JSON `disks` -> XML `disk`)
-    xml_name: str | None = None  # XML element when it differs from the JSON name (DSP8009's `shapshot`)
+    base64: bool = False  # a string that must hold Base64 (userData)
     enum: tuple[str, ...] | None = None
     minimum: int | None = None
     max_length: int = 4096
@@ -60,6 +52,11 @@ def common_attributes() -> list[Attribute]:
     ]
 
 
+def read_only(name: str, type_: str, **kw) -> Attribute:
+    """A provider-owned attribute: consumers read it, writes are ignored."""
+    return Attribute(name, type_, consumer_writable=False, **kw)
+
+
 @dataclass(frozen=True)
 class Action:
     """A custom operation of a stateful resource: from which states, through which transitional state,
@@ -79,38 +76,45 @@ class Action:
 
 
 @dataclass(frozen=True)
-class Capability:
-    name: str
-    value: object = True
-    description: str = ""
+class Extension:
+    """A provider extension operation (DSP0263 §5.8) read with GET, such as a Machine's console: offered in
+    every state but `unavailable_in`, answered as `media_type` text."""
 
-    def uri(self, type_name: str) -> str:
-        return f"{CAPABILITY_BASE}{type_name}/{self.name}"
+    name: str
+    uri: str
+    media_type: str
+    description: str
+    unavailable_in: tuple[str, ...] = ()
 
 
 @dataclass
 class ResourceType:
-    """A CIMI resource type (or an inline structure when `collection` is None)."""
+    """A CIMI resource type, an inline structure (no collection), or a request document."""
 
     name: str
     attributes: list[Attribute]
     collection: str | None = None  # URL segment and CloudEntryPoint attribute, e.g. "machineConfigs"
     items: str | None = None  # JSON array name of collection items, e.g. "machineConfigurations"
+    parent: str | None = None  # the type whose sub-collection this is: machines/{id}/{collection}/{item}
     states: tuple[str, ...] = ()
     transitional_states: tuple[str, ...] = ()
+    finished_states: tuple[str, ...] = ()  # states in which a resource may be deleted when it has any
     actions: dict[str, Action] = field(default_factory=dict)
+    extensions: dict[str, Extension] = field(default_factory=dict)
     create_wrapper: str | None = None  # "MachineCreate": created from a template; None: POST the resource itself
     template_attribute: str | None = None  # "machineTemplate"
     editable: bool = True
     deletable: bool = True
     creatable: bool = True
-    xml_has_common: bool = True  # DSP8009 1.0.2 gives some types (Disk) no common elements
-    xml_operations_after: str | None = None  # DSP8009 puts Credential operations before userName/password/key
-    owner: str | None = None  # a Machine's disks and snapshots live at machines/{id}/{collection}/{item}
+    request_document: bool = False  # never stored: MachineCreate, Action
     description: str = ""
 
     def __post_init__(self) -> None:
         self.by_name = {a.name: a for a in self.attributes}
+        # What $filter and $orderby may name, and as which type ("map" for properties).
+        self.columns = {a.name: FILTERABLE[a.type] for a in self.attributes if a.type in FILTERABLE}
+        if "properties" in self.by_name:
+            self.columns["properties"] = "map"
 
     @property
     def type_uri(self) -> str:
@@ -122,3 +126,14 @@ class ResourceType:
 
     def attribute(self, name: str) -> Attribute | None:
         return self.by_name.get(name)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One resource family, declared once in its own model file: its types, the service that runs them
+    (`module:Class` under cimid.service, imported by the service layer) and the driver it needs."""
+
+    name: str
+    types: tuple[ResourceType, ...]
+    service: str
+    requires: str | None = None  # a Drivers attribute ("compute"): without it the family is not served

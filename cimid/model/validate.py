@@ -10,7 +10,7 @@ import base64
 import binascii
 
 from ..errors import BadRequest
-from .resources import TYPES
+from .registry import TYPES
 from .types import REF, Attribute, ResourceType
 
 # Attributes a provider always owns; consumers may echo them back (full PUT) and we ignore them.
@@ -75,7 +75,7 @@ def check_value(attr: Attribute, value, where: str, *, creating: bool):
                 raise BadRequest(f"{where}: '{value}' is not one of {', '.join(attr.enum)}")
         if t == "URI":
             value = value.strip()
-        if attr.name == "userData":
+        if attr.base64:
             _check_base64(value.strip(), where)
             value = value.strip()
         return value

@@ -1,51 +1,102 @@
-"""MachineImages on a driver that keeps real image data: import as a Job (download, checksum, inspection),
-deletion refused while a Machine's disk is built on the image."""
+"""MachineImages. On a driver that keeps real image data an import is a Job (download, checksum,
+inspection); elsewhere (the sandbox) an image is a catalogue entry. An image whose location is a resource
+that can be captured (a Machine) is made by capturing it. Deleting an image is refused while a Machine's
+disk is built on it."""
 
 from __future__ import annotations
 
 import logging
 
-from ..errors import Conflict
-from ..model import TYPES
+from ..errors import BadRequest, Conflict, DriverError, Unavailable
+from ..model import ResourceType, collection_type
+from ..model.images import MachineImage
+from ..model.validate import require, validate
 from ..store.db import Row, Transaction
-from .jobs import INTERRUPTED, job_row, set_job_state
-from .presentation import Context, Result, new_id, now, present
+from .hrefs import new_id, now, split_href
+from .present import Context, Result
+from .resources import ResourceService
+from .runner import JobKind, job_result
 
 log = logging.getLogger("cimid.images")
 PROGRESS_STEP = 5  # percent between two progress writes
+IMPORT = "image"  # the Job kind
 
 
-class Images:
-    def __init__(self, provider):
-        self.provider = provider
-        self.store = provider.store
-        self.driver = provider.drivers.compute
-        provider.jobs.register("image", self.run_step, self.observe, self.finish)
+class Images(ResourceService):
+    def __init__(self, family, parts):
+        super().__init__(family, parts)
+        self.driver = self.drivers.compute
+        self.jobs.register(IMPORT, JobKind(self.run_step, self.observe, self.finish, self.abandon))
 
-    async def create(self, ctx: Context, attrs: dict):
-        await self.provider.machines.ensure_driver()
+    @property
+    def imports(self) -> bool:
+        return self.driver is not None and self.driver.imports_images
+
+    async def start(self) -> None:
+        if self.imports:
+            try:
+                await self.drivers.open("compute")
+            except DriverError as exc:
+                log.warning("image imports wait for the hypervisor: %s", exc)
+                return
+            await self.jobs.recover(IMPORT)
+
+    async def create(self, ctx: Context, rtype: ResourceType, body: dict, parent: str = "") -> Result:
+        attrs = validate(rtype, body, creating=True)
+        require(rtype, attrs)
+        source = self._capturable(attrs["imageLocation"])
+        if source is not None:  # DSP0263: an image whose location is a Machine captures it
+            source_type, id = source
+            action = source_type.actions["snapshot" if attrs.get("type") == "SNAPSHOT" else "capture"]
+            extra = {k: v for k, v in attrs.items() if k in ("name", "description", "properties")}
+            return await self.parts.service_of(source_type).act(ctx, source_type, id, action,
+                                                                 {"imageAttributes": extra}, None)
+        attrs.setdefault("type", "IMAGE")
+        if self.imports:
+            return await self._import(ctx, rtype, attrs)
+        async with self.store.write() as tx:
+            await self.references.check(tx, rtype, attrs)
+            return await self.insert(tx, ctx, rtype, {**attrs, "state": "AVAILABLE"})
+
+    def _capturable(self, location: str) -> tuple[ResourceType, str] | None:
+        """(type, id) when `location` names a served resource of this provider that can be captured."""
+        try:
+            collection, id = split_href(location)
+        except BadRequest:
+            return None
+        if "://" in location and "/cimi/" not in location:
+            return None  # somewhere else on the web
+        source = collection_type(collection)
+        if source is None or "capture" not in source.actions or self.parts.service_of(source) is None:
+            return None
+        return source, id
+
+    async def _import(self, ctx: Context, rtype: ResourceType, attrs: dict) -> Result:
+        try:
+            await self.drivers.open("compute")
+        except DriverError as exc:
+            raise Unavailable(f"the hypervisor is not available: {exc}") from None
         stamp = now()
         async with self.store.write() as tx:
-            image = Row("MachineImage", new_id(), "", {**attrs, "created": stamp, "updated": stamp,
-                                                       "state": "CREATING"})
+            await self.references.check(tx, rtype, attrs)
+            image = Row(rtype.name, new_id(), "", {**attrs, "created": stamp, "updated": stamp,
+                                                   "state": "CREATING"})
             await tx.insert(image)
-            path = f"machineImages/{image.id}"
-            job = job_row(action="add", target="machineImages", affected=[path], state="QUEUED",
-                          internal={"kind": "image", "image": image.id, "steps": [{"op": "import"}],
-                                    "success_message": "MachineImage imported", "stoppable": True})
-            await tx.insert(job)
-            tx.after_commit.append(lambda: self.provider.jobs.submit(job.id))
-        return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx),
-                      headers={"Location": ctx.base + path, "CIMI-Job-URI": ctx.base + f"jobs/{job.id}"})
+            path = f"{rtype.collection}/{image.id}"
+            job = await self.jobs.queue(tx, IMPORT, action="add", target=rtype.collection, affected=[path],
+                                        steps=[{"op": "import"}], success="MachineImage imported", image=image.id)
+        return job_result(ctx, job, 202, location=path)
+
+    # ---------------------------------------------------------------- the import Job
 
     async def run_step(self, job: Row, step: dict):
-        image = await self.store.get("MachineImage", job.internal["image"])
+        image = await self.store.get(MachineImage.name, job.internal["image"])
         reported = [0]
 
         async def progress(percent: int) -> None:
             if percent - reported[0] >= PROGRESS_STEP:
                 reported[0] = percent
-                await self.provider.jobs.report_progress(job.id, percent)
+                await self.jobs.report_progress(job.id, percent)
 
         checksum = (image.attrs.get("properties") or {}).get("checksum")
         return await self.driver.import_image(image.id, image.attrs["imageLocation"], checksum, progress)
@@ -56,34 +107,29 @@ class Images:
     async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
         if outcome == "STEP":
             return
-        image = await tx.get("MachineImage", job.internal["image"])
+        image = await tx.get(MachineImage.name, job.internal["image"])
         if image is None:
             return
         if outcome == "SUCCESS":
             image.attrs["state"] = "AVAILABLE"
             await tx.update(image)
         else:  # nothing half-made stays behind: the Job keeps the reason
-            await tx.delete("MachineImage", image.id)
+            await tx.delete(image.kind, image.id)
             await self.driver.delete_image(image.id)
 
-    async def check_unused(self, tx: Transaction, image_id: str) -> None:
-        users = await tx.conn.execute_fetchall(
-            "SELECT count(*) FROM resources WHERE kind = 'Machine' AND json_extract(internal, '$.image') = ?",
-            (f"machineImages/{image_id}",))
-        if users[0][0]:
-            raise Conflict(f"MachineImage '{image_id}' is the base of {users[0][0]} Machine disk(s); "
+    async def abandon(self, tx: Transaction, job: Row) -> None:
+        await self.finish(tx, job, "STOPPED", "stopped before it began", None)
+
+    # ---------------------------------------------------------------- delete
+
+    async def before_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
+        if row.state == "CREATING":
+            raise Conflict(f"MachineImage '{row.id}' is still being made; wait for its Job")
+        users = await tx.count_by_internal("Machine", "image", f"{rtype.collection}/{row.id}")
+        if users:
+            raise Conflict(f"MachineImage '{row.id}' is the base of {users} Machine disk(s); "
                            "delete those Machines first")
 
-    async def recover(self) -> None:
-        """After a restart: imports that never began run now; an interrupted one failed, and leaves nothing."""
-        pending = await self.store.select("kind = 'Job' AND state IN ('QUEUED', 'RUNNING', 'STOPPING')"
-                                          " AND json_extract(internal, '$.kind') = 'image'")
-        for job in pending:
-            if job.state == "QUEUED" and not job.internal.get("begun"):
-                self.provider.jobs.submit(job.id)
-                continue
-            async with self.store.write() as tx:
-                job = await tx.get("Job", job.id)
-                await self.finish(tx, job, "FAILED", INTERRUPTED, None)
-                set_job_state(job, "FAILED", INTERRUPTED)
-                await tx.update(job)
+    async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
+        if self.driver is not None:
+            await self.driver.delete_image(row.id)

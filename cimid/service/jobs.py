@@ -1,174 +1,54 @@
-"""Jobs: persisted before the response goes out, run in-process, reconciled after a restart.
-
-A host Job is a list of steps (one driver call each). With more than one step, each step is a nested Job.
-Stop is honoured for a Job still QUEUED, and for a running Job before its next step begins (the current
-step finishes first); a driver call already under way is never interrupted, since the host would be
-left in an unknown state. A Job in its last step cannot be stopped.
-"""
+"""Jobs as resources: read, deleted once finished, stopped through their kind's own callback, and
+forgotten after the retention time."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
 
-from ..errors import DriverError
-from ..model.resources import JOB_FINISHED
-from ..store.db import Row, Store, Transaction
-from .presentation import new_id, now
+from ..model import Action, ResourceType
+from ..store import jobs as job_queries
+from ..store.db import Row
+from .present import Context, Result
+from .resources import ResourceService
+from .runner import job_result, present_job
 
 log = logging.getLogger("cimid.jobs")
 
-INTERRUPTED = ("interrupted: cimid stopped while this Job was running; the state of its resource was "
-               "re-read from the hypervisor")
 
+class Jobs(ResourceService):
+    _retention: asyncio.Task | None = None
 
-def job_row(*, action: str, target: str, affected: list[str], state: str, message: str = "",
-            parent: str | None = None, internal: dict | None = None) -> Row:
-    """target/affected are relative hrefs, e.g. 'machines/abc'."""
-    stamp = now()
-    attrs = {
-        "name": action.rsplit("/", 1)[-1], "created": stamp, "updated": stamp, "state": state,
-        "targetResource": {"href": target},
-        "affectedResources": [{"href": h} for h in affected],
-        "action": action,
-        "progress": 100 if state in JOB_FINISHED else 0,
-        "timeOfStatusChange": stamp,
-    }
-    if state == "SUCCESS":
-        attrs["returnCode"] = 0
-    if message:
-        attrs["statusMessage"] = message
-    if parent:
-        attrs["parentJob"] = {"href": f"jobs/{parent}"}
-    return Row("Job", new_id(), "", attrs, internal or {})
+    async def start(self) -> None:
+        await self.purge()
+        self._retention = asyncio.get_running_loop().create_task(self._retention_loop())
 
+    async def stop(self) -> None:
+        if self._retention:
+            self._retention.cancel()
 
-def set_job_state(row: Row, state: str, message: str | None = None) -> None:
-    row.attrs["state"] = state
-    row.attrs["timeOfStatusChange"] = now()
-    if state in JOB_FINISHED:
-        row.attrs["progress"] = 100
-        row.attrs["returnCode"] = 0 if state == "SUCCESS" else 1
-        row.internal.pop("stoppable", None)
-    if message is not None:
-        row.attrs["statusMessage"] = message
-    log.info("job %s %s %s%s", row.id, row.attrs.get("action", ""), state, f": {message}" if message else "")
+    def capabilities(self, rtype: ResourceType) -> dict[str, object]:
+        return {"JobRetention": self.config["jobs"]["retention_minutes"]}
 
+    def present(self, rtype: ResourceType, row: Row, ctx: Context) -> dict:
+        return present_job(row, ctx)
 
-async def end_nested(tx: Transaction, job: Row, state: str, message: str) -> None:
-    """Give every nested Job of `job` that has not finished the parent's ending."""
-    for step in job.internal.get("steps", ()):
-        nested = await tx.get("Job", step["job"]) if step.get("job") else None
-        if nested is not None and nested.state not in JOB_FINISHED:
-            set_job_state(nested, state, message)
-            await tx.update(nested)
+    async def act(self, ctx: Context, rtype: ResourceType, id: str, action: Action, request: dict,
+                  if_match: str | None) -> Result:
+        job = await self.jobs.stop(id, if_match)
+        return job_result(ctx, job, 202, location=f"jobs/{id}")
 
+    async def purge(self) -> None:
+        minutes = self.config["jobs"]["retention_minutes"]
+        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        await job_queries.purge_finished(self.store, cutoff)
 
-# A step executor: (job, step dict) -> what the step made (kept in the step as "result"), or None.
-StepRunner = Callable[[Row, dict], Awaitable[object]]
-# Reads what the host now says about the Job's target, outside any transaction (driver calls can be slow).
-Observer = Callable[[Row], Awaitable[object]]
-# Settles the target resource inside the transaction that records the outcome:
-# (tx, job, outcome, message, observed); outcome "STEP" means a step begins (message = transitional state).
-Finisher = Callable[[Transaction, Row, str, str, object], Awaitable[None]]
-
-
-class JobRunner:
-    def __init__(self, store: Store, max_concurrent: int):
-        self.store = store
-        self.slots = asyncio.Semaphore(max_concurrent)
-        self.tasks: dict[str, asyncio.Task] = {}
-        self.stop_requested: set[str] = set()
-        self.kinds: dict[str, tuple[StepRunner, Observer, Finisher]] = {}
-
-    def register(self, kind: str, run_step: StepRunner, observe: Observer, finish: Finisher) -> None:
-        self.kinds[kind] = (run_step, observe, finish)
-
-    def submit(self, job_id: str) -> None:
-        """Run a persisted QUEUED Job in the background (call after the commit that stored it)."""
-        task = asyncio.get_running_loop().create_task(self._run(job_id), name=f"job-{job_id}")
-        self.tasks[job_id] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(job_id, None))
-
-    async def report_progress(self, job_id: str, percent: int) -> None:
-        async with self.store.write() as tx:
-            job = await tx.get("Job", job_id)
-            if job is not None and job.state == "RUNNING" and job.attrs.get("progress") != percent:
-                job.attrs["progress"] = percent
-                await tx.update(job)
-
-    async def drain(self) -> None:
-        """Wait for every running Job (tests and orderly shutdown)."""
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
-
-    async def shutdown(self) -> None:
-        for task in list(self.tasks.values()):
-            task.cancel()
-        await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
-
-    async def _run(self, job_id: str) -> None:
-        async with self.slots:
-            job = await self.store.get("Job", job_id)
-            if job is None or job.state != "QUEUED":
-                return  # stopped while it waited
-            kind = job.internal["kind"]
-            run_step, observe, finish = self.kinds[kind]
-            steps = job.internal["steps"]
-            async with self.store.write() as tx:
-                job = await tx.get("Job", job_id)
-                if job.state != "QUEUED":
-                    return
-                set_job_state(job, "RUNNING")
-                job.internal["begun"] = True
-                await tx.update(job)
-            outcome, message = "SUCCESS", job.internal.get("success_message", "done")
-            for index, step in enumerate(steps):
-                nested_id = step.get("job")
-                if job_id in self.stop_requested:
-                    outcome, message = "STOPPED", f"stopped by request before step {index + 1} of {len(steps)}"
-                    break
-                async with self.store.write() as tx:
-                    job = await tx.get("Job", job_id)
-                    # A driver call is never interrupted, but a stop asked for now takes effect before the
-                    # next step, so it is accepted while a step other than the last runs.
-                    job.internal["stoppable"] = index + 1 < len(steps)
-                    job.internal["step"] = index
-                    await tx.update(job)
-                    if nested_id:
-                        nested = await tx.get("Job", nested_id)
-                        set_job_state(nested, "RUNNING")
-                        await tx.update(nested)
-                    await finish(tx, job, "STEP", step.get("transitional", ""), None)
-                result = None
-                try:
-                    result = await run_step(job, step)
-                except DriverError as exc:
-                    outcome, message = "FAILED", str(exc)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a driver bug must fail the Job, not leave it RUNNING
-                    log.exception("job %s: step %s raised", job_id, step.get("op"))
-                    outcome, message = "FAILED", f"internal error in the driver: {exc}"
-                async with self.store.write() as tx:
-                    job = await tx.get("Job", job_id)
-                    if result is not None:  # what the step made, for the finisher (e.g. a captured image)
-                        job.internal["steps"][index]["result"] = result
-                    if nested_id:
-                        nested = await tx.get("Job", nested_id)
-                        set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
-                                      None if outcome == "SUCCESS" else message)
-                        await tx.update(nested)
-                    job.attrs["progress"] = int(100 * (index + 1) / len(steps))
-                    await tx.update(job)
-                if outcome != "SUCCESS":
-                    break
-            self.stop_requested.discard(job_id)
-            observed = await observe(job)
-            async with self.store.write() as tx:
-                job = await tx.get("Job", job_id)
-                await finish(tx, job, outcome, message, observed)
-                await end_nested(tx, job, "STOPPED" if outcome == "STOPPED" else "FAILED", "not run: " + message)
-                set_job_state(job, outcome, message)
-                await tx.update(job)
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.purge()
+            except Exception:  # keep purging later; one bad minute must not end retention
+                log.exception("job retention failed")

@@ -8,15 +8,20 @@ from dataclasses import asdict
 
 from ..errors import BadRequest, Conflict, DriverError, NotFound, Unavailable
 from ..hookspecs import MachineSpec
-from ..model import TYPES, Action
-from ..model.resources import MachineCreate, MachineTemplate
+from ..model import Action, Extension, ResourceType
+from ..model.images import MachineImage
+from ..model.machines import Disk, Machine, MachineCreate, MachineSnapshot
+from ..model.catalogue import MachineTemplate
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
-from .jobs import INTERRUPTED, end_nested, job_row, set_job_state
-from .presentation import Context, Result, check_if_match, href_to_id, new_id, now, present
+from .events import StateChanged
+from .hrefs import href_to_id, new_id, now
+from .present import Context, Result, check_if_match
+from .resources import ResourceService
+from .runner import JobKind, job_result
 
 log = logging.getLogger("cimid.machines")
-Machine = TYPES["Machine"]
+KIND = "machine"  # the Job kind
 
 
 def settle(machine: Row, observed: str | None) -> None:
@@ -27,36 +32,42 @@ def settle(machine: Row, observed: str | None) -> None:
         machine.internal["stable"] = observed
 
 
-class Machines:
-    def __init__(self, provider):
-        self.provider = provider
-        self.store = provider.store
-        self.driver = provider.drivers.compute
-        self.ready = False
-        provider.jobs.register("machine", self.run_step, self.observe, self.finish)
-        if self.driver is not None:
-            self.driver.watch(self.on_event)
+class Machines(ResourceService):
+    def __init__(self, family, parts):
+        super().__init__(family, parts)
+        self.driver = self.drivers.compute
+        self.jobs.register(KIND, JobKind(self.run_step, self.observe, self.finish, self.abandon))
+        self.driver.watch(self.on_event)
 
     async def ensure_driver(self) -> None:
         """Machine changes need a hypervisor that answers; reads of stored Machines do not."""
-        if self.ready:
-            return
         try:
-            await self.driver.open()
+            await self.drivers.open("compute")
         except DriverError as exc:
             raise Unavailable(f"the hypervisor is not available: {exc}") from None
-        self.ready = True
+
+    def capabilities(self, rtype: ResourceType) -> dict[str, object]:
+        if rtype is not Machine:
+            return {}
+        real_images = self.driver.imports_images
+        caps = {"DefaultInitialState": self.config["compute"]["default_initial_state"],
+                "InitialStates": "STARTED,STOPPED", "MachineTemplateByValue": True, "MachineConfigByValue": True,
+                "MachineImageByValue": not real_images, "MachineCredentialByValue": True,
+                "MachineStopForce": True, "MachineStopForceDefault": False, "RestoreFromImage": True}
+        if real_images:  # a cloud-init NoCloud seed carrying cimi/user-data
+            caps["UserData"] = "disk"
+        return caps
 
     # ---------------------------------------------------------------- create
 
-    async def create(self, ctx: Context, body: dict):
+    async def create(self, ctx: Context, rtype: ResourceType, body: dict, parent: str = "") -> Result:
         request = validate(MachineCreate, body, creating=True)
         require(MachineCreate, request)
         await self.ensure_driver()
-        config = self.provider.config["compute"]
+        config = self.config["compute"]
         async with self.store.write() as tx:
-            template = await self.provider.resolve_ref(tx, MachineCreate.attribute("machineTemplate"),
-                                                       request["machineTemplate"])
+            template = await self.references.resolve(tx, MachineCreate.attribute("machineTemplate"),
+                                                     request["machineTemplate"])
             for name in ("machineConfig", "machineImage"):
                 if not template.get(name):
                     raise BadRequest(f"the machineTemplate needs a {name}")
@@ -64,7 +75,7 @@ class Machines:
             for name in ("machineConfig", "machineImage", "credential"):
                 value = template.get(name)
                 if value:
-                    parts[name] = await self.provider.resolve_ref(tx, MachineTemplate.attribute(name), value)
+                    parts[name] = await self.references.resolve(tx, MachineTemplate.attribute(name), value)
             conf = parts["machineConfig"]
             image = parts["machineImage"]
             if self.driver.imports_images and not image.get("_href"):
@@ -87,24 +98,34 @@ class Machines:
                 credential={k: credential[k] for k in ("userName", "password", "key") if k in credential}
                 if credential else None,
             )
-            machine = Row("Machine", machine_id, "", attrs, {"spec": asdict(spec), "stable": None,
+            machine = Row(Machine.name, machine_id, "", attrs, {"spec": asdict(spec), "stable": None,
                                                             "image": image.get("_href")})
             await tx.insert(machine)
             for disk in spec.disks:
                 disk_attrs = {"created": stamp, "capacity": disk["capacity"]}
                 if disk.get("initialLocation"):
                     disk_attrs["initialLocation"] = disk["initialLocation"]
-                await tx.insert(Row("Disk", new_id(), machine_id, disk_attrs))
+                await tx.insert(Row(Disk.name, new_id(), machine_id, disk_attrs))
             steps = [{"op": "create", "transitional": "CREATING"}]
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
-            job = await self._queue(tx, machine, "add", steps, target="machines",
+            job = await self._queue(tx, machine, "add", steps, target=Machine.collection,
                                     success=f"Machine created, {initial}")
-        return self._accepted(ctx, machine, job)
+        return job_result(ctx, job, 202, location=f"machines/{machine.id}")
 
     # ---------------------------------------------------------------- actions and delete
 
-    async def act(self, ctx: Context, id: str, action: Action, request: dict, if_match: str | None):
+    async def action(self, ctx: Context, rtype: ResourceType, id: str, operation: str, root: str | None,
+                     body: dict, if_match: str | None) -> Result:
+        if root == MachineImage.name and operation in ("capture", "snapshot"):
+            # capture and snapshot also take the new image's representation (name, description, properties)
+            attrs = validate(MachineImage, body, creating=True)
+            extra = {k: v for k, v in attrs.items() if k in ("name", "description", "properties")}
+            return await self.act(ctx, rtype, id, rtype.actions[operation], {"imageAttributes": extra}, if_match)
+        return await super().action(ctx, rtype, id, operation, root, body, if_match)
+
+    async def act(self, ctx: Context, rtype: ResourceType, id: str, action: Action, request: dict,
+                  if_match: str | None) -> Result:
         await self.ensure_driver()
         async with self.store.write() as tx:
             machine = await self._load(tx, id)
@@ -127,7 +148,7 @@ class Machines:
                 steps = [{"op": action.name, "force": force, "transitional": action.transitional}]
             job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{id}",
                                     success=f"Machine {action.final}")
-        return self._accepted(ctx, machine, job)
+        return job_result(ctx, job, 202, location=f"machines/{machine.id}")
 
     async def _capture(self, tx: Transaction, ctx: Context, machine: Row, action: Action, attrs: dict):
         """A new MachineImage (IMAGE for capture, SNAPSHOT for snapshot), made by a Job."""
@@ -138,27 +159,26 @@ class Machines:
                        "imageLocation": ctx.base + f"machines/{machine.id}"}
         if kind == "SNAPSHOT" and machine.internal.get("image"):
             image_attrs["relatedImage"] = {"href": machine.internal["image"]}
-        image = Row("MachineImage", new_id(), "", image_attrs)
+        image = Row(MachineImage.name, new_id(), "", image_attrs)
         await tx.insert(image)
         steps = [{"op": "capture", "image": image.id, "transitional": "CAPTURING"}]
         job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{machine.id}",
                                 success=f"MachineImage {kind} made", affected=[f"machineImages/{image.id}"])
-        return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx),
-                      headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}",
-                               "Location": ctx.base + f"machineImages/{image.id}"})
+        return job_result(ctx, job, 202, location=f"machineImages/{image.id}")
 
     async def _restorable(self, tx: Transaction, ref: dict | None) -> str:
         if not ref or "href" not in ref:
             raise BadRequest("restore needs an image: {\"href\": \"<a MachineImage of this provider>\"}")
-        image_id = href_to_id(ref["href"], TYPES["MachineImage"], "image")
-        image = await tx.get("MachineImage", image_id)
+        image_id = href_to_id(ref["href"], MachineImage, "image")
+        image = await tx.get(MachineImage.name, image_id)
         if image is None:
             raise BadRequest(f"image: '{ref['href']}' does not name an existing MachineImage")
         if image.state != "AVAILABLE":
             raise Conflict(f"MachineImage '{image_id}' is {image.state}, not AVAILABLE")
         return image_id
 
-    async def delete(self, ctx: Context, id: str, if_match: str | None):
+    async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
+                     parent: str | None = None) -> Result:
         await self.ensure_driver()
         async with self.store.write() as tx:
             machine = await self._load(tx, id)
@@ -167,10 +187,10 @@ class Machines:
                 raise Conflict(f"Machine '{id}' is {machine.state}; wait for its Job to finish")
             job = await self._queue(tx, machine, "delete", [{"op": "delete", "transitional": "DELETING"}],
                                     target=f"machines/{id}", success="Machine deleted")
-        return self._accepted(ctx, machine, job)
+        return job_result(ctx, job, 202, location=f"machines/{machine.id}")
 
     async def _load(self, tx: Transaction, id: str) -> Row:
-        machine = await tx.get("Machine", id)
+        machine = await tx.get(Machine.name, id)
         if machine is None:
             raise NotFound(f"there is no Machine '{id}'")
         return machine
@@ -178,29 +198,13 @@ class Machines:
     async def _queue(self, tx: Transaction, machine: Row, action: str, steps: list[dict], *, target: str,
                      success: str, affected: list[str] = ()) -> Row:
         """Persist the Job (and nested Jobs for several steps), mark the machine transitional."""
-        path = f"machines/{machine.id}"
-        internal = {"kind": "machine", "machine": machine.id, "steps": steps, "prior": machine.state,
-                    "success_message": success, "stoppable": True}
-        job = job_row(action=action, target=target, affected=[path, *affected], state="QUEUED",
-                      internal=internal)
-        if len(steps) > 1:
-            job.attrs["nestedJobs"] = []
-            for step in steps:
-                nested = job_row(action=step["op"], target=path, affected=[path], state="QUEUED", parent=job.id)
-                await tx.insert(nested)
-                step["job"] = nested.id
-                job.attrs["nestedJobs"].append({"href": f"jobs/{nested.id}"})
-        await tx.insert(job)
+        job = await self.jobs.queue(tx, KIND, action=action, target=target,
+                                    affected=[f"machines/{machine.id}", *affected], steps=steps, success=success,
+                                    machine=machine.id, prior=machine.state)
         if machine.state != "CREATING":
             machine.attrs["state"] = steps[0]["transitional"]
             await tx.update(machine)
-        tx.after_commit.append(lambda: self.provider.jobs.submit(job.id))
-        log.info("job %s %s QUEUED for machine %s", job.id, action, machine.id)
         return job
-
-    def _accepted(self, ctx: Context, machine: Row, job: Row):
-        headers = {"CIMI-Job-URI": ctx.base + f"jobs/{job.id}", "Location": ctx.base + f"machines/{machine.id}"}
-        return Result(202, TYPES["Job"], present(TYPES["Job"], job, ctx), headers=headers)
 
     # ---------------------------------------------------------------- job steps
 
@@ -208,7 +212,7 @@ class Machines:
         machine_id = job.internal["machine"]
         op = step["op"]
         if op == "create":
-            machine = await self.store.get("Machine", machine_id)
+            machine = await self.store.get(Machine.name, machine_id)
             await self.driver.create(MachineSpec(**machine.internal["spec"]))
         elif op in ("stop",):
             await self.driver.stop(machine_id, step.get("force", False))
@@ -232,7 +236,7 @@ class Machines:
             return None
 
     async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
-        machine = await tx.get("Machine", job.internal["machine"])
+        machine = await tx.get(Machine.name, job.internal["machine"])
         if machine is None:
             return
         if outcome == "STEP":
@@ -241,8 +245,8 @@ class Machines:
                 await tx.update(machine)
             return
         last = job.internal["steps"][-1]
-        if outcome == "SUCCESS" and last["op"] == "delete":
-            await tx.delete("Machine", machine.id)
+        if last["op"] == "delete" and (outcome == "SUCCESS" or observed is None):
+            await tx.delete(Machine.name, machine.id)  # deleted, or gone from the host already
             return
         if last["op"] == "capture":
             await self._settle_capture(tx, machine, last, outcome == "SUCCESS")
@@ -254,19 +258,35 @@ class Machines:
         await tx.update(machine)
 
     async def _settle_capture(self, tx: Transaction, machine: Row, step: dict, succeeded: bool) -> None:
-        image = await tx.get("MachineImage", step["image"])
+        image = await tx.get(MachineImage.name, step["image"])
         if image is None:
             return
         if not succeeded:
-            await tx.delete("MachineImage", image.id)
+            await tx.delete(MachineImage.name, image.id)
             return
         image.attrs["state"] = "AVAILABLE"
         image.attrs["imageLocation"] = step["result"]["location"]
         await tx.update(image)
         if image.attrs["type"] == "SNAPSHOT":
-            await tx.insert(Row("MachineSnapshot", new_id(), machine.id, {
+            await tx.insert(Row(MachineSnapshot.name, new_id(), machine.id, {
                 "created": now(), "snapshot": {"href": f"machineImages/{image.id}"}}))
             machine.attrs["latestSnapshot"] = {"href": f"machineImages/{image.id}"}
+
+    async def abandon(self, tx: Transaction, job: Row) -> None:
+        """A QUEUED Job was stopped: nothing reached the host, so undo only what the request recorded."""
+        machine = await tx.get(Machine.name, job.internal["machine"])
+        if machine is None:
+            return
+        first = job.internal["steps"][0]
+        if first["op"] == "create":
+            await tx.delete(Machine.name, machine.id)
+        else:
+            if first["op"] == "capture":
+                await tx.delete(MachineImage.name, first["image"])
+            machine.attrs["state"] = job.internal["prior"]
+            await tx.update(machine)
+
+    # ---------------------------------------------------------------- the host changes by itself
 
     def on_event(self, machine_id: str, state: str, reason: str) -> None:
         """The host changed a machine by itself (a guest powered off, crashed): follow it."""
@@ -277,43 +297,29 @@ class Machines:
         if not self.store.is_open:
             return
         async with self.store.write() as tx:
-            machine = await tx.get("Machine", machine_id)
+            machine = await tx.get(Machine.name, machine_id)
             if machine is None or machine.state in Machine.transitional_states or machine.state == state:
                 return  # a Job is at work, and it reads the state back when it ends
             previous = machine.state
             settle(machine, state)
             await tx.update(machine)
-            path = f"machines/{machine_id}"
-            # A Job records what happened and why, where a consumer can find it.
-            await tx.insert(job_row(action="urn:x-cimid:event:state", target=path, affected=[path],
-                                    state="FAILED" if state == "ERROR" else "SUCCESS",
-                                    message=f"{reason}: {previous} -> {state}"))
-        log.info("machine %s: %s (%s -> %s)", machine_id, reason, previous, state)
+            tx.emit(StateChanged(Machine.name, f"machines/{machine_id}", previous, state, reason))
 
-    async def console(self, ctx: Context, id: str, max_bytes: int) -> str:
-        await self.provider.load(Machine, id)
+    async def extension(self, ctx: Context, rtype: ResourceType, id: str, extension: Extension,
+                        query: dict[str, str]) -> Result:
+        """The serial console: the last `bytes` bytes the guest wrote, as text."""
+        text = query.get("bytes", "65536")
+        if not text.isdigit() or int(text) < 1:
+            raise BadRequest(f"bytes must be a positive integer, not '{text}'")
+        await self.load(rtype, id)
         try:
-            return await self.driver.console(id, max_bytes)
+            return Result(200, text=await self.driver.console(id, int(text)))
         except DriverError as exc:
             raise Unavailable(f"the console cannot be read: {exc}") from None
 
-    async def settle_unstarted(self, tx: Transaction, job: Row) -> None:
-        """A QUEUED Job was stopped: nothing reached the host, so undo only what the request recorded."""
-        machine = await tx.get("Machine", job.internal["machine"])
-        if machine is None:
-            return
-        first = job.internal["steps"][0]
-        if first["op"] == "create":
-            await tx.delete("Machine", machine.id)
-        else:
-            if first["op"] == "capture":
-                await tx.delete("MachineImage", first["image"])
-            machine.attrs["state"] = job.internal["prior"]
-            await tx.update(machine)
-
     # ---------------------------------------------------------------- restart
 
-    async def recover(self) -> None:
+    async def start(self) -> None:
         """After a restart: rebuild volatile backends, resume Jobs that never began, fail interrupted ones,
         and re-read every machine left in a transitional state from the hypervisor."""
         try:
@@ -321,41 +327,16 @@ class Machines:
         except Unavailable as exc:
             log.warning("%s; machine changes answer 503 until it is", exc)
             return
-        machines = await self.store.select("kind = 'Machine'")
+        machines = await self.store.all_of(Machine.name)
         await self.driver.adopt([(MachineSpec(**m.internal["spec"]), m.internal.get("stable"))
                                  for m in machines if m.internal.get("stable")])
-        pending = await self.store.select(
-            "kind = 'Job' AND state IN ('QUEUED', 'RUNNING', 'STOPPING')"
-            " AND json_extract(doc, '$.parentJob') IS NULL")
-        resumed = set()
-        for job in pending:
-            if job.internal.get("kind") != "machine":
-                continue
-            if job.state == "QUEUED" and not job.internal.get("begun"):
-                resumed.add(job.internal["machine"])
-                self.provider.jobs.submit(job.id)
-                log.info("job %s resumed after restart", job.id)
-                continue
-            observed = await self.observe(job)
-            async with self.store.write() as tx:
-                job = await tx.get("Job", job.id)
-                await end_nested(tx, job, "FAILED", INTERRUPTED)
-                set_job_state(job, "FAILED", INTERRUPTED)
-                await tx.update(job)
-                machine = await tx.get("Machine", job.internal["machine"])
-                if machine is not None:
-                    if observed is None and machine.state == "DELETING":
-                        await tx.delete("Machine", machine.id)  # it was gone already
-                    else:
-                        settle(machine, observed)
-                        await tx.update(machine)
-        transitional = ", ".join(f"'{state}'" for state in Machine.transitional_states)
-        for machine in await self.store.select(f"kind = 'Machine' AND state IN ({transitional})"):
+        resumed = {job.internal["machine"] for job in await self.jobs.recover(KIND)}
+        for machine in await self.store.all_of(Machine.name, Machine.transitional_states):
             if machine.id in resumed:
                 continue
             observed = await self._read_state(machine.id)
             async with self.store.write() as tx:
-                current = await tx.get("Machine", machine.id)
+                current = await tx.get(Machine.name, machine.id)
                 settle(current, observed)
                 await tx.update(current)
             log.info("machine %s was %s at start-up; the hypervisor says %s", machine.id, machine.state,

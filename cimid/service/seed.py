@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..store.db import Row, Store
-from .presentation import now
+from .hrefs import now
 
 GIB_IN_KB = 1024 * 1024
 

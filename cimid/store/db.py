@@ -15,6 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from . import query
+from .migrations import MIGRATIONS
 from .query import Column
 
 log = logging.getLogger("cimid.store")
@@ -22,28 +24,6 @@ log = logging.getLogger("cimid.store")
 # Attributes kept in their own columns (indexed, cheap to filter and sort); everything else lives in `doc`.
 PROMOTED = ("name", "description", "created", "updated", "state")
 CACHE_ROWS = 4096
-
-# Each migration is a list of statements, applied in one transaction; PRAGMA user_version counts them.
-MIGRATIONS: list[list[str]] = [
-    [
-        """
-    CREATE TABLE resources (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order: the stable default ordering
-        kind TEXT NOT NULL,                     -- resource type name, e.g. 'Machine'
-        id TEXT NOT NULL,                       -- last path segment of the resource URI
-        parent TEXT NOT NULL DEFAULT '',        -- owning resource id for sub-collections (a Machine's disks)
-        name TEXT, description TEXT, created TEXT NOT NULL, updated TEXT, state TEXT,
-        doc TEXT NOT NULL DEFAULT '{}',         -- the other attributes, as JSON
-        internal TEXT NOT NULL DEFAULT '{}',    -- provider-only data (job steps, driver hints), never shown
-        version INTEGER NOT NULL DEFAULT 1,     -- bumped on every change; the ETag
-        UNIQUE (kind, id)
-    )""",
-        "CREATE INDEX resources_by_name ON resources (kind, parent, name)",
-        "CREATE INDEX resources_by_created ON resources (kind, parent, created)",
-        "CREATE INDEX resources_by_state ON resources (kind, state)",
-    ],
-]
-
 
 class Row:
     """One stored resource: every attribute (promoted ones included) and provider-only `internal` data."""
@@ -77,8 +57,8 @@ def _row(r) -> Row:
     return Row(r[0], r[1], r[2], attrs, version=r[10], internal_json=r[9])
 
 
-def column(attribute: str, type_: str) -> Column:
-    """Where an attribute lives in SQL (used by the $filter/$orderby compiler)."""
+def _column(attribute: str, type_: str) -> Column:
+    """Where an attribute lives in SQL (for the $filter/$orderby compiler)."""
     if attribute in PROMOTED:
         return Column(attribute, type_)
     return Column(f"json_extract(doc, '$.{attribute}')", type_)
@@ -88,6 +68,7 @@ class Transaction:
     def __init__(self, conn: aiosqlite.Connection):
         self.conn = conn
         self.after_commit: list[Callable[[], None]] = []
+        self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
         self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
 
     async def get(self, kind: str, id: str) -> Row | None:
@@ -119,8 +100,21 @@ class Transaction:
         await self.conn.execute("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,))
 
     async def execute(self, sql: str, params=()) -> None:
+        """For the store's own named queries; the layers above speak in verbs."""
         self.touched = None
         await self.conn.execute(sql, params)
+
+    def emit(self, event: object) -> None:
+        """Announce `event` to the subscribers after this transaction commits (never if it rolls back)."""
+        self.events.append(event)
+
+    async def count_by_internal(self, kind: str, key: str, value: str) -> int:
+        """How many `kind` rows have `value` under `key` of their internal data (e.g. Machines whose disk
+        stands on an image)."""
+        rows = await self.conn.execute_fetchall(
+            "SELECT count(*) FROM resources WHERE kind = ? AND json_extract(internal, '$.' || ?) = ?",
+            (kind, key, value))
+        return rows[0][0]
 
     def _touch(self, kind: str, id: str) -> None:
         if self.touched is not None:
@@ -148,6 +142,11 @@ class Store:
         # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
         self._cache: dict[tuple[str, str], list] = {}
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
+        self._subscribers: list[Callable[[object], None]] = []
+
+    def subscribe(self, listener: Callable[[object], None]) -> None:
+        """Call `listener(event)` for every event emitted by a committed transaction."""
+        self._subscribers.append(listener)
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +208,12 @@ class Store:
                     self._cache.pop(key, None)
         for callback in tx.after_commit:
             callback()
+        for event in tx.events:
+            for listener in self._subscribers:
+                try:
+                    listener(event)
+                except Exception:  # a broken listener must not undo or hide a committed change
+                    log.exception("event listener failed on %r", event)
 
     async def get(self, kind: str, id: str, *, shared: bool = False) -> Row | None:
         """One row. shared=True returns the cache's own decoded Row, for readers that never change it
@@ -232,11 +237,27 @@ class Store:
         return entry[1]
 
     async def select(self, where: str, params=()) -> list[Row]:
+        """For the store's own named queries; the layers above speak in verbs."""
         return [_row(r) for r in await self._reader.execute_fetchall(f"{_SELECT} WHERE {where}", params)]
 
-    async def query(self, kind: str, parent: str, where: str = "", params=(), order: str = "",
-                    first: int | None = None, last: int | None = None) -> tuple[int, list[Row]]:
-        """One page of a collection, with the count after filtering; all of it done by SQLite."""
+    async def all_of(self, kind: str, states: tuple[str, ...] | None = None) -> list[Row]:
+        """Every `kind` row (in one of `states`, when given), oldest first."""
+        if states is None:
+            return await self.select("kind = ? ORDER BY seq", (kind,))
+        marks = ", ".join("?" * len(states))
+        return await self.select(f"kind = ? AND state IN ({marks}) ORDER BY seq", (kind, *states))
+
+    async def page(self, kind: str, parent: str, columns: dict[str, str], *, filters: list[str] = (),
+                   orderby: list[str] = (), first: int | None = None,
+                   last: int | None = None) -> tuple[int, list[Row]]:
+        """One page of a collection (`parent`: the owner of a sub-collection, or ""), with the count after
+        filtering, all of it done by SQLite. `columns` maps the attributes $filter and $orderby may name
+        to their type; a bad expression raises query.QueryError."""
+        where, order, params = query.compile_query(filters, orderby, lambda name: _resolve(columns, name))
+        return await self._page(kind, parent, where, params, order, first, last)
+
+    async def _page(self, kind: str, parent: str, where: str, params: list, order: str,
+                    first: int | None, last: int | None) -> tuple[int, list[Row]]:
         cond = "kind = ? AND parent = ?" + (f" AND {where}" if where else "")
         args = (kind, parent, *params)
         start = max(first or 1, 1)
@@ -255,3 +276,10 @@ class Store:
             finally:
                 await self._pager.execute("COMMIT")
         return count, [_row(r) for r in rows]
+
+
+def _resolve(columns: dict[str, str], name: str) -> Column | None:
+    type_ = columns.get(name)
+    if type_ is None or (type_ == "map" and name != "properties"):
+        return None
+    return _column(name, type_)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -352,3 +353,42 @@ def compile_orderby(text: str, resolve: Resolver) -> str:
         terms.append(f"{col.sql} {(direction or 'asc').upper()}")
         start += len(item) + 1
     return ", ".join(terms)
+
+
+# ---------------------------------------------------------------- whole queries
+
+def compile_query(filters: list[str], orderby: list[str], resolve: Resolver) -> tuple[str, str, list]:
+    """Every $filter (ANDed) and $orderby of one request -> (where, order by, params); "" where absent."""
+    where, params = [], []
+    for text in filters:
+        sql, values = compile_filter(text, resolve)
+        where.append(sql)
+        params.extend(values)
+    order = ", ".join(compile_orderby(text, resolve) for text in orderby if text.strip())
+    return " AND ".join(where), order, params
+
+
+def page_documents(docs: list[dict], columns: dict[str, str], *, filters: list[str] = (),
+                   orderby: list[str] = (), first: int | None = None,
+                   last: int | None = None) -> tuple[int, list[dict]]:
+    """$filter, $orderby and paging over a few documents held in memory (ResourceMetadata), by the same
+    compiler and SQLite as stored collections, so both answer alike. `columns`: attribute -> type, of
+    top-level scalar attributes only."""
+    names = list(columns)
+    where, order, params = compile_query(
+        filters, orderby, lambda name: Column(f'"{name}"', columns[name]) if name in columns else None)
+    quoted = ", ".join(f'"{n}"' for n in names)
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute(f"CREATE TABLE docs (seq INTEGER PRIMARY KEY, {quoted})")
+        db.executemany(f"INSERT INTO docs VALUES (?, {', '.join('?' * len(names))})",
+                       [(i, *(d.get(n) for n in names)) for i, d in enumerate(docs)])
+        cond = where or "1"
+        (count,), = db.execute(f"SELECT count(*) FROM docs WHERE {cond}", params).fetchall()
+        start = max(first or 1, 1)
+        limit = -1 if last is None else max(last - start + 1, 0)
+        seqs = db.execute(f"SELECT seq FROM docs WHERE {cond} ORDER BY {order + ', ' if order else ''}seq"
+                          " LIMIT ? OFFSET ?", [*params, limit, start - 1]).fetchall()
+    finally:
+        db.close()
+    return count, [docs[s] for (s,) in seqs]

@@ -11,6 +11,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from cimid.http.keys import PROVIDER
+
 from .conftest import serve_bytes
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
@@ -172,14 +174,15 @@ async def test_lifecycle_self_poweroff_capture_snapshot_restore_delete(host_clie
     await act(client, machine, "restart")
     await console_until(client, machine, "HVTEST: ready", times=boots + 1)  # acpid runs again
     # the guest powers itself off (as after `poweroff` inside it): cimid sees it, nobody asked
+    events = []
+    client.app[PROVIDER].store.subscribe(events.append)
     conn = libvirt.open("qemu:///system")
     try:
         conn.lookupByName(f"cimid-{machine_id}").shutdown()  # the ACPI button, pressed outside cimid
     finally:
         conn.close()
     await wait_state(client, machine, "STOPPED")
-    events = (await client.get("jobs", params={"$filter": "action='urn:x-cimid:event:state'"})).json
-    assert any("shut itself down" in j["statusMessage"] for j in events["jobs"]), events
+    assert any(e.current == "STOPPED" and "shut itself down" in e.reason for e in events), events
     await act(client, machine, "start")
     # capture: a flattened IMAGE
     r = await client.post(f"{machine}/capture", {"resourceURI": f"{CIMI}/MachineImage", "name": "golden"})
@@ -247,12 +250,14 @@ async def test_crash_becomes_error_with_a_reason(host_client, guest_image):
         "machineConfig": {"href": client.base + "machineConfigs/tiny"}}})
     machine = r.headers["Location"]
     assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    events = []
+    client.app[PROVIDER].store.subscribe(events.append)
     pid = int(Path(f"/run/libvirt/qemu/cimid-{machine.rsplit('/', 1)[1]}.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     got = await wait_state(client, machine, "ERROR", timeout=30)
     assert {o["rel"] for o in got["operations"]} >= {"delete"}
-    events = (await client.get("jobs", params={"$filter": "action='urn:x-cimid:event:state' and state='FAILED'"}))
-    assert events.json["count"] == 1 and "STARTED -> ERROR" in events.json["jobs"][0]["statusMessage"]
+    errors = [e for e in events if e.current == "ERROR"]
+    assert len(errors) == 1 and errors[0].previous == "STARTED" and errors[0].severity == "CRITICAL", events
     r = await client.delete(machine)
     assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
 

@@ -4,7 +4,7 @@ import sqlite3
 
 from conftest import DATABASE, make_client
 
-from cimid.http.app import PROVIDER
+from cimid.http.keys import PROVIDER
 
 
 async def test_finished_jobs_older_than_retention_are_purged(tmp_path):
@@ -18,7 +18,7 @@ async def test_finished_jobs_older_than_retention_are_purged(tmp_path):
                    " WHERE id = ?", (old.rsplit("/", 1)[1],))
         db.commit()
         db.close()
-        await client.app[PROVIDER].purge_jobs()
+        await client.app[PROVIDER].services["jobs"].purge()
         assert (await client.get(old)).status == 404
         assert (await client.get(fresh)).status == 200
         assert (await client.get("machineConfigs", params={"$filter": "name='y'"})).json["count"] == 1

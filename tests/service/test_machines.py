@@ -3,7 +3,7 @@ Jobs with nested steps, stopping Jobs."""
 
 from conftest import NS, make_client
 
-from cimid.http.app import PROVIDER
+from cimid.http.keys import PROVIDER
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 ACTION = f"{CIMI}/action/"
@@ -127,10 +127,12 @@ async def test_action_not_allowed_in_state_is_409_and_changes_nothing(app_client
 
 async def test_state_follows_the_hypervisor_by_itself(app_client):
     """A domain powered off behind cimid's back (as a guest shutting itself down) is seen through libvirt's
-    lifecycle events, and a Job records what happened."""
+    lifecycle events, and an event records what happened and why."""
     import asyncio
     m, _ = await create(app_client, by_reference(app_client.base))
     machine_id = m.rsplit("/", 1)[1]
+    events = []
+    app_client.app[PROVIDER].store.subscribe(events.append)
     driver = app_client.app[PROVIDER].drivers.compute
     await driver._call(lambda: driver._require(machine_id).destroy())  # behind cimid's back
     for _ in range(100):
@@ -138,9 +140,9 @@ async def test_state_follows_the_hypervisor_by_itself(app_client):
             break
         await asyncio.sleep(0.02)
     assert (await app_client.get(m)).json["state"] == "STOPPED"
-    events = (await app_client.get("jobs", params={"$filter": "action='urn:x-cimid:event:state'"})).json
-    assert events["count"] == 1 and "STARTED -> STOPPED" in events["jobs"][0]["statusMessage"]
-    assert events["jobs"][0]["targetResource"]["href"] == m
+    assert [(e.type, e.resource, e.previous, e.current) for e in events] == [
+        ("Machine", f"machines/{machine_id}", "STARTED", "STOPPED")]
+    assert events[0].reason == "the machine was powered off"
     await act(app_client, m, "start")  # and the machine is usable as ever
     assert (await app_client.get(m)).json["state"] == "STARTED"
 

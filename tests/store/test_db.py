@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 
 from cimid.store.db import MIGRATIONS, Row, Store
+from cimid.store.query import QueryError
 
 
 @pytest.fixture
@@ -49,8 +50,36 @@ async def test_update_bumps_version_and_query_pages_in_sql(store):
         row.attrs["name"] = "renamed"
         await tx.update(row)
     assert (await store.get("Thing", "t1")).version == 2
-    count, rows = await store.query("Thing", "", "json_extract(doc, '$.cpu') = ?", [1], "name DESC", 2, 3)
+    columns = {"name": "string", "cpu": "integer"}
+    count, rows = await store.page("Thing", "", columns, filters=["cpu=1"], orderby=["name:desc"], first=2, last=3)
     assert count == 3 and [r.id for r in rows] == ["t7", "t4"]  # renamed > n7 > n4
+    with pytest.raises(QueryError, match="unknown attribute 'memory'"):
+        await store.page("Thing", "", columns, filters=["memory=1"])
+
+
+async def test_events_are_published_after_the_commit_and_never_on_rollback(store):
+    seen = []
+    store.subscribe(seen.append)
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "e1", "", {"created": "2020-01-01T00:00:00.000Z"}))
+        tx.emit("made e1")
+        assert seen == []  # not before the commit
+    assert seen == ["made e1"]
+    with pytest.raises(RuntimeError):
+        async with store.write() as tx:
+            tx.emit("never")
+            raise RuntimeError("the change fails")
+    assert seen == ["made e1"]
+
+
+async def test_named_verbs(store):
+    async with store.write() as tx:
+        for i, state in enumerate(("A", "B", "A")):
+            await tx.insert(Row("Thing", f"v{i}", "", {"created": "2020-01-01T00:00:00.000Z", "state": state},
+                                {"base": "images/x" if i else "images/y"}))
+        assert await tx.count_by_internal("Thing", "base", "images/x") == 2
+    assert [r.id for r in await store.all_of("Thing")] == ["v0", "v1", "v2"]
+    assert [r.id for r in await store.all_of("Thing", ("A",))] == ["v0", "v2"]
 
 
 async def test_read_cache_never_serves_a_changed_row(store):

@@ -11,9 +11,10 @@ import re
 
 from lxml import etree
 
-from ..errors import BadRequest
-from ..model import CIMI_NS, REF, TYPES, ResourceType
-from ..model.resources import REQUEST_ROOTS
+from ...errors import BadRequest
+from ...model import CIMI_NS, REF, TYPES, ResourceType
+from ...model.registry import REQUEST_ROOTS
+from . import names
 
 MEDIA_TYPE = "application/xml"
 # DSP8009 1.0.2 allows one <attribute> per ResourceMetadata (an erratum); the full list goes out as
@@ -55,36 +56,37 @@ def render_collection(doc: dict, item_type: ResourceType) -> bytes:
 
 
 def _fill(el, doc: dict, rtype: ResourceType) -> None:
-    if rtype.name == "ResourceMetadata":
+    if rtype.name == names.METADATA:
         return _fill_metadata(el, doc)
     ops_done = False
+    operations_after = names.operations_after(rtype)
     for attr in rtype.attributes:
-        if not rtype.xml_has_common and attr.name == "id":
+        if attr.name == "id" and not names.has_common(rtype):
             continue
         value = doc.get(attr.name)
         if attr.name == "id" and value == "":  # the id of an error Job is empty, and still present
             etree.SubElement(el, _q("id"))
         elif value is not None and value != "" and value != [] and value != {}:
-            _attribute(el, attr, value)
-        if rtype.xml_operations_after == attr.name:
+            _attribute(el, rtype, attr, value)
+        if operations_after == attr.name:
             _operations(el, doc.get("operations", ()))
             ops_done = True
     if not ops_done:
         _operations(el, doc.get("operations", ()))
 
 
-def _attribute(el, attr, value) -> None:
+def _attribute(el, rtype: ResourceType, attr, value) -> None:
     t = attr.type
     if t == "map":
         for key, val in value.items():
             prop = etree.SubElement(el, _q("property"), key=key)
             prop.text = val
     elif t in ("ref", "collection"):
-        child = etree.SubElement(el, _q(attr.xml_name or attr.name))
+        child = etree.SubElement(el, _q(names.element(rtype, attr)))
         _reference(child, value, TYPES.get(attr.target) if attr.target else None)
     elif t == "array":
         for item in value:
-            child = etree.SubElement(el, _q(attr.xml_item or attr.name))
+            child = etree.SubElement(el, _q(names.item_element(attr)))
             if attr.target == REF:
                 _reference(child, item, None)
             else:
@@ -147,7 +149,7 @@ def parse(body: bytes) -> tuple[str, dict]:
 
 def _read(el, rtype: ResourceType) -> dict:
     doc: dict = {}
-    by_item = {a.xml_item or a.xml_name: a for a in rtype.attributes if a.xml_item or a.xml_name}
+    by_element = names.reading_names(rtype)
     for child in el:
         if not isinstance(child.tag, str):
             continue
@@ -160,7 +162,7 @@ def _read(el, rtype: ResourceType) -> dict:
             continue
         if name == "operation":
             continue
-        attr = by_item.get(name) or rtype.attribute(name)
+        attr = by_element.get(name)
         if attr is None:
             raise BadRequest(f"unknown element <{name}> in {rtype.name}")
         if attr.type == "array":

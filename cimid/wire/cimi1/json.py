@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import BadRequest
+from ...errors import BadRequest
 
 MEDIA_TYPE = "application/json"
 

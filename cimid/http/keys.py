@@ -1,0 +1,19 @@
+"""What the application and each request carry, shared by the HTTP modules."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import Config
+from ..service.provider import Provider
+from ..wire import Dialect
+from .auth import Authenticator
+
+PROVIDER = web.AppKey("provider", Provider)
+AUTH = web.AppKey("auth", Authenticator)
+CONFIG = web.AppKey("config", Config)
+RENDERINGS = web.AppKey("renderings", object)
+DIALECT = web.RequestKey("dialect", object)  # the wire dialect the request speaks
+FORMAT = web.RequestKey("format", str)  # the negotiated response format, json or xml
+USER = web.RequestKey("user", str)
+ROLE = web.RequestKey("role", str)

@@ -1,0 +1,94 @@
+"""The catalogue: what Machines are made from (configurations, templates, credentials). Attributes in
+DSP8009 1.0.2 (CIMI 1.1) element order."""
+
+from __future__ import annotations
+
+from .types import Attribute, Family, ResourceType, common_attributes
+
+CPU_ARCHES = (
+    "68000", "Alpha", "ARM", "Itanium", "MIPS", "PA_RISC", "POWER", "PowerPC", "x86", "x86_64",
+    "z/Architecture", "SPARC",
+)
+INITIAL_STATES = ("STARTED", "STOPPED")
+
+MachineConfigurationDisk = ResourceType(
+    "MachineConfigurationDisk",
+    [
+        Attribute("capacity", "integer", consumer_mandatory=True, minimum=1, description="kilobytes"),
+        Attribute("format", "string", consumer_mandatory=True, max_length=64,
+                  description="file system or disk format, e.g. ext4, raw"),
+        Attribute("initialLocation", "string", max_length=255),
+    ],
+)
+
+MachineConfiguration = ResourceType(
+    "MachineConfiguration",
+    [
+        *common_attributes(),
+        Attribute("cpu", "integer", consumer_mandatory=True, minimum=1, description="number of virtual CPUs"),
+        Attribute("memory", "integer", consumer_mandatory=True, minimum=1, description="kibibytes"),
+        Attribute("disks", "array", target="MachineConfigurationDisk"),
+        Attribute("cpuArch", "string", enum=CPU_ARCHES),
+        Attribute("cpuSpeed", "integer", minimum=1, description="megahertz"),
+    ],
+    collection="machineConfigs",
+    items="machineConfigurations",
+    description="The virtual hardware of a Machine to be created.",
+)
+
+
+def _credential_attributes() -> list[Attribute]:
+    return [
+        *common_attributes(),
+        Attribute("userName", "string", max_length=64),
+        Attribute("password", "string", max_length=255),
+        Attribute("key", "byte[]", max_length=16384, description="SSH public key"),
+    ]
+
+
+Credential = ResourceType(
+    "Credential",
+    _credential_attributes(),
+    collection="credentials",
+    items="credentials",
+    create_wrapper="CredentialCreate",
+    template_attribute="credentialTemplate",
+    description="The first administrative user of a Machine.",
+)
+
+CredentialTemplate = ResourceType(
+    "CredentialTemplate",
+    _credential_attributes(),
+    collection="credentialTemplates",
+    items="credentialTemplates",
+    description="What a Credential is made from.",
+)
+
+CredentialCreate = ResourceType(
+    "CredentialCreate",
+    [*common_attributes(), Attribute("credentialTemplate", "ref", target="CredentialTemplate", by_value=True,
+                                     consumer_mandatory=True)],
+    request_document=True,
+)
+
+MachineTemplate = ResourceType(
+    "MachineTemplate",
+    [
+        *common_attributes(),
+        Attribute("initialState", "string", enum=INITIAL_STATES),
+        Attribute("machineConfig", "ref", target="MachineConfiguration", by_value=True),
+        Attribute("machineImage", "ref", target="MachineImage", by_value=True),
+        Attribute("credential", "ref", target="Credential", by_value=True),
+        Attribute("userData", "string", max_length=65536, base64=True, description="Base64-encoded user data"),
+    ],
+    collection="machineTemplates",
+    items="machineTemplates",
+    description="What a Machine is made from: configuration, image, credential, user data.",
+)
+
+FAMILY = Family(
+    "catalogue",
+    (MachineConfigurationDisk, MachineConfiguration, Credential, CredentialTemplate, CredentialCreate,
+     MachineTemplate),
+    service="catalogue:Catalogue",
+)

@@ -1,0 +1,60 @@
+"""Where resources live: ids, paths relative to the base URI, and back from an href to a type and id."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from urllib.parse import urlsplit
+
+from ..errors import BadRequest
+from ..model import REF, TYPES, ResourceType
+
+
+def now() -> str:
+    """dateTimes are stored in UTC with milliseconds, so comparing strings compares instants."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def path_of(rtype: ResourceType, id: str, parent: str = "") -> str:
+    """`machineConfigs/small`, or for an item of a sub-collection `machines/{parent}/disks/{id}`."""
+    if rtype.parent:
+        return f"{TYPES[rtype.parent].collection}/{parent}/{rtype.collection}/{id}"
+    return f"{rtype.collection}/{id}"
+
+
+def split_href(href: str) -> tuple[str, str]:
+    """An href (absolute, or relative to the base URI) -> (collection, id). Lenient about the host."""
+    path = urlsplit(href).path if "://" in href else href
+    if "/cimi/" in path:
+        path = path.split("/cimi/", 1)[1]
+    parts = [p for p in path.strip("/").split("/") if p]
+    if len(parts) != 2:
+        raise BadRequest(f"'{href}' is not the URI of a resource of this provider")
+    return parts[0], parts[1]
+
+
+def href_to_id(href: str, rtype: ResourceType, where: str) -> str:
+    collection, id = split_href(href)
+    if collection != rtype.collection:
+        raise BadRequest(f"{where}: '{href}' is not a {rtype.name}")
+    return id
+
+
+def absolute(rtype: ResourceType, attrs: dict, base: str) -> dict:
+    """Turn the stored relative hrefs of one resource's attributes into absolute URLs."""
+    out = {}
+    for key, value in attrs.items():
+        attr = rtype.attribute(key)
+        if attr is not None and attr.type == "ref" and isinstance(value, dict):
+            target = TYPES.get(attr.target) if attr.target else None
+            value = dict(absolute(target, value, base) if target else value)
+            if "href" in value:
+                value["href"] = base + value["href"]
+        elif attr is not None and attr.type == "array" and attr.target == REF:
+            value = [{"href": base + item["href"]} for item in value]
+        out[key] = value
+    return out

@@ -1,0 +1,118 @@
+"""What the service hands the HTTP layer: who asks (Context), the parsed query (QueryParams), the answer
+(Result), and stored rows turned into plain attribute dicts with absolute hrefs and operations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import PreconditionFailed
+from ..model import Action, ResourceType
+from ..store.db import Row
+from .hrefs import absolute, path_of
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who asks, and the base URL every id and href is built from (ends with /cimi/)."""
+
+    base: str
+    role: str = "admin"  # "admin" may change things; "reader" may only read
+    user: str = "anonymous"
+
+    @property
+    def may_write(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass
+class QueryParams:
+    filters: list[str] = field(default_factory=list)
+    select: set[str] | None = None
+    expand: set[str] | None = None
+    orderby: list[str] = field(default_factory=list)
+    first: int | None = None
+    last: int | None = None
+
+
+@dataclass
+class Result:
+    """What the HTTP layer sends: status, the type to render with, the document, extra headers."""
+
+    status: int
+    rtype: ResourceType | None = None
+    doc: dict | None = None
+    item_type: ResourceType | None = None  # set when doc is a collection
+    headers: dict[str, str] = field(default_factory=dict)
+    # A plain GET of one resource: what identifies its rendering (type, id, version, base, role), and how
+    # to build the document when the HTTP layer has no rendering cached under that key.
+    cache_key: tuple | None = None
+    make_doc: Callable[[], dict] | None = None
+    text: str | None = None  # an extension's plain-text answer (a Machine's console)
+
+    def document(self) -> dict | None:
+        return self.make_doc() if self.doc is None and self.make_doc else self.doc
+
+
+def etag(row: Row) -> str:
+    return f'"{row.version}"'
+
+
+def check_if_match(row: Row, if_match: str | None) -> None:
+    if if_match is None:
+        return
+    tags = {t.strip() for t in if_match.split(",")}
+    if "*" not in tags and etag(row) not in tags and f"W/{etag(row)}" not in tags:
+        raise PreconditionFailed(f"the resource changed: its ETag is now {etag(row)}, not {if_match}")
+
+
+def select_attributes(doc: dict, rtype: ResourceType, select: set[str] | None) -> dict:
+    """Keep the $select-ed attributes (plus resourceURI), in the order the type declares them."""
+    if not select or "*" in select:
+        return doc
+    kept = {"resourceURI": doc["resourceURI"]} if "resourceURI" in doc else {}
+    for attr in rtype.attributes:
+        if attr.name in select and attr.name in doc:
+            kept[attr.name] = doc[attr.name]
+    if "operations" in select and "operations" in doc:
+        kept["operations"] = doc["operations"]
+    return kept
+
+
+def present(rtype: ResourceType, row: Row, ctx: Context,
+            operations: Callable[[str], list[dict]] | None = None) -> dict:
+    """A stored row as the consumer sees it; `operations(href)` lists what this caller may do to it."""
+    href = ctx.base + path_of(rtype, row.id, row.parent)
+    doc = {"resourceURI": rtype.type_uri, "id": href}
+    attrs = absolute(rtype, row.attrs, ctx.base)
+    for attr in rtype.attributes:
+        if attr.name in attrs:
+            doc[attr.name] = attrs[attr.name]
+        elif attr.type == "collection":
+            doc[attr.name] = {"href": f"{href}/{attr.name}"}
+    ops = operations(href) if operations else []
+    if ops:
+        doc["operations"] = ops
+    return doc
+
+
+def operations(rtype: ResourceType, row: Row, ctx: Context, href: str,
+               possible: Callable[[Action], bool] = lambda action: True) -> list[dict]:
+    """Only what this caller may do to this resource in its current state; `possible` says whether the row
+    allows an action now, beyond the states the action is declared for."""
+    if not ctx.may_write:
+        return []
+    state = row.state
+    busy = state in rtype.transitional_states
+    ops = []
+    if rtype.editable and not busy:
+        ops.append({"rel": "edit", "href": href})
+    if rtype.deletable and not busy and (not rtype.finished_states or state in rtype.finished_states):
+        ops.append({"rel": "delete", "href": href})
+    for action in rtype.actions.values():
+        if state in action.from_states and possible(action):
+            ops.append({"rel": action.uri, "href": f"{href}/{action.name}"})
+    for extension in rtype.extensions.values():
+        if state not in extension.unavailable_in:
+            ops.append({"rel": extension.uri, "href": f"{href}/{extension.name}"})
+    return ops

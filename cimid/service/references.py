@@ -1,0 +1,54 @@
+"""References between resources: checked when stored, resolved (by value, or by reference with
+overrides) when a template is used."""
+
+from __future__ import annotations
+
+from ..errors import BadRequest
+from ..model import TYPES, Attribute, ResourceType
+from ..model.validate import require
+from ..store.db import Transaction
+from .hrefs import href_to_id
+
+
+class References:
+    async def check(self, tx: Transaction, rtype: ResourceType, attrs: dict) -> None:
+        """Store references as relative hrefs, after checking that each names an existing resource."""
+        for attr in rtype.attributes:
+            value = attrs.get(attr.name)
+            if attr.type != "ref" or not attr.target or not isinstance(value, dict):
+                continue
+            target = TYPES[attr.target]
+            if "href" in value:
+                id = href_to_id(value["href"], target, attr.name)
+                if await tx.get(target.name, id) is None:
+                    raise BadRequest(f"{attr.name}: '{value['href']}' does not name an existing {target.name}")
+                overrides = {k: v for k, v in value.items() if k != "href"}
+                if overrides:
+                    raise BadRequest(f"{attr.name}: a stored {rtype.name} refers to a {target.name} by href "
+                                     "alone; give overrides when creating from it")
+                attrs[attr.name] = {"href": f"{target.collection}/{id}"}
+            else:
+                await self.check(tx, target, value)
+
+    async def resolve(self, tx: Transaction, attr: Attribute, value: dict) -> dict:
+        """A by-value or by-reference(+overrides) template attribute -> the attributes it stands for; a
+        referenced resource's relative href is kept as `_href`."""
+        target = TYPES[attr.target]
+        if "href" not in value:
+            await self.check(tx, target, value)
+            return dict(value)
+        id = href_to_id(value["href"], target, attr.name)
+        row = await tx.get(target.name, id)
+        if row is None:
+            raise BadRequest(f"{attr.name}: '{value['href']}' does not name an existing {target.name}")
+        resolved = {k: v for k, v in row.attrs.items() if k not in ("state",)}
+        resolved["_href"] = f"{target.collection}/{id}"
+        for key, override in value.items():
+            if key == "href":
+                continue
+            if override is None:
+                resolved.pop(key, None)  # null / empty element erases the template's value
+            else:
+                resolved[key] = override
+        require(target, resolved, attr.name)
+        return resolved

@@ -1,0 +1,259 @@
+"""The generic service every family starts from: read, query, create, update, delete of stored
+resources, by the rules each type declares. A family's service subclasses it and overrides only what its
+types do differently (a Machine is made by a Job; a Job is stopped)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import Config
+from ..errors import BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider
+from ..model import ACTION_BASE, TYPES, Action, Extension, Family, ResourceType, collection_type
+from ..model.registry import ActionRequest
+from ..model.validate import require, validate
+from ..plugins import Drivers
+from ..store.db import Row, Store, Transaction
+from ..store.query import QueryError
+from .hrefs import new_id, now, path_of, split_href
+from .present import Context, QueryParams, Result, check_if_match, etag, operations, present, select_attributes
+from .references import References
+from .runner import JobRunner, job_result, job_row
+
+# DSP0263's own operations: asking a type for one it lacks is "not implemented", not "no such thing".
+STANDARD_ACTIONS = ("capture", "snapshot", "restore", "start", "stop", "restart", "pause", "suspend")
+
+
+@dataclass
+class Collaborators:
+    """What a family service works with; never the provider itself."""
+
+    config: Config
+    store: Store
+    jobs: JobRunner
+    drivers: Drivers
+    references: References
+    # The service of another type, for the rare request one family hands to another (an image whose
+    # location is a Machine is made by capturing that Machine).
+    service_of: Callable[[ResourceType], ResourceService]
+
+
+class ResourceService:
+    def __init__(self, family: Family, parts: Collaborators):
+        self.family = family
+        self.parts = parts
+        self.config = parts.config
+        self.store = parts.store
+        self.jobs = parts.jobs
+        self.drivers = parts.drivers
+        self.references = parts.references
+
+    # ---------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        """At start-up, once the store is open: seed, recover Jobs, re-read the host."""
+
+    async def stop(self) -> None:
+        """At shutdown, before the store closes."""
+
+    def capabilities(self, rtype: ResourceType) -> dict[str, object]:
+        """ResourceMetadata capabilities of `rtype` (name -> value) on this provider."""
+        return {}
+
+    # ---------------------------------------------------------------- presentation
+
+    def operations(self, rtype: ResourceType, row: Row, ctx: Context, href: str) -> list[dict]:
+        return operations(rtype, row, ctx, href, lambda action: self.action_possible(rtype, row, action))
+
+    def action_possible(self, rtype: ResourceType, row: Row, action: Action) -> bool:
+        """Beyond the states an action is declared for, whether this row allows it now."""
+        return True
+
+    def present(self, rtype: ResourceType, row: Row, ctx: Context) -> dict:
+        return present(rtype, row, ctx, lambda href: self.operations(rtype, row, ctx, href))
+
+    # ---------------------------------------------------------------- read
+
+    async def load(self, rtype: ResourceType, id: str, parent: str | None = None) -> Row:
+        """A resource to read, never to change (it may be shared with other readers)."""
+        row = await self.store.get(rtype.name, id, shared=True)
+        if row is None or (parent is not None and row.parent != parent):
+            raise NotFound(f"there is no {rtype.name} '{id}'")
+        return row
+
+    async def get(self, ctx: Context, rtype: ResourceType, id: str, params: QueryParams,
+                  parent: str | None = None) -> Result:
+        row = await self.load(rtype, id, parent)
+        if not params.select and not params.expand:
+            return Result(200, rtype, headers={"ETag": etag(row)}, make_doc=lambda: self.present(rtype, row, ctx),
+                          cache_key=(rtype.name, row.id, row.version, ctx.base, ctx.role))
+        return Result(200, rtype, await self.render(rtype, row, ctx, params), headers={"ETag": etag(row)})
+
+    async def render(self, rtype: ResourceType, row: Row, ctx: Context, params: QueryParams) -> dict:
+        doc = self.present(rtype, row, ctx)
+        if params.expand:
+            await self._expand(rtype, doc, ctx, params.expand)
+        return select_attributes(doc, rtype, params.select)
+
+    async def _expand(self, rtype: ResourceType, doc: dict, ctx: Context, names: set[str]) -> None:
+        for attr in rtype.attributes:
+            if attr.type != "ref" or ("*" not in names and attr.name not in names):
+                continue
+            ref = doc.get(attr.name)
+            if not isinstance(ref, dict) or "href" not in ref:
+                continue
+            try:
+                collection, id = split_href(ref["href"])
+            except BadRequest:
+                continue
+            target = collection_type(collection)
+            row = await self.store.get(target.name, id) if target else None
+            if row is not None:
+                inner = present(target, row, ctx)
+                inner.pop("resourceURI", None)
+                doc[attr.name] = {"href": ref["href"], **{k: v for k, v in inner.items() if k != "id"}}
+
+    async def query(self, ctx: Context, rtype: ResourceType, params: QueryParams, parent: str = "") -> Result:
+        """A collection, or with `parent` the sub-collection of that resource."""
+        try:
+            count, rows = await self.store.page(rtype.name, parent, rtype.columns, filters=params.filters,
+                                                orderby=params.orderby, first=params.first, last=params.last)
+        except QueryError as exc:
+            raise BadRequest(str(exc)) from None
+        href = ctx.base + (path_of(rtype, "", parent).rstrip("/") if parent else rtype.collection)
+        items = []
+        for row in rows:
+            item = await self.render(rtype, row, ctx, QueryParams(expand=params.expand))
+            if params.select:
+                item = select_attributes(item, rtype, params.select - {"id", "count", "operations"} or None)
+            items.append(item)
+        return self.collection(ctx, rtype, href, count, items)
+
+    def collection(self, ctx: Context, rtype: ResourceType, href: str, count: int, items: list[dict]) -> Result:
+        doc = {"resourceURI": rtype.collection_uri, "id": href, "count": count}
+        if items:
+            doc[rtype.items] = items
+        if ctx.may_write and rtype.creatable:
+            doc["operations"] = [{"rel": "add", "href": href}]
+        return Result(200, rtype, doc, item_type=rtype)
+
+    async def extension(self, ctx: Context, rtype: ResourceType, id: str, extension: Extension,
+                        query: dict[str, str]) -> Result:
+        raise NotImplementedByProvider(f"{rtype.name} does not offer '{extension.uri}' here")
+
+    # ---------------------------------------------------------------- write
+
+    @staticmethod
+    def require_writer(ctx: Context) -> None:
+        if not ctx.may_write:
+            raise Forbidden(f"user '{ctx.user}' may read but not change resources")
+
+    async def create(self, ctx: Context, rtype: ResourceType, body: dict, parent: str = "") -> Result:
+        """POST to a collection. A type with a create wrapper is made from its template (by value or by
+        reference with overrides); any other is the posted document itself."""
+        if rtype.create_wrapper:
+            wrapper = TYPES[rtype.create_wrapper]
+            request = validate(wrapper, body, creating=True)
+            require(wrapper, request)
+            async with self.store.write() as tx:
+                template = await self.references.resolve(tx, wrapper.attribute(rtype.template_attribute),
+                                                         request[rtype.template_attribute])
+                attrs = {k: v for k, v in template.items() if k not in ("created", "updated", "_href")}
+                attrs.update({k: request[k] for k in ("name", "description", "properties") if k in request})
+                return await self.insert(tx, ctx, rtype, attrs, parent)
+        attrs = validate(rtype, body, creating=True)
+        require(rtype, attrs)
+        async with self.store.write() as tx:
+            await self.references.check(tx, rtype, attrs)
+            return await self.insert(tx, ctx, rtype, attrs, parent)
+
+    async def insert(self, tx: Transaction, ctx: Context, rtype: ResourceType, attrs: dict,
+                     parent: str = "") -> Result:
+        """Store a new resource made at once (201), with the finished Job that records it."""
+        stamp = now()
+        row = Row(rtype.name, new_id(), parent, {**attrs, "created": stamp, "updated": stamp})
+        await tx.insert(row)
+        path = path_of(rtype, row.id, parent)
+        job = job_row(action="add", target=path.rsplit("/", 1)[0], affected=[path], state="SUCCESS",
+                      message=f"{rtype.name} created")
+        await tx.insert(job)
+        return Result(201, rtype, self.present(rtype, row, ctx),
+                      headers={"Location": ctx.base + path, "CIMI-Job-URI": ctx.base + f"jobs/{job.id}",
+                               "ETag": etag(row)})
+
+    async def update(self, ctx: Context, rtype: ResourceType, id: str, body: dict, select: set[str] | None,
+                     if_match: str | None) -> Result:
+        if select and "*" not in select:
+            extra = set(body) - select - {"resourceURI", "id"}
+            if extra:
+                raise BadRequest(f"attributes not named in $select: {', '.join(sorted(extra))}")
+        changes = validate(rtype, body, creating=False)
+        async with self.store.write() as tx:
+            row = await tx.get(rtype.name, id)
+            if row is None:
+                raise NotFound(f"there is no {rtype.name} '{id}'")
+            check_if_match(row, if_match)
+            if row.state in rtype.transitional_states:
+                raise Conflict(f"{rtype.name} '{id}' is {row.state}; wait for its Job to finish")
+            writable = [a.name for a in rtype.attributes if a.writable]
+            names = [n for n in writable if not select or "*" in select or n in select]
+            await self.references.check(tx, rtype, changes)
+            for name in names:  # an attribute left out of a full (or $select-ed) update is removed
+                if name in changes:
+                    row.attrs[name] = changes[name]
+                else:
+                    row.attrs.pop(name, None)
+            require(rtype, row.attrs)
+            row.attrs["updated"] = now()
+            await tx.update(row)
+            path = path_of(rtype, row.id, row.parent)
+            job = job_row(action="edit", target=path, affected=[path], state="SUCCESS",
+                          message=f"{rtype.name} updated")
+            await tx.insert(job)
+        return Result(200, rtype, self.present(rtype, row, ctx),
+                      headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}", "ETag": etag(row)})
+
+    async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
+                     parent: str | None = None) -> Result:
+        async with self.store.write() as tx:
+            row = await tx.get(rtype.name, id)
+            if row is None or (parent is not None and row.parent != parent):
+                raise NotFound(f"there is no {rtype.name} '{id}'")
+            check_if_match(row, if_match)
+            if rtype.finished_states and row.state not in rtype.finished_states:
+                raise Conflict(f"{rtype.name} '{id}' is {row.state}; stop it first, or wait for it to finish")
+            await self.before_delete(tx, rtype, row)
+            await tx.delete(rtype.name, id)
+            await self.after_delete(tx, rtype, row)
+            job = job_row(action="delete", target=path_of(rtype, row.id, row.parent), affected=[],
+                          state="SUCCESS", message=f"{rtype.name} deleted")
+            await tx.insert(job)
+        return job_result(ctx, job, 200)
+
+    async def before_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
+        """Refuse (raise) a deletion this row does not allow."""
+
+    async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
+        """Remove what the host kept for the row, inside the transaction (a failure rolls it back)."""
+
+    async def action(self, ctx: Context, rtype: ResourceType, id: str, operation: str, root: str | None,
+                     body: dict, if_match: str | None) -> Result:
+        """POST {resource}/{operation}: an Action document (an empty body asks for the operation the URL
+        names)."""
+        if root not in (None, ActionRequest.name):
+            raise BadRequest(f"an operation takes an Action document, not a {root}")
+        request = validate(ActionRequest, body or {"action": operation}, creating=True)
+        require(ActionRequest, request)
+        name = re.split(r"[/:#]", request["action"].strip().rstrip("/"))[-1]  # lenient: by its last segment
+        if name != operation:
+            raise BadRequest(f"the Action document asks for '{name}' but was sent to the '{operation}' operation")
+        if name not in rtype.actions:
+            if name in STANDARD_ACTIONS:
+                raise NotImplementedByProvider(f"{rtype.name} does not support '{ACTION_BASE}{name}' here")
+            raise NotFound(f"{rtype.name} has no operation '{name}'")
+        return await self.act(ctx, rtype, id, rtype.actions[name], request, if_match)
+
+    async def act(self, ctx: Context, rtype: ResourceType, id: str, action: Action, request: dict,
+                  if_match: str | None) -> Result:
+        raise NotImplementedByProvider(f"{rtype.name} does not support '{action.uri}' here")
