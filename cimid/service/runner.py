@@ -44,7 +44,7 @@ def job_row(*, action: str, target: str, affected: list[str], state: str, messag
         attrs["statusMessage"] = message
     if parent:
         attrs["parentJob"] = {"href": f"jobs/{parent}"}
-    return Row("Job", new_id(), "", attrs, internal or {})
+    return Row(Job.name, new_id(), "", attrs, internal or {})
 
 
 def set_job_state(row: Row, state: str, message: str | None = None) -> None:
@@ -62,7 +62,7 @@ def set_job_state(row: Row, state: str, message: str | None = None) -> None:
 async def end_nested(tx: Transaction, job: Row, state: str, message: str) -> None:
     """Give every nested Job of `job` that has not finished the parent's ending."""
     for step in job.internal.get("steps", ()):
-        nested = await tx.get("Job", step["job"]) if step.get("job") else None
+        nested = await tx.get(Job.name, step["job"]) if step.get("job") else None
         if nested is not None and nested.state not in JOB_FINISHED:
             set_job_state(nested, state, message)
             await tx.update(nested)
@@ -137,7 +137,7 @@ class JobRunner:
 
     async def report_progress(self, job_id: str, percent: int) -> None:
         async with self.store.write() as tx:
-            job = await tx.get("Job", job_id)
+            job = await tx.get(Job.name, job_id)
             if job is not None and job.state == "RUNNING" and job.attrs.get("progress") != percent:
                 job.attrs["progress"] = percent
                 await tx.update(job)
@@ -154,13 +154,13 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         async with self.slots:
-            job = await self.store.get("Job", job_id)
+            job = await self.store.get(Job.name, job_id)
             if job is None or job.state != "QUEUED":
                 return  # stopped while it waited
             kind = self.kinds[job.internal["kind"]]
             steps = job.internal["steps"]
             async with self.store.write() as tx:
-                job = await tx.get("Job", job_id)
+                job = await tx.get(Job.name, job_id)
                 if job.state != "QUEUED":
                     return
                 set_job_state(job, "RUNNING")
@@ -173,14 +173,14 @@ class JobRunner:
                     outcome, message = "STOPPED", f"stopped by request before step {index + 1} of {len(steps)}"
                     break
                 async with self.store.write() as tx:
-                    job = await tx.get("Job", job_id)
+                    job = await tx.get(Job.name, job_id)
                     # A driver call is never interrupted, but a stop asked for now takes effect before the
                     # next step, so it is accepted while a step other than the last runs.
                     job.internal["stoppable"] = index + 1 < len(steps)
                     job.internal["step"] = index
                     await tx.update(job)
                     if nested_id:
-                        nested = await tx.get("Job", nested_id)
+                        nested = await tx.get(Job.name, nested_id)
                         set_job_state(nested, "RUNNING")
                         await tx.update(nested)
                     await kind.finish(tx, job, "STEP", step.get("transitional", ""), None)
@@ -195,11 +195,11 @@ class JobRunner:
                     log.exception("job %s: step %s raised", job_id, step.get("op"))
                     outcome, message = "FAILED", f"internal error in the driver: {exc}"
                 async with self.store.write() as tx:
-                    job = await tx.get("Job", job_id)
+                    job = await tx.get(Job.name, job_id)
                     if result is not None:  # what the step made, for the finisher (e.g. a captured image)
                         job.internal["steps"][index]["result"] = result
                     if nested_id:
-                        nested = await tx.get("Job", nested_id)
+                        nested = await tx.get(Job.name, nested_id)
                         set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
                                       None if outcome == "SUCCESS" else message)
                         await tx.update(nested)
@@ -210,7 +210,7 @@ class JobRunner:
             self.stop_requested.discard(job_id)
             observed = await kind.observe(job)
             async with self.store.write() as tx:
-                job = await tx.get("Job", job_id)
+                job = await tx.get(Job.name, job_id)
                 await kind.finish(tx, job, outcome, message, observed)
                 await end_nested(tx, job, "STOPPED" if outcome == "STOPPED" else "FAILED", "not run: " + message)
                 set_job_state(job, outcome, message)
@@ -220,7 +220,7 @@ class JobRunner:
         """A consumer's stop: at once for a QUEUED Job (its kind undoes what the request recorded), before
         the next step for a running one; refused where the current step is the last."""
         async with self.store.write() as tx:
-            job = await tx.get("Job", id)
+            job = await tx.get(Job.name, id)
             if job is None:
                 raise NotFound(f"there is no Job '{id}'")
             check_if_match(job, if_match)
@@ -255,7 +255,7 @@ class JobRunner:
                 continue
             observed = await kind.observe(job)
             async with self.store.write() as tx:
-                job = await tx.get("Job", job.id)
+                job = await tx.get(Job.name, job.id)
                 await end_nested(tx, job, "FAILED", INTERRUPTED)
                 await kind.finish(tx, job, "FAILED", INTERRUPTED, observed)
                 set_job_state(job, "FAILED", INTERRUPTED)

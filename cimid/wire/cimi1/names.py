@@ -13,8 +13,8 @@ _RENAMED = {("MachineSnapshot", "snapshot"): "shapshot"}  # sic, DSP8009 1.0.2
 _WITHOUT_COMMON = {"Disk"}
 # Types whose operations come right after this attribute, not at the end.
 _OPERATIONS_AFTER = {"Credential": "properties", "CredentialTemplate": "properties"}
-# Types whose schema cannot hold their JSON shape; rendered by a function of their own in xml.py.
-METADATA = "ResourceMetadata"
+# Types whose JSON shape the schema cannot hold as is; xml.py renders them by a function of their own.
+_RENDERED_APART = {"ResourceMetadata"}
 # Array items are the singular of the array's name (disks -> disk), except where English says otherwise.
 _IRREGULAR_ITEMS = {"addresses": "address"}
 
@@ -25,6 +25,10 @@ def element(rtype: ResourceType, attr: Attribute) -> str:
 
 def item_element(attr: Attribute) -> str:
     return _IRREGULAR_ITEMS.get(attr.name) or (attr.name[:-1] if attr.name.endswith("s") else attr.name)
+
+
+def rendered_apart(rtype: ResourceType) -> bool:
+    return rtype.name in _RENDERED_APART
 
 
 def has_common(rtype: ResourceType) -> bool:

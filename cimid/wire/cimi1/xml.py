@@ -56,7 +56,7 @@ def render_collection(doc: dict, item_type: ResourceType) -> bytes:
 
 
 def _fill(el, doc: dict, rtype: ResourceType) -> None:
-    if rtype.name == names.METADATA:
+    if names.rendered_apart(rtype):
         return _fill_metadata(el, doc)
     ops_done = False
     operations_after = names.operations_after(rtype)
