@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Config
-from ..errors import BadRequest, MethodNotAllowed, NotFound
+from ..errors import MethodNotAllowed, NotFound
 from ..model import Extension
 from ..service.provider import Provider
 from .auth import Authenticator

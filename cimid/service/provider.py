@@ -8,8 +8,7 @@ import importlib
 
 from ..config import Config
 from ..errors import BadRequest, MethodNotAllowed, NotFound
-from ..model import FAMILIES, Extension, ResourceType, collection_type, sub_collection
-from ..model.registry import FAMILY_OF
+from ..model import Extension, ResourceType, collection_type, registry, sub_collection
 from ..plugins import Drivers
 from ..store.db import Store
 from .events import log_event
@@ -35,7 +34,7 @@ class Provider:
         # A family whose driver is not configured is not served at all.
         self.services: dict[str, ResourceService] = {
             family.name: _service_class(family.service)(family, parts)
-            for family in FAMILIES if family.requires is None or getattr(drivers, family.requires) is not None}
+            for family in registry.FAMILIES if family.requires is None or getattr(drivers, family.requires) is not None}
         self.metadata = next(s for s in self.services.values() if isinstance(s, Metadata))
         store.subscribe(log_event)
 
@@ -58,7 +57,7 @@ class Provider:
     # ---------------------------------------------------------------- what is served
 
     def service_of(self, rtype: ResourceType) -> ResourceService | None:
-        family = FAMILY_OF.get(rtype.name)
+        family = registry.FAMILY_OF.get(rtype.name)
         return self.services.get(family.name) if family else None
 
     def type_of(self, collection: str) -> ResourceType:
