@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from ..service.presentation import Context, QueryParams, Result, now, select_att
 from ..service.provider import Provider
 from ..store.db import Store
 from ..wire import json_dialect
+from ..wire.text import check_document
 from . import negotiation
 from .auth import Authenticator
 
@@ -134,17 +136,20 @@ def _names(request: web.Request, name: str) -> set[str] | None:
     return names or {"*"}
 
 
+_DIGITS = re.compile("[0-9]+")
+MAX_POSITION = 2**63 - 1  # SQLite's largest INTEGER
+
+
 def _positive(request: web.Request, name: str) -> int | None:
     value = _first_query(request, name)
     if value is None:
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a positive integer, not '{value}'") from None
-    if number < 1:
-        raise BadRequest(f"{name} must be a positive integer, not '{value}'")
-    return number
+    digits = value.lstrip("0")
+    if not _DIGITS.fullmatch(value) or not digits:  # int() alone would also take '1_0', ' 2' or '٣'
+        raise BadRequest(f"{name} must be a positive integer, not '{value[:40]}'")
+    # Clamped, not refused: no collection holds more than SQLite's largest integer, so a larger $first
+    # or $last means the same as that one (an empty page, or up to the end), and SQLite can take it.
+    return MAX_POSITION if len(digits) > 19 else min(int(digits), MAX_POSITION)
 
 
 def _params(request: web.Request) -> QueryParams:
@@ -179,8 +184,11 @@ async def _body(request: web.Request, optional: bool = False) -> tuple[str | Non
     fmt = negotiation.request_format(request.headers.get("Content-Type"), body)
     if fmt == negotiation.XML:
         from ..wire import xml_dialect
-        return xml_dialect.parse(body)
-    return json_dialect.parse(body)
+        root, doc = xml_dialect.parse(body)
+    else:
+        root, doc = json_dialect.parse(body)
+    check_document(doc)  # one check for both dialects: depth, and strings XML 1.0 can carry
+    return root, doc
 
 
 # ---------------------------------------------------------------- handlers
@@ -223,8 +231,9 @@ async def resource(request: web.Request) -> web.Response:
     if_match = request.headers.get("If-Match")
     if request.method == "DELETE":
         return _respond(request, await provider.delete(ctx, name, id, if_match))
-    _, body = await _body(request)
-    return _respond(request, await provider.update(ctx, name, id, body, _names(request, "$select"), if_match))
+    root, body = await _body(request)
+    return _respond(request, await provider.update(ctx, name, id, body, _names(request, "$select"), if_match,
+                                                   root))
 
 
 async def operation(request: web.Request) -> web.Response:

@@ -320,13 +320,16 @@ class Provider:
         return resolved
 
     async def update(self, ctx: Context, collection: str, id: str, body: dict, select: set[str] | None,
-                     if_match: str | None) -> Result:
+                     if_match: str | None, root: str | None = None) -> Result:
+        """`root`: the XML root element or the JSON resourceURI's type, None when the body names none."""
         self._writer(ctx)
         if collection == "resourceMetadata":
             raise MethodNotAllowed("ResourceMetadata is read-only", ["GET"])
         rtype = self.type_of(collection)
         if not rtype.editable:
             raise MethodNotAllowed(f"{rtype.name} resources cannot be updated", ["GET", "DELETE"])
+        if root is not None and root != rtype.name:  # both dialects: a body of another type is refused
+            raise BadRequest(f"PUT to {collection} takes a {rtype.name}, not a {root}")
         if select and "*" not in select:
             extra = set(body) - select - {"resourceURI", "id"}
             if extra:

@@ -14,6 +14,7 @@ from lxml import etree
 from ..errors import BadRequest
 from ..model import CIMI_NS, REF, TYPES, ResourceType
 from ..model.resources import REQUEST_ROOTS
+from .text import xml_safe
 
 MEDIA_TYPE = "application/xml"
 # DSP8009 1.0.2 allows one <attribute> per ResourceMetadata (an erratum); the full list goes out as
@@ -38,12 +39,14 @@ def _text(value) -> str:
 # ---------------------------------------------------------------- rendering
 
 def render(doc: dict, rtype: ResourceType) -> bytes:
+    doc = xml_safe(doc)  # a bad stored value must not make the whole answer fail
     root = etree.Element(_q(rtype.name), nsmap=_NSMAP)
     _fill(root, doc, rtype)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 def render_collection(doc: dict, item_type: ResourceType) -> bytes:
+    doc = xml_safe(doc)  # one bad stored value must not break the collection for every consumer
     root = etree.Element(_q("Collection"), nsmap=_NSMAP)
     root.set("resourceURI", doc["resourceURI"])
     etree.SubElement(root, _q("id")).text = doc["id"]
@@ -138,11 +141,21 @@ def parse(body: bytes) -> tuple[str, dict]:
         raise BadRequest(f"the body is not well-formed XML: {exc}") from None
     if root.getroottree().docinfo.internalDTD is not None or root.getroottree().docinfo.doctype:
         raise BadRequest("XML with a DOCTYPE or ENTITY declaration is not accepted")
+    _check_namespaces(root)
     name = etree.QName(root).localname
     rtype = REQUEST_ROOTS.get(name)
     if rtype is None:
         raise BadRequest(f"unexpected XML root element <{name}>")
     return name, _read(root, rtype)
+
+
+def _check_namespaces(root) -> None:
+    """CIMI's namespace, or none at all (documented leniency); another vocabulary is not CIMI."""
+    for el in root.iter(tag=etree.Element):
+        namespace = etree.QName(el).namespace
+        if namespace not in (None, CIMI_NS):
+            raise BadRequest(f"<{etree.QName(el).localname}> is in the namespace '{namespace[:200]}'; "
+                             f"CIMI documents use '{CIMI_NS}' (or no namespace)")
 
 
 def _read(el, rtype: ResourceType) -> dict:
