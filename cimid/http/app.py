@@ -98,7 +98,8 @@ async def handle_errors(request: web.Request, handler):
         try:
             request[FORMAT] = negotiation.response_format(_first_query(request, "$format"),
                                                             request.headers.get("Accept"))
-            user, role = request.app[AUTH].authenticate(request.headers.get("Authorization"))
+            user, role = await request.app[AUTH].authenticate(request.headers.get("Authorization"),
+                                                              request.remote)
             request[USER], request[ROLE] = user, role
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -281,7 +282,7 @@ def make_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
     app = web.Application(middlewares=[handle_errors], client_max_size=config["server"]["max_body_bytes"])
     app[PROVIDER] = provider
     app[CONFIG] = config
-    app[AUTH] = Authenticator(config["auth"]["users"])
+    app[AUTH] = Authenticator.from_config(config["auth"])
     app[RENDERINGS] = RenderingCache()
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
@@ -294,6 +295,7 @@ def make_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
         await provider.start()
 
     async def on_cleanup(_app):
+        app[AUTH].close()
         await provider.stop()
 
     app.on_startup.append(on_startup)

@@ -1,0 +1,135 @@
+"""Issue 7, cases 7 and 8 and logging: login costs the same for everyone and is rate-limited, Credential
+passwords are write-only, logs hold no body or password, a 5xx is logged once under the request id its
+error Job carries."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+
+import aiohttp
+import pytest
+from conftest import DATABASE, NS, assert_valid_xml, make_client
+
+from cimid.http.app import AUTH, CONFIG
+from cimid.http.auth import Authenticator, hash_password
+
+CIMI = "http://schemas.dmtf.org/cimi/1"
+CONFIG_BODY = {"name": "x", "cpu": 1, "memory": 1}
+
+
+def assert_error(r, status):
+    assert r.status == status, r
+    if r.json is None:  # XML error Job
+        return r.xml.findtext("c:statusMessage", namespaces=NS)
+    doc = r.json
+    assert doc["resourceURI"] == f"{CIMI}/Job" and doc["id"] == "" and doc["state"] == "FAILED"
+    assert doc["returnCode"] == status and doc["statusMessage"]
+    return doc["statusMessage"]
+
+
+async def post_raw_json(client, path, raw: bytes):
+    return await client.request("POST", path, raw, headers={"Content-Type": "application/json"})
+
+
+# ---------------------------------------------------------------- 7. authentication
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+USERS = [{"name": "alice", "role": "admin", "password_hash": hash_password("wonderland", 1000)}]
+
+
+@pytest.fixture
+async def auth_client(tmp_path):
+    client = await make_client(tmp_path, {"auth": {"users": USERS}})
+    yield client
+    await client.client.close()
+
+
+@pytest.fixture
+def kdf_calls(monkeypatch):
+    """Every PBKDF2 computation, with the thread it ran on (a spy on the standard library, not on cimid)."""
+    calls, real = [], hashlib.pbkdf2_hmac
+
+    def spy(name, password, salt, iterations, *rest):
+        calls.append({"password": password, "iterations": iterations, "thread": threading.current_thread()})
+        return real(name, password, salt, iterations, *rest)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", spy)
+    return calls
+
+
+async def test_unknown_user_costs_the_same_kdf_as_a_known_one(auth_client, kdf_calls):
+    assert_error(await auth_client.get("cloudEntryPoint", headers=basic("alice", "wrong")), 401)
+    assert_error(await auth_client.get("cloudEntryPoint", headers=basic("mallory", "wrong")), 401)
+    assert len(kdf_calls) == 2
+    assert kdf_calls[0]["iterations"] == kdf_calls[1]["iterations"] == 1000
+    for call in kdf_calls:  # off the event loop, in cimid's own pool
+        assert call["thread"] is not threading.main_thread() and call["thread"].name.startswith("cimid-kdf")
+
+
+async def test_many_wrong_passwords_at_once_use_a_bounded_pool(tmp_path, kdf_calls):
+    client = await make_client(tmp_path, {"auth": {"users": USERS, "kdf_threads": 2, "max_failed_logins": 0}})
+    try:
+        replies = await asyncio.gather(*(client.get("cloudEntryPoint", headers=basic("alice", f"wrong{i}"))
+                                         for i in range(12)))
+        assert all(r.status == 401 for r in replies)
+        assert len(kdf_calls) == 12
+        threads = {call["thread"] for call in kdf_calls}
+        assert len(threads) <= 2 and all(t.name.startswith("cimid-kdf") for t in threads)
+        assert threading.main_thread() not in threads
+    finally:
+        await client.client.close()
+
+
+async def test_verified_logins_are_cached_under_a_keyed_hash(auth_client, kdf_calls):
+    for _ in range(3):
+        assert (await auth_client.get("cloudEntryPoint", headers=basic("alice", "wonderland"))).status == 200
+    assert len(kdf_calls) == 1  # the later requests were answered from the cache
+    auth = auth_client.app[AUTH]
+    keys = list(auth.verified)
+    assert len(keys) == 1
+    key = keys[0]
+    assert isinstance(key, bytes) and len(key) == 32
+    assert b"wonderland" not in key and "wonderland" not in repr(auth.verified)
+    other = Authenticator(USERS)  # another process: another random key, another cache key
+    assert other.cache_key("alice", "wonderland") != key == auth.cache_key("alice", "wonderland")
+    other.close()
+
+
+async def test_failed_logins_are_rate_limited_per_address(auth_client):
+    limit = auth_client.app[CONFIG]["auth"]["max_failed_logins"]
+    window = auth_client.app[CONFIG]["auth"]["failed_login_window_seconds"]
+    before = await auth_client.rows()
+    for i in range(limit):
+        who = "alice" if i % 2 else "nobody"
+        assert_error(await auth_client.get("cloudEntryPoint", headers=basic(who, f"guess{i}")), 401)
+    r = await auth_client.get("cloudEntryPoint", headers=basic("alice", "guess-again"))
+    assert "too many" in assert_error(r, 429)
+    assert 1 <= int(r.headers["Retry-After"]) <= window
+    # while blocked, even the right password is refused, or the lock would still answer guesses
+    assert_error(await auth_client.post("machineConfigs", CONFIG_BODY, headers=basic("alice", "wonderland")), 429)
+    assert await auth_client.rows() == before
+    # another address is not affected (all of 127.0.0.0/8 is loopback)
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = auth_client.client.make_url("/cimi/cloudEntryPoint")
+        async with session.get(url, headers=basic("alice", "wonderland")) as other:
+            assert other.status == 200
+
+
+def test_auth_limits_are_documented_with_their_defaults():
+    import tomllib
+    from pathlib import Path
+
+    from cimid.config import DEFAULTS
+    example = tomllib.loads((Path(__file__).resolve().parents[2] / "etc" / "cimid.toml").read_text())
+    for key in ("max_failed_logins", "failed_login_window_seconds", "kdf_threads"):
+        assert example["auth"][key] == DEFAULTS["auth"][key]
