@@ -42,6 +42,7 @@ class Attribute:
     minimum: int | None = None
     max_length: int = 4096
     description: str = ""
+    write_only: bool = False  # a secret: stored and used, never returned (not in $select or $expand either)
 
     @property
     def writable(self) -> bool:

@@ -62,7 +62,8 @@ def _describe(provider, rtype: ResourceType, ctx: Context) -> dict:
            "typeURI": rtype.type_uri, "name": rtype.name}
     doc["attributes"] = [
         {"name": a.name, "type": a.type, "providerMandatory": a.provider_mandatory,
-         "consumerMandatory": a.consumer_mandatory, "mutable": a.mutable, "consumerWritable": a.consumer_writable}
+         "consumerMandatory": a.consumer_mandatory, "mutable": a.mutable, "consumerWritable": a.consumer_writable,
+         **({"description": a.description} if a.write_only else {})}
         for a in rtype.attributes
     ]
     caps = _capabilities(provider, rtype)

@@ -203,7 +203,7 @@ class Provider:
     def _resolver(self, rtype: ResourceType):
         def resolve(name: str) -> q.Column | None:
             attr = rtype.attribute(name)
-            if attr is None or attr.type not in ("string", "URI", "integer", "boolean", "dateTime", "map"):
+            if attr is None or attr.write_only or attr.type not in ("string", "URI", "integer", "boolean", "dateTime", "map"):
                 return None
             if attr.type == "map" and name != "properties":
                 return None
@@ -348,7 +348,7 @@ class Provider:
             for name in names:  # an attribute left out of a full (or $select-ed) update is removed
                 if name in changes:
                     row.attrs[name] = changes[name]
-                else:
+                elif not rtype.attribute(name).write_only:  # a consumer cannot echo back what it never saw
                     row.attrs.pop(name, None)
             require(rtype, row.attrs)
             row.attrs["updated"] = now()

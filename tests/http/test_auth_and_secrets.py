@@ -133,3 +133,78 @@ def test_auth_limits_are_documented_with_their_defaults():
     example = tomllib.loads((Path(__file__).resolve().parents[2] / "etc" / "cimid.toml").read_text())
     for key in ("max_failed_logins", "failed_login_window_seconds", "kdf_threads"):
         assert example["auth"][key] == DEFAULTS["auth"][key]
+
+
+# ---------------------------------------------------------------- 8. Credential passwords are write-only
+
+SECRET = "s3cret-PW-7"
+
+
+async def test_credential_password_is_never_returned(app_client):
+    tpl = await app_client.post("credentialTemplates", {"name": "t", "userName": "admin", "password": SECRET})
+    cred = await app_client.post("credentials", {"name": "c", "credentialTemplate": {"href": tpl.headers["Location"]}})
+    mt = await app_client.post("machineTemplates", {"name": "byval", "credential": {"userName": "u",
+                                                                                   "password": SECRET}})
+    mt_ref = await app_client.post("machineTemplates", {"name": "byref",
+                                                        "credential": {"href": cred.headers["Location"]}})
+    created = [tpl, cred, mt, mt_ref]
+    assert all(r.status == 201 for r in created), created
+    assert all(SECRET.encode() not in r.body for r in created)
+    assert SECRET in json.dumps(await app_client.rows())  # it is stored: machines still get it
+    reads = []
+    for fmt in ("json", "xml"):
+        for path in (tpl.headers["Location"], cred.headers["Location"], mt.headers["Location"],
+                     "credentials", "credentialTemplates", "machineTemplates"):
+            reads.append(await app_client.get(path, fmt=fmt))
+            reads.append(await app_client.get(path, fmt=fmt, params={"$select": "password,userName"}))
+            reads.append(await app_client.get(path, fmt=fmt, params={"$select": "credential"}))
+        reads.append(await app_client.get(mt_ref.headers["Location"], fmt=fmt, params={"$expand": "credential"}))
+        reads.append(await app_client.get("machineTemplates", fmt=fmt, params={"$expand": "*"}))
+    assert all(r.status == 200 for r in reads)
+    for r in reads:
+        assert SECRET.encode() not in r.body and b"password" not in r.body, r
+    expanded = (await app_client.get(mt_ref.headers["Location"], params={"$expand": "credential"})).json
+    assert expanded["credential"]["userName"] == "admin"  # expanded, just without the password
+
+
+async def test_password_cannot_be_probed_with_filter_or_orderby(app_client):
+    await app_client.post("credentialTemplates", {"userName": "admin", "password": SECRET})
+    assert "password" in assert_error(await app_client.get("credentialTemplates", params={
+        "$filter": f"password='{SECRET}'"}), 400)
+    assert_error(await app_client.get("credentialTemplates", params={"$orderby": "password"}), 400)
+
+
+def _stored(client, kind, id) -> dict:
+    db = sqlite3.connect(client.app[DATABASE])
+    try:
+        return json.loads(db.execute("SELECT doc FROM resources WHERE kind = ? AND id = ?", (kind, id)).fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_put_without_password_keeps_it(app_client):
+    r = await app_client.post("credentialTemplates", {"name": "t", "userName": "admin", "password": SECRET})
+    path = app_client.url(r.headers["Location"])
+    id = path.rsplit("/", 1)[1]
+    put = await app_client.put(path, {"name": "renamed", "userName": "root"})
+    assert put.status == 200 and put.json["name"] == "renamed" and "password" not in put.json
+    assert _stored(app_client, "CredentialTemplate", id)["password"] == SECRET
+    put = await app_client.put(path, f'<CredentialTemplate xmlns="{CIMI}"><name>x</name>'
+                                     "<userName>root</userName></CredentialTemplate>")
+    assert put.status == 200
+    assert _stored(app_client, "CredentialTemplate", id)["password"] == SECRET
+    assert (await app_client.put(path, {"userName": "root", "password": "new-one"})).status == 200
+    assert _stored(app_client, "CredentialTemplate", id)["password"] == "new-one"
+
+
+async def test_write_only_password_is_in_resource_metadata(app_client):
+    for fmt in ("json", "xml"):
+        for type_name in ("Credential", "CredentialTemplate"):
+            r = await app_client.get(f"resourceMetadata/{type_name}", fmt=fmt)
+            assert r.status == 200
+            if fmt == "json":
+                attr = next(a for a in r.json["attributes"] if a["name"] == "password")
+                assert "write-only" in attr["description"]
+            else:
+                attr = next(a for a in r.xml.iter("{urn:x-cimid:xml:1}attribute") if a.get("name") == "password")
+                assert "write-only" in attr.get("description")
