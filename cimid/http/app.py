@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 
 from aiohttp import web
 
@@ -78,14 +79,18 @@ def _respond(request: web.Request, result: Result) -> web.Response:
     return web.Response(status=result.status, body=body, headers=headers)
 
 
-def _error_response(request: web.Request, error: CimiError) -> web.Response:
-    """Every error is a CIMI Job with an empty id, in the negotiated format (JSON if that failed)."""
+def _error_response(request: web.Request, error: CimiError, request_id: str | None = None) -> web.Response:
+    """Every error is a CIMI Job with an empty id, in the negotiated format (JSON if that failed); a 5xx
+    carries the request id its log entry has (in statusMessage and in properties)."""
     job = {
         "resourceURI": TYPES["Job"].type_uri, "id": "", "name": error.title, "state": "FAILED",
         "targetResource": {"href": str(request.url)}, "action": request.method,
         "returnCode": error.status, "progress": 100, "statusMessage": error.message,
         "timeOfStatusChange": now(),
     }
+    if request_id is not None:
+        job["statusMessage"] = f"{error.message} (request id {request_id})"
+        job["properties"] = {"requestId": request_id}
     request.setdefault(FORMAT, negotiation.JSON)
     return _respond(request, Result(error.status, TYPES["Job"], job, headers=error.headers))
 
@@ -111,15 +116,27 @@ async def handle_errors(request: web.Request, handler):
         except web.HTTPNotFound:
             raise NotFound(f"nothing is served at {request.path}") from None
     except CimiError as exc:
-        response = _error_response(request, exc)
+        # A 4xx is the client's to fix: its message may quote the body, so it is not logged (neither is a 501,
+        # a documented answer). A server-side failure is logged once, with its traceback, under a new id.
+        request_id = None
+        if exc.status >= 500 and exc.status != 501:
+            request_id = _log_failure(request, f"{exc.status} {exc.title}")
+        response = _error_response(request, exc, request_id)
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path_qs)
+        request_id = _log_failure(request, "unexpected error")
         response = _error_response(request, InternalError(
-            "cimid hit an unexpected error; it is logged on the server. The request may be retried."))
+            "cimid hit an unexpected error; it is logged on the server. The request may be retried."), request_id)
     if request.app[CONFIG]["server"]["log_requests"]:
         log.info("%s %s %d %.1fms user=%s", request.method, request.path_qs, response.status,
                  (time.perf_counter() - started) * 1000, user)
     return response
+
+
+def _log_failure(request: web.Request, what: str) -> str:
+    """Log the exception being handled, with its traceback, under a new request id; return that id."""
+    request_id = uuid.uuid4().hex[:16]
+    log.error("request %s: %s on %s %s", request_id, what, request.method, request.path, exc_info=True)
+    return request_id
 
 
 # ---------------------------------------------------------------- request helpers

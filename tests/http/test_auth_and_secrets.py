@@ -208,3 +208,68 @@ async def test_write_only_password_is_in_resource_metadata(app_client):
             else:
                 attr = next(a for a in r.xml.iter("{urn:x-cimid:xml:1}attribute") if a.get("name") == "password")
                 assert "write-only" in attr.get("description")
+
+
+# ---------------------------------------------------------------- logging
+
+async def test_4xx_log_lines_hold_no_body_and_no_password(auth_client, caplog):
+    auth_client.app[CONFIG]["server"]["log_requests"] = True
+    caplog.set_level(logging.DEBUG)
+    marker, admin = "BODY-MARKER-93", basic("alice", "wonderland")
+    await auth_client.get("cloudEntryPoint", headers=admin)  # cached: later 4xx are not rate-limited ones
+    bodies = [
+        {**CONFIG_BODY, "colour": marker},
+        {**CONFIG_BODY, "cpu": marker},
+        {**CONFIG_BODY, "name": marker + "\x00"},
+    ]
+    for body in bodies:
+        assert_error(await auth_client.post("machineConfigs", body, headers=admin), 400)
+    assert_error(await auth_client.post("credentials", {"credentialTemplate": {"password": marker, "x": 1}},
+                                        headers=admin), 400)
+    assert_error(await auth_client.post("machineConfigs", f"<MachineConfiguration><cpu>{marker}</cpu>"
+                                        "</MachineConfiguration>", headers=admin), 400)
+    assert_error(await post_raw_json(auth_client, "machineConfigs", marker.encode()), 401)
+    assert_error(await auth_client.get("cloudEntryPoint", headers=basic("alice", marker)), 401)
+    lines = [r for r in caplog.records if r.name.startswith("cimid")]
+    assert sum(" 400 " in r.getMessage() for r in lines) == 5 and sum(" 401 " in r.getMessage() for r in lines) == 2
+    text = caplog.text + "".join(str(r.args) + (r.exc_text or "") for r in caplog.records)
+    assert marker not in text and "wonderland" not in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+async def test_5xx_logs_its_traceback_once_with_the_error_jobs_request_id(app_client, caplog, fmt):
+    caplog.set_level(logging.DEBUG)
+    db = sqlite3.connect(app_client.app[DATABASE])
+    db.execute("UPDATE resources SET doc = 'not json' WHERE kind = 'MachineConfiguration' AND id = 'tiny'")
+    db.commit()
+    db.close()
+    r = await app_client.get("machineConfigs/tiny", fmt=fmt)
+    assert r.status == 500
+    if fmt == "json":
+        request_id, message = r.json["properties"]["requestId"], r.json["statusMessage"]
+    else:
+        request_id = r.xml.find("c:property[@key='requestId']", namespaces=NS).text
+        message = r.xml.findtext("c:statusMessage", namespaces=NS)
+    assert request_id and request_id in message and "Traceback" not in r.body.decode()
+    with_traceback = [rec for rec in caplog.records if rec.exc_info]
+    assert len(with_traceback) == 1 and request_id in with_traceback[0].getMessage()
+    assert "JSONDecodeError" in caplog.text
+    assert_valid_xml((await app_client.get("machineConfigs/tiny", fmt="xml")).body)
+
+
+async def test_503_is_logged_once_under_the_request_id_its_job_carries(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = await make_client(tmp_path, {"compute": {"uri": "qemu+unix:///system?socket=/nonexistent/sock"}})
+    try:
+        caplog.clear()  # start-up may log that the hypervisor is unreachable
+        before = await client.rows()
+        template = {"href": client.base + "machineTemplates/small-tiny-linux"}
+        r = await client.post("machines", {"machineTemplate": template})
+        assert "hypervisor" in assert_error(r, 503)
+        request_id = r.json["properties"]["requestId"]
+        assert request_id in r.json["statusMessage"]
+        with_traceback = [rec for rec in caplog.records if rec.exc_info]
+        assert len(with_traceback) == 1 and request_id in with_traceback[0].getMessage()
+        assert await client.rows() == before
+    finally:
+        await client.client.close()
