@@ -1,15 +1,20 @@
 """What every dialect can carry: strings that XML 1.0 can hold, documents only as deep as CIMI's own.
 
 Requests are checked once, after either dialect parsed them, so JSON and XML accept the same strings.
-Rendering never fails on a stored value that slipped past that check (an older version, a hand edit):
-XML gets U+FFFD in its place.
+Rendering never fails on a stored value that slipped past that check (an older version, a hand edit), or
+on an id echoed in an error: XML gets U+FFFD in its place.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..errors import BadRequest
+
+T = TypeVar("T")
 
 # The deepest CIMI document (a Machine created from a template given by value, with disks) is 5 levels.
 MAX_DEPTH = 32
@@ -43,6 +48,19 @@ def _check_string(text: str, where: str) -> None:
         what = " (a lone surrogate)" if 0xD800 <= code <= 0xDFFF else ""
         raise BadRequest(f"{where[:200]}: the character U+{code:04X}{what} cannot be carried in XML 1.0, "
                          "so cimid does not accept it")
+
+
+def or_xml_safe(render: Callable[[dict, T], bytes]) -> Callable[[dict, T], bytes]:
+    """Wrap an lxml renderer: lxml refuses (ValueError) any character XML 1.0 cannot carry; then render
+    again with U+FFFD in its place, so one bad stored value cannot break a whole collection for everyone.
+    The usual path costs nothing."""
+    @functools.wraps(render)
+    def safely(doc: dict, rtype: T) -> bytes:
+        try:
+            return render(doc, rtype)
+        except ValueError:
+            return render(xml_safe(doc), rtype)
+    return safely
 
 
 def xml_safe(value):

@@ -14,7 +14,7 @@ from lxml import etree
 from ..errors import BadRequest
 from ..model import CIMI_NS, REF, TYPES, ResourceType
 from ..model.resources import REQUEST_ROOTS
-from .text import xml_safe
+from .text import or_xml_safe
 
 MEDIA_TYPE = "application/xml"
 # DSP8009 1.0.2 allows one <attribute> per ResourceMetadata (an erratum); the full list goes out as
@@ -38,15 +38,15 @@ def _text(value) -> str:
 
 # ---------------------------------------------------------------- rendering
 
+@or_xml_safe
 def render(doc: dict, rtype: ResourceType) -> bytes:
-    doc = xml_safe(doc)  # a bad stored value must not make the whole answer fail
     root = etree.Element(_q(rtype.name), nsmap=_NSMAP)
     _fill(root, doc, rtype)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
+@or_xml_safe
 def render_collection(doc: dict, item_type: ResourceType) -> bytes:
-    doc = xml_safe(doc)  # one bad stored value must not break the collection for every consumer
     root = etree.Element(_q("Collection"), nsmap=_NSMAP)
     root.set("resourceURI", doc["resourceURI"])
     etree.SubElement(root, _q("id")).text = doc["id"]
