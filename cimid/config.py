@@ -17,7 +17,7 @@ DEFAULTS: dict[str, dict] = {
     },
     "store": {"synchronous": "FULL"},
     "jobs": {"retention_minutes": 1440, "max_concurrent": 4},
-    "auth": {"users": []},
+    "auth": {"users": [], "kdf_threads": 2, "max_failed_logins": 5, "failed_login_window_seconds": 60},
     "compute": {
         "driver": "libvirt",
         "uri": "",
@@ -113,6 +113,12 @@ def _check(config: Config) -> None:
     base = config["server"]["public_base_url"]
     if base and not base.startswith(("http://", "https://")):
         raise ConfigError("server.public_base_url must be an http(s) URL")
+    auth = config["auth"]
+    if auth["kdf_threads"] < 1:
+        raise ConfigError("auth.kdf_threads must be at least 1")
+    if auth["max_failed_logins"] < 0 or auth["failed_login_window_seconds"] < 1:
+        raise ConfigError("auth.max_failed_logins must be 0 (no limit) or more, "
+                          "auth.failed_login_window_seconds at least 1")
     for user in config["auth"]["users"]:
         if not isinstance(user, dict) or not {"name", "password_hash", "role"} <= set(user):
             raise ConfigError("each [[auth.users]] needs name, password_hash and role")

@@ -57,6 +57,13 @@ class UnsupportedMediaType(CimiError):
     status, title = 415, "unsupported media type"
 
 
+class TooManyRequests(CimiError):
+    status, title = 429, "too many requests"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class InternalError(CimiError):
     status, title = 500, "internal error"
 

@@ -55,8 +55,8 @@ async def resource(request: web.Request) -> web.Response:
     if_match = request.headers.get("If-Match")
     if request.method == "DELETE":
         return respond(request, await provider.delete(ctx, rtype, id, if_match))
-    _, doc = await body(request)
-    return respond(request, await provider.update(ctx, rtype, id, doc, names(request, "$select"), if_match))
+    root, doc = await body(request)
+    return respond(request, await provider.update(ctx, rtype, id, root, doc, names(request, "$select"), if_match))
 
 
 async def operation(request: web.Request) -> web.Response:
@@ -103,7 +103,7 @@ def make_app(config: Config, provider: Provider) -> web.Application:
     app = web.Application(middlewares=[handle_errors], client_max_size=config["server"]["max_body_bytes"])
     app[PROVIDER] = provider
     app[CONFIG] = config
-    app[AUTH] = Authenticator(config["auth"]["users"])
+    app[AUTH] = Authenticator.from_config(config["auth"])
     app[RENDERINGS] = RenderingCache()
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
@@ -116,6 +116,7 @@ def make_app(config: Config, provider: Provider) -> web.Application:
         await provider.start()
 
     async def on_cleanup(_app):
+        app[AUTH].close()
         await provider.stop()
 
     app.on_startup.append(on_startup)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..service.present import Context, QueryParams
+from ..wire.text import check_document
 from . import negotiation
 from .keys import CONFIG, DIALECT, ROLE, USER
 
@@ -23,17 +26,20 @@ def names(request: web.Request, name: str) -> set[str] | None:
     return found or {"*"}
 
 
+_DIGITS = re.compile("[0-9]+")
+MAX_POSITION = 2**63 - 1  # SQLite's largest INTEGER
+
+
 def positive(request: web.Request, name: str) -> int | None:
     value = first_query(request, name)
     if value is None:
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a positive integer, not '{value}'") from None
-    if number < 1:
-        raise BadRequest(f"{name} must be a positive integer, not '{value}'")
-    return number
+    digits = value.lstrip("0")
+    if not _DIGITS.fullmatch(value) or not digits:  # int() alone would also take '1_0', ' 2' or '٣'
+        raise BadRequest(f"{name} must be a positive integer, not '{value[:40]}'")
+    # Clamped, not refused: no collection holds more than SQLite's largest integer, so a larger $first
+    # or $last means the same as that one (an empty page, or up to the end), and SQLite can take it.
+    return MAX_POSITION if len(digits) > 19 else min(int(digits), MAX_POSITION)
 
 
 def query_params(request: web.Request) -> QueryParams:
@@ -67,4 +73,6 @@ async def body(request: web.Request, optional: bool = False) -> tuple[str | None
             return None, {}
         raise BadRequest("this request needs a body")
     fmt = negotiation.request_format(request.headers.get("Content-Type"), data)
-    return request[DIALECT].parse(fmt, data)
+    root, doc = request[DIALECT].parse(fmt, data)
+    check_document(doc)  # one check for every dialect: depth, and strings XML 1.0 can carry
+    return root, doc

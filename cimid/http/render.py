@@ -49,11 +49,11 @@ def respond(request: web.Request, result: Result) -> web.Response:
     return web.Response(status=result.status, body=body, headers=headers)
 
 
-def error_response(request: web.Request, error: CimiError) -> web.Response:
+def error_response(request: web.Request, error: CimiError, request_id: str | None = None) -> web.Response:
     """Every error is rendered as the dialect's error document, in the negotiated format (JSON if the
-    negotiation itself failed)."""
+    negotiation itself failed); a 5xx carries the request id its log entry has."""
     request.setdefault(FORMAT, negotiation.JSON)
     dialect = request.setdefault(DIALECT, dialect_for(request.headers))
     doc = dialect.error(status=error.status, title=error.title, message=error.message, target=str(request.url),
-                        method=request.method, time=now())
+                        method=request.method, time=now(), request_id=request_id)
     return respond(request, Result(error.status, dialect.error_type, doc, headers=error.headers))

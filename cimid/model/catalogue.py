@@ -41,7 +41,9 @@ def _credential_attributes() -> list[Attribute]:
     return [
         *common_attributes(),
         Attribute("userName", "string", max_length=64),
-        Attribute("password", "string", max_length=255),
+        Attribute("password", "string", max_length=255, write_only=True,
+                  description="write-only: stored and given to the machine, never returned (not with $select "
+                              "or $expand either); an update that leaves it out keeps the stored one"),
         Attribute("key", "byte[]", max_length=16384, description="SSH public key"),
     ]
 

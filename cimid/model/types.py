@@ -34,6 +34,7 @@ class Attribute:
     minimum: int | None = None
     max_length: int = 4096
     description: str = ""
+    write_only: bool = False  # a secret: stored and used, never returned (not in $select or $expand either)
 
     @property
     def writable(self) -> bool:
@@ -112,7 +113,8 @@ class ResourceType:
     def __post_init__(self) -> None:
         self.by_name = {a.name: a for a in self.attributes}
         # What $filter and $orderby may name, and as which type ("map" for properties).
-        self.columns = {a.name: FILTERABLE[a.type] for a in self.attributes if a.type in FILTERABLE}
+        self.columns = {a.name: FILTERABLE[a.type] for a in self.attributes
+                        if a.type in FILTERABLE and not a.write_only}  # a secret cannot be probed by $filter
         if "properties" in self.by_name:
             self.columns["properties"] = "map"
 

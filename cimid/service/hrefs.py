@@ -49,6 +49,8 @@ def absolute(rtype: ResourceType, attrs: dict, base: str) -> dict:
     out = {}
     for key, value in attrs.items():
         attr = rtype.attribute(key)
+        if attr is not None and attr.write_only:
+            continue  # also inside a template given by value (a MachineTemplate's credential)
         if attr is not None and attr.type == "ref" and isinstance(value, dict):
             target = TYPES.get(attr.target) if attr.target else None
             value = dict(absolute(target, value, base) if target else value)

@@ -42,7 +42,7 @@ class Metadata(ResourceService):
         doc["attributes"] = [
             {"name": a.name, "type": a.type, "providerMandatory": a.provider_mandatory,
              "consumerMandatory": a.consumer_mandatory, "mutable": a.mutable,
-             "consumerWritable": a.consumer_writable}
+             "consumerWritable": a.consumer_writable, **({"description": a.description} if a.write_only else {})}
             for a in rtype.attributes
         ]
         service = self if rtype is CloudEntryPoint else self.parts.service_of(rtype)

@@ -107,11 +107,14 @@ class Provider:
             await self._parent(*parent)
         return await self.service_of(rtype).create(ctx, rtype, body, parent=parent[1] if parent else "")
 
-    async def update(self, ctx: Context, rtype: ResourceType, id: str, body: dict, select: set[str] | None,
-                     if_match: str | None) -> Result:
+    async def update(self, ctx: Context, rtype: ResourceType, id: str, root: str | None, body: dict,
+                     select: set[str] | None, if_match: str | None) -> Result:
+        """`root`: the type the body names (XML root element, JSON resourceURI), None when it names none."""
         ResourceService.require_writer(ctx)
         if not rtype.editable:
             raise MethodNotAllowed(f"{rtype.name} resources cannot be updated", _allowed(rtype))
+        if root is not None and root != rtype.name:  # both dialects: a body of another type is refused
+            raise BadRequest(f"PUT to {rtype.collection} takes a {rtype.name}, not a {root}")
         return await self.service_of(rtype).update(ctx, rtype, id, body, select, if_match)
 
     async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,

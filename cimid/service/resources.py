@@ -202,7 +202,7 @@ class ResourceService:
             for name in names:  # an attribute left out of a full (or $select-ed) update is removed
                 if name in changes:
                     row.attrs[name] = changes[name]
-                else:
+                elif not rtype.attribute(name).write_only:  # a consumer cannot echo back what it never saw
                     row.attrs.pop(name, None)
             require(rtype, row.attrs)
             row.attrs["updated"] = now()

@@ -19,7 +19,8 @@ class Dialect(Protocol):
 
     def render(self, fmt: str, doc: dict, rtype: ResourceType, item_type: ResourceType | None = None) -> bytes: ...
 
-    def error(self, *, status: int, title: str, message: str, target: str, method: str, time: str) -> dict: ...
+    def error(self, *, status: int, title: str, message: str, target: str, method: str, time: str,
+              request_id: str | None = None) -> dict: ...
 
 
 def dialect_for(headers) -> Dialect:

@@ -1,5 +1,7 @@
 """Catalogue resources: create (by value, by reference with overrides), read, update, delete, ETags."""
 
+import json
+
 import pytest
 from conftest import NS
 
@@ -141,7 +143,9 @@ async def test_credential_from_template_by_reference_with_overrides(app_client):
         "credentialTemplate": {"href": tpl.headers["Location"], "userName": "alice", "password": "s3cret"}})
     assert r.status == 201, r
     cred = (await app_client.get(r.headers["Location"])).json
-    assert cred["userName"] == "alice" and cred["key"] == key and cred["password"] == "s3cret"
+    assert cred["userName"] == "alice" and cred["key"] == key and "password" not in cred  # write-only
+    stored = [json.loads(row[6]) for row in await app_client.rows() if row[0] == "Credential"]
+    assert [doc.get("password") for doc in stored] == ["s3cret"]  # stored, for the machine
     assert cred["name"] == "alice-cred"
     x = (await app_client.get(r.headers["Location"], fmt="xml")).xml
     assert bytes.fromhex(x.findtext("c:key", namespaces=NS)).decode() == key
@@ -160,6 +164,8 @@ async def test_credential_template_override_can_erase(app_client):
     r = await app_client.post("credentials", {"credentialTemplate": {"href": tpl.headers["Location"],
                                                                       "password": None}})
     assert r.status == 201 and "password" not in r.json
+    stored = [json.loads(row[6]) for row in await app_client.rows() if row[0] == "Credential"]
+    assert len(stored) == 1 and "password" not in stored[0]  # erased, not merely hidden
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])

@@ -10,7 +10,10 @@ MEDIA_TYPE = "application/json"
 
 
 def render(doc: dict) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (e.g. echoed in an error): \u escapes still carry it
+        return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
 def parse(body: bytes) -> tuple[str | None, dict]:
@@ -19,6 +22,8 @@ def parse(body: bytes) -> tuple[str | None, dict]:
         doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # Python's parser recurses once per level of nesting
+        raise BadRequest("the body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest("the body must be a JSON object")
     uri = doc.get("resourceURI")

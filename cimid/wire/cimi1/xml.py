@@ -14,6 +14,7 @@ from lxml import etree
 from ...errors import BadRequest
 from ...model import CIMI_NS, REF, TYPES, ResourceType
 from ...model.registry import REQUEST_ROOTS
+from ..text import or_xml_safe
 from . import names
 
 MEDIA_TYPE = "application/xml"
@@ -38,12 +39,14 @@ def _text(value) -> str:
 
 # ---------------------------------------------------------------- rendering
 
+@or_xml_safe
 def render(doc: dict, rtype: ResourceType) -> bytes:
     root = etree.Element(_q(rtype.name), nsmap=_NSMAP)
     _fill(root, doc, rtype)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
+@or_xml_safe
 def render_collection(doc: dict, item_type: ResourceType) -> bytes:
     root = etree.Element(_q("Collection"), nsmap=_NSMAP)
     root.set("resourceURI", doc["resourceURI"])
@@ -140,11 +143,21 @@ def parse(body: bytes) -> tuple[str, dict]:
         raise BadRequest(f"the body is not well-formed XML: {exc}") from None
     if root.getroottree().docinfo.internalDTD is not None or root.getroottree().docinfo.doctype:
         raise BadRequest("XML with a DOCTYPE or ENTITY declaration is not accepted")
+    _check_namespaces(root)
     name = etree.QName(root).localname
     rtype = REQUEST_ROOTS.get(name)
     if rtype is None:
         raise BadRequest(f"unexpected XML root element <{name}>")
     return name, _read(root, rtype)
+
+
+def _check_namespaces(root) -> None:
+    """CIMI's namespace, or none at all (documented leniency); another vocabulary is not CIMI."""
+    for el in root.iter(tag=etree.Element):
+        namespace = etree.QName(el).namespace
+        if namespace not in (None, CIMI_NS):
+            raise BadRequest(f"<{etree.QName(el).localname}> is in the namespace '{namespace[:200]}'; "
+                             f"CIMI documents use '{CIMI_NS}' (or no namespace)")
 
 
 def _read(el, rtype: ResourceType) -> dict:
