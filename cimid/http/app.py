@@ -80,7 +80,8 @@ def _error_response(request: web.Request, error: CimiError) -> web.Response:
     """Every error is a CIMI Job with an empty id, in the negotiated format (JSON if that failed)."""
     job = {
         "resourceURI": TYPES["Job"].type_uri, "id": "", "name": error.title, "state": "FAILED",
-        "targetResource": {"href": str(request.url)}, "action": request.method,
+        "targetResource": {"href": str(request.url.with_query(None))},  # the resource, not the query
+        "action": request.method,
         "returnCode": error.status, "progress": 100, "statusMessage": error.message,
         "timeOfStatusChange": now(),
     }
