@@ -18,9 +18,10 @@ QUIETLY   := quietly() { what=$$1; shift; echo "make: $$what"; echo "=== $$what"
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev ca-certificates
 # The benchmarks load cimid from a second process with wrk.
 BENCH_PACKAGES  := wrk
-# `make test` only: libvirtd + QEMU for tests/host, and what tests/host/build-guest-image.sh needs to
-# build the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download).
-TEST_PACKAGES   := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
+# `make test` only: libvirtd + QEMU for tests/host, what tests/host/build-guest-image.sh needs to build
+# the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download), and
+# curl for tests/test_readme_tour.py.
+TEST_PACKAGES   := curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
                    busybox-static syslinux syslinux-common mtools dosfstools fdisk
 
 .PHONY: run test test-packages bench system-packages check clean
