@@ -300,6 +300,8 @@ def test_check_reports_the_host(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "compute: libvirt: ok" in r.stdout and "qemu:///system answers" in r.stdout
     assert "qemu offered by libvirt" in r.stdout and "MiB free" in r.stdout
+    # per guest where libvirtd's root is a mount point, else off (setup-host.sh's private qemu.conf)
+    assert "guest_mount_namespaces: per guest" in r.stdout or "guest_mount_namespaces: off" in r.stdout
 
 
 async def test_import_progress_advances(host_client, guest_image):
