@@ -17,21 +17,42 @@ from .config import PROFILES, ConfigError, load
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cimid", description="A single-node DMTF CIMI cloud provider.")
     parser.add_argument("--version", action="version", version=f"cimid {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("serve", "serve the CIMI API"), ("check", "validate the config and report driver health")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--config", type=Path, help="TOML file (see etc/cimid.toml)")
-        sub.add_argument("--profile", choices=PROFILES, help="sandbox (default) or host")
-        sub.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
-        sub.add_argument("--state-dir", type=Path, help="database and sandbox state (default ./cimid-state, "
-                                                        "or /var/lib/cimid for the host profile)")
-    commands.add_parser("plugins", help="list registered plugins and the hooks they implement")
-    commands.add_parser("hash-password", help="read a password and print the hash for [[auth.users]]")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=description)
+
+    def config_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", type=Path, metavar="FILE",
+                         help="TOML configuration, e.g. /etc/cimid/cimid.toml; without it the profile's "
+                              "defaults apply")
+        sub.add_argument("--profile", choices=PROFILES, help="sandbox (default: libvirt's in-process test "
+                                                             "driver) or host (qemu:///system)")
+        sub.add_argument("--state-dir", type=Path, metavar="DIR",
+                         help="database and images (default ./cimid-state, or /var/lib/cimid for the host "
+                              "profile)")
+
+    serve_cmd = command("serve", "serve the CIMI API",
+                        "Serve the CIMI API over HTTP until SIGINT or SIGTERM. Unfinished Jobs of an earlier "
+                        "run are resumed or failed at start-up.")
+    config_options(serve_cmd)
+    serve_cmd.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+    config_options(command("check", "validate the config and report driver health",
+                           "Validate the configuration, open each configured driver and report its health "
+                           "(for the host profile: libvirtd, virt types, guest mount namespaces), and the "
+                           "state directory's free space. Exit status 1 if anything failed."))
+    command("plugins", "list registered plugins and the hooks they implement",
+            "List every plugin registered under the 'cimid' entry-point group, built-in drivers included, "
+            "with the hooks each implements.")
+    command("hash-password", "hash a password for [[auth.users]]",
+            "Read one password from standard input (prompting without echo on a terminal, else the first "
+            "line) and print its password_hash for an [[auth.users]] entry, e.g. "
+            "`echo 's3cret' | cimid hash-password`.")
     return parser
 
 
 def _config(args):
-    return load(args.config, profile=args.profile, state_dir=args.state_dir, listen=args.listen)
+    return load(args.config, profile=args.profile, state_dir=args.state_dir, listen=getattr(args, "listen", None))
 
 
 def serve(args) -> int:

@@ -27,6 +27,25 @@ def assert_valid_xml(body: bytes) -> etree._Element:
     return root
 
 
+def state_message(doc: dict, expected: tuple[str, ...], jobs: list[dict] = ()) -> str:
+    """Why a Job or resource is not in an expected state: its statusMessage (or, for a resource, those of
+    its Jobs) first, since pytest's one-line summary cuts the rest off, then the whole document."""
+    what = doc.get("id") or doc.get("name") or doc.get("resourceURI", "?")
+    reasons = [doc["statusMessage"]] if doc.get("statusMessage") else []
+    reasons += [f"{job['action']} Job {job['state']}: {job.get('statusMessage', '(no statusMessage)')}"
+                for job in jobs]
+    return (f"{what} is {doc.get('state')!r}, not {' or '.join(map(repr, expected))}: "
+            f"{'; '.join(reasons) or 'no statusMessage'}\n{json.dumps(doc, indent=1)}")
+
+
+def assert_state(doc: dict, *expected: str) -> dict:
+    """`assert_state(job, "SUCCESS")`: the failure says the statusMessage. Returns doc. For a resource,
+    `await client.assert_state(url, "STARTED")` also shows its Jobs' statusMessages."""
+    if doc.get("state") not in expected:
+        raise AssertionError(state_message(doc, expected))
+    return doc
+
+
 class Reply:
     def __init__(self, status: int, headers, body: bytes):
         self.status, self.headers, self.body = status, headers, body
@@ -84,8 +103,23 @@ class CimiClient:
             if job["state"] in ("SUCCESS", "FAILED", "STOPPED"):
                 return job
             if loop.time() > deadline:
-                raise AssertionError(f"job still {job['state']} after {timeout}s: {job}")
+                raise AssertionError(f"job still {job['state']} after {timeout}s: "
+                                     f"{job.get('statusMessage', 'no statusMessage')}\n{job}")
             await asyncio.sleep(0.02)
+
+    async def jobs_of(self, resource_id: str) -> list[dict]:
+        """The Jobs whose targetResource is this resource, oldest first."""
+        jobs = (await self.get("jobs", params={"$orderby": "created"})).json.get("jobs", [])
+        return [job for job in jobs if job.get("targetResource", {}).get("href") == resource_id]
+
+    async def assert_state(self, target: str | dict, *expected: str) -> dict:
+        """The resource at `target` (a URL, or a document just read) is in one of `expected` states;
+        otherwise the failure shows its statusMessage and those of its Jobs. Returns the document."""
+        doc = (await self.get(target)).json if isinstance(target, str) else target
+        if doc.get("state") not in expected:
+            jobs = [] if doc.get("resourceURI", "").endswith("/Job") else await self.jobs_of(doc.get("id", ""))
+            raise AssertionError(state_message(doc, expected, jobs))
+        return doc
 
     async def rows(self) -> list[tuple]:
         """Every row of the store, for proving that a refused request changed nothing."""

@@ -60,3 +60,16 @@ def test_hash_password_round_trip():
     r = cimid("hash-password", input="s3cret\n")
     assert r.returncode == 0 and r.stdout.startswith("pbkdf2_sha256$")
     assert verify_password("s3cret", r.stdout.strip()) and not verify_password("other", r.stdout.strip())
+
+
+def test_every_subcommand_help_has_a_description_and_only_its_options():
+    helps = {name: cimid(name, "--help") for name in ("serve", "check", "plugins", "hash-password")}
+    for name, r in helps.items():
+        assert r.returncode == 0, r.stderr
+        description = r.stdout.split("\n\n")[1]  # usage, blank line, description
+        assert not description.startswith(("options:", "positional")), (name, r.stdout)
+    assert helps["check"].stdout != helps["serve"].stdout
+    assert "--listen" in helps["serve"].stdout and "--listen" not in helps["check"].stdout
+    assert "standard input" in helps["hash-password"].stdout
+    for name in ("serve", "check"):
+        assert "etc/cimid.toml" not in helps[name].stdout.replace("/etc/cimid/cimid.toml", "")

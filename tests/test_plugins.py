@@ -2,7 +2,7 @@
 
 import pluggy
 import pytest
-from conftest import make_client
+from conftest import assert_state, make_client
 
 from cimid.errors import DriverError
 from cimid.hookspecs import hookimpl
@@ -36,19 +36,22 @@ async def test_third_party_driver_is_used_and_its_failures_fail_the_job(tmp_path
     try:
         template = {"href": client.base + "machineTemplates/small-tiny-linux"}
         ok = await client.post("machines", {"name": "fine", "machineTemplate": template})
-        assert (await client.wait_job(ok.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        assert_state(await client.wait_job(ok.headers["CIMI-Job-URI"]), "SUCCESS")
         for name, message in (("doomed", "no room"), ("buggy", "internal error in the driver")):
             r = await client.post("machines", {"name": name, "machineTemplate": template})
             assert r.status == 202
             job = await client.wait_job(r.headers["CIMI-Job-URI"])
-            assert job["state"] == "FAILED" and message in job["statusMessage"] and job["returnCode"] != 0
+            assert_state(job, "FAILED")
+            assert message in job["statusMessage"] and job["returnCode"] != 0
             nested = [(await client.get(n["href"])).json for n in job["nestedJobs"]]
-            assert [n["state"] for n in nested] == ["FAILED", "FAILED"]
+            for n in nested:
+                assert_state(n, "FAILED")
+            assert len(nested) == 2
             machine = (await client.get(r.headers["Location"])).json
-            assert machine["state"] == "ERROR"
+            await client.assert_state(machine, "ERROR")
             assert {o["rel"] for o in machine["operations"]} == {"edit", "delete", "urn:x-cimid:operation:console"}
             d = await client.delete(r.headers["Location"])  # an ERROR machine can be cleaned up
-            assert (await client.wait_job(d.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+            assert_state(await client.wait_job(d.headers["CIMI-Job-URI"]), "SUCCESS")
             assert (await client.get(r.headers["Location"])).status == 404
     finally:
         await client.client.close()

@@ -54,6 +54,6 @@ def error_response(request: web.Request, error: CimiError, request_id: str | Non
     negotiation itself failed); a 5xx carries the request id its log entry has."""
     request.setdefault(FORMAT, negotiation.JSON)
     dialect = request.setdefault(DIALECT, dialect_for(request.headers))
-    doc = dialect.error(status=error.status, title=error.title, message=error.message, target=str(request.url),
+    doc = dialect.error(status=error.status, title=error.title, message=error.message, target=str(request.url.with_query(None)),
                         method=request.method, time=now(), request_id=request_id)
     return respond(request, Result(error.status, dialect.error_type, doc, headers=error.headers))

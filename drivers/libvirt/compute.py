@@ -195,6 +195,9 @@ class LibvirtCompute:
                                   "exists, even where hardware virtualisation does not work)")
             return facts
         facts = await self._call(probe)
+        if not self.sandbox and self.uri.startswith("qemu:///"):  # a local libvirtd: can guests start?
+            from .namespaces import guest_mount_namespaces, libvirtd_proc
+            facts["guest_mount_namespaces"] = guest_mount_namespaces(libvirtd_proc())
         if not self.sandbox:
             import shutil
             for label, directory in (("image_dir", self.image_dir), ("disk_dir", self.disk_dir)):

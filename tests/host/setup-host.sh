@@ -30,29 +30,63 @@ if [ -e /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/images /var/lib/libvirt/qemu /var/cache/libvirt
 install -d -m 0755 /var/lib/cimid-test
 
+# 4. Where / is not a mount point (a chroot, some containers), libvirt cannot give each guest the mount
+#    namespace it makes by default, and QEMU never starts ("Failed disable mount propagation out of the
+#    root filesystem"). The libvirtd started here then runs in a mount namespace of its own, in which
+#    /etc/libvirt is a copy ($PRIVATE_ETC) whose qemu.conf says `namespaces = []`. The host's /etc/libvirt
+#    is not changed; teardown-host.sh removes the copy.
+PRIVATE_ETC=/run/cimid-test-etc-libvirt
+root_is_mount_point() { awk '$5 == "/" { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+mount_point() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+libvirtd_without_guest_namespaces() {
+  rm -rf "$PRIVATE_ETC" && mkdir -p "$PRIVATE_ETC" && cp -a /etc/libvirt/. "$PRIVATE_ETC/"
+  { echo "# cimid tests: / is not a mount point here, so no mount namespace per guest"
+    echo "namespaces = []"
+    sed '/^[[:space:]]*namespaces[[:space:]]*=/d' /etc/libvirt/qemu.conf 2>/dev/null || true
+  } > "$PRIVATE_ETC/qemu.conf"
+  local mounted_before=no
+  mount_point /etc/libvirt && mounted_before=yes
+  # A bind of /etc/libvirt onto itself, made private, is what the copy hangs under: so the copy is
+  # seen in this namespace only, even where the mount holding / propagates to other namespaces.
+  unshare --mount --propagation unchanged -- sh -ec '
+    mount --bind /etc/libvirt /etc/libvirt
+    mount --make-private /etc/libvirt
+    mount --bind "$1" /etc/libvirt
+    exec libvirtd -d' sh "$PRIVATE_ETC"
+  # Where it does propagate, this namespace got the (harmless) self-bind: teardown-host.sh unmounts it.
+  if [ "$mounted_before" = no ] && mount_point /etc/libvirt; then echo "mount /etc/libvirt" >> "$STARTED"; fi
+}
+
 alive() {  # alive PIDFILE NAME: the pid file names a live process called NAME
   local pid
   pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
 }
-start() {  # start NAME: run NAME -d, wait for its pid file, record it as ours
-  local i
-  rm -f "/run/$1.pid"
-  "$1" -d
+start() {  # start NAME [COMMAND...]: run COMMAND (default NAME -d), wait for NAME's pid file, record it
+  local i name=$1
+  shift
+  rm -f "/run/$name.pid"
+  if [ $# -gt 0 ]; then "$@"; else "$name" -d; fi
+  set -- "$name"
   for i in $(seq 1 50); do alive "/run/$1.pid" "$1" && break; sleep 0.1; done
   alive "/run/$1.pid" "$1" || { echo "setup-host: $1 did not start; see /var/log/libvirt/$1.log" >&2; exit 1; }
   echo "$1 $(cat "/run/$1.pid")" >> "$STARTED"
   echo "setup-host: started $1 (pid $(cat "/run/$1.pid"))"
 }
 
-# 4. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
+# 5. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
 alive /run/virtlogd.pid virtlogd || start virtlogd
 if alive /run/libvirtd.pid libvirtd || virsh -q -c "$URI" version >/dev/null 2>&1; then
   echo "setup-host: libvirtd already running"
-else
+  root_is_mount_point || echo "setup-host: / is not a mount point: unless that libvirtd has" \
+    "\`namespaces = []' in its qemu.conf, no guest will start (\`cimid check --profile host' tells)" >&2
+elif root_is_mount_point; then
   start libvirtd
+else
+  echo "setup-host: / is not a mount point (a chroot?): libvirtd gets its own qemu.conf with namespaces = []"
+  start libvirtd libvirtd_without_guest_namespaces
 fi
 
-# 5. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
+# 6. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
 for i in $(seq 1 300); do
   virsh -q -c "$URI" version >/dev/null 2>&1 && { echo "setup-host: $URI answers"; exit 0; }
   sleep 0.2

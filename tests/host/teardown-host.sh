@@ -20,6 +20,10 @@ rm -rf /var/lib/cimid-test/run-*   # state directories of host_client fixtures t
 # still the daemon of that name.
 if [ -s "$STARTED" ]; then
   tac "$STARTED" | while read -r name pid; do
+    if [ "$name" = mount ]; then  # the self-bind setup-host.sh's private namespace left here
+      umount "$pid" && echo "teardown-host: unmounted $pid"
+      continue
+    fi
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] || continue
     kill "$pid"
     for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -31,4 +35,5 @@ if [ -s "$STARTED" ]; then
   done
 fi
 rm -f "$STARTED"
+rm -rf /run/cimid-test-etc-libvirt  # setup-host.sh's private copy of /etc/libvirt, if it made one
 exit 0

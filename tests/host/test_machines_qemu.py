@@ -10,6 +10,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from conftest import assert_state
 
 from cimid.http.keys import PROVIDER
 
@@ -32,7 +33,7 @@ async def wait_state(client, url, state, timeout=60.0):
         if got["state"] == state:
             return got
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} is {got['state']}, not {state}")
+    return await client.assert_state(got, state)  # fails, saying why
 
 
 async def act(client, machine, name, **extra):
@@ -40,7 +41,7 @@ async def act(client, machine, name, **extra):
                                                  **extra})
     assert r.status == 202, r
     job = await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90)
-    assert job["state"] == "SUCCESS", job
+    assert_state(job, "SUCCESS")
     return job
 
 
@@ -74,12 +75,14 @@ async def http_image(guest_image):
 
 async def test_image_import_from_file_and_http(host_client, guest_image, http_image):
     r, job = await import_image(host_client, guest_image.as_uri())
-    assert job["state"] == "SUCCESS" and job["progress"] == 100
+    assert_state(job, "SUCCESS")
+    assert job["progress"] == 100
     image = (await host_client.get(r.headers["Location"])).json
-    assert image["state"] == "AVAILABLE" and image["type"] == "IMAGE"
+    await host_client.assert_state(image, "AVAILABLE")
+    assert image["type"] == "IMAGE"
     base, digest = http_image
     r, job = await import_image(host_client, f"{base}/guest.qcow2", properties={"checksum": f"sha256:{digest}"})
-    assert job["state"] == "SUCCESS", job
+    assert_state(job, "SUCCESS")
     stored = Path(host_client.state_dir) / "images" / (r.headers["Location"].rsplit("/", 1)[1] + ".qcow2")
     assert stored.exists() and stored.stat().st_mode & 0o004  # QEMU's user can read it
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(stored)], check=True,
@@ -104,7 +107,8 @@ async def test_bad_images_fail_their_job_and_leave_nothing(host_client, guest_im
     else:
         url, attrs, needle = f"{base}/guest.qcow2", {"properties": {"checksum": "sha256:" + "0" * 64}}, "checksum"
     r, job = await import_image(host_client, url, **attrs)
-    assert job["state"] == "FAILED" and needle in job["statusMessage"], job
+    assert_state(job, "FAILED")
+    assert needle in job["statusMessage"], job
     assert (await host_client.get(r.headers["Location"])).status == 404
     images = Path(host_client.state_dir) / "images"
     assert not images.exists() or list(images.iterdir()) == []
@@ -129,8 +133,8 @@ async def test_machine_boots_with_credential_and_user_data(host_client, guest_im
     assert r.status == 202, r
     machine = r.headers["Location"]
     job = await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90)
-    assert job["state"] == "SUCCESS", job
-    assert (await client.get(machine)).json["state"] == "STARTED"
+    assert_state(job, "SUCCESS")
+    await client.assert_state(machine, "STARTED")
     text = await console_until(client, machine, "HVTEST: ready")
     machine_id = machine.rsplit("/", 1)[1]
     assert f"instance-id: {machine_id}" in text and "local-hostname: web-1" in text
@@ -144,7 +148,7 @@ async def test_machine_boots_with_credential_and_user_data(host_client, guest_im
                                      capture_output=True, text=True).stdout)
     assert info["backing-filename"].endswith(image.rsplit("/", 1)[1] + ".qcow2")  # copy-on-write
     r = await client.delete(machine)
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
     assert not overlay.parent.exists()
 
 
@@ -159,17 +163,17 @@ async def test_lifecycle_self_poweroff_capture_snapshot_restore_delete(host_clie
         "userData": base64.b64encode(script).decode()}})
     machine = r.headers["Location"]
     machine_id = machine.rsplit("/", 1)[1]
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90), "SUCCESS")
     await console_until(client, machine, "HVTEST: user-data: script-ran")
     await act(client, machine, "pause")
-    assert (await client.get(machine)).json["state"] == "PAUSED"
+    await client.assert_state(machine, "PAUSED")
     await act(client, machine, "start")
     await act(client, machine, "suspend")
-    assert (await client.get(machine)).json["state"] == "SUSPENDED"
+    await client.assert_state(machine, "SUSPENDED")
     await act(client, machine, "start")
-    assert (await client.get(machine)).json["state"] == "STARTED"
+    await client.assert_state(machine, "STARTED")
     await act(client, machine, "stop")  # graceful: ACPI, the guest's acpid powers it off
-    assert (await client.get(machine)).json["state"] == "STOPPED"
+    await client.assert_state(machine, "STOPPED")
     boots = (await client.get(f"{machine}/console")).body.decode(errors="replace").count("HVTEST: ready")
     await act(client, machine, "restart")
     await console_until(client, machine, "HVTEST: ready", times=boots + 1)  # acpid runs again
@@ -187,28 +191,30 @@ async def test_lifecycle_self_poweroff_capture_snapshot_restore_delete(host_clie
     # capture: a flattened IMAGE
     r = await client.post(f"{machine}/capture", {"resourceURI": f"{CIMI}/MachineImage", "name": "golden"})
     assert r.status == 202
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90), "SUCCESS")
     golden = (await client.get(r.headers["Location"])).json
     path = Path(golden["imageLocation"][len("file://"):])
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True,
                                      capture_output=True, text=True).stdout)
-    assert golden["state"] == "AVAILABLE" and "backing-filename" not in info
-    assert (await client.get(machine)).json["state"] == "STARTED"
+    await client.assert_state(golden, "AVAILABLE")
+    assert "backing-filename" not in info
+    await client.assert_state(machine, "STARTED")
     # snapshot, then restore it
     r = await client.post("machineImages", {"name": "snap", "type": "SNAPSHOT", "imageLocation": machine})
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90), "SUCCESS")
     snap = r.headers["Location"]
     assert (await client.get(machine)).json["latestSnapshot"]["href"] == snap
     boots = (await client.get(f"{machine}/console")).body.decode(errors="replace").count("HVTEST: ready")
     job = await act(client, machine, "restore", image={"href": snap})
-    assert (await client.get(machine)).json["state"] == "STARTED" and job["state"] == "SUCCESS"
+    await client.assert_state(machine, "STARTED")
+    assert_state(job, "SUCCESS")
     await console_until(client, machine, "HVTEST: ready", times=boots + 1)  # it booted from the snapshot
     # a machine made from the captured image boots too
     r = await client.post("machines", {"name": "clone", "machineTemplate": {
         "machineImage": {"href": golden["id"]}, "machineConfig": {"href": client.base + "machineConfigs/tiny"},
         "initialState": "STOPPED"}})
     clone = r.headers["Location"]
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90), "SUCCESS")
     # action not allowed in the current state: 409, nothing changes
     before = await client.rows()
     assert (await client.post(f"{clone}/pause", {"action": ACTION + "pause"})).status == 409
@@ -216,7 +222,7 @@ async def test_lifecycle_self_poweroff_capture_snapshot_restore_delete(host_clie
     # delete leaves no file, domain or row behind
     for url in (machine, clone):
         r = await client.delete(url)
-        assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+        assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
         mid = url.rsplit("/", 1)[1]
         assert (await client.get(url)).status == 404
         assert not (Path(client.state_dir) / "disks" / mid).exists()
@@ -249,7 +255,7 @@ async def test_crash_becomes_error_with_a_reason(host_client, guest_image):
         "machineImage": {"href": r.headers["Location"]},
         "machineConfig": {"href": client.base + "machineConfigs/tiny"}}})
     machine = r.headers["Location"]
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90), "SUCCESS")
     events = []
     client.app[PROVIDER].store.subscribe(events.append)
     pid = int(Path(f"/run/libvirt/qemu/cimid-{machine.rsplit('/', 1)[1]}.pid").read_text())
@@ -259,7 +265,7 @@ async def test_crash_becomes_error_with_a_reason(host_client, guest_image):
     errors = [e for e in events if e.current == "ERROR"]
     assert len(errors) == 1 and errors[0].previous == "STARTED" and errors[0].severity == "CRITICAL", events
     r = await client.delete(machine)
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
 
 
 async def test_force_stop_and_what_the_host_profile_advertises(host_client, guest_image):
@@ -273,7 +279,7 @@ async def test_force_stop_and_what_the_host_profile_advertises(host_client, gues
     r = await client.post("machines", {"machineTemplate": {
         "machineImage": {"href": r.headers["Location"]}, "machineConfig": two_disks}})
     machine = r.headers["Location"]
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=90), "SUCCESS")
     text = await console_until(client, machine, "HVTEST: disks:")
     assert "vdb" in text.split("HVTEST: disks:")[1].split("\n")[0]  # the extra disk, seen by the guest
     extra = client.state_dir / "disks" / machine.rsplit("/", 1)[1] / "disk1.qcow2"
@@ -282,9 +288,9 @@ async def test_force_stop_and_what_the_host_profile_advertises(host_client, gues
     assert info["virtual-size"] == 4 * 2**30 and info["actual-size"] < 2**20  # 4 GiB, sparse
     assert (await client.get(machine + "/disks")).json["count"] == 2
     await act(client, machine, "stop", force=True)  # power off, no ACPI
-    assert (await client.get(machine)).json["state"] == "STOPPED"
+    await client.assert_state(machine, "STOPPED")
     r = await client.delete(machine)
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+    assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
 
 
 def test_check_reports_the_host(tmp_path):
@@ -299,6 +305,8 @@ def test_check_reports_the_host(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "compute: libvirt: ok" in r.stdout and "qemu:///system answers" in r.stdout
     assert "qemu offered by libvirt" in r.stdout and "MiB free" in r.stdout
+    # per guest where libvirtd's root is a mount point, else off (setup-host.sh's private qemu.conf)
+    assert "guest_mount_namespaces: per guest" in r.stdout or "guest_mount_namespaces: off" in r.stdout
 
 
 async def test_import_progress_advances(host_client, guest_image):
@@ -312,5 +320,5 @@ async def test_import_progress_advances(host_client, guest_image):
             if job["state"] in ("SUCCESS", "FAILED"):
                 break
             await asyncio.sleep(0.02)
-        assert job["state"] == "SUCCESS", job
+        assert_state(job, "SUCCESS")
         assert any(0 < p < 100 for p in seen) and seen == sorted(seen), seen

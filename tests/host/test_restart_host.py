@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import aiohttp
+from conftest import assert_state
 
 from .conftest import fresh_dir, serve_bytes
 
@@ -65,13 +66,14 @@ async def test_import_interrupted_by_sigkill(guest_image):
             if job["state"] == "RUNNING" and job["progress"] > 0:
                 break
             await asyncio.sleep(0.05)
-        assert job["state"] == "RUNNING", job
+        assert_state(job, "RUNNING")
         os.kill(procs[-1].pid, signal.SIGKILL)
         procs[-1].wait()
         assert any((root / "state" / "images").iterdir())  # a partial download is there
         await start()
         job = (await call("GET", job_url))[2]
-        assert job["state"] == "FAILED" and "interrupted" in job["statusMessage"], job
+        assert_state(job, "FAILED")
+        assert "interrupted" in job["statusMessage"], job
         assert (await call("GET", image))[0] == 404
         assert list((root / "state" / "images").iterdir()) == []
     finally:
@@ -94,12 +96,12 @@ async def test_stopping_a_queued_import_leaves_nothing(guest_image):
             first = await client.post("machineImages", {"imageLocation": url})
             second = await client.post("machineImages", {"imageLocation": guest_image.as_uri()})
             job = second.headers["CIMI-Job-URI"]
-            assert (await client.get(job)).json["state"] == "QUEUED"
+            await client.assert_state(job, "QUEUED")
             stop = await client.post(f"{job}/stop", {"action": "http://schemas.dmtf.org/cimi/1/action/stop"})
             assert stop.status == 202
-            assert (await client.get(job)).json["state"] == "STOPPED"
+            await client.assert_state(job, "STOPPED")
             assert (await client.get(second.headers["Location"])).status == 404
-            assert (await client.wait_job(first.headers["CIMI-Job-URI"], timeout=60))["state"] == "SUCCESS"
+            assert_state(await client.wait_job(first.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
         stored = list((client.state_dir / "images").iterdir())
         assert [p.name for p in stored] == [first.headers["Location"].rsplit("/", 1)[1] + ".qcow2"]
     finally:

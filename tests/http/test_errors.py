@@ -161,6 +161,12 @@ async def test_malformed_query_parameters_are_400(app_client):
     assert_error(await app_client.get("machineConfigs", params={"$last": "-1"}), 400)
 
 
+async def test_error_job_targets_the_resource_without_the_query_string(app_client):
+    r = await app_client.put("machineConfigs/small", {"name": 7}, params={"$select": "name,description"})
+    assert_error(r, 400)
+    assert r.json["targetResource"]["href"] == str(app_client.client.make_url("/cimi/machineConfigs/small"))
+
+
 async def test_corrupt_store_row_is_500_without_traceback(app_client):
     db = sqlite3.connect(app_client.app[DATABASE])
     db.execute("UPDATE resources SET doc = 'not json' WHERE kind = 'MachineConfiguration' AND id = 'tiny'")

@@ -1,7 +1,7 @@
 """Machines on the sandbox (libvirt's test driver): create by value and by reference, the state machine,
 Jobs with nested steps, stopping Jobs."""
 
-from conftest import NS, make_client
+from conftest import NS, assert_state, make_client
 
 from cimid.http.keys import PROVIDER
 
@@ -20,7 +20,7 @@ async def create(client, body) -> tuple[str, dict]:
     r = await client.post("machines", body)
     assert r.status == 202, r
     job = await client.wait_job(r.headers["CIMI-Job-URI"])
-    assert job["state"] == "SUCCESS", job
+    assert_state(job, "SUCCESS")
     return r.headers["Location"], job
 
 
@@ -28,7 +28,7 @@ async def act(client, machine, name, expect="SUCCESS", **extra):
     r = await client.post(f"{machine}/{name}", {"resourceURI": f"{CIMI}/Action", "action": ACTION + name, **extra})
     assert r.status == 202, r
     job = await client.wait_job(r.headers["CIMI-Job-URI"])
-    assert job["state"] == expect, job
+    assert_state(job, expect)
     return job
 
 
@@ -36,16 +36,20 @@ async def test_create_by_reference_with_overrides(app_client):
     r = await app_client.post("machines", by_reference(app_client.base, machineConfig={
         "href": app_client.base + "machineConfigs/medium"}))
     assert r.status == 202
-    assert r.json["state"] in ("QUEUED", "RUNNING", "SUCCESS") and r.json["action"] == "add"
+    assert_state(r.json, "QUEUED", "RUNNING", "SUCCESS")
+    assert r.json["action"] == "add"
     machine = (await app_client.get(r.headers["Location"])).json
-    assert machine["state"] in ("CREATING", "STARTING", "STARTED")
+    await app_client.assert_state(machine, "CREATING", "STARTING", "STARTED")
     job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
-    assert job["state"] == "SUCCESS" and len(job["nestedJobs"]) == 2
+    assert_state(job, "SUCCESS")
+    assert len(job["nestedJobs"]) == 2
     for nested in job["nestedJobs"]:
         n = (await app_client.get(nested["href"])).json
-        assert n["state"] == "SUCCESS" and n["parentJob"]["href"] == job["id"]
+        assert_state(n, "SUCCESS")
+        assert n["parentJob"]["href"] == job["id"]
     m = (await app_client.get(r.headers["Location"])).json
-    assert m["state"] == "STARTED" and m["cpu"] == 2 and m["memory"] == 4 * 1024 * 1024
+    await app_client.assert_state(m, "STARTED")
+    assert m["cpu"] == 2 and m["memory"] == 4 * 1024 * 1024
     assert m["name"] == "web-1" and m["properties"] == {"owner": "team-a"}
     assert {o["rel"] for o in m["operations"]} == {"edit", "delete", ACTION + "stop", ACTION + "restart",
                                                     ACTION + "pause", ACTION + "suspend", ACTION + "capture",
@@ -67,7 +71,8 @@ async def test_create_by_value_xml_initially_stopped(app_client):
     assert r.status == 202, r
     assert r.xml.tag == f"{{{CIMI}}}Job"
     job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
-    assert job["state"] == "SUCCESS" and "nestedJobs" not in job
+    assert_state(job, "SUCCESS")
+    assert "nestedJobs" not in job
     m = (await app_client.get(r.headers["Location"], fmt="xml")).xml
     assert m.findtext("c:state", namespaces=NS) == "STOPPED"
     assert m.findtext("c:cpu", namespaces=NS) == "2"
@@ -78,25 +83,27 @@ async def test_create_by_value_xml_initially_stopped(app_client):
 async def test_full_lifecycle(app_client):
     m, _ = await create(app_client, by_reference(app_client.base))
     await act(app_client, m, "pause")
-    assert (await app_client.get(m)).json["state"] == "PAUSED"
+    await app_client.assert_state(m, "PAUSED")
     await act(app_client, m, "start")
-    assert (await app_client.get(m)).json["state"] == "STARTED"
+    await app_client.assert_state(m, "STARTED")
     await act(app_client, m, "suspend")
     got = (await app_client.get(m)).json
-    assert got["state"] == "SUSPENDED"
+    await app_client.assert_state(got, "SUSPENDED")
     assert {o["rel"] for o in got["operations"]} == {"edit", "delete", ACTION + "start", CONSOLE}
     await act(app_client, m, "start")
     await act(app_client, m, "stop")
-    assert (await app_client.get(m)).json["state"] == "STOPPED"
+    await app_client.assert_state(m, "STOPPED")
     job = await act(app_client, m, "restart")
-    assert (await app_client.get(m)).json["state"] == "STARTED" and "nestedJobs" not in job
+    await app_client.assert_state(m, "STARTED")
+    assert "nestedJobs" not in job
     job = await act(app_client, m, "restart", force=True)
     assert len(job["nestedJobs"]) == 2
     await act(app_client, m, "stop", force=True)
     r = await app_client.delete(m)
     assert r.status == 202
     job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
-    assert job["state"] == "SUCCESS" and job["action"] == "delete"
+    assert_state(job, "SUCCESS")
+    assert job["action"] == "delete"
     assert (await app_client.get(m)).status == 404
     assert (await app_client.get(m + "/disks")).status == 404
     rows = [r for r in await app_client.rows() if r[0] in ("Machine", "Disk")]
@@ -114,7 +121,7 @@ async def test_action_by_last_segment_and_empty_body(app_client):
     r = await app_client.post(f"{m}/pause")
     assert r.status == 202
     await app_client.wait_job(r.headers["CIMI-Job-URI"])
-    assert (await app_client.get(m)).json["state"] == "PAUSED"
+    await app_client.assert_state(m, "PAUSED")
 
 
 async def test_action_not_allowed_in_state_is_409_and_changes_nothing(app_client):
@@ -139,12 +146,12 @@ async def test_state_follows_the_hypervisor_by_itself(app_client):
         if (await app_client.get(m)).json["state"] == "STOPPED":
             break
         await asyncio.sleep(0.02)
-    assert (await app_client.get(m)).json["state"] == "STOPPED"
+    await app_client.assert_state(m, "STOPPED")
     assert [(e.type, e.resource, e.previous, e.current) for e in events] == [
         ("Machine", f"machines/{machine_id}", "STARTED", "STOPPED")]
     assert events[0].reason == "the machine was powered off"
     await act(app_client, m, "start")  # and the machine is usable as ever
-    assert (await app_client.get(m)).json["state"] == "STARTED"
+    await app_client.assert_state(m, "STARTED")
 
 
 async def test_create_with_unknown_configuration_is_400_and_leaves_nothing(app_client):
@@ -175,14 +182,14 @@ async def test_job_stop_while_queued(tmp_path):
         b = await client.post("machines", by_reference(client.base, initialState="STOPPED"))
         job_b = b.headers["CIMI-Job-URI"]
         queued = (await client.get(job_b)).json
-        assert queued["state"] == "QUEUED"
+        assert_state(queued, "QUEUED")
         assert ACTION + "stop" in {o["rel"] for o in queued["operations"]}
         r = await client.post(f"{job_b}/stop", {"action": ACTION + "stop"})
         assert r.status == 202
         stopped = await client.wait_job(job_b)
-        assert stopped["state"] == "STOPPED"
+        assert_state(stopped, "STOPPED")
         assert (await client.get(b.headers["Location"])).status == 404  # nothing was made
-        assert (await client.wait_job(a.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        assert_state(await client.wait_job(a.headers["CIMI-Job-URI"]), "SUCCESS")
         assert (await client.post(f"{job_b}/stop", {"action": ACTION + "stop"})).status == 409
     finally:
         await client.client.close()
@@ -206,21 +213,25 @@ async def test_job_stop_takes_effect_before_the_next_step(tmp_path):
         running = await wait_running(client, job_url)
         assert ACTION + "stop" in {o["rel"] for o in running["operations"]}
         stop = await client.post(f"{job_url}/stop", {"action": ACTION + "stop"})
-        assert stop.status == 202 and stop.json["state"] == "STOPPING"
+        assert stop.status == 202, stop
+        assert_state(stop.json, "STOPPING")
         job = await client.wait_job(job_url)
-        assert job["state"] == "STOPPED" and "before step 2" in job["statusMessage"]
-        nested = [(await client.get(n["href"])).json["state"] for n in job["nestedJobs"]]
-        assert nested == ["SUCCESS", "STOPPED"]
+        assert_state(job, "STOPPED")
+        assert "before step 2" in job["statusMessage"]
+        nested = [(await client.get(n["href"])).json for n in job["nestedJobs"]]
+        assert len(nested) == 2
+        assert_state(nested[0], "SUCCESS")
+        assert_state(nested[1], "STOPPED")
         m = (await client.get(r.headers["Location"])).json
-        assert m["state"] == "STOPPED"  # defined, never started: read back from the hypervisor
+        await client.assert_state(m, "STOPPED")  # defined, never started: read back from the hypervisor
         # a Job in its last (or only) step cannot be stopped: 409, and it carries on
         start = await client.post(f"{r.headers['Location']}/start", {"action": ACTION + "start"})
         running = await wait_running(client, start.headers["CIMI-Job-URI"])
         assert ACTION + "stop" not in {o["rel"] for o in running.get("operations", ())}
         refused = await client.post(f"{start.headers['CIMI-Job-URI']}/stop", {"action": ACTION + "stop"})
         assert refused.status == 409
-        assert (await client.wait_job(start.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
-        assert (await client.get(r.headers["Location"])).json["state"] == "STARTED"
+        assert_state(await client.wait_job(start.headers["CIMI-Job-URI"]), "SUCCESS")
+        await client.assert_state(r.headers["Location"], "STARTED")
     finally:
         await client.client.close()
 
@@ -242,14 +253,16 @@ async def test_capture_snapshot_restore_in_the_sandbox(app_client):
     r = await app_client.post(f"{m}/capture", {"resourceURI": f"{CIMI}/MachineImage", "name": "golden"})
     assert r.status == 202, r
     job = await app_client.wait_job(r.headers["CIMI-Job-URI"])
-    assert job["state"] == "SUCCESS" and r.headers["Location"] in [a["href"] for a in job["affectedResources"]]
+    assert_state(job, "SUCCESS")
+    assert r.headers["Location"] in [a["href"] for a in job["affectedResources"]]
     image = (await app_client.get(r.headers["Location"])).json
-    assert image["state"] == "AVAILABLE" and image["type"] == "IMAGE" and image["name"] == "golden"
-    assert (await app_client.get(m)).json["state"] == "STARTED"
+    await app_client.assert_state(image, "AVAILABLE")
+    assert image["type"] == "IMAGE" and image["name"] == "golden"
+    await app_client.assert_state(m, "STARTED")
     # the DSP0263 way: POST a MachineImage whose imageLocation is the Machine
     r = await app_client.post("machineImages", {"name": "snap-1", "type": "SNAPSHOT", "imageLocation": m})
     assert r.status == 202, r
-    assert (await app_client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert_state(await app_client.wait_job(r.headers["CIMI-Job-URI"]), "SUCCESS")
     snap = (await app_client.get(r.headers["Location"])).json
     assert snap["type"] == "SNAPSHOT" and snap["relatedImage"]["href"].endswith("/machineImages/tiny-linux")
     machine = (await app_client.get(m)).json
@@ -259,7 +272,8 @@ async def test_capture_snapshot_restore_in_the_sandbox(app_client):
     x = (await app_client.get(machine["snapshots"]["href"], fmt="xml")).xml
     assert x.find("c:MachineSnapshot/c:shapshot", NS).get("href") == snap["id"]  # DSP8009's spelling
     job = await act(app_client, m, "restore", image={"href": snap["id"]})
-    assert job["state"] == "SUCCESS" and (await app_client.get(m)).json["state"] == "STARTED"
+    assert_state(job, "SUCCESS")
+    await app_client.assert_state(m, "STARTED")
     before = await app_client.rows()
     bad = await app_client.post(f"{m}/restore", {"action": ACTION + "restore", "image": {
         "href": app_client.base + "machineImages/none"}})
