@@ -93,7 +93,7 @@ def check(args) -> int:
 
     async def report() -> None:
         nonlocal healthy
-        for kind in ("compute", "storage", "network"):
+        for kind in drivers.KINDS:
             driver = getattr(drivers, kind)
             if driver is None:
                 print(f"{kind}: no driver configured (not served)")

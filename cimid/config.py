@@ -19,21 +19,26 @@ DEFAULTS: dict[str, dict] = {
     "jobs": {"retention_minutes": 1440, "max_concurrent": 4},
     "auth": {"users": [], "kdf_threads": 2, "max_failed_logins": 5, "failed_login_window_seconds": 60},
     "compute": {
-        "driver": "libvirt",
-        "uri": "",
+        "driver": "",
+        "uri": "qemu:///system",
         "virt_type": "qemu",
         "default_initial_state": "STARTED",
         "operation_delay": 0.0,
         "stop_timeout": 120.0,
-        "image_dir": "",
         "disk_dir": "",
     },
+    "images": {"driver": "", "dir": ""},
+    "storage": {"driver": "", "memory_capacity_gb": 100},
+    "network": {"driver": ""},
     "catalogue": {"seed": True},
 }
 
+# Each family's driver by name. The sandbox runs on in-process twins (no hypervisor, no root); the host on
+# libvirt + QEMU with a directory of qcow2/raw images. No host storage or network driver exists yet.
 PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
-    "sandbox": {"compute": {"uri": "sandbox"}},  # libvirt's in-process test driver, one per state dir
-    "host": {"compute": {"uri": "qemu:///system"}, "catalogue": {"seed": False}},
+    "sandbox": {"compute": {"driver": "libvirt-test"}, "images": {"driver": "memory"},
+                "storage": {"driver": "memory"}, "network": {"driver": "memory"}},
+    "host": {"compute": {"driver": "libvirt"}, "images": {"driver": "dir"}, "catalogue": {"seed": False}},
 }
 
 
@@ -108,6 +113,8 @@ def _check(config: Config) -> None:
         raise ConfigError("store.synchronous must be FULL, NORMAL or EXTRA")
     if config["compute"]["virt_type"] not in ("kvm", "qemu"):
         raise ConfigError("compute.virt_type must be kvm or qemu")
+    if config["storage"]["memory_capacity_gb"] < 1:
+        raise ConfigError("storage.memory_capacity_gb must be at least 1")
     if config["compute"]["default_initial_state"] not in ("STARTED", "STOPPED"):
         raise ConfigError("compute.default_initial_state must be STARTED or STOPPED")
     base = config["server"]["public_base_url"]

@@ -3,8 +3,9 @@
 Every driver, built-in or third-party, is a module or object registered under the `cimid` entry-point
 group that implements some of these hooks. Each `cimid_*_driver` hook is `firstresult`: cimid calls it once
 at start-up with the loaded configuration, and the first plugin that recognises the configured driver
-name answers with a driver object; the others return None. Core code never calls `pm.hook` directly: it
-goes through the typed facade in `cimid.plugins.Drivers`.
+name answers with a driver object; the others return None. A driver that stands on another family's
+driver gets it as a hook argument (the compute driver gets the image store), never through a global.
+Core code never calls `pm.hook` directly: it goes through the typed facade in `cimid.plugins.Drivers`.
 
 Drivers know nothing about HTTP or CIMI wire formats: they take plain values and raise
 `cimid.errors.DriverError` when the host refuses.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pluggy
@@ -42,10 +44,10 @@ class MachineSpec:
 
 
 class ComputeDriver(Protocol):
-    """Runs Machines. Every method returns when the host has done the work (or raises DriverError)."""
+    """Runs Machines. Every method returns when the host has done the work (or raises DriverError).
+    Boot disks come from, and captures go to, the ImageStore the driver was made with."""
 
     name: str
-    imports_images: bool  # True: MachineImages are downloaded and inspected (import_image) before use
 
     async def open(self) -> None:
         """Connect to the hypervisor; raise DriverError(unavailable=True) if it does not answer."""
@@ -62,15 +64,6 @@ class ComputeDriver(Protocol):
     async def adopt(self, machines: list[tuple[MachineSpec, str]]) -> None:
         """Called once at start-up with every stored Machine and its last stable CIMI state, so a backend
         whose state does not outlive the process (the sandbox) can rebuild it. Persistent backends ignore it."""
-
-    async def import_image(self, image_id: str, location: str, checksum: str | None,
-                           progress: Callable[[int], Awaitable[None]]) -> dict:
-        """Download `location` into the image store, verify `checksum` ("sha256:<hex>"), inspect it.
-
-        :return: {"format": "qcow2" | "raw", "virtual_size": bytes}
-        """
-
-    async def delete_image(self, image_id: str) -> None: ...
 
     async def create(self, spec: MachineSpec) -> None:
         """Define the machine, stopped, with its disks and cloud-init seed."""
@@ -93,7 +86,7 @@ class ComputeDriver(Protocol):
         """The CIMI state the host reports (STARTED, STOPPED, PAUSED, SUSPENDED, ERROR ...), None if unknown."""
 
     async def capture(self, machine_id: str, image_id: str) -> dict:
-        """Copy the machine's boot disk, flattened, into the image store as `image_id`.
+        """Copy the machine's boot disk, flattened, into the image store as `image_id` (ImageStore.add_image).
 
         :return: {"format", "virtual_size", "location"} of the new image (location: a URI of the copy)
         """
@@ -105,16 +98,72 @@ class ComputeDriver(Protocol):
         """The last `max_bytes` of what the guest wrote to its serial console."""
 
 
+Progress = Callable[[int], Awaitable[None]]  # percent done
+
+
+class ImageStore(Protocol):
+    """Keeps the data of MachineImages: imports it, hands it to the compute driver, takes in captures.
+
+    A store whose `imports_images` is false keeps MachineImages as catalogue entries: cimid never asks it
+    to import, and Machines may name an image by value (the sandbox). It still keeps what is given to it.
+    """
+
+    name: str
+    imports_images: bool  # True: a MachineImage is downloaded and inspected (import_image) before use
+
+    async def open(self) -> None:
+        """Get ready; raise DriverError(unavailable=True) if the backing store cannot be used."""
+
+    async def close(self) -> None: ...
+
+    async def health(self) -> dict[str, str]:
+        """Human-readable facts for `cimid check`."""
+
+    async def import_image(self, image_id: str, location: str, checksum: str | None,
+                           progress: Progress) -> dict:
+        """Download `location` into the store, verify `checksum` ("sha256:<hex>"), inspect it; on any
+        failure nothing is left behind.
+
+        :return: {"format": "qcow2" | "raw", "virtual_size": bytes}
+        """
+
+    async def add_image(self, image_id: str, fill: Callable[[Path], Awaitable[None]]) -> dict:
+        """Keep new image data that `fill(path)` writes into the file `path` (a capture); refuse it, leaving
+        nothing, if it is not a self-contained raw or qcow2 image.
+
+        :return: {"format", "virtual_size", "location"} (location: a URI of the kept copy)
+        """
+
+    async def image_info(self, image_id: str) -> dict | None:
+        """{"format", "virtual_size"} of the image's data; None if the store holds none for it."""
+
+    def image_path(self, image_id: str) -> Path | None:
+        """The file holding the image, for a hypervisor to read; None if there is no such file."""
+
+    async def delete_image(self, image_id: str) -> None:
+        """Forget the image and anything an interrupted import left; an unknown id is not an error."""
+
+
 class StorageDriver(Protocol):
     """Provides Volumes (directory/qcow2, LVM). Served once a storage driver is configured."""
 
     name: str
 
-    async def create_volume(self, volume_id: str, capacity_kb: int, fmt: str) -> None: ...
+    async def open(self) -> None: ...
 
-    async def delete_volume(self, volume_id: str) -> None: ...
+    async def close(self) -> None: ...
 
     async def health(self) -> dict[str, str]: ...
+
+    async def create_volume(self, volume_id: str, capacity_kb: int, fmt: str) -> None:
+        """Make an empty volume of `capacity_kb` KiB in format `fmt` ("raw" or "qcow2"); DriverError if the
+        id is taken, the format unknown or the space short."""
+
+    async def volume(self, volume_id: str) -> dict | None:
+        """{"capacity_kb", "format"} of the volume; None if there is none."""
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Remove the volume and its data; an unknown id is not an error."""
 
 
 class NetworkDriver(Protocol):
@@ -122,11 +171,21 @@ class NetworkDriver(Protocol):
 
     name: str
 
-    async def create_network(self, network_id: str, options: dict) -> None: ...
+    async def open(self) -> None: ...
 
-    async def delete_network(self, network_id: str) -> None: ...
+    async def close(self) -> None: ...
 
     async def health(self) -> dict[str, str]: ...
+
+    async def create_network(self, network_id: str, options: dict) -> None:
+        """Make a network. `options`: "cidr" (the subnet, e.g. "10.0.7.0/24"), "mtu" (68..65535), both
+        optional; DriverError if the id is taken, an option is invalid or the subnet overlaps another's."""
+
+    async def network(self, network_id: str) -> dict | None:
+        """{"cidr", "mtu"} of the network as made (None where not given); None if there is none."""
+
+    async def delete_network(self, network_id: str) -> None:
+        """Remove the network; an unknown id is not an error."""
 
 
 class MeterSource(Protocol):
@@ -139,16 +198,27 @@ class MeterSource(Protocol):
 
 class CimidSpec:
     @hookspec(firstresult=True)
-    def cimid_compute_driver(self, config: Config) -> ComputeDriver | None:
+    def cimid_image_store(self, config: Config) -> ImageStore | None:
+        """Return the image store named by `config["images"]["driver"]`, if this plugin provides it.
+        Called before `cimid_compute_driver`, which receives the store.
+
+        :param config: the loaded configuration (profile, state_dir, sections)
+        :return: a store, not yet opened; None if this plugin does not provide that store
+        """
+
+    @hookspec(firstresult=True)
+    def cimid_compute_driver(self, config: Config, images: ImageStore | None) -> ComputeDriver | None:
         """Return the compute driver named by `config["compute"]["driver"]`, if this plugin provides it.
 
         :param config: the loaded configuration (profile, state_dir, sections)
+        :param images: the configured image store (None if none is), where boot disks come from and
+            captures go; an implementation may leave this parameter out if it needs no store
         :return: a driver, not yet opened; None if this plugin does not provide that driver
         """
 
     @hookspec(firstresult=True)
     def cimid_storage_driver(self, config: Config) -> StorageDriver | None:
-        """Return the storage driver this configuration asks for, if this plugin provides it.
+        """Return the storage driver named by `config["storage"]["driver"]`, if this plugin provides it.
 
         :param config: the loaded configuration
         :return: a driver, or None
@@ -156,7 +226,7 @@ class CimidSpec:
 
     @hookspec(firstresult=True)
     def cimid_network_driver(self, config: Config) -> NetworkDriver | None:
-        """Return the network driver this configuration asks for, if this plugin provides it.
+        """Return the network driver named by `config["network"]["driver"]`, if this plugin provides it.
 
         :param config: the loaded configuration
         :return: a driver, or None

@@ -8,7 +8,7 @@ import pluggy
 
 from . import hookspecs
 from .config import Config
-from .hookspecs import ComputeDriver, MeterSource, NetworkDriver, StorageDriver
+from .hookspecs import ComputeDriver, ImageStore, MeterSource, NetworkDriver, StorageDriver
 
 
 def plugin_manager(extra_plugins: tuple = ()) -> pluggy.PluginManager:
@@ -23,23 +23,29 @@ def plugin_manager(extra_plugins: tuple = ()) -> pluggy.PluginManager:
 
 @dataclass
 class Drivers:
-    """What this node can drive; a capability whose driver is None is not served."""
+    """What this node can drive, one driver per family; a family whose driver is None is not served."""
 
     compute: ComputeDriver | None = None
+    images: ImageStore | None = None
     storage: StorageDriver | None = None
     network: NetworkDriver | None = None
     meters: list[MeterSource] = field(default_factory=list)
     _opened: set[str] = field(default_factory=set)
 
+    KINDS = ("compute", "images", "storage", "network")  # the families with one driver each, for `cimid check`
+
     async def open(self, kind: str) -> None:
-        """Open the `kind` driver ("compute", "storage", "network") once; raise DriverError while its
-        backend does not answer (the next call tries again)."""
+        """Open the `kind` driver ("compute", "images", "storage", "network") once; raise DriverError while
+        its backend does not answer (the next call tries again). The compute driver stands on the image
+        store, so opening it opens the store first."""
+        if kind == "compute" and self.images is not None:
+            await self.open("images")
         if kind not in self._opened:
             await getattr(self, kind).open()
             self._opened.add(kind)
 
     async def close(self) -> None:
-        for kind in ("compute", "storage", "network"):
+        for kind in self.KINDS:  # compute first: it may still be writing into the image store
             driver = getattr(self, kind)
             if driver is not None and hasattr(driver, "close"):
                 await driver.close()
@@ -47,13 +53,32 @@ class Drivers:
 
     @classmethod
     def load(cls, pm: pluggy.PluginManager, config: Config) -> Drivers:
-        hook = pm.hook
-        return cls(
-            compute=hook.cimid_compute_driver(config=config),
-            storage=hook.cimid_storage_driver(config=config),
-            network=hook.cimid_network_driver(config=config),
-            meters=[source for sources in hook.cimid_meter_sources(config=config) for source in sources],
-        )
+        images = load_image_store(pm, config)
+        return cls(compute=load_compute(pm, config, images), images=images,
+                   storage=load_storage(pm, config), network=load_network(pm, config),
+                   meters=load_meter_sources(pm, config))
+
+
+# One loader per family: the plugin that knows the configured name answers (firstresult), else None.
+
+def load_image_store(pm: pluggy.PluginManager, config: Config) -> ImageStore | None:
+    return pm.hook.cimid_image_store(config=config)
+
+
+def load_compute(pm: pluggy.PluginManager, config: Config, images: ImageStore | None) -> ComputeDriver | None:
+    return pm.hook.cimid_compute_driver(config=config, images=images)
+
+
+def load_storage(pm: pluggy.PluginManager, config: Config) -> StorageDriver | None:
+    return pm.hook.cimid_storage_driver(config=config)
+
+
+def load_network(pm: pluggy.PluginManager, config: Config) -> NetworkDriver | None:
+    return pm.hook.cimid_network_driver(config=config)
+
+
+def load_meter_sources(pm: pluggy.PluginManager, config: Config) -> list[MeterSource]:
+    return [source for sources in pm.hook.cimid_meter_sources(config=config) for source in sources]
 
 
 def describe(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:

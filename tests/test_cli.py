@@ -17,24 +17,38 @@ def test_version():
     assert r.returncode == 0 and r.stdout.strip() == f"cimid {__version__}"
 
 
-def test_plugins_lists_the_builtin_driver_through_its_entry_point():
+def test_plugins_lists_the_builtin_drivers_through_their_entry_points():
     r = cimid("plugins")
     assert r.returncode == 0
-    assert "libvirt: cimid_compute_driver" in r.stdout.splitlines()
+    lines = r.stdout.splitlines()
+    assert "libvirt: cimid_compute_driver" in lines
+    assert "dir: cimid_image_store" in lines
+    assert "memory: cimid_image_store, cimid_network_driver, cimid_storage_driver" in lines
 
 
 def test_check_reports_driver_health(tmp_path):
     r = cimid("check", "--state-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "config: ok (profile sandbox" in r.stdout
-    assert "compute: libvirt: ok" in r.stdout
+    assert "compute: libvirt-test: ok" in r.stdout
     assert re.search(r"answers \(libvirt \d+\.\d+\.\d+\)", r.stdout), r.stdout
-    assert "storage: no driver configured" in r.stdout
+    for kind in ("images", "storage", "network"):
+        assert f"{kind}: memory: ok" in r.stdout
+
+
+def test_check_reports_families_without_a_driver(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('[storage]\ndriver = ""\n[network]\ndriver = "bridge"\n')  # none, and one not installed
+    r = cimid("check", "--config", str(conf), "--state-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "storage: no driver configured (not served)" in r.stdout
+    assert "network: no driver configured (not served)" in r.stdout
 
 
 def test_check_fails_when_the_hypervisor_does_not_answer(tmp_path):
     conf = tmp_path / "c.toml"
-    conf.write_text('[compute]\nuri = "qemu+unix:///system?socket=/nonexistent/sock"\n')
+    conf.write_text('[compute]\ndriver = "libvirt"\nuri = "qemu+unix:///system?socket=/nonexistent/sock"\n'
+                    '[images]\ndriver = "dir"\n')
     r = cimid("check", "--config", str(conf), "--state-dir", str(tmp_path))
     assert r.returncode == 1 and "compute: libvirt: FAILED" in r.stdout
 

@@ -21,12 +21,15 @@ ALLOWED = {
     "cimid.config": {"cimid.errors"},
     "drivers": {"cimid.errors", "cimid.hookspecs"},
 }
+DRIVER_PACKAGES = ("cimid_",)  # drivers/cimid_libvirt, drivers/cimid_dir, ... (never cimid.*)
 
 
 def modules() -> dict[str, Path]:
+    """Every module by the name it is imported as: drivers/ is a source folder of top-level packages."""
     found = {}
     for path in [*(ROOT / "cimid").rglob("*.py"), *(ROOT / "drivers").rglob("*.py")]:
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        root = ROOT / "drivers" if ROOT / "drivers" in path.parents else ROOT
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         found[".".join(parts)] = path
@@ -61,7 +64,7 @@ def layer_of(module: str) -> str | None:
     for layer in sorted(ALLOWED, key=len, reverse=True):
         if module == layer or module.startswith(layer + "."):
             return layer
-    if module.startswith("drivers.") or module == "drivers":
+    if module.startswith(DRIVER_PACKAGES):
         return "drivers"
     return None
 

@@ -7,13 +7,13 @@ from conftest import assert_state, make_client
 from cimid.errors import DriverError
 from cimid.hookspecs import hookimpl
 from cimid.plugins import plugin_manager
-from drivers.libvirt import LibvirtCompute
+from cimid_libvirt import SandboxCompute
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 
 
-class RefusingCompute(LibvirtCompute):
-    """A real libvirt sandbox driver whose host refuses to define machines named 'doomed'."""
+class RefusingCompute(SandboxCompute):
+    """The real sandbox driver (libvirt's test driver) whose host refuses to define machines named 'doomed'."""
 
     name = "refusing"
 
@@ -67,10 +67,13 @@ def test_a_hook_without_specification_fails_at_start_up():
         plugin_manager((Typo(),))
 
 
-def test_builtin_driver_registers_through_the_entry_point_group():
+def test_builtin_drivers_register_through_the_entry_point_group():
     pm = plugin_manager()
-    assert "libvirt" in dict(pm.list_name_plugin())
+    assert {"libvirt", "dir", "memory"} <= set(dict(pm.list_name_plugin()))
     assert [impl.plugin_name for impl in pm.hook.cimid_compute_driver.get_hookimpls()] == ["libvirt"]
+    assert sorted(impl.plugin_name for impl in pm.hook.cimid_image_store.get_hookimpls()) == ["dir", "memory"]
+    assert [impl.plugin_name for impl in pm.hook.cimid_storage_driver.get_hookimpls()] == ["memory"]
+    assert [impl.plugin_name for impl in pm.hook.cimid_network_driver.get_hookimpls()] == ["memory"]
 
 
 async def test_no_compute_driver_means_no_machines(bare_app):

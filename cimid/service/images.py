@@ -25,7 +25,7 @@ IMPORT = "image"  # the Job kind
 class Images(ResourceService):
     def __init__(self, family, parts):
         super().__init__(family, parts)
-        self.driver = self.drivers.compute
+        self.driver = self.drivers.images
         self.jobs.register(IMPORT, JobKind(self.run_step, self.observe, self.finish, self.abandon))
 
     @property
@@ -35,9 +35,9 @@ class Images(ResourceService):
     async def start(self) -> None:
         if self.imports:
             try:
-                await self.drivers.open("compute")
+                await self.drivers.open("images")
             except DriverError as exc:
-                log.warning("image imports wait for the hypervisor: %s", exc)
+                log.warning("image imports wait for the image store: %s", exc)
                 return
             await self.jobs.recover(IMPORT)
 
@@ -73,9 +73,9 @@ class Images(ResourceService):
 
     async def _import(self, ctx: Context, rtype: ResourceType, attrs: dict) -> Result:
         try:
-            await self.drivers.open("compute")
+            await self.drivers.open("images")
         except DriverError as exc:
-            raise Unavailable(f"the hypervisor is not available: {exc}") from None
+            raise Unavailable(f"the image store is not available: {exc}") from None
         stamp = now()
         async with self.store.write() as tx:
             await self.references.check(tx, rtype, attrs)

@@ -49,7 +49,7 @@ class Machines(ResourceService):
     def capabilities(self, rtype: ResourceType) -> dict[str, object]:
         if rtype is not Machine:
             return {}
-        real_images = self.driver.imports_images
+        real_images = self.drivers.images is not None and self.drivers.images.imports_images
         caps = {"DefaultInitialState": self.config["compute"]["default_initial_state"],
                 "InitialStates": "STARTED,STOPPED", "MachineTemplateByValue": True, "MachineConfigByValue": True,
                 "MachineImageByValue": not real_images, "MachineCredentialByValue": True,
@@ -78,7 +78,7 @@ class Machines(ResourceService):
                     parts[name] = await self.references.resolve(tx, MachineTemplate.attribute(name), value)
             conf = parts["machineConfig"]
             image = parts["machineImage"]
-            if self.driver.imports_images and not image.get("_href"):
+            if self.drivers.images is not None and self.drivers.images.imports_images and not image.get("_href"):
                 raise BadRequest("this provider boots only imported MachineImages: give machineImage by "
                                  "reference (POST the image to machineImages first)")
             if image.get("state", "AVAILABLE") != "AVAILABLE":

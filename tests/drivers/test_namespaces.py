@@ -3,7 +3,7 @@ itself sees (/proc/<pid>/mountinfo and its qemu.conf), here a directory laid out
 
 import pytest
 
-from drivers.libvirt.namespaces import NamespaceProblem, guest_mount_namespaces
+from cimid_libvirt.namespaces import NamespaceProblem, guest_mount_namespaces
 
 ROOT = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
 PROC = "30 27 0:5 / /proc rw,nosuid - proc proc rw\n"

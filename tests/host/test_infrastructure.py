@@ -11,7 +11,7 @@ from pathlib import Path
 
 import libvirt
 
-from drivers.libvirt.seed import build_seed
+from cimid_libvirt.seed import build_seed
 
 KEY = "ssh-ed25519 AAAATEST alice@x"
 TEST_ROOT = Path("/var/lib/cimid-test")

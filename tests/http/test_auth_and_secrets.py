@@ -259,7 +259,9 @@ async def test_5xx_logs_its_traceback_once_with_the_error_jobs_request_id(app_cl
 
 async def test_503_is_logged_once_under_the_request_id_its_job_carries(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    client = await make_client(tmp_path, {"compute": {"uri": "qemu+unix:///system?socket=/nonexistent/sock"}})
+    client = await make_client(tmp_path, {"compute": {"driver": "libvirt",
+                                                      "uri": "qemu+unix:///system?socket=/nonexistent/sock"},
+                                          "images": {"driver": "dir"}})
     try:
         caplog.clear()  # start-up may log that the hypervisor is unreachable
         before = await client.rows()

@@ -177,7 +177,9 @@ async def test_corrupt_store_row_is_500_without_traceback(app_client):
 
 
 async def test_unavailable_hypervisor_is_503_and_changes_nothing(tmp_path):
-    client = await make_client(tmp_path, {"compute": {"uri": "qemu+unix:///system?socket=/nonexistent/sock"}})
+    client = await make_client(tmp_path, {"compute": {"driver": "libvirt",
+                                                      "uri": "qemu+unix:///system?socket=/nonexistent/sock"},
+                                          "images": {"driver": "dir"}})
     try:
         assert (await client.get("machines")).status == 200  # stored state stays readable
         before = await client.rows()

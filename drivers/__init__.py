@@ -1,1 +1,0 @@
-"""Built-in drivers, registered through the cimid entry-point group like any plugin."""

@@ -1,0 +1,244 @@
+"""What both libvirt compute drivers share: one connection used from worker threads, lifecycle events
+delivered into the asyncio loop, and the machine verbs that are the same libvirt calls on any hypervisor
+(start, stop, pause, suspend, undefine, state). Disks, seeds, captures and consoles differ, so the
+subclasses (compute.LibvirtCompute on QEMU, sandbox.SandboxCompute on the test driver) own them."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+
+import libvirt
+
+from cimid.errors import DriverError
+
+DOMAIN_PREFIX = "cimid-"
+# libvirt keeps running and stopped domains; these states map onto CIMI's.
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "ERROR",
+    libvirt.VIR_DOMAIN_RUNNING: "STARTED",
+    libvirt.VIR_DOMAIN_BLOCKED: "STARTED",
+    libvirt.VIR_DOMAIN_PAUSED: "PAUSED",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "STOPPING",
+    libvirt.VIR_DOMAIN_SHUTOFF: "STOPPED",
+    libvirt.VIR_DOMAIN_CRASHED: "ERROR",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "SUSPENDED",
+}
+ARCHES = {"x86_64": "x86_64", "x86": "i686", "ARM": "aarch64"}
+
+Watcher = Callable[[str, str, str], None]  # (machine id, CIMI state, reason)
+
+
+def _silence(ctx, err) -> None:
+    """libvirt prints every error to stderr by default; cimid reports them itself."""
+
+
+libvirt.registerErrorHandler(_silence, None)
+_events_loop: asyncio.AbstractEventLoop | None = None  # libvirt takes one event implementation per process
+
+
+def _register_events() -> bool:
+    """Deliver libvirt's events into this asyncio loop (libvirtaio); False if another loop has them."""
+    global _events_loop
+    loop = asyncio.get_running_loop()
+    if _events_loop is None:
+        import libvirtaio
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+        _events_loop = loop
+    return _events_loop is loop
+
+
+def event_state(event: int, detail: int) -> tuple[str, str] | None:
+    """A lifecycle event -> (CIMI state, reason), or None for events that change no state."""
+    if event == libvirt.VIR_DOMAIN_EVENT_STARTED or event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+        return "STARTED", "the machine runs"
+    if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+        return "PAUSED", "the machine was paused"
+    if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+        return "ERROR", "the guest crashed"
+    if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED:
+            return "ERROR", "the guest crashed"
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED:
+            return "ERROR", "the hypervisor failed the machine"
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED:
+            return "SUSPENDED", "the machine's memory was saved to disk"
+        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN:
+            return "STOPPED", "the guest shut itself down"
+        return "STOPPED", "the machine was powered off"
+    return None
+
+
+class LibvirtDomains:
+    """Machines as libvirt domains named cimid-<machine id> on the connection `uri`."""
+
+    name: str
+
+    def __init__(self, config, uri: str):
+        self.uri = uri
+        self.stop_timeout = float(config["compute"]["stop_timeout"])
+        self._conn: libvirt.virConnect | None = None
+        self._events = False
+        self._watchers: list[Watcher] = []
+        # libvirt calls block, and the event loop must not: they run on threads, one per concurrent Job plus
+        # one for state reads, so one machine's slow start does not hold up another's (libvirt
+        # connections are thread-safe; only (re)connecting is serialised).
+        self._executor = concurrent.futures.ThreadPoolExecutor(config["jobs"]["max_concurrent"] + 1,
+                                                               thread_name_prefix="libvirt")
+        self._connecting = threading.Lock()
+
+    async def _call(self, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"libvirt: {exc.get_error_message()}",
+                              unavailable=exc.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT,
+                                                                   libvirt.VIR_ERR_SYSTEM_ERROR)) from None
+
+    def _connection(self) -> libvirt.virConnect:
+        conn = self._conn
+        if conn is not None and conn.isAlive():
+            return conn
+        with self._connecting:
+            return self._reconnect()
+
+    def _reconnect(self) -> libvirt.virConnect:
+        if self._conn is None or not self._conn.isAlive():
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise DriverError(f"cannot reach libvirt at {self.uri}: {exc.get_error_message()}",
+                                  unavailable=True) from None
+            if self._events:
+                self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None)
+        return self._conn
+
+    def _domain(self, machine_id: str) -> libvirt.virDomain | None:
+        try:
+            return self._connection().lookupByName(DOMAIN_PREFIX + machine_id)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _require(self, machine_id: str) -> libvirt.virDomain:
+        dom = self._domain(machine_id)
+        if dom is None:
+            raise DriverError(f"the hypervisor has no domain {DOMAIN_PREFIX}{machine_id}")
+        return dom
+
+    async def _before_operation(self) -> None:
+        """Called before every machine verb; the sandbox waits here to look like a real host."""
+
+    # ---------------------------------------------------------------- lifecycle of the driver
+
+    async def open(self) -> None:
+        self._events = _register_events()
+        await self._call(self._connection)
+
+    async def close(self) -> None:
+        def close():
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+        await self._call(close)
+        self._executor.shutdown(wait=True)
+
+    async def health(self) -> dict[str, str]:
+        def probe():
+            conn = self._connection()
+            v = conn.getLibVersion()
+            return {"connection": f"{self.uri} answers (libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000})",
+                    "domains": str(len(conn.listAllDomains()))}
+        return await self._call(probe)
+
+    def watch(self, callback: Watcher) -> None:
+        self._watchers.append(callback)
+
+    def _on_event(self, conn, dom, event, detail, opaque) -> None:
+        name = dom.name()
+        mapped = event_state(event, detail)
+        if mapped and name.startswith(DOMAIN_PREFIX):
+            for callback in self._watchers:
+                callback(name[len(DOMAIN_PREFIX):], *mapped)
+
+    # ---------------------------------------------------------------- machine verbs
+
+    async def start(self, machine_id: str) -> None:
+        await self._before_operation()
+
+        def start():
+            dom = self._require(machine_id)
+            state, _ = dom.state()
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+            elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+                dom.pMWakeup()
+            elif not dom.isActive():
+                dom.create()  # restores a managed save image if there is one
+        await self._call(start)
+
+    async def stop(self, machine_id: str, force: bool) -> None:
+        await self._before_operation()
+
+        def stop() -> bool:
+            """True when the guest was asked to shut down and we must wait for it."""
+            dom = self._require(machine_id)
+            if not dom.isActive():
+                if dom.hasManagedSaveImage():
+                    dom.managedSaveRemove()
+                return False
+            if force:
+                dom.destroy()
+                return False
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()  # a frozen guest cannot hear the ACPI button
+            dom.shutdown()
+            return True
+
+        if await self._call(stop):
+            # Poll from the event loop, so the libvirt thread stays free for other machines meanwhile.
+            deadline = time.monotonic() + self.stop_timeout
+            while await self._call(lambda: self._require(machine_id).isActive()):
+                if time.monotonic() > deadline:
+                    raise DriverError(f"the guest did not shut down within {self.stop_timeout:.0f} s; "
+                                      "stop it with force=true")
+                await asyncio.sleep(0.2)
+
+    async def pause(self, machine_id: str) -> None:
+        await self._before_operation()
+        await self._call(lambda: self._require(machine_id).suspend())
+
+    async def suspend(self, machine_id: str) -> None:
+        await self._before_operation()
+        await self._call(lambda: self._require(machine_id).managedSave())
+
+    async def delete(self, machine_id: str) -> None:
+        await self._before_operation()
+
+        def delete():
+            dom = self._domain(machine_id)
+            if dom is None:
+                return
+            if dom.isActive():
+                dom.destroy()
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            dom.undefineFlags(flags)
+        await self._call(delete)
+
+    async def state(self, machine_id: str) -> str | None:
+        def state():
+            dom = self._domain(machine_id)
+            if dom is None:
+                return None
+            code, _ = dom.state()
+            if code == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage():
+                return "SUSPENDED"
+            return _STATES.get(code, "ERROR")
+        return await self._call(state)

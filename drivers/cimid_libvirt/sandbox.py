@@ -1,0 +1,83 @@
+"""The sandbox's compute driver: libvirt's in-process test driver, one fake host per state directory.
+
+Machines are real libvirt domains there, so start, stop, pause, managed save and the lifecycle events
+that follow a change made behind cimid's back behave as on a real host, through the same code
+(domains.LibvirtDomains). They have no disks: capture and restore only check the machine exists, and the
+console is empty. The test driver forgets everything when the process ends, so `adopt` rebuilds the
+stored machines at start-up. `compute.operation_delay` makes every verb wait, so clients see the
+transitional states (STARTING, STOPPING...) a real host shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from xml.sax.saxutils import escape
+
+from cimid.hookspecs import MachineSpec
+
+from .domains import ARCHES, DOMAIN_PREFIX, LibvirtDomains
+
+NODE_FILE = "sandbox-node.xml"
+# The fake host: 2 cores, 24 GiB; the test driver reads it when the connection opens.
+_NODE = "<node><cpu><mhz>2000</mhz><nodes>1</nodes><sockets>1</sockets><cores>2</cores>" \
+        "<threads>1</threads><active>2</active></cpu><memory>25165824</memory></node>\n"
+
+
+class SandboxCompute(LibvirtDomains):
+    name = "libvirt-test"
+
+    def __init__(self, config):
+        super().__init__(config, f"test://{config.state_dir / NODE_FILE}")
+        self.state_dir = config.state_dir
+        self.delay = config["compute"]["operation_delay"]
+
+    async def _before_operation(self) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+
+    def _reconnect(self):
+        if self._conn is None or not self._conn.isAlive():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / NODE_FILE).write_text(_NODE)
+        return super()._reconnect()
+
+    async def health(self) -> dict[str, str]:
+        return {**await super().health(), "virt_type": "test (libvirt's in-process test driver)"}
+
+    @staticmethod
+    def domain_xml(spec: MachineSpec) -> str:
+        arch = ARCHES.get(spec.cpu_arch or "", "x86_64")
+        return (f"<domain type='test'><name>{DOMAIN_PREFIX}{escape(spec.id)}</name>"
+                f"<title>{escape(spec.name or spec.id)}</title><memory unit='KiB'>{spec.memory}</memory>"
+                f"<vcpu>{spec.cpu}</vcpu><os><type arch='{arch}'>hvm</type></os>"
+                "<features><acpi/></features></domain>")
+
+    async def adopt(self, machines: list[tuple[MachineSpec, str]]) -> None:
+        def rebuild():
+            conn = self._connection()
+            for spec, state in machines:
+                if self._domain(spec.id) is not None:
+                    continue
+                dom = conn.defineXML(self.domain_xml(spec))
+                if state in ("STARTED", "PAUSED", "SUSPENDED"):
+                    dom.create()
+                if state == "PAUSED":
+                    dom.suspend()
+                elif state == "SUSPENDED":
+                    dom.managedSave()
+        await self._call(rebuild)
+
+    async def create(self, spec: MachineSpec) -> None:
+        await self._before_operation()
+        await self._call(lambda: self._connection().defineXML(self.domain_xml(spec)))
+
+    async def capture(self, machine_id: str, image_id: str) -> dict:
+        """A diskless machine yields an image with no data: a catalogue entry, as the sandbox's images are."""
+        await self._call(self._require, machine_id)
+        return {"format": "qcow2", "virtual_size": 0, "location": f"urn:cimid:sandbox:image:{image_id}"}
+
+    async def restore(self, machine_id: str, image_id: str) -> None:
+        await self._call(self._require, machine_id)
+
+    async def console(self, machine_id: str, max_bytes: int) -> str:
+        return ""  # the test driver's domains run no guest, so they print nothing

@@ -1,0 +1,28 @@
+"""The built-in in-memory twins ("memory") of the image store, storage and network drivers, for the
+sandbox profile and the fast test tier: real implementations of their contracts that keep everything
+in this process. (The sandbox's compute twin runs on libvirt's test driver: cimid_libvirt.sandbox.)"""
+
+from cimid.hookspecs import hookimpl
+
+from .images import MemoryImageStore
+from .network import MemoryNetwork
+from .storage import MemoryStorage
+
+__all__ = ["MemoryImageStore", "MemoryNetwork", "MemoryStorage"]
+
+
+@hookimpl
+def cimid_image_store(config):
+    return MemoryImageStore() if config["images"]["driver"] == "memory" else None
+
+
+@hookimpl
+def cimid_storage_driver(config):
+    if config["storage"]["driver"] == "memory":
+        return MemoryStorage(config["storage"]["memory_capacity_gb"] * 1024 * 1024)
+    return None
+
+
+@hookimpl
+def cimid_network_driver(config):
+    return MemoryNetwork() if config["network"]["driver"] == "memory" else None
