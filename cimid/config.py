@@ -129,5 +129,5 @@ def _check(config: Config) -> None:
     for user in config["auth"]["users"]:
         if not isinstance(user, dict) or not {"name", "password_hash", "role"} <= set(user):
             raise ConfigError("each [[auth.users]] needs name, password_hash and role")
-        if user["role"] not in ("admin", "reader"):
-            raise ConfigError(f"auth user {user['name']}: role must be admin or reader")
+        if user["role"] not in ("admin", "user", "reader"):
+            raise ConfigError(f"auth user {user['name']}: role must be admin, user or reader")

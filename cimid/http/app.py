@@ -103,7 +103,7 @@ def make_app(config: Config, provider: Provider) -> web.Application:
     app = web.Application(middlewares=[handle_errors], client_max_size=config["server"]["max_body_bytes"])
     app[PROVIDER] = provider
     app[CONFIG] = config
-    app[AUTH] = Authenticator.from_config(config["auth"])
+    app[AUTH] = Authenticator.from_config(config["auth"], provider.consumers)
     app[RENDERINGS] = RenderingCache()
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)

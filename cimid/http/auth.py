@@ -1,4 +1,9 @@
-"""HTTP Basic authentication against `[[auth.users]]`; with no users configured everyone is admin.
+"""Who is asking: HTTP Basic (a consumer's name and password) or `Authorization: Bearer <token>`.
+
+Consumers live in the store (`cimid consumer add`, `cimid token create`); the users of `[[auth.users]]` in
+cimid.toml keep working beside them, as consumers that cannot be managed from the command line. With no
+consumer and no configured user at all, everyone who reaches the port is admin (fine on loopback; the
+first consumer added switches authentication on within a second, without a restart).
 
 Passwords are stored as `pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>` (make one with
 `cimid hash-password`). Verifying one is slow on purpose, so:
@@ -23,12 +28,25 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from ..errors import TooManyRequests, Unauthorized
+from ..service.consumers import ConsumerDirectory
 
 ITERATIONS = 200_000
 MAX_VERIFIED = 1024  # remembered logins; a user has one password, so this only bounds memory
 MAX_ADDRESSES = 10_000  # addresses with recent failures; the oldest is forgotten first
+OPEN_CHECK_SECONDS = 1.0  # how often a provider without consumers looks again whether one was added
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: str
+    quotas: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+ANONYMOUS = Identity("anonymous", "admin")
 
 
 def hash_password(password: str, iterations: int = ITERATIONS) -> str:
@@ -85,60 +103,87 @@ class FailedLogins:
 
 
 class Authenticator:
-    def __init__(self, users: list[dict], *, kdf_threads: int = 2, max_failed_logins: int = 5,
+    def __init__(self, users: list[dict], directory: ConsumerDirectory, *, kdf_threads: int = 2, max_failed_logins: int = 5,
                  failed_login_window_seconds: int = 60):
         self.users = {u["name"]: u for u in users}
+        self.directory = directory
+        self._open_until = 0.0  # while no consumer exists: when to look again
         self.verified: dict[bytes, str] = {}  # cache_key(name, password) -> role
         self.failures = FailedLogins(max_failed_logins, failed_login_window_seconds)
         self._key = os.urandom(32)
         # Never matches (its digest is random), and costs what the configured users' hashes cost.
         iterations = max((_iterations(u["password_hash"]) for u in users), default=ITERATIONS)
         self._dummy = f"pbkdf2_sha256${iterations}${os.urandom(16).hex()}${os.urandom(32).hex()}"
-        self.pool = ThreadPoolExecutor(kdf_threads, thread_name_prefix="cimid-kdf") if users else None
+        self.pool = ThreadPoolExecutor(kdf_threads, thread_name_prefix="cimid-kdf")
 
     @classmethod
-    def from_config(cls, auth: dict) -> Authenticator:
-        return cls(auth["users"], kdf_threads=auth["kdf_threads"], max_failed_logins=auth["max_failed_logins"],
+    def from_config(cls, auth: dict, directory: ConsumerDirectory) -> Authenticator:
+        return cls(auth["users"], directory, kdf_threads=auth["kdf_threads"],
+                   max_failed_logins=auth["max_failed_logins"],
                    failed_login_window_seconds=auth["failed_login_window_seconds"])
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.users)
+    async def enabled(self) -> bool:
+        """Whether anyone must log in: a configured user, or a consumer in the store."""
+        if self.users:
+            return True
+        now = time.monotonic()
+        if now < self._open_until:
+            return False
+        if await self.directory.any():
+            return True
+        self._open_until = now + OPEN_CHECK_SECONDS
+        return False
 
-    def cache_key(self, name: str, password: str) -> bytes:
+    def cache_key(self, name: str, password: str, stored: str = "") -> bytes:
         """A keyed hash of the credentials: a memory dump or a timing probe of the cache shows no secret."""
-        message = f"{len(name)}:{name}:{password}".encode()
+        message = f"{len(name)}:{name}:{len(stored)}:{stored}:{password}".encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    async def authenticate(self, header: str | None, address: str | None) -> tuple[str, str]:
-        """(user, role) for an Authorization header sent from `address`."""
-        if not self.enabled:
-            return "anonymous", "admin"
-        if not header or not header.lower().startswith("basic "):
-            raise Unauthorized("this provider needs HTTP Basic authentication")
-        try:
-            name, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise Unauthorized("the Authorization header is not valid Basic credentials") from None
+    async def authenticate(self, header: str | None, address: str | None) -> Identity:
+        """Who sent an Authorization header from `address`."""
+        if not await self.enabled():
+            return ANONYMOUS
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() not in ("basic", "bearer"):
+            raise Unauthorized("this provider needs HTTP Basic authentication or a Bearer token")
         address = address or ""
         wait = self.failures.retry_after(address)
         if wait:  # also for the right password: otherwise the lock would still answer guesses
             raise TooManyRequests(f"too many failed logins from this address; try again in {wait} seconds",
                                   retry_after=wait)
-        key = self.cache_key(name, password)
-        role = self.verified.get(key)
-        if role is None:
-            user = self.users.get(name)
-            stored = user["password_hash"] if user is not None else self._dummy
-            matches = await asyncio.get_running_loop().run_in_executor(self.pool, verify_password, password, stored)
-            if user is None or not matches:
+        if scheme.lower() == "bearer":
+            holder = await self.directory.token_holder(credentials.strip())
+            if holder is None:
+                self.failures.failed(address)
+                raise Unauthorized("unknown, expired or revoked token")
+            return Identity(holder.name, holder.role, holder.quotas)
+        try:
+            name, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("the Authorization header is not valid Basic credentials") from None
+        identity, stored = await self._account(name)
+        # Keyed by the stored hash too: a changed password or role takes effect at once.
+        key = self.cache_key(name, password, stored or "")
+        if key not in self.verified:
+            matches = await asyncio.get_running_loop().run_in_executor(
+                self.pool, verify_password, password, stored or self._dummy)
+            if identity is None or stored is None or not matches:
                 self.failures.failed(address)  # a later success does not reset it: one known account
                 raise Unauthorized("unknown user or wrong password")  # must not unlock guessing at another
-            role = user["role"]
             if len(self.verified) >= MAX_VERIFIED:
                 del self.verified[next(iter(self.verified))]
-            self.verified[key] = role
-        return name, role
+            self.verified[key] = True
+        return identity
+
+    async def _account(self, name: str) -> tuple[Identity | None, str | None]:
+        """(who `name` is, its password hash): a configured user first, else a consumer in the store."""
+        user = self.users.get(name)
+        if user is not None:
+            return Identity(name, user["role"]), user["password_hash"]
+        consumer = await self.directory.named(name)
+        if consumer is None:
+            return None, None
+        return Identity(consumer.name, consumer.role, consumer.quotas), consumer.password_hash
 
     def close(self) -> None:
         if self.pool is not None:

@@ -7,7 +7,7 @@ from aiohttp import web
 from ..config import Config
 from ..service.provider import Provider
 from ..wire import Dialect
-from .auth import Authenticator
+from .auth import Authenticator, Identity
 
 PROVIDER = web.AppKey("provider", Provider)
 AUTH = web.AppKey("auth", Authenticator)
@@ -15,5 +15,4 @@ CONFIG = web.AppKey("config", Config)
 RENDERINGS = web.AppKey("renderings", object)
 DIALECT = web.RequestKey("dialect", object)  # the wire dialect the request speaks
 FORMAT = web.RequestKey("format", str)  # the negotiated response format, json or xml
-USER = web.RequestKey("user", str)
-ROLE = web.RequestKey("role", str)
+IDENTITY = web.RequestKey("identity", Identity)  # who asks (cimid.http.auth)

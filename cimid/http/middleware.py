@@ -12,7 +12,7 @@ from aiohttp import web
 from ..errors import CimiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..wire import dialect_for
 from . import negotiation
-from .keys import AUTH, CONFIG, DIALECT, FORMAT, ROLE, USER
+from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY
 from .params import first_query
 from .render import error_response
 
@@ -28,9 +28,10 @@ async def handle_errors(request: web.Request, handler):
             request[DIALECT] = dialect_for(request.headers)
             request[FORMAT] = negotiation.response_format(first_query(request, "$format"),
                                                           request.headers.get("Accept"))
-            user, role = await request.app[AUTH].authenticate(request.headers.get("Authorization"),
-                                                              request.remote)
-            request[USER], request[ROLE] = user, role
+            identity = await request.app[AUTH].authenticate(request.headers.get("Authorization"),
+                                                            request.remote)
+            request[IDENTITY] = identity
+            user = identity.name
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"the body is larger than the {request.app[CONFIG]['server']['max_body_bytes']} "

@@ -10,7 +10,7 @@ from ..errors import BadRequest, PayloadTooLarge
 from ..service.present import Context, QueryParams
 from ..wire.text import check_document
 from . import negotiation
-from .keys import CONFIG, DIALECT, ROLE, USER
+from .keys import CONFIG, DIALECT, IDENTITY
 
 
 def first_query(request: web.Request, name: str) -> str | None:
@@ -59,7 +59,8 @@ def context(request: web.Request) -> Context:
         base = base.rstrip("/") + "/cimi/"
     else:
         base = f"{request.scheme}://{request.host}/cimi/"
-    return Context(base=base, role=request[ROLE], user=request[USER])
+    identity = request[IDENTITY]
+    return Context(base=base, role=identity.role, user=identity.name, quotas=identity.quotas)
 
 
 async def body(request: web.Request, optional: bool = False) -> tuple[str | None, dict]:

@@ -33,6 +33,7 @@ MachineConfiguration = ResourceType(
     ],
     collection="machineConfigs",
     items="machineConfigurations",
+    shareable=True,
     description="The virtual hardware of a Machine to be created.",
 )
 
@@ -63,6 +64,7 @@ CredentialTemplate = ResourceType(
     _credential_attributes(),
     collection="credentialTemplates",
     items="credentialTemplates",
+    shareable=True,
     description="What a Credential is made from.",
 )
 
@@ -85,6 +87,7 @@ MachineTemplate = ResourceType(
     ],
     collection="machineTemplates",
     items="machineTemplates",
+    shareable=True,
     description="What a Machine is made from: configuration, image, credential, user data.",
 )
 

@@ -17,6 +17,7 @@ MachineImage = ResourceType(
     ],
     collection="machineImages",
     items="machineImages",
+    shareable=True,
     states=IMAGE_STATES,
     description="A disk image Machines boot from.",
 )

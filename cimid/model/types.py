@@ -65,15 +65,17 @@ class Action:
     after every Job the state itself is read back from the host)."""
 
     name: str
-    from_states: tuple[str, ...]
+    from_states: tuple[str, ...]  # empty: any state
     transitional: str
     final: str
     description: str
     params: tuple[str, ...] = ()
+    extension_uri: str | None = None  # a provider extension's own URI, instead of DSP0263's
+    admin_only: bool = False
 
     @property
     def uri(self) -> str:
-        return ACTION_BASE + self.name
+        return self.extension_uri or ACTION_BASE + self.name
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,16 @@ class Extension:
     media_type: str
     description: str
     unavailable_in: tuple[str, ...] = ()
+
+
+# What an admin does to a catalogue entry (a shareable type) to show it to every consumer, or stop.
+SHARING = (
+    Action("publish", (), "", "public", "Provider extension: show this catalogue entry to every consumer.",
+           extension_uri="urn:x-cimid:action:publish", admin_only=True),
+    Action("unpublish", (), "", "private", "Provider extension: show this catalogue entry only to the "
+           "consumer that made it (and to admins and readers).", extension_uri="urn:x-cimid:action:unpublish",
+           admin_only=True),
+)
 
 
 @dataclass
@@ -108,10 +120,13 @@ class ResourceType:
     deletable: bool = True
     creatable: bool = True
     request_document: bool = False  # never stored: MachineCreate, Action
+    shareable: bool = False  # a catalogue entry: an admin's are public, a consumer's private until published
     description: str = ""
 
     def __post_init__(self) -> None:
         self.by_name = {a.name: a for a in self.attributes}
+        if self.shareable:
+            self.actions = {**self.actions, **{a.name: a for a in SHARING}}
         # What $filter and $orderby may name, and as which type ("map" for properties).
         self.columns = {a.name: FILTERABLE[a.type] for a in self.attributes
                         if a.type in FILTERABLE and not a.write_only}  # a secret cannot be probed by $filter

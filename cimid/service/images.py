@@ -55,7 +55,7 @@ class Images(ResourceService):
         if self.imports:
             return await self._import(ctx, rtype, attrs)
         async with self.store.write() as tx:
-            await self.references.check(tx, rtype, attrs)
+            await self.references.check(tx, rtype, attrs, ctx.scope)
             return await self.insert(tx, ctx, rtype, {**attrs, "state": "AVAILABLE"})
 
     def _capturable(self, location: str) -> tuple[ResourceType, str] | None:
@@ -78,13 +78,14 @@ class Images(ResourceService):
             raise Unavailable(f"the image store is not available: {exc}") from None
         stamp = now()
         async with self.store.write() as tx:
-            await self.references.check(tx, rtype, attrs)
+            await self.references.check(tx, rtype, attrs, ctx.scope)
             image = Row(rtype.name, new_id(), "", {**attrs, "created": stamp, "updated": stamp,
-                                                   "state": "CREATING"})
+                                                   "state": "CREATING"}, **self.ownership(ctx, rtype))
             await tx.insert(image)
             path = f"{rtype.collection}/{image.id}"
             job = await self.jobs.queue(tx, IMPORT, action="add", target=rtype.collection, affected=[path],
-                                        steps=[{"op": "import"}], success="MachineImage imported", image=image.id)
+                                        steps=[{"op": "import"}], success="MachineImage imported", owner=ctx.user,
+                                        image=image.id)
         return job_result(ctx, job, 202, location=path)
 
     # ---------------------------------------------------------------- the import Job

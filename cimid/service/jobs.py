@@ -36,7 +36,7 @@ class Jobs(ResourceService):
 
     async def act(self, ctx: Context, rtype: ResourceType, id: str, action: Action, request: dict,
                   if_match: str | None) -> Result:
-        job = await self.jobs.stop(id, if_match)
+        job = await self.jobs.stop(id, if_match, ctx)
         return job_result(ctx, job, 202, location=f"jobs/{id}")
 
     async def purge(self) -> None:

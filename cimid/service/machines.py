@@ -67,7 +67,7 @@ class Machines(ResourceService):
         config = self.config["compute"]
         async with self.store.write() as tx:
             template = await self.references.resolve(tx, MachineCreate.attribute("machineTemplate"),
-                                                     request["machineTemplate"])
+                                                     request["machineTemplate"], ctx.scope)
             for name in ("machineConfig", "machineImage"):
                 if not template.get(name):
                     raise BadRequest(f"the machineTemplate needs a {name}")
@@ -75,7 +75,8 @@ class Machines(ResourceService):
             for name in ("machineConfig", "machineImage", "credential"):
                 value = template.get(name)
                 if value:
-                    parts[name] = await self.references.resolve(tx, MachineTemplate.attribute(name), value)
+                    parts[name] = await self.references.resolve(tx, MachineTemplate.attribute(name), value,
+                                                                ctx.scope)
             conf = parts["machineConfig"]
             image = parts["machineImage"]
             if self.drivers.images is not None and self.drivers.images.imports_images and not image.get("_href"):
@@ -98,18 +99,18 @@ class Machines(ResourceService):
                 credential={k: credential[k] for k in ("userName", "password", "key") if k in credential}
                 if credential else None,
             )
-            machine = Row(Machine.name, machine_id, "", attrs, {"spec": asdict(spec), "stable": None,
-                                                            "image": image.get("_href")})
+            machine = Row(Machine.name, machine_id, "", attrs, owner=ctx.user,
+                          internal={"spec": asdict(spec), "stable": None, "image": image.get("_href")})
             await tx.insert(machine)
             for disk in spec.disks:
                 disk_attrs = {"created": stamp, "capacity": disk["capacity"]}
                 if disk.get("initialLocation"):
                     disk_attrs["initialLocation"] = disk["initialLocation"]
-                await tx.insert(Row(Disk.name, new_id(), machine_id, disk_attrs))
+                await tx.insert(Row(Disk.name, new_id(), machine_id, disk_attrs, owner=ctx.user))
             steps = [{"op": "create", "transitional": "CREATING"}]
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
-            job = await self._queue(tx, machine, "add", steps, target=Machine.collection,
+            job = await self._queue(tx, ctx, machine, "add", steps, target=Machine.collection,
                                     success=f"Machine created, {initial}")
         return job_result(ctx, job, 202, location=f"machines/{machine.id}")
 
@@ -128,7 +129,7 @@ class Machines(ResourceService):
                   if_match: str | None) -> Result:
         await self.ensure_driver()
         async with self.store.write() as tx:
-            machine = await self._load(tx, id)
+            machine = await self.changeable(tx, ctx, Machine, id)
             check_if_match(machine, if_match)
             if machine.state not in action.from_states:
                 raise Conflict(f"cannot {action.name} Machine '{id}' while it is {machine.state}; "
@@ -137,7 +138,7 @@ class Machines(ResourceService):
             if action.name in ("capture", "snapshot"):
                 return await self._capture(tx, ctx, machine, action, request.get("imageAttributes", {}))
             if action.name == "restore":
-                image_id = await self._restorable(tx, request.get("image"))
+                image_id = await self._restorable(tx, request.get("image"), ctx.scope)
                 steps = [{"op": "restore", "image": image_id, "transitional": "RESTORING"}]
             elif action.name == "restart" and machine.state == "STOPPED":
                 steps = [{"op": "start", "transitional": "STARTING"}]
@@ -146,7 +147,7 @@ class Machines(ResourceService):
                          {"op": "start", "transitional": "STARTING"}]
             else:
                 steps = [{"op": action.name, "force": force, "transitional": action.transitional}]
-            job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{id}",
+            job = await self._queue(tx, ctx, machine, action.uri, steps, target=f"machines/{id}",
                                     success=f"Machine {action.final}")
         return job_result(ctx, job, 202, location=f"machines/{machine.id}")
 
@@ -159,18 +160,18 @@ class Machines(ResourceService):
                        "imageLocation": ctx.base + f"machines/{machine.id}"}
         if kind == "SNAPSHOT" and machine.internal.get("image"):
             image_attrs["relatedImage"] = {"href": machine.internal["image"]}
-        image = Row(MachineImage.name, new_id(), "", image_attrs)
+        image = Row(MachineImage.name, new_id(), "", image_attrs, **self.ownership(ctx, MachineImage))
         await tx.insert(image)
         steps = [{"op": "capture", "image": image.id, "transitional": "CAPTURING"}]
-        job = await self._queue(tx, machine, action.uri, steps, target=f"machines/{machine.id}",
+        job = await self._queue(tx, ctx, machine, action.uri, steps, target=f"machines/{machine.id}",
                                 success=f"MachineImage {kind} made", affected=[f"machineImages/{image.id}"])
         return job_result(ctx, job, 202, location=f"machineImages/{image.id}")
 
-    async def _restorable(self, tx: Transaction, ref: dict | None) -> str:
+    async def _restorable(self, tx: Transaction, ref: dict | None, scope: str | None) -> str:
         if not ref or "href" not in ref:
             raise BadRequest("restore needs an image: {\"href\": \"<a MachineImage of this provider>\"}")
         image_id = href_to_id(ref["href"], MachineImage, "image")
-        image = await tx.get(MachineImage.name, image_id)
+        image = await tx.get(MachineImage.name, image_id, scope)
         if image is None:
             raise BadRequest(f"image: '{ref['href']}' does not name an existing MachineImage")
         if image.state != "AVAILABLE":
@@ -181,26 +182,20 @@ class Machines(ResourceService):
                      parent: str | None = None) -> Result:
         await self.ensure_driver()
         async with self.store.write() as tx:
-            machine = await self._load(tx, id)
+            machine = await self.changeable(tx, ctx, Machine, id)
             check_if_match(machine, if_match)
             if machine.state in Machine.transitional_states:
                 raise Conflict(f"Machine '{id}' is {machine.state}; wait for its Job to finish")
-            job = await self._queue(tx, machine, "delete", [{"op": "delete", "transitional": "DELETING"}],
+            job = await self._queue(tx, ctx, machine, "delete", [{"op": "delete", "transitional": "DELETING"}],
                                     target=f"machines/{id}", success="Machine deleted")
         return job_result(ctx, job, 202, location=f"machines/{machine.id}")
 
-    async def _load(self, tx: Transaction, id: str) -> Row:
-        machine = await tx.get(Machine.name, id)
-        if machine is None:
-            raise NotFound(f"there is no Machine '{id}'")
-        return machine
-
-    async def _queue(self, tx: Transaction, machine: Row, action: str, steps: list[dict], *, target: str,
-                     success: str, affected: list[str] = ()) -> Row:
+    async def _queue(self, tx: Transaction, ctx: Context, machine: Row, action: str, steps: list[dict], *,
+                     target: str, success: str, affected: list[str] = ()) -> Row:
         """Persist the Job (and nested Jobs for several steps), mark the machine transitional."""
         job = await self.jobs.queue(tx, KIND, action=action, target=target,
                                     affected=[f"machines/{machine.id}", *affected], steps=steps, success=success,
-                                    machine=machine.id, prior=machine.state)
+                                    owner=ctx.user, machine=machine.id, prior=machine.state)
         if machine.state != "CREATING":
             machine.attrs["state"] = steps[0]["transitional"]
             await tx.update(machine)
@@ -268,7 +263,7 @@ class Machines(ResourceService):
         image.attrs["imageLocation"] = step["result"]["location"]
         await tx.update(image)
         if image.attrs["type"] == "SNAPSHOT":
-            await tx.insert(Row(MachineSnapshot.name, new_id(), machine.id, {
+            await tx.insert(Row(MachineSnapshot.name, new_id(), machine.id, owner=machine.owner, attrs={
                 "created": now(), "snapshot": {"href": f"machineImages/{image.id}"}}))
             machine.attrs["latestSnapshot"] = {"href": f"machineImages/{image.id}"}
 
@@ -311,7 +306,7 @@ class Machines(ResourceService):
         text = query.get("bytes", "65536")
         if not text.isdigit() or int(text) < 1:
             raise BadRequest(f"bytes must be a positive integer, not '{text}'")
-        await self.load(rtype, id)
+        await self.load(ctx, rtype, id)
         try:
             return Result(200, text=await self.driver.console(id, int(text)))
         except DriverError as exc:

@@ -14,15 +14,29 @@ from .hrefs import absolute, path_of
 
 @dataclass(frozen=True)
 class Context:
-    """Who asks, and the base URL every id and href is built from (ends with /cimi/)."""
+    """Who asks (a consumer and its role), and the base URL every id and href is built from (ends with
+    /cimi/). An admin sees and changes everything; a reader sees everything and changes nothing; a user
+    sees the public catalogue and what it made, and changes only what it made."""
 
     base: str
-    role: str = "admin"  # "admin" may change things; "reader" may only read
+    role: str = "admin"
     user: str = "anonymous"
+    quotas: dict = field(default_factory=dict)  # the consumer's limits: machines, cpu, memory ...
 
     @property
     def may_write(self) -> bool:
-        return self.role == "admin"
+        return self.role in ("admin", "user")
+
+    @property
+    def scope(self) -> str | None:
+        """What the store shows this caller: a user's own name, or None (everything)."""
+        return self.user if self.role == "user" else None
+
+    def may_change(self, row: Row) -> bool:
+        return self.role == "admin" or (self.role == "user" and row.owner == self.user)
+
+    def __hash__(self) -> int:  # quotas is a dict; a Context is identified by who asks and where from
+        return hash((self.base, self.role, self.user))
 
 
 @dataclass
@@ -100,18 +114,20 @@ def operations(rtype: ResourceType, row: Row, ctx: Context, href: str,
                possible: Callable[[Action], bool] = lambda action: True) -> list[dict]:
     """Only what this caller may do to this resource in its current state; `possible` says whether the row
     allows an action now, beyond the states the action is declared for."""
-    if not ctx.may_write:
-        return []
+    ops = []
+    may_change = ctx.may_change(row)
     state = row.state
     busy = state in rtype.transitional_states
-    ops = []
-    if rtype.editable and not busy:
+    if may_change and rtype.editable and not busy:
         ops.append({"rel": "edit", "href": href})
-    if rtype.deletable and not busy and (not rtype.finished_states or state in rtype.finished_states):
+    if may_change and rtype.deletable and not busy and (not rtype.finished_states or state in rtype.finished_states):
         ops.append({"rel": "delete", "href": href})
     for action in rtype.actions.values():
-        if state in action.from_states and possible(action):
+        allowed = ctx.role == "admin" if action.admin_only else may_change
+        if allowed and (not action.from_states or state in action.from_states) and possible(action):
             ops.append({"rel": action.uri, "href": f"{href}/{action.name}"})
+    if not may_change:
+        return ops
     for extension in rtype.extensions.values():
         if state not in extension.unavailable_in:
             ops.append({"rel": extension.uri, "href": f"{href}/{extension.name}"})

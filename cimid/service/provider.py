@@ -11,6 +11,7 @@ from ..errors import BadRequest, MethodNotAllowed, NotFound
 from ..model import Extension, ResourceType, collection_type, registry, sub_collection
 from ..plugins import Drivers
 from ..store.db import Store
+from .consumers import ConsumerDirectory
 from .events import log_event
 from .metadata import Metadata
 from .present import Context, QueryParams, Result
@@ -30,6 +31,7 @@ class Provider:
         self.store = store
         self.drivers = drivers
         self.jobs = JobRunner(store, config["jobs"]["max_concurrent"])
+        self.consumers = ConsumerDirectory(store)
         parts = Collaborators(config, store, self.jobs, drivers, References(), self.service_of)
         # A family whose driver is not configured is not served at all.
         self.services: dict[str, ResourceService] = {
@@ -86,13 +88,13 @@ class Provider:
         service = self.service_of(rtype)
         if parent is None:
             return await service.query(ctx, rtype, params)
-        await self._parent(*parent)
+        await self._parent(ctx, *parent)
         return await service.query(ctx, rtype, params, parent=parent[1])
 
     async def get(self, ctx: Context, rtype: ResourceType, id: str, params: QueryParams,
                   parent: tuple[ResourceType, str] | None = None) -> Result:
         if parent is not None:
-            await self._parent(*parent)
+            await self._parent(ctx, *parent)
         return await self.service_of(rtype).get(ctx, rtype, id, params, parent=parent[1] if parent else None)
 
     async def create(self, ctx: Context, rtype: ResourceType, root: str | None, body: dict,
@@ -104,7 +106,7 @@ class Provider:
         if root is not None and root not in (expected, rtype.name):
             raise BadRequest(f"POST to {rtype.collection} takes a {expected}, not a {root}")
         if parent is not None:
-            await self._parent(*parent)
+            await self._parent(ctx, *parent)
         return await self.service_of(rtype).create(ctx, rtype, body, parent=parent[1] if parent else "")
 
     async def update(self, ctx: Context, rtype: ResourceType, id: str, root: str | None, body: dict,
@@ -123,7 +125,7 @@ class Provider:
         if not rtype.deletable:
             raise MethodNotAllowed(f"{rtype.name} resources cannot be deleted", _allowed(rtype))
         if parent is not None:
-            await self._parent(*parent)
+            await self._parent(ctx, *parent)
         return await self.service_of(rtype).delete(ctx, rtype, id, if_match, parent=parent[1] if parent else None)
 
     async def action(self, ctx: Context, rtype: ResourceType, id: str, operation: str, root: str | None,
@@ -135,8 +137,8 @@ class Provider:
                         query: dict[str, str]) -> Result:
         return await self.service_of(rtype).extension(ctx, rtype, id, extension, query)
 
-    async def _parent(self, rtype: ResourceType, id: str) -> None:
-        await self.service_of(rtype).load(rtype, id)
+    async def _parent(self, ctx: Context, rtype: ResourceType, id: str) -> None:
+        await self.service_of(rtype).load(ctx, rtype, id)
 
 
 def _allowed(rtype: ResourceType) -> list[str]:

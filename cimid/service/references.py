@@ -11,8 +11,9 @@ from .hrefs import href_to_id
 
 
 class References:
-    async def check(self, tx: Transaction, rtype: ResourceType, attrs: dict) -> None:
-        """Store references as relative hrefs, after checking that each names an existing resource."""
+    async def check(self, tx: Transaction, rtype: ResourceType, attrs: dict, scope: str | None) -> None:
+        """Store references as relative hrefs, after checking that each names an existing resource that
+        the caller (`scope`, see Context.scope) may see."""
         for attr in rtype.attributes:
             value = attrs.get(attr.name)
             if attr.type != "ref" or not attr.target or not isinstance(value, dict):
@@ -20,7 +21,7 @@ class References:
             target = TYPES[attr.target]
             if "href" in value:
                 id = href_to_id(value["href"], target, attr.name)
-                if await tx.get(target.name, id) is None:
+                if await tx.get(target.name, id, scope) is None:
                     raise BadRequest(f"{attr.name}: '{value['href']}' does not name an existing {target.name}")
                 overrides = {k: v for k, v in value.items() if k != "href"}
                 if overrides:
@@ -28,17 +29,17 @@ class References:
                                      "alone; give overrides when creating from it")
                 attrs[attr.name] = {"href": f"{target.collection}/{id}"}
             else:
-                await self.check(tx, target, value)
+                await self.check(tx, target, value, scope)
 
-    async def resolve(self, tx: Transaction, attr: Attribute, value: dict) -> dict:
+    async def resolve(self, tx: Transaction, attr: Attribute, value: dict, scope: str | None) -> dict:
         """A by-value or by-reference(+overrides) template attribute -> the attributes it stands for; a
-        referenced resource's relative href is kept as `_href`."""
+        referenced resource's relative href is kept as `_href`. Only what `scope` may see resolves."""
         target = TYPES[attr.target]
         if "href" not in value:
-            await self.check(tx, target, value)
+            await self.check(tx, target, value, scope)
             return dict(value)
         id = href_to_id(value["href"], target, attr.name)
-        row = await tx.get(target.name, id)
+        row = await tx.get(target.name, id, scope)
         if row is None:
             raise BadRequest(f"{attr.name}: '{value['href']}' does not name an existing {target.name}")
         resolved = {k: v for k, v in row.attrs.items() if k not in ("state",)}

@@ -68,6 +68,8 @@ class ResourceService:
 
     def action_possible(self, rtype: ResourceType, row: Row, action: Action) -> bool:
         """Beyond the states an action is declared for, whether this row allows it now."""
+        if action.name in ("publish", "unpublish"):
+            return row.public == (action.name == "unpublish")
         return True
 
     def present(self, rtype: ResourceType, row: Row, ctx: Context) -> dict:
@@ -75,19 +77,19 @@ class ResourceService:
 
     # ---------------------------------------------------------------- read
 
-    async def load(self, rtype: ResourceType, id: str, parent: str | None = None) -> Row:
-        """A resource to read, never to change (it may be shared with other readers)."""
-        row = await self.store.get(rtype.name, id, shared=True)
+    async def load(self, ctx: Context, rtype: ResourceType, id: str, parent: str | None = None) -> Row:
+        """A resource this caller may see, to read, never to change (it may be shared with other readers)."""
+        row = await self.store.get(rtype.name, id, scope=ctx.scope, shared=True)
         if row is None or (parent is not None and row.parent != parent):
             raise NotFound(f"there is no {rtype.name} '{id}'")
         return row
 
     async def get(self, ctx: Context, rtype: ResourceType, id: str, params: QueryParams,
                   parent: str | None = None) -> Result:
-        row = await self.load(rtype, id, parent)
+        row = await self.load(ctx, rtype, id, parent)
         if not params.select and not params.expand:
             return Result(200, rtype, headers={"ETag": etag(row)}, make_doc=lambda: self.present(rtype, row, ctx),
-                          cache_key=(rtype.name, row.id, row.version, ctx.base, ctx.role))
+                          cache_key=(rtype.name, row.id, row.version, ctx.base, ctx.role, ctx.user))
         return Result(200, rtype, await self.render(rtype, row, ctx, params), headers={"ETag": etag(row)})
 
     async def render(self, rtype: ResourceType, row: Row, ctx: Context, params: QueryParams) -> dict:
@@ -108,7 +110,7 @@ class ResourceService:
             except BadRequest:
                 continue
             target = collection_type(collection)
-            row = await self.store.get(target.name, id) if target else None
+            row = await self.store.get(target.name, id, scope=ctx.scope) if target else None
             if row is not None:
                 inner = present(target, row, ctx)
                 inner.pop("resourceURI", None)
@@ -117,8 +119,9 @@ class ResourceService:
     async def query(self, ctx: Context, rtype: ResourceType, params: QueryParams, parent: str = "") -> Result:
         """A collection, or with `parent` the sub-collection of that resource."""
         try:
-            count, rows = await self.store.page(rtype.name, parent, rtype.columns, filters=params.filters,
-                                                orderby=params.orderby, first=params.first, last=params.last)
+            count, rows = await self.store.page(rtype.name, parent, rtype.columns, scope=ctx.scope,
+                                                filters=params.filters, orderby=params.orderby, first=params.first,
+                                                last=params.last)
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
         href = ctx.base + (path_of(rtype, "", parent).rstrip("/") if parent else rtype.collection)
@@ -158,29 +161,45 @@ class ResourceService:
             require(wrapper, request)
             async with self.store.write() as tx:
                 template = await self.references.resolve(tx, wrapper.attribute(rtype.template_attribute),
-                                                         request[rtype.template_attribute])
+                                                         request[rtype.template_attribute], ctx.scope)
                 attrs = {k: v for k, v in template.items() if k not in ("created", "updated", "_href")}
                 attrs.update({k: request[k] for k in ("name", "description", "properties") if k in request})
                 return await self.insert(tx, ctx, rtype, attrs, parent)
         attrs = validate(rtype, body, creating=True)
         require(rtype, attrs)
         async with self.store.write() as tx:
-            await self.references.check(tx, rtype, attrs)
+            await self.references.check(tx, rtype, attrs, ctx.scope)
             return await self.insert(tx, ctx, rtype, attrs, parent)
 
     async def insert(self, tx: Transaction, ctx: Context, rtype: ResourceType, attrs: dict,
                      parent: str = "") -> Result:
         """Store a new resource made at once (201), with the finished Job that records it."""
         stamp = now()
-        row = Row(rtype.name, new_id(), parent, {**attrs, "created": stamp, "updated": stamp})
+        row = Row(rtype.name, new_id(), parent, {**attrs, "created": stamp, "updated": stamp},
+                  **self.ownership(ctx, rtype))
         await tx.insert(row)
         path = path_of(rtype, row.id, parent)
         job = job_row(action="add", target=path.rsplit("/", 1)[0], affected=[path], state="SUCCESS",
-                      message=f"{rtype.name} created")
+                      message=f"{rtype.name} created", owner=ctx.user)
         await tx.insert(job)
         return Result(201, rtype, self.present(rtype, row, ctx),
                       headers={"Location": ctx.base + path, "CIMI-Job-URI": ctx.base + f"jobs/{job.id}",
                                "ETag": etag(row)})
+
+    @staticmethod
+    def ownership(ctx: Context, rtype: ResourceType) -> dict:
+        """Who a new resource belongs to: its maker; an admin's catalogue entries are public."""
+        return {"owner": ctx.user, "public": rtype.shareable and ctx.role == "admin"}
+
+    async def changeable(self, tx: Transaction, ctx: Context, rtype: ResourceType, id: str,
+                         parent: str | None = None) -> Row:
+        """The row this caller is about to change: 404 if it cannot see it, 403 if it may only see it."""
+        row = await tx.get(rtype.name, id, ctx.scope)
+        if row is None or (parent is not None and row.parent != parent):
+            raise NotFound(f"there is no {rtype.name} '{id}'")
+        if not ctx.may_change(row):
+            raise Forbidden(f"{rtype.name} '{id}' belongs to the provider; '{ctx.user}' may use it, not change it")
+        return row
 
     async def update(self, ctx: Context, rtype: ResourceType, id: str, body: dict, select: set[str] | None,
                      if_match: str | None) -> Result:
@@ -190,15 +209,13 @@ class ResourceService:
                 raise BadRequest(f"attributes not named in $select: {', '.join(sorted(extra))}")
         changes = validate(rtype, body, creating=False)
         async with self.store.write() as tx:
-            row = await tx.get(rtype.name, id)
-            if row is None:
-                raise NotFound(f"there is no {rtype.name} '{id}'")
+            row = await self.changeable(tx, ctx, rtype, id)
             check_if_match(row, if_match)
             if row.state in rtype.transitional_states:
                 raise Conflict(f"{rtype.name} '{id}' is {row.state}; wait for its Job to finish")
             writable = [a.name for a in rtype.attributes if a.writable]
             names = [n for n in writable if not select or "*" in select or n in select]
-            await self.references.check(tx, rtype, changes)
+            await self.references.check(tx, rtype, changes, ctx.scope)
             for name in names:  # an attribute left out of a full (or $select-ed) update is removed
                 if name in changes:
                     row.attrs[name] = changes[name]
@@ -209,7 +226,7 @@ class ResourceService:
             await tx.update(row)
             path = path_of(rtype, row.id, row.parent)
             job = job_row(action="edit", target=path, affected=[path], state="SUCCESS",
-                          message=f"{rtype.name} updated")
+                          message=f"{rtype.name} updated", owner=ctx.user)
             await tx.insert(job)
         return Result(200, rtype, self.present(rtype, row, ctx),
                       headers={"CIMI-Job-URI": ctx.base + f"jobs/{job.id}", "ETag": etag(row)})
@@ -217,9 +234,7 @@ class ResourceService:
     async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
                      parent: str | None = None) -> Result:
         async with self.store.write() as tx:
-            row = await tx.get(rtype.name, id)
-            if row is None or (parent is not None and row.parent != parent):
-                raise NotFound(f"there is no {rtype.name} '{id}'")
+            row = await self.changeable(tx, ctx, rtype, id, parent)
             check_if_match(row, if_match)
             if rtype.finished_states and row.state not in rtype.finished_states:
                 raise Conflict(f"{rtype.name} '{id}' is {row.state}; stop it first, or wait for it to finish")
@@ -227,7 +242,7 @@ class ResourceService:
             await tx.delete(rtype.name, id)
             await self.after_delete(tx, rtype, row)
             job = job_row(action="delete", target=path_of(rtype, row.id, row.parent), affected=[],
-                          state="SUCCESS", message=f"{rtype.name} deleted")
+                          state="SUCCESS", message=f"{rtype.name} deleted", owner=ctx.user)
             await tx.insert(job)
         return job_result(ctx, job, 200)
 
@@ -252,7 +267,27 @@ class ResourceService:
             if name in STANDARD_ACTIONS:
                 raise NotImplementedByProvider(f"{rtype.name} does not support '{ACTION_BASE}{name}' here")
             raise NotFound(f"{rtype.name} has no operation '{name}'")
-        return await self.act(ctx, rtype, id, rtype.actions[name], request, if_match)
+        action = rtype.actions[name]
+        if action.admin_only and ctx.role != "admin":
+            raise Forbidden(f"only an admin may {name} a {rtype.name}")
+        if name in ("publish", "unpublish"):
+            return await self.publish(ctx, rtype, id, name == "publish", if_match)
+        return await self.act(ctx, rtype, id, action, request, if_match)
+
+    async def publish(self, ctx: Context, rtype: ResourceType, id: str, public: bool, if_match: str | None) -> Result:
+        """Show a catalogue entry to every consumer, or only to its maker again (admins and readers see
+        everything anyway). Done at once: 200 with the finished Job."""
+        async with self.store.write() as tx:
+            row = await self.changeable(tx, ctx, rtype, id)
+            check_if_match(row, if_match)
+            row.public = public
+            await tx.update(row)
+            path = path_of(rtype, row.id, row.parent)
+            job = job_row(action=rtype.actions["publish" if public else "unpublish"].uri, target=path,
+                          affected=[path], state="SUCCESS", owner=ctx.user,
+                          message=f"{rtype.name} {'public' if public else 'private'}")
+            await tx.insert(job)
+        return job_result(ctx, job, 200)
 
     async def act(self, ctx: Context, rtype: ResourceType, id: str, action: Action, request: dict,
                   if_match: str | None) -> Result:

@@ -26,7 +26,7 @@ INTERRUPTED = ("interrupted: cimid stopped while this Job was running; the state
                "re-read from the hypervisor")
 
 
-def job_row(*, action: str, target: str, affected: list[str], state: str, message: str = "",
+def job_row(*, action: str, target: str, affected: list[str], state: str, owner: str, message: str = "",
             parent: str | None = None, internal: dict | None = None) -> Row:
     """target/affected are relative hrefs, e.g. 'machines/abc'."""
     stamp = now()
@@ -44,7 +44,7 @@ def job_row(*, action: str, target: str, affected: list[str], state: str, messag
         attrs["statusMessage"] = message
     if parent:
         attrs["parentJob"] = {"href": f"jobs/{parent}"}
-    return Row(Job.name, new_id(), "", attrs, internal or {})
+    return Row(Job.name, new_id(), "", attrs, internal or {}, owner=owner)
 
 
 def set_job_state(row: Row, state: str, message: str | None = None) -> None:
@@ -110,17 +110,17 @@ class JobRunner:
         self.kinds[name] = kind
 
     async def queue(self, tx: Transaction, kind: str, *, action: str, target: str, affected: list[str],
-                    steps: list[dict], success: str, **internal) -> Row:
+                    steps: list[dict], success: str, owner: str, **internal) -> Row:
         """Persist a QUEUED Job of `kind` (with a nested Job per step when there are several); it runs once
         the transaction commits. `internal` is kept for the kind's callbacks."""
-        job = job_row(action=action, target=target, affected=affected, state="QUEUED",
+        job = job_row(action=action, target=target, affected=affected, state="QUEUED", owner=owner,
                       internal={"kind": kind, "steps": steps, "success_message": success, "stoppable": True,
                                 **internal})
         if len(steps) > 1:
             job.attrs["nestedJobs"] = []
             for step in steps:
                 nested = job_row(action=step["op"], target=affected[0], affected=affected[:1], state="QUEUED",
-                                 parent=job.id)
+                                 parent=job.id, owner=owner)
                 await tx.insert(nested)
                 step["job"] = nested.id
                 job.attrs["nestedJobs"].append({"href": f"jobs/{nested.id}"})
@@ -216,11 +216,11 @@ class JobRunner:
                 set_job_state(job, outcome, message)
                 await tx.update(job)
 
-    async def stop(self, id: str, if_match: str | None) -> Row:
+    async def stop(self, id: str, if_match: str | None, ctx: Context) -> Row:
         """A consumer's stop: at once for a QUEUED Job (its kind undoes what the request recorded), before
         the next step for a running one; refused where the current step is the last."""
         async with self.store.write() as tx:
-            job = await tx.get(Job.name, id)
+            job = await tx.get(Job.name, id, ctx.scope)
             if job is None:
                 raise NotFound(f"there is no Job '{id}'")
             check_if_match(job, if_match)

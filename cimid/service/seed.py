@@ -25,16 +25,16 @@ async def seed_catalogue(store: Store) -> None:
                 "name": name, "description": description, "created": stamp, "updated": stamp,
                 "cpu": cpu, "memory": memory, "cpuArch": "x86_64",
                 "disks": [{"capacity": disk_gib * GIB_IN_KB, "format": "raw"}],
-            }))
+            }, public=True))
         await tx.insert(Row("MachineImage", "tiny-linux", "", {
             "name": "tiny-linux", "description": "A sandbox image (the sandbox boots nothing real)",
             "created": stamp, "updated": stamp, "state": "AVAILABLE", "type": "IMAGE",
             "imageLocation": "urn:cimid:sandbox:tiny-linux",
-        }))
+        }, public=True))
         await tx.insert(Row("MachineTemplate", "small-tiny-linux", "", {
             "name": "small-tiny-linux", "description": "small configuration, tiny-linux image, started",
             "created": stamp, "updated": stamp, "initialState": "STARTED",
             "machineConfig": {"href": "machineConfigs/small"},
             "machineImage": {"href": "machineImages/tiny-linux"},
-        }))
+        }, public=True))
         await tx.insert(Row("Meta", "catalogue-seeded", "", {"created": stamp}))

@@ -28,11 +28,13 @@ CACHE_ROWS = 4096
 class Row:
     """One stored resource: every attribute (promoted ones included) and provider-only `internal` data."""
 
-    __slots__ = ("kind", "id", "parent", "attrs", "version", "_internal", "_internal_json")
+    __slots__ = ("kind", "id", "parent", "attrs", "version", "owner", "public", "_internal", "_internal_json")
 
     def __init__(self, kind: str, id: str, parent: str, attrs: dict, internal: dict | None = None,
-                 version: int = 1, internal_json: str = "{}"):
+                 version: int = 1, internal_json: str = "{}", *, owner: str = "", public: bool = False):
         self.kind, self.id, self.parent, self.attrs, self.version = kind, id, parent, attrs, version
+        # The consumer that made it ('' : the provider), and whether every consumer may see it.
+        self.owner, self.public = owner, public
         self._internal, self._internal_json = internal, internal_json
 
     @property
@@ -46,7 +48,8 @@ class Row:
         return self.attrs.get("state")
 
 
-_SELECT = "SELECT kind, id, parent, name, description, created, updated, state, doc, internal, version FROM resources"
+_SELECT = ("SELECT kind, id, parent, name, description, created, updated, state, doc, internal, version, owner,"
+           " public FROM resources")
 
 
 def _row(r) -> Row:
@@ -54,7 +57,17 @@ def _row(r) -> Row:
     for name, value in zip(PROMOTED, r[3:8], strict=True):
         if value is not None:
             attrs[name] = value
-    return Row(r[0], r[1], r[2], attrs, version=r[10], internal_json=r[9])
+    return Row(r[0], r[1], r[2], attrs, version=r[10], internal_json=r[9], owner=r[11], public=bool(r[12]))
+
+
+def visible(raw, scope: str | None) -> bool:
+    """Whether a stored row (raw, as SQLite returned it) is in `scope`: a consumer's name, or None for
+    everything. A consumer sees what it made, and what is public."""
+    return scope is None or raw[11] == scope or bool(raw[12])
+
+
+# The same rule in SQL, for pages and counts.
+_IN_SCOPE = "(owner = ? OR public = 1)"
 
 
 def _column(attribute: str, type_: str) -> Column:
@@ -71,17 +84,19 @@ class Transaction:
         self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
         self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
 
-    async def get(self, kind: str, id: str) -> Row | None:
+    async def get(self, kind: str, id: str, scope: str | None = None) -> Row | None:
+        """The row, if it is in `scope` (a consumer's name; None: everything)."""
         rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
-        return _row(rows[0]) if rows else None
+        return _row(rows[0]) if rows and visible(rows[0], scope) else None
 
     async def insert(self, row: Row) -> None:
         self._touch(row.kind, row.id)
         promoted, doc = _split(row.attrs)
         await self.conn.execute(
-            "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal)),
+            "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
+            " owner, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
+             int(row.public)),
         )
 
     async def update(self, row: Row) -> None:
@@ -89,8 +104,8 @@ class Transaction:
         promoted, doc = _split(row.attrs)
         await self.conn.execute(
             "UPDATE resources SET name = ?, description = ?, created = ?, updated = ?, state = ?, doc = ?,"
-            " internal = ?, version = version + 1 WHERE kind = ? AND id = ?",
-            (*promoted, json.dumps(doc), json.dumps(row.internal), row.kind, row.id),
+            " internal = ?, public = ?, version = version + 1 WHERE kind = ? AND id = ?",
+            (*promoted, json.dumps(doc), json.dumps(row.internal), int(row.public), row.kind, row.id),
         )
         row.version += 1
 
@@ -103,6 +118,10 @@ class Transaction:
         """For the store's own named queries; the layers above speak in verbs."""
         self.touched = None
         await self.conn.execute(sql, params)
+
+    async def fetch(self, sql: str, params=()) -> list[tuple]:
+        """For the store's own named queries (consumers, tokens), inside this transaction."""
+        return await self.conn.execute_fetchall(sql, params)
 
     def emit(self, event: object) -> None:
         """Announce `event` to the subscribers after this transaction commits (never if it rolls back)."""
@@ -215,9 +234,10 @@ class Store:
                 except Exception:  # a broken listener must not undo or hide a committed change
                     log.exception("event listener failed on %r", event)
 
-    async def get(self, kind: str, id: str, *, shared: bool = False) -> Row | None:
-        """One row. shared=True returns the cache's own decoded Row, for readers that never change it
-        (a GET): it skips decoding the JSON on every request."""
+    async def get(self, kind: str, id: str, *, scope: str | None = None, shared: bool = False) -> Row | None:
+        """One row, if it is in `scope` (a consumer's name; None: everything). shared=True returns the
+        cache's own decoded Row, for readers that never change it (a GET): it skips decoding the JSON on
+        every request."""
         key = (kind, id)
         entry = self._cache.get(key)
         if entry is None:
@@ -230,11 +250,17 @@ class Store:
                 if len(self._cache) >= CACHE_ROWS:
                     del self._cache[next(iter(self._cache))]  # the oldest entry
                 self._cache[key] = entry
+        if not visible(entry[0], scope):
+            return None  # to this consumer, another's resource does not exist
         if not shared:
             return _row(entry[0])
         if entry[1] is None:
             entry[1] = _row(entry[0])
         return entry[1]
+
+    async def fetch(self, sql: str, params=()) -> list[tuple]:
+        """For the store's own named queries (consumers, tokens): plain rows, read outside any write."""
+        return await self._reader.execute_fetchall(sql, params)
 
     async def select(self, where: str, params=()) -> list[Row]:
         """For the store's own named queries; the layers above speak in verbs."""
@@ -247,13 +273,16 @@ class Store:
         marks = ", ".join("?" * len(states))
         return await self.select(f"kind = ? AND state IN ({marks}) ORDER BY seq", (kind, *states))
 
-    async def page(self, kind: str, parent: str, columns: dict[str, str], *, filters: list[str] = (),
-                   orderby: list[str] = (), first: int | None = None,
+    async def page(self, kind: str, parent: str, columns: dict[str, str], *, scope: str | None,
+                   filters: list[str] = (), orderby: list[str] = (), first: int | None = None,
                    last: int | None = None) -> tuple[int, list[Row]]:
         """One page of a collection (`parent`: the owner of a sub-collection, or ""), with the count after
-        filtering, all of it done by SQLite. `columns` maps the attributes $filter and $orderby may name
-        to their type; a bad expression raises query.QueryError."""
+        filtering, all of it done by SQLite and limited to `scope` (a consumer's name; None: everything).
+        `columns` maps the attributes $filter and $orderby may name to their type; a bad expression
+        raises query.QueryError."""
         where, order, params = query.compile_query(filters, orderby, lambda name: _resolve(columns, name))
+        if scope is not None:
+            where, params = " AND ".join(w for w in (_IN_SCOPE, where) if w), [scope, *params]
         return await self._page(kind, parent, where, params, order, first, last)
 
     async def _page(self, kind: str, parent: str, where: str, params: list, order: str,

@@ -19,4 +19,31 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX resources_by_created ON resources (kind, parent, created)",
         "CREATE INDEX resources_by_state ON resources (kind, state)",
     ],
+    [
+        # Tenancy: who made each resource, and which catalogue entries every consumer sees.
+        "ALTER TABLE resources ADD COLUMN owner TEXT NOT NULL DEFAULT ''",  # '' : the provider itself
+        "ALTER TABLE resources ADD COLUMN public INTEGER NOT NULL DEFAULT 0",
+        # Everything stored before tenancy was the provider's; its catalogue stays visible to everyone.
+        "UPDATE resources SET public = 1 WHERE kind IN ('MachineConfiguration', 'MachineTemplate',"
+        " 'MachineImage', 'CredentialTemplate')",
+        "CREATE INDEX resources_by_owner ON resources (kind, owner, parent, created)",
+        """
+    CREATE TABLE consumers (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,                     -- admin | user | reader
+        password_hash TEXT,                     -- NULL: tokens only
+        quotas TEXT NOT NULL DEFAULT '{}',      -- JSON: machines, cpu, memory, ... (absent: unlimited)
+        created TEXT NOT NULL
+    )""",
+        """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,                    -- shown in listings; the secret is never stored
+        consumer TEXT NOT NULL REFERENCES consumers (name) ON DELETE CASCADE,
+        digest TEXT NOT NULL UNIQUE,            -- SHA-256 of the whole token
+        description TEXT NOT NULL DEFAULT '',
+        created TEXT NOT NULL,
+        expires TEXT,                           -- NULL: never
+        revoked TEXT                            -- NULL: valid
+    )""",
+    ],
 ]

@@ -99,8 +99,9 @@ async def test_verified_logins_are_cached_under_a_keyed_hash(auth_client, kdf_ca
     key = keys[0]
     assert isinstance(key, bytes) and len(key) == 32
     assert b"wonderland" not in key and "wonderland" not in repr(auth.verified)
-    other = Authenticator(USERS)  # another process: another random key, another cache key
-    assert other.cache_key("alice", "wonderland") != key == auth.cache_key("alice", "wonderland")
+    other = Authenticator(USERS, auth.directory)  # another process: another random key, another cache key
+    stored = USERS[0]["password_hash"]
+    assert other.cache_key("alice", "wonderland", stored) != key == auth.cache_key("alice", "wonderland", stored)
     other.close()
 
 

@@ -215,6 +215,6 @@ async def test_authentication_401_and_reader_403(tmp_path):
         assert_error(await client.delete("machineConfigs/small", headers=basic("bob", "builder")), 403)
         assert await client.rows() == before
         admin = await client.get("machineConfigs/small", headers=basic("alice", "wonderland"))
-        assert {o["rel"] for o in admin.json["operations"]} == {"edit", "delete"}
+        assert {o["rel"] for o in admin.json["operations"]} == {"edit", "delete", "urn:x-cimid:action:unpublish"}
     finally:
         await client.client.close()

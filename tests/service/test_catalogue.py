@@ -29,7 +29,7 @@ async def test_create_read_configuration_json(app_client):
         assert got[key] == CONFIG[key]
     assert got["created"] == got["updated"] and got["created"].endswith("Z")
     ops = {o["rel"] for o in got["operations"]}
-    assert ops == {"edit", "delete"}
+    assert ops == {"edit", "delete", "urn:x-cimid:action:unpublish"}  # an admin's entry is public
     job = (await app_client.get(r.headers["CIMI-Job-URI"])).json
     assert_state(job, "SUCCESS")
     assert job["action"] == "add" and job["progress"] == 100

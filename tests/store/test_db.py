@@ -51,10 +51,11 @@ async def test_update_bumps_version_and_query_pages_in_sql(store):
         await tx.update(row)
     assert (await store.get("Thing", "t1")).version == 2
     columns = {"name": "string", "cpu": "integer"}
-    count, rows = await store.page("Thing", "", columns, filters=["cpu=1"], orderby=["name:desc"], first=2, last=3)
+    count, rows = await store.page("Thing", "", columns, scope=None, filters=["cpu=1"], orderby=["name:desc"],
+                                   first=2, last=3)
     assert count == 3 and [r.id for r in rows] == ["t7", "t4"]  # renamed > n7 > n4
     with pytest.raises(QueryError, match="unknown attribute 'memory'"):
-        await store.page("Thing", "", columns, filters=["memory=1"])
+        await store.page("Thing", "", columns, scope=None, filters=["memory=1"])
 
 
 async def test_events_are_published_after_the_commit_and_never_on_rollback(store):
