@@ -1,4 +1,4 @@
-"""`cimid serve | check | plugins | hash-password | --version`."""
+"""`cimid serve | check | consumer | token | plugins | hash-password | --version`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .accounts import add_commands
+from .accounts import run as manage_accounts
 from .config import PROFILES, ConfigError, load
 
 
@@ -41,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                            "Validate the configuration, open each configured driver and report its health "
                            "(for the host profile: libvirtd, virt types, guest mount namespaces), and the "
                            "state directory's free space. Exit status 1 if anything failed."))
+    add_commands(command, config_options)
     command("plugins", "list registered plugins and the hooks they implement",
             "List every plugin registered under the 'cimid' entry-point group, built-in drivers included, "
             "with the hooks each implements.")
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("consumer", "token"):
+            return manage_accounts(args, _config(args))
         return {"serve": serve, "check": check, "plugins": plugins, "hash-password": hash_password}[args.command](args)
     except ConfigError as exc:
         print(f"cimid: {exc}", file=sys.stderr)

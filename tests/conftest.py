@@ -63,13 +63,14 @@ class CimiClient:
     def __init__(self, client: TestClient, app):
         self.client, self.app = client, app
         self.base = str(client.make_url("/cimi/"))
+        self.default_headers: dict[str, str] = {}  # e.g. an admin's Authorization, under per-call headers
 
     def url(self, path: str) -> str:
         return path[len(self.base):] if path.startswith(self.base) else path
 
     async def request(self, method: str, path: str, body=None, *, fmt: str = "json", headers=None,
                       params=None) -> Reply:
-        headers = dict(headers or {})
+        headers = {**self.default_headers, **(headers or {})}
         headers.setdefault("Accept", "application/xml" if fmt == "xml" else "application/json")
         data = None
         if isinstance(body, dict):
