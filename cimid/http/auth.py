@@ -1,4 +1,5 @@
-"""HTTP Basic authentication against `[[auth.users]]`; with no users configured everyone is admin.
+"""HTTP Basic authentication against `[[auth.users]]`, or a verified client certificate whose subject CN
+names one of them; with no users configured everyone is admin.
 
 Passwords are stored as `pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>` (make one with
 `cimid hash-password`). Verifying one is slow on purpose, so:
@@ -139,6 +140,17 @@ class Authenticator:
                 del self.verified[next(iter(self.verified))]
             self.verified[key] = role
         return name, role
+
+    async def authenticate_certificate(self, name: str) -> tuple[str, str]:
+        """(user, role) for a client certificate the TLS layer verified against server.tls_client_ca;
+        `name` is its subject's CN, looked up like a Basic user's name. No password and no failure
+        counting: the CA vouched for the name, and a stranger's certificate never gets this far."""
+        if not self.enabled:
+            return name or "anonymous", "admin"  # everyone is admin, but the name says who
+        user = self.users.get(name)
+        if user is None:
+            raise Unauthorized(f"the client certificate's subject CN {name!r} is not a user of this provider")
+        return name, user["role"]
 
     def close(self) -> None:
         if self.pool is not None:
