@@ -1,13 +1,17 @@
-"""Benchmark 1: requests per second of GET /cimi/machines/{id}, cimid against a bare aiohttp server.
+"""Benchmark 1: requests per second of GET /cimi/machines/{id}, cimid against a bare aiohttp server;
+with tls, both over HTTPS (benchmark 1b).
 
 Both servers run at once (the idle one costs nothing) and wrk alternates between them, so the noise of
-a shared machine hits both alike; the figure that matters is the ratio of the medians.
+a shared machine hits both alike; the figure that matters is the ratio of the medians. Over HTTPS both
+serve the same certificate and key (the self-signed pair cimid makes), so both pay the same TLS costs;
+wrk keeps its connections open, so the figures are mostly the per-request encryption, not handshakes.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from contextlib import ExitStack
@@ -21,7 +25,7 @@ TEMPLATE = "machineTemplates/small-tiny-linux"
 
 def create_machine(client: Client) -> str:
     """Create a Machine through the API and wait for its Job; return the Machine's path."""
-    base = f"http://127.0.0.1:{client.port}/cimi/"
+    base = f"{client.scheme}://127.0.0.1:{client.port}/cimi/"
     status, headers, body = client.request("POST", "/cimi/machines", {"machineTemplate": {"href": base + TEMPLATE}})
     if status != 202 or "cimi-job-uri" not in headers or "location" not in headers:
         raise WrongAnswer(f"POST /cimi/machines answered {status} {body[:300]!r}, not 202 with a Job and Location")
@@ -38,7 +42,8 @@ def wrk(server: Server, path: str, seconds: float, connections: int) -> tuple[fl
     """One wrk run: its Requests/sec, and the server's CPU time per request in microseconds (less
     sensitive than the rate to what else the shared machine runs). A non-2xx answer voids it: raises."""
     port, cpu_before = server.port, server.cpu_seconds()
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", f"http://127.0.0.1:{port}{path}"],
+    url = f"{'https' if server.tls else 'http'}://127.0.0.1:{port}{path}"
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url],
                          capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     cpu = server.cpu_seconds() - cpu_before
     if "Non-2xx or 3xx responses" in out:
@@ -52,14 +57,18 @@ def wrk(server: Server, path: str, seconds: float, connections: int) -> tuple[fl
     return float(rate.group(1)), cpu / int(count.group(1)) * 1e6
 
 
-def run(workdir: Path, quick: bool) -> list[Figure]:
+def run(workdir: Path, quick: bool, tls: bool = False) -> list[Figure]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk, or run `make bench`)")
     rounds, seconds, connections = (2, 2, 8) if quick else (5, 5, 8)
+    name, label = ("https", "GET machine over HTTPS") if tls else ("get", "GET machine")
+    state_dir = workdir / f"{name}-state"
+    tls_files = (state_dir / "server.crt", state_dir / "server.key") if tls else None
     with ExitStack() as stack:
-        cimid = start_cimid(workdir, "get-cimid", workdir / "get-state")
+        cimid = start_cimid(workdir, f"{name}-cimid", state_dir, tls=tls)
         stack.callback(cimid.stop)
-        client = Client(cimid.port)
+        # Over HTTPS the client trusts exactly the certificate cimid made (its SANs include 127.0.0.1).
+        client = Client(cimid.port, context=ssl.create_default_context(cafile=tls_files[0]) if tls else None)
         stack.callback(client.close)
         path = create_machine(client)
         status, headers, body = client.request("GET", path)
@@ -67,14 +76,16 @@ def run(workdir: Path, quick: bool) -> list[Figure]:
             raise WrongAnswer(f"GET {path} answered {status}")
         # The baseline answers the very bytes cimid answered (ETag included, so both responses are alike).
         answer = {"Content-Type": headers["content-type"], "ETag": headers["etag"]}
-        bare = start_bare(workdir, "get-bare", path, body, answer)
+        bare = start_bare(workdir, f"{name}-bare", path, body, answer, tls_files)
         stack.callback(bare.stop)
-        bare_client = Client(bare.port)
+        bare_client = Client(bare.port, context=ssl.create_default_context(cafile=tls_files[0]) if tls else None)
         stack.callback(bare_client.close)
         _, bare_headers, bare_body = bare_client.request("GET", path)
         if bare_body != body or bare_headers["content-type"] != headers["content-type"]:
             raise WrongAnswer("the bare server does not answer what cimid answered")
-        print(f"  GET {path}: {len(body)} bytes of {headers['content-type']}; "
+        if tls and f"https://127.0.0.1:{cimid.port}/cimi/".encode() not in body:
+            raise WrongAnswer(f"cimid over HTTPS answered hrefs that do not say https: {body[:300]!r}")
+        print(f"  GET {path}{' over HTTPS' if tls else ''}: {len(body)} bytes of {headers['content-type']}; "
               f"wrk -t1 -c{connections} -d{seconds}s, {rounds} interleaved rounds after a warm-up")
 
         servers = {"bare": bare, "cimid": cimid}
@@ -96,9 +107,9 @@ def run(workdir: Path, quick: bool) -> list[Figure]:
     print(f"  median: bare {bare_rps:,.0f} req/s, cimid {cimid_rps:,.0f} req/s, cimid/bare {ratio:.2f}; "
           f"server CPU per request: bare {bare_cpu:.0f} us, cimid {cimid_cpu:.0f} us")
     return [
-        Figure.measured("GET machine: bare aiohttp (baseline)", bare_rps, "req/s", 0),
-        Figure.measured("GET machine: cimid", cimid_rps, "req/s", 0),
-        Figure.measured("GET machine: cimid / bare", ratio, "", 2, ">=", 0.5),
-        Figure.measured("GET machine: server CPU per request, bare", bare_cpu, "us", 0),
-        Figure.measured("GET machine: server CPU per request, cimid", cimid_cpu, "us", 0),
+        Figure.measured(f"{label}: bare aiohttp (baseline)", bare_rps, "req/s", 0),
+        Figure.measured(f"{label}: cimid", cimid_rps, "req/s", 0),
+        Figure.measured(f"{label}: cimid / bare", ratio, "", 2, ">=", 0.5),
+        Figure.measured(f"{label}: server CPU per request, bare", bare_cpu, "us", 0),
+        Figure.measured(f"{label}: server CPU per request, cimid", cimid_cpu, "us", 0),
     ]

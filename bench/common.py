@@ -8,6 +8,7 @@ import json
 import math
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -37,12 +38,26 @@ def query_string(params: dict[str, str]) -> str:
     return urlencode(params, quote_via=quote, safe="$")
 
 
-class Client:
-    """One keep-alive HTTP/1.1 connection, so latencies measure the server, not TCP handshakes."""
+def connection(port: int, timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    if context is None:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
 
-    def __init__(self, port: int, timeout: float = 30.0):
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+def unverified() -> ssl.SSLContext:
+    """For polling a server until it answers: which certificate it shows is checked later, by Client."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection (HTTPS with a context), so latencies measure the server, not
+    TCP or TLS handshakes."""
+
+    def __init__(self, port: int, timeout: float = 30.0, context: ssl.SSLContext | None = None):
+        self.port, self.scheme = port, "https" if context else "http"
+        self.conn = connection(port, timeout, context)
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, bytes]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -63,8 +78,8 @@ class Client:
 class Server:
     """A server subprocess: started, waited for, measured, and always stopped (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str):
-        self.name, self.port, self.log_path, self.ready_path = name, port, log_path, ready_path
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str, tls: bool = False):
+        self.name, self.port, self.log_path, self.ready_path, self.tls = name, port, log_path, ready_path, tls
         self.log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process; stop() closes it
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -77,7 +92,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn = connection(self.port, 2, unverified() if self.tls else None)
                 conn.request("GET", self.ready_path)
                 if conn.getresponse().status == 200:
                     self.startup_seconds = time.perf_counter() - self.started
@@ -117,9 +132,9 @@ class Server:
 
 
 def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: str,
-           timeout: float = 60.0) -> Server:
+           timeout: float = 60.0, tls: bool = False) -> Server:
     """Start a server and return once `ready_path` answers; stop it again if it never does."""
-    server = Server(name, argv, port, log_path, ready_path)
+    server = Server(name, argv, port, log_path, ready_path, tls)
     try:
         server.wait_ready(timeout)
     except BaseException:
@@ -128,24 +143,29 @@ def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: st
     return server
 
 
-def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0) -> Server:
-    """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers."""
-    config = workdir / "cimid-bench.toml"
-    config.write_text(QUIET_CONFIG)
+def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0, tls: bool = False) -> Server:
+    """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers.
+    With tls, over HTTPS with the self-signed certificate cimid makes in state_dir (server.crt, server.key)."""
+    config = workdir / f"{name}.toml"
+    config.write_text(QUIET_CONFIG + ("tls = true\n" if tls else ""))
     port = free_port()
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "sandbox",
             "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
-    return launch(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint", timeout)
+    return launch(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint", timeout, tls)
 
 
-def start_bare(workdir: Path, name: str, path: str, body: bytes, headers: dict[str, str]) -> Server:
-    """The baseline: a bare aiohttp handler answering `path` with fixed bytes and headers."""
+def start_bare(workdir: Path, name: str, path: str, body: bytes, headers: dict[str, str],
+               tls_files: tuple[Path, Path] | None = None) -> Server:
+    """The baseline: a bare aiohttp handler answering `path` with fixed bytes and headers (over HTTPS
+    with tls_files, a certificate and its key)."""
     body_file = workdir / f"{name}.body"
     body_file.write_bytes(body)
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "bare_server.py"), "--port", str(port), "--path", path,
             "--body-file", str(body_file), *[a for k, v in headers.items() for a in ("--header", f"{k}: {v}")]]
-    return launch(name, argv, port, workdir / f"{name}.log", path)
+    if tls_files:
+        argv += ["--certificate", str(tls_files[0]), "--key", str(tls_files[1])]
+    return launch(name, argv, port, workdir / f"{name}.log", path, tls=tls_files is not None)
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -35,12 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                               "profile)")
 
     serve_cmd = command("serve", "serve the CIMI API",
-                        "Serve the CIMI API over HTTP until SIGINT or SIGTERM. Unfinished Jobs of an earlier "
-                        "run are resumed or failed at start-up.")
+                        "Serve the CIMI API over HTTP (HTTPS with server.tls) until SIGINT or SIGTERM. Unfinished "
+                        "Jobs of an earlier run are resumed or failed at start-up.")
     config_options(serve_cmd)
     serve_cmd.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
     config_options(command("check", "validate the config and report driver health",
-                           "Validate the configuration, open each configured driver and report its health "
+                           "Validate the configuration, print the TLS certificate's SHA-256 fingerprint, open "
+                           "each configured driver and report its health "
                            "(for the host profile: libvirtd, virt types, guest mount namespaces), and the "
                            "state directory's free space. Exit status 1 if anything failed."))
     add_commands(command, config_options)
@@ -64,24 +65,41 @@ def serve(args) -> int:
     from .daemon import build_app
     config = _config(args)
     host, port = config.listen
-    logging.getLogger("cimid").info("cimid %s serving the %s profile on http://%s:%d/cimi/cloudEntryPoint "
-                                    "(state in %s)", __version__, config.profile, host, port, config.state_dir)
-    asyncio.run(_serve(web, build_app(config), host, port))
+    log = logging.getLogger("cimid")
+    ssl_context = _tls(config, log) if config["server"]["tls"] else None
+    log.info("cimid %s serving the %s profile on %s://%s:%d/cimi/cloudEntryPoint (state in %s)", __version__,
+             config.profile, "https" if ssl_context else "http", host, port, config.state_dir)
+    asyncio.run(_serve(web, build_app(config), host, port, ssl_context))
     return 0
 
 
-async def _serve(web, app, host: str, port: int) -> None:
+def _tls(config, log):
+    """The server's SSLContext; its certificate is made self-signed first if none exists yet."""
+    from .http.tls import ensure_certificate, server_context
+    certificate = ensure_certificate(config)
+    context = server_context(config, certificate)
+    if certificate.made_now:
+        log.info("made a self-signed TLS certificate %s (key %s)", certificate.certificate, certificate.key)
+    # Clients pin this on first contact, as with Incus; `cimid check` prints it too.
+    log.info("TLS certificate fingerprint (SHA-256): %s", certificate.fingerprint)
+    if config["server"]["tls_client_ca"]:
+        log.info("client certificates signed by %s authenticate as the user named by their subject CN",
+                 config["server"]["tls_client_ca"])
+    return context
+
+
+async def _serve(web, app, host: str, port: int, ssl_context=None) -> None:
     """Serve until SIGINT or SIGTERM; a second signal during shutdown changes nothing (systemd and make
     both send one), so the store is always closed properly."""
     import signal
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await runner.setup()  # a start-up that fails half-way still stops what it started, below
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -91,8 +109,8 @@ def check(args) -> int:
     from .plugins import Drivers, plugin_manager
     config = _config(args)
     print(f"config: ok (profile {config.profile}, state in {config.state_dir})")
+    healthy = _check_tls(config)
     drivers = Drivers.load(plugin_manager(), config)
-    healthy = True
 
     async def report() -> None:
         nonlocal healthy
@@ -118,6 +136,29 @@ def check(args) -> int:
         print(f"state dir: {usage.free // 2**20} MiB free")
     asyncio.run(report())
     return 0 if healthy else 1
+
+
+def _check_tls(config) -> bool:
+    """Print the TLS set-up and the certificate's fingerprint; False if the certificate is unusable."""
+    if not config["server"]["tls"]:
+        print("tls: off (plain HTTP)")
+        return True
+    from .http.tls import certificate_paths, existing_certificate, server_context
+    try:
+        certificate = existing_certificate(config)
+        if certificate is None:
+            print(f"tls: no certificate yet: `cimid serve` makes a self-signed one at "
+                  f"{certificate_paths(config)[0]}")
+            return True
+        server_context(config, certificate)  # the key matches, the client CA reads
+    except ConfigError as exc:
+        print(f"tls: FAILED: {exc}")
+        return False
+    print(f"tls: certificate {certificate.certificate}, valid until {certificate.not_after:%Y-%m-%d}")
+    print(f"  fingerprint (SHA-256): {certificate.fingerprint}")
+    if config["server"]["tls_client_ca"]:
+        print(f"  client certificates: signed by {config['server']['tls_client_ca']}, user = subject CN")
+    return True
 
 
 def plugins(_args) -> int:

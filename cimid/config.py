@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,12 @@ DEFAULTS: dict[str, dict] = {
         "public_base_url": "",
         "max_body_bytes": 1048576,
         "log_requests": True,
+        # TLS (see etc/cimid.toml); empty certificate and key: <state_dir>/server.crt and server.key
+        "tls": False,
+        "tls_certificate": "",
+        "tls_key": "",
+        "tls_client_ca": "",
+        "insecure": False,
     },
     "store": {"synchronous": "FULL"},
     "jobs": {"retention_minutes": 1440, "max_concurrent": 4},
@@ -120,6 +127,7 @@ def _check(config: Config) -> None:
     base = config["server"]["public_base_url"]
     if base and not base.startswith(("http://", "https://")):
         raise ConfigError("server.public_base_url must be an http(s) URL")
+    _check_tls(config)
     auth = config["auth"]
     if auth["kdf_threads"] < 1:
         raise ConfigError("auth.kdf_threads must be at least 1")
@@ -131,3 +139,50 @@ def _check(config: Config) -> None:
             raise ConfigError("each [[auth.users]] needs name, password_hash and role")
         if user["role"] not in ("admin", "user", "reader"):
             raise ConfigError(f"auth user {user['name']}: role must be admin, user or reader")
+    _check_exposure(config)
+
+
+def _check_tls(config: Config) -> None:
+    server = config["server"]
+    if not server["tls"]:
+        named = [f"server.{key}" for key in ("tls_certificate", "tls_key", "tls_client_ca") if server[key]]
+        if named:
+            raise ConfigError(f"{', '.join(named)} set but server.tls is false: set server.tls = true to serve "
+                              "HTTPS")
+        return
+    if bool(server["tls_certificate"]) != bool(server["tls_key"]):
+        raise ConfigError("server.tls_certificate and server.tls_key go together: set both, or neither for a "
+                          "self-signed certificate in the state directory")
+    if server["public_base_url"].startswith("http://"):
+        raise ConfigError("server.public_base_url must be an https URL when server.tls is true")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve to anything
+
+
+def _check_exposure(config: Config) -> None:
+    """Beyond loopback, cimid needs TLS and users, unless the operator says something else protects it."""
+    server = config["server"]
+    if not exposed(config):
+        return
+    if not server["tls"]:
+        raise exposure_error(config, "serves plain HTTP (set server.tls = true), so passwords and data would "
+                                     "cross the network in clear")
+
+
+def exposed(config: Config) -> bool:
+    """Whether cimid listens beyond loopback without the operator saying something else protects it."""
+    return not config["server"]["insecure"] and not is_loopback(config.listen[0])
+
+
+def exposure_error(config: Config, problem: str) -> ConfigError:
+    host, port = config.listen
+    return ConfigError(f"refusing to listen on {host}:{port}, which is not a loopback address: it {problem}. "
+                       "Set server.insecure = true only if something else protects the port (a TLS proxy "
+                       "in front, a private network)")

@@ -4,6 +4,8 @@ Consumers live in the store (`cimid consumer add`, `cimid token create`); the us
 cimid.toml keep working beside them, as consumers that cannot be managed from the command line. With no
 consumer and no configured user at all, everyone who reaches the port is admin (fine on loopback; the
 first consumer added switches authentication on within a second, without a restart).
+A verified client certificate (server.tls_client_ca) whose subject CN names a consumer or user logs in as
+it, with no password.
 
 Passwords are stored as `pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>` (make one with
 `cimid hash-password`). Verifying one is slow on purpose, so:
@@ -184,6 +186,17 @@ class Authenticator:
         if consumer is None:
             return None, None
         return Identity(consumer.name, consumer.role, consumer.quotas), consumer.password_hash
+
+    async def authenticate_certificate(self, name: str) -> Identity:
+        """Who a client certificate the TLS layer verified against server.tls_client_ca names: its
+        subject's CN, looked up like a Basic user's name. No password and no failure counting: the CA
+        vouched for the name, and a stranger's certificate never gets this far."""
+        if not await self.enabled():
+            return Identity(name or "anonymous", "admin")  # everyone is admin, but the name says who
+        identity, _ = await self._account(name)
+        if identity is None:
+            raise Unauthorized(f"the client certificate's subject CN {name!r} is not a consumer of this provider")
+        return identity
 
     def close(self) -> None:
         if self.pool is not None:

@@ -12,9 +12,11 @@ from aiohttp import web
 from ..errors import CimiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..wire import dialect_for
 from . import negotiation
+from .auth import Identity
 from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY
 from .params import first_query
 from .render import error_response
+from .tls import client_certificate_name
 
 log = logging.getLogger("cimid.http")
 
@@ -28,8 +30,7 @@ async def handle_errors(request: web.Request, handler):
             request[DIALECT] = dialect_for(request.headers)
             request[FORMAT] = negotiation.response_format(first_query(request, "$format"),
                                                           request.headers.get("Accept"))
-            identity = await request.app[AUTH].authenticate(request.headers.get("Authorization"),
-                                                            request.remote)
+            identity = await _authenticate(request)
             request[IDENTITY] = identity
             user = identity.name
             response = await handler(request)
@@ -56,6 +57,17 @@ async def handle_errors(request: web.Request, handler):
         log.info("%s %s %d %.1fms user=%s", request.method, request.path_qs, response.status,
                  (time.perf_counter() - started) * 1000, user)
     return response
+
+
+async def _authenticate(request: web.Request) -> Identity:
+    """A verified client certificate, when the server asks for them and one was sent, decides alone;
+    otherwise the Authorization header does."""
+    auth = request.app[AUTH]
+    if request.app[CONFIG]["server"]["tls_client_ca"]:
+        name = client_certificate_name(request)
+        if name is not None:
+            return await auth.authenticate_certificate(name)
+    return await auth.authenticate(request.headers.get("Authorization"), request.remote)
 
 
 def _log_failure(request: web.Request, what: str) -> str:
