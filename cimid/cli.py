@@ -69,8 +69,14 @@ def serve(args) -> int:
 
 async def _serve(web, app, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM; a second signal during shutdown changes nothing (systemd and make
-    both send one), so the store is always closed properly."""
+    both send one), so the store is always closed properly. Under systemd (Type=notify): READY=1 once the
+    store is open, the drivers started and the port listens; STOPPING=1 on the signal; watchdog pings
+    throughout."""
     import signal
+
+    from .systemd import ServiceManager
+    manager = ServiceManager()
+    pinging = manager.start_watchdog()  # from before start-up: migrations may take a while
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
@@ -79,9 +85,14 @@ async def _serve(web, app, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await web.TCPSite(runner, host, port).start()
+        manager.notify("READY=1", f"STATUS=serving http://{host}:{port}/cimi/cloudEntryPoint")
         await stop.wait()
+        manager.notify("STOPPING=1", "STATUS=stopping")
     finally:
         await runner.cleanup()
+        if pinging:
+            pinging.cancel()
+        manager.close()
 
 
 def check(args) -> int:
@@ -135,7 +146,8 @@ def hash_password(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from .systemd import stderr_log_handler
+    logging.basicConfig(level=logging.INFO, handlers=[stderr_log_handler()])
     args = _parser().parse_args(argv)
     try:
         return {"serve": serve, "check": check, "plugins": plugins, "hash-password": hash_password}[args.command](args)
