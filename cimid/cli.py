@@ -92,7 +92,6 @@ async def _serve(web, app, host: str, port: int) -> None:
         await runner.cleanup()
         if pinging:
             pinging.cancel()
-        manager.close()
 
 
 def check(args) -> int:

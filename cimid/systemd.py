@@ -31,7 +31,6 @@ class ServiceManager:
                 self.watchdog_interval = int(usec) / 2e6 if int(usec) > 0 else None
             except ValueError:
                 log.warning("ignoring WATCHDOG_USEC=%r: not a number of microseconds", usec)
-        self._socket: socket.socket | None = None
         self._failing = False
 
     def notify(self, *fields: str) -> bool:
@@ -40,10 +39,13 @@ class ServiceManager:
         if self.address is None:
             return False
         try:
-            if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._socket.setblocking(False)  # never stall the event loop on a full queue
-            self._socket.sendto("\n".join(fields).encode(), self.address)
+            # A socket per message, as sd_notify does: nothing to go stale if systemd re-executes.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Connected, a full queue makes send() wait for room: a moment's stall of the loop, not a
+                # lost READY=1; the timeout bounds it if systemd is wedged.
+                sock.settimeout(1.0)
+                sock.connect(self.address)
+                sock.send("\n".join(fields).encode())
         except OSError as exc:
             if not self._failing:
                 log.warning("systemd notification %s not sent: %s", fields[0], exc)
@@ -63,11 +65,6 @@ class ServiceManager:
         while True:
             self.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
 
 
 def _socket_address(value: str) -> str | bytes | None:
