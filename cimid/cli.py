@@ -90,19 +90,30 @@ def _tls(config, log):
 
 async def _serve(web, app, host: str, port: int, ssl_context=None) -> None:
     """Serve until SIGINT or SIGTERM; a second signal during shutdown changes nothing (systemd and make
-    both send one), so the store is always closed properly."""
+    both send one), so the store is always closed properly. Under systemd (Type=notify): READY=1 once the
+    store is open, the drivers started and the port listens; STOPPING=1 on the signal; watchdog pings
+    throughout."""
     import signal
+
+    from .systemd import ServiceManager
+    manager = ServiceManager()
+    pinging = manager.start_watchdog()  # from before start-up: migrations may take a while
     runner = web.AppRunner(app, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await runner.setup()  # a start-up that fails half-way still stops what it started, below
+        await runner.setup()  # (a start-up that fails stops what it started itself: see http.app, daemon)
         await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        scheme = "https" if ssl_context else "http"
+        manager.notify("READY=1", f"STATUS=serving {scheme}://{host}:{port}/cimi/cloudEntryPoint")
         await stop.wait()
+        manager.notify("STOPPING=1", "STATUS=stopping")
     finally:
         await runner.cleanup()
+        if pinging:
+            pinging.cancel()
 
 
 def check(args) -> int:
@@ -179,7 +190,8 @@ def hash_password(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from .systemd import stderr_log_handler
+    logging.basicConfig(level=logging.INFO, handlers=[stderr_log_handler()])
     args = _parser().parse_args(argv)
     try:
         if args.command in ("consumer", "token"):

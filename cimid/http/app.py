@@ -113,7 +113,11 @@ def make_app(config: Config, provider: Provider) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", not_found)
 
     async def on_startup(_app):
-        await provider.start()
+        try:
+            await provider.start()
+        except BaseException:  # aiohttp cleans up only after a start-up that succeeded
+            await provider.stop()
+            raise
 
     async def on_cleanup(_app):
         app[AUTH].close()
