@@ -50,6 +50,8 @@ CloudEntryPoint = ResourceType(
         read_only("baseURI", "URI"),
         *[read_only(name, "collection", target=TOP_LEVEL[name].name)
           for name in ENTRY_POINT_ORDER if name in TOP_LEVEL],
+        read_only("usage", "extension", description="Provider extension: what the caller uses of each quota "
+                  "(machines, cpu, memory ...), and its limit where it has one"),
     ],
     editable=False,
     deletable=False,

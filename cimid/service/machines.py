@@ -46,6 +46,10 @@ class Machines(ResourceService):
         except DriverError as exc:
             raise Unavailable(f"the hypervisor is not available: {exc}") from None
 
+    async def usage(self, reader, owner: str) -> dict[str, int]:
+        count, totals = await reader.usage(Machine.name, owner, ("cpu", "memory"))
+        return {"machines": count, **totals}
+
     def capabilities(self, rtype: ResourceType) -> dict[str, object]:
         if rtype is not Machine:
             return {}
@@ -79,6 +83,7 @@ class Machines(ResourceService):
                                                                 ctx.scope)
             conf = parts["machineConfig"]
             image = parts["machineImage"]
+            await self.check_quotas(tx, ctx, {"machines": 1, "cpu": conf["cpu"], "memory": conf["memory"]})
             if self.drivers.images is not None and self.drivers.images.imports_images and not image.get("_href"):
                 raise BadRequest("this provider boots only imported MachineImages: give machineImage by "
                                  "reference (POST the image to machineImages first)")

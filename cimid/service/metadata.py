@@ -24,13 +24,19 @@ class Metadata(ResourceService):
         return [CloudEntryPoint, *(t for t in TYPES.values()
                                    if t.collection and self.parts.service_of(t) is not None)]
 
-    def entry_point(self, ctx: Context, params: QueryParams) -> Result:
+    async def entry_point(self, ctx: Context, params: QueryParams) -> Result:
         doc = {"resourceURI": CloudEntryPoint.type_uri, "id": ctx.base + "cloudEntryPoint",
                "name": "cimid", "description": "A single-node CIMI provider",
                "created": STARTED_AT, "baseURI": ctx.base}
         for attr in CloudEntryPoint.attributes:
             if attr.type == "collection" and self.parts.service_of(TYPES[attr.target]) is not None:
                 doc[attr.name] = {"href": ctx.base + attr.name}
+        used = {}
+        services = {id(s): s for s in map(self.parts.service_of, self.served_types()) if s not in (None, self)}
+        for service in services.values():
+            used.update(await service.usage(self.store, ctx.user))
+        doc["usage"] = {key: {"used": value, **({"limit": ctx.quotas[key]} if key in ctx.quotas else {})}
+                        for key, value in used.items()}
         return Result(200, CloudEntryPoint, select_attributes(doc, CloudEntryPoint, params.select))
 
     def capabilities(self, rtype: ResourceType) -> dict[str, object]:

@@ -81,7 +81,7 @@ class Provider:
     # ---------------------------------------------------------------- requests
 
     async def entry_point(self, ctx: Context, params: QueryParams) -> Result:
-        return self.metadata.entry_point(ctx, params)
+        return await self.metadata.entry_point(ctx, params)
 
     async def query(self, ctx: Context, rtype: ResourceType, params: QueryParams,
                     parent: tuple[ResourceType, str] | None = None) -> Result:

@@ -61,6 +61,21 @@ class ResourceService:
         """ResourceMetadata capabilities of `rtype` (name -> value) on this provider."""
         return {}
 
+    async def usage(self, reader: Store | Transaction, owner: str) -> dict[str, int]:
+        """What `owner` uses of the quotas this family governs (machines, cpu, memory ...)."""
+        return {}
+
+    async def check_quotas(self, tx: Transaction, ctx: Context, adding: dict[str, int]) -> None:
+        """403 before any host work when `adding` would take the caller past one of its quotas."""
+        limited = {key: ctx.quotas[key] for key in adding if key in ctx.quotas}
+        if not limited:
+            return
+        used = await self.usage(tx, ctx.user)
+        for key, limit in limited.items():
+            if used.get(key, 0) + adding[key] > limit:
+                raise Forbidden(f"quota {key} exceeded: '{ctx.user}' may use {limit} and uses {used.get(key, 0)}; "
+                                f"this request needs {adding[key]} more")
+
     # ---------------------------------------------------------------- presentation
 
     def operations(self, rtype: ResourceType, row: Row, ctx: Context, href: str) -> list[dict]:

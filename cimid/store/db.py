@@ -127,6 +127,10 @@ class Transaction:
         """Announce `event` to the subscribers after this transaction commits (never if it rolls back)."""
         self.events.append(event)
 
+    async def usage(self, kind: str, owner: str, sums: tuple[str, ...] = ()) -> tuple[int, dict[str, int]]:
+        """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
+        return await _usage(self.conn.execute_fetchall, kind, owner, sums)
+
     async def count_by_internal(self, kind: str, key: str, value: str) -> int:
         """How many `kind` rows have `value` under `key` of their internal data (e.g. Machines whose disk
         stands on an image)."""
@@ -266,6 +270,10 @@ class Store:
         """For the store's own named queries; the layers above speak in verbs."""
         return [_row(r) for r in await self._reader.execute_fetchall(f"{_SELECT} WHERE {where}", params)]
 
+    async def usage(self, kind: str, owner: str, sums: tuple[str, ...] = ()) -> tuple[int, dict[str, int]]:
+        """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
+        return await _usage(self._reader.execute_fetchall, kind, owner, sums)
+
     async def all_of(self, kind: str, states: tuple[str, ...] | None = None) -> list[Row]:
         """Every `kind` row (in one of `states`, when given), oldest first."""
         if states is None:
@@ -312,3 +320,9 @@ def _resolve(columns: dict[str, str], name: str) -> Column | None:
     if type_ is None or (type_ == "map" and name != "properties"):
         return None
     return _column(name, type_)
+
+
+async def _usage(fetch, kind: str, owner: str, sums: tuple[str, ...]) -> tuple[int, dict[str, int]]:
+    totals = "".join(f", coalesce(sum({_column(name, 'integer').sql}), 0)" for name in sums)
+    (row,) = await fetch(f"SELECT count(*){totals} FROM resources WHERE kind = ? AND owner = ?", (kind, owner))
+    return row[0], dict(zip(sums, row[1:], strict=True))

@@ -198,3 +198,35 @@ async def test_a_changed_password_or_role_takes_effect_at_once(client):
     await consumers.set_role(store, "bob", "reader")
     r = await client.post("machineConfigs", {"name": "c", "cpu": 1, "memory": 1}, headers=who("bob"))
     assert r.status == 403
+
+
+async def test_quotas_are_checked_before_any_host_work_and_shown_on_the_entry_point(client):
+    store = client.app[PROVIDER].store
+    await consumers.set_quotas(store, "alice", {"machines": 2, "cpu": 2})
+    alice = who("alice")
+    small = {"href": client.base + "machineTemplates/small-tiny-linux"}  # 1 cpu each
+    first = await client.post("machines", {"name": "a1", "machineTemplate": small}, headers=alice)
+    await client.assert_state(await client.wait_job(first.headers["CIMI-Job-URI"]), "SUCCESS")
+    before = await client.rows()
+    medium = {**small, "machineConfig": {"href": client.base + "machineConfigs/medium"}}  # 2 cpu
+    r = await client.post("machines", {"name": "a2", "machineTemplate": medium}, headers=alice)
+    assert r.status == 403 and r.json["statusMessage"] == (
+        "quota cpu exceeded: 'alice' may use 2 and uses 1; this request needs 2 more")
+    assert await client.rows() == before  # refused before anything was stored or asked of the host
+    second = await client.post("machines", {"name": "a2", "machineTemplate": small}, headers=alice)
+    await client.assert_state(await client.wait_job(second.headers["CIMI-Job-URI"]), "SUCCESS")
+    r = await client.post("machines", {"name": "a3", "machineTemplate": small}, headers=alice)
+    assert r.status == 403 and "quota machines exceeded" in r.json["statusMessage"]
+    usage = (await client.get("cloudEntryPoint", headers=alice)).json["usage"]
+    assert usage["machines"] == {"used": 2, "limit": 2} and usage["cpu"] == {"used": 2, "limit": 2}
+    assert usage["memory"] == {"used": 2 * 1024 * 1024}  # no limit set
+    xml = (await client.get("cloudEntryPoint", headers=alice, fmt="xml")).xml  # still valid against DSP8009
+    item = xml.find("{urn:x-cimid:xml:1}usage/{urn:x-cimid:xml:1}item[@name='machines']")
+    assert item.get("used") == "2" and item.get("limit") == "2"
+    # bob has no quotas, and alice's use is not his
+    assert (await client.get("cloudEntryPoint", headers=who("bob"))).json["usage"]["machines"] == {"used": 0}
+    # deleting frees the quota
+    r = await client.delete(first.headers["Location"], headers=alice)
+    await client.assert_state(await client.wait_job(r.headers["CIMI-Job-URI"]), "SUCCESS")
+    r = await client.post("machines", {"name": "a3", "machineTemplate": small}, headers=alice)
+    assert r.status == 202

@@ -67,6 +67,8 @@ def _fill(el, doc: dict, rtype: ResourceType) -> None:
         if attr.name == "id" and not names.has_common(rtype):
             continue
         value = doc.get(attr.name)
+        if attr.type == "extension":
+            continue  # after the operations, below
         if attr.name == "id" and value == "":  # the id of an error Job is empty, and still present
             etree.SubElement(el, _q("id"))
         elif value is not None and value != "" and value != [] and value != {}:
@@ -76,6 +78,17 @@ def _fill(el, doc: dict, rtype: ResourceType) -> None:
             ops_done = True
     if not ops_done:
         _operations(el, doc.get("operations", ()))
+    for attr in rtype.attributes:
+        if attr.type == "extension" and doc.get(attr.name):
+            _extension(el, attr.name, doc[attr.name])
+
+
+def _extension(el, name: str, value: dict) -> None:
+    """A provider extension (an object of objects, e.g. usage: {machines: {used: 1, limit: 4}}) as
+    elements in cimid's namespace, where the schema admits them: after the operations."""
+    ext = etree.SubElement(el, f"{{{EXT_NS}}}{name}", nsmap={"cimid": EXT_NS})
+    for key, inner in value.items():
+        etree.SubElement(ext, f"{{{EXT_NS}}}item", {"name": key, **{k: _text(v) for k, v in inner.items()}})
 
 
 def _attribute(el, rtype: ResourceType, attr, value) -> None:
