@@ -126,10 +126,10 @@ class Images(ResourceService):
     async def before_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         if row.state == "CREATING":
             raise Conflict(f"MachineImage '{row.id}' is still being made; wait for its Job")
-        users = await tx.count_by_internal("Machine", "image", f"{rtype.collection}/{row.id}")
+        users = await tx.count_referring("image", f"{rtype.collection}/{row.id}")
         if users:
-            raise Conflict(f"MachineImage '{row.id}' is the base of {users} Machine disk(s); "
-                           "delete those Machines first")
+            raise Conflict(f"MachineImage '{row.id}' is the base of {users} disk(s); delete the resources "
+                           "that stand on it first")
 
     async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         if self.driver is not None:

@@ -131,12 +131,11 @@ class Transaction:
         """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
         return await _usage(self.conn.execute_fetchall, kind, owner, sums)
 
-    async def count_by_internal(self, kind: str, key: str, value: str) -> int:
-        """How many `kind` rows have `value` under `key` of their internal data (e.g. Machines whose disk
-        stands on an image)."""
+    async def count_referring(self, key: str, value: str) -> int:
+        """How many rows, of any kind, have `value` under `key` of their internal data (e.g. the disks that
+        stand on an image: a Machine's today, a Volume's later)."""
         rows = await self.conn.execute_fetchall(
-            "SELECT count(*) FROM resources WHERE kind = ? AND json_extract(internal, '$.' || ?) = ?",
-            (kind, key, value))
+            "SELECT count(*) FROM resources WHERE json_extract(internal, '$.' || ?) = ?", (key, value))
         return rows[0][0]
 
     def _touch(self, kind: str, id: str) -> None:

@@ -78,7 +78,7 @@ async def test_named_verbs(store):
         for i, state in enumerate(("A", "B", "A")):
             await tx.insert(Row("Thing", f"v{i}", "", {"created": "2020-01-01T00:00:00.000Z", "state": state},
                                 {"base": "images/x" if i else "images/y"}))
-        assert await tx.count_by_internal("Thing", "base", "images/x") == 2
+        assert await tx.count_referring("base", "images/x") == 2
     assert [r.id for r in await store.all_of("Thing")] == ["v0", "v1", "v2"]
     assert [r.id for r in await store.all_of("Thing", ("A",))] == ["v0", "v2"]
 
