@@ -56,7 +56,8 @@ def set_job_state(row: Row, state: str, message: str | None = None) -> None:
         row.internal.pop("stoppable", None)
     if message is not None:
         row.attrs["statusMessage"] = message
-    log.info("job %s %s %s%s", row.id, row.attrs.get("action", ""), state, f": {message}" if message else "")
+    log.info("job %s %s %s by %s%s", row.id, row.attrs.get("action", ""), state, row.owner or "the provider",
+             f": {message}" if message else "")
 
 
 async def end_nested(tx: Transaction, job: Row, state: str, message: str) -> None:
