@@ -21,6 +21,7 @@ DEFAULTS: dict[str, dict] = {
         "tls_key": "",
         "tls_client_ca": "",
         "insecure": False,
+        "idempotency_minutes": 1440,
     },
     "store": {"synchronous": "FULL"},
     "jobs": {"retention_minutes": 1440, "max_concurrent": 4},
@@ -127,6 +128,8 @@ def _check(config: Config) -> None:
     base = config["server"]["public_base_url"]
     if base and not base.startswith(("http://", "https://")):
         raise ConfigError("server.public_base_url must be an http(s) URL")
+    if config["server"]["idempotency_minutes"] < 1:
+        raise ConfigError("server.idempotency_minutes must be at least 1")
     _check_tls(config)
     auth = config["auth"]
     if auth["kdf_threads"] < 1:

@@ -57,6 +57,10 @@ class UnsupportedMediaType(CimiError):
     status, title = 415, "unsupported media type"
 
 
+class UnprocessableContent(CimiError):
+    status, title = 422, "unprocessable content"
+
+
 class TooManyRequests(CimiError):
     status, title = 429, "too many requests"
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..errors import CimiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..wire import dialect_for
-from . import negotiation
+from . import idempotency, negotiation
 from .auth import Identity
 from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY
 from .params import first_query
@@ -24,16 +24,30 @@ log = logging.getLogger("cimid.http")
 @web.middleware
 async def handle_errors(request: web.Request, handler):
     started = time.perf_counter()
-    user = "-"
+    response = await _rendered(request, lambda: _serve(request, handler))
+    if request.app[CONFIG]["server"]["log_requests"]:
+        identity = request.get(IDENTITY)
+        log.info("%s %s %d %.1fms user=%s", request.method, request.path_qs, response.status,
+                 (time.perf_counter() - started) * 1000, identity.name if identity else "-")
+    return response
+
+
+async def _serve(request: web.Request, handler) -> web.Response:
+    request[DIALECT] = dialect_for(request.headers)
+    request[FORMAT] = negotiation.response_format(first_query(request, "$format"), request.headers.get("Accept"))
+    request[IDENTITY] = await _authenticate(request)
+    key = idempotency.key_of(request)
+    if key is None:
+        return await handler(request)
+    # What a retry gets again is what the client saw, errors included: rendered inside.
+    return await idempotency.answer(request, key, lambda: _rendered(request, lambda: handler(request)))
+
+
+async def _rendered(request: web.Request, call) -> web.Response:
+    """What `call()` answers, with every exception rendered as a CIMI error."""
     try:
         try:
-            request[DIALECT] = dialect_for(request.headers)
-            request[FORMAT] = negotiation.response_format(first_query(request, "$format"),
-                                                          request.headers.get("Accept"))
-            identity = await _authenticate(request)
-            request[IDENTITY] = identity
-            user = identity.name
-            response = await handler(request)
+            return await call()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"the body is larger than the {request.app[CONFIG]['server']['max_body_bytes']} "
                                   "bytes this provider accepts") from None
@@ -48,15 +62,11 @@ async def handle_errors(request: web.Request, handler):
         request_id = None
         if exc.status >= 500 and exc.status != 501:
             request_id = _log_failure(request, f"{exc.status} {exc.title}")
-        response = error_response(request, exc, request_id)
+        return error_response(request, exc, request_id)
     except Exception:
         request_id = _log_failure(request, "unexpected error")
-        response = error_response(request, InternalError(
+        return error_response(request, InternalError(
             "cimid hit an unexpected error; it is logged on the server. The request may be retried."), request_id)
-    if request.app[CONFIG]["server"]["log_requests"]:
-        log.info("%s %s %d %.1fms user=%s", request.method, request.path_qs, response.status,
-                 (time.perf_counter() - started) * 1000, user)
-    return response
 
 
 async def _authenticate(request: web.Request) -> Identity:

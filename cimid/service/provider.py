@@ -13,6 +13,7 @@ from ..plugins import Drivers
 from ..store.db import Store
 from .consumers import ConsumerDirectory
 from .events import log_event
+from .idempotency import IdempotentRequests
 from .metadata import Metadata
 from .present import Context, QueryParams, Result
 from .references import References
@@ -32,6 +33,7 @@ class Provider:
         self.drivers = drivers
         self.jobs = JobRunner(store, config["jobs"]["max_concurrent"])
         self.consumers = ConsumerDirectory(store)
+        self.idempotency = IdempotentRequests(store, config["server"]["idempotency_minutes"])
         parts = Collaborators(config, store, self.jobs, drivers, References(), self.service_of)
         # A family whose driver is not configured is not served at all.
         self.services: dict[str, ResourceService] = {
@@ -46,9 +48,11 @@ class Provider:
         await self.store.open()
         for service in self.services.values():
             await service.start()
+        await self.idempotency.start()
 
     async def stop(self) -> None:
         try:
+            await self.idempotency.stop()
             for service in self.services.values():
                 await service.stop()
             await self.jobs.shutdown()

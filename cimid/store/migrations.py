@@ -46,4 +46,22 @@ MIGRATIONS: list[list[str]] = [
         revoked TEXT                            -- NULL: valid
     )""",
     ],
+    [
+        # Idempotency-Key: a consumer's POST is reserved here before it runs, and its answer kept after, so
+        # that a retry gets that answer again instead of making a second resource.
+        """
+    CREATE TABLE idempotency_keys (
+        consumer TEXT NOT NULL,                 -- who sent the key: keys of different consumers never meet
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,              -- SHA-256 of method, path and body: another request is refused
+        created TEXT NOT NULL,                  -- kept for server.idempotency_minutes from then
+        recorded TEXT,                          -- JSON {job, status, location}: the Job the request made,
+                                                -- written in the same transaction as the change itself
+        status INTEGER,                         -- the answer; NULL while the request runs
+        headers TEXT,                           -- JSON: the answer's headers that matter
+        body BLOB,
+        PRIMARY KEY (consumer, key)
+    )""",
+        "CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created)",
+    ],
 ]
