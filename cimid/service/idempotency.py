@@ -4,7 +4,7 @@ first answer again instead of a second resource.
 - The key is reserved in the store, in a transaction of its own, before the request runs; a retry while
   the first still runs gets 409, and the same key with another request (method, path or body) 422.
 - The top-level Job the request makes is recorded beside the key in the same transaction as the change
-  itself (`store.db.job_recorder`), so if cimid dies before the answer is stored, a retry after the
+  itself (`store.db.insert_recorder`), so if cimid dies before the answer is stored, a retry after the
   restart still finds what was made: it gets an answer rebuilt from that Job (same status, Location and
   CIMI-Job-URI; the body is the Job as it is now). A reservation with no Job made nothing, and its retry
   runs the request.
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from ..errors import Conflict, UnprocessableContent
 from ..model.jobs import Job
 from ..store import idempotency as keys
-from ..store.db import Row, Store, Transaction, job_recorder
+from ..model.jobs import Job
+from ..store.db import Row, Store, Transaction, insert_recorder
 from .hrefs import now
 from .present import Context, Result
 from .runner import job_result
@@ -133,8 +134,8 @@ class IdempotentRequests:
         same transaction."""
 
         async def record(tx: Transaction, job: Row) -> None:
-            if claim.closed or claim.recorded:
-                return
+            if claim.closed or claim.recorded or job.kind != Job.name or "parentJob" in job.attrs:
+                return  # only the request's own (top-level) Job
             # What the answer says of this Job: made at once (201 for an add, 200 otherwise) or to run (202).
             status = 202 if job.state == "QUEUED" else 201 if job.attrs.get("action") == "add" else 200
             affected = job.attrs.get("affectedResources") or []
@@ -143,11 +144,11 @@ class IdempotentRequests:
             await keys.record(tx, claim.consumer, claim.key, {"job": job.id, "status": status, "location": location})
             tx.after_commit.append(lambda: setattr(claim, "recorded", True))
 
-        token = job_recorder.set(record)
+        token = insert_recorder.set(record)
         try:
             yield
         finally:
-            job_recorder.reset(token)
+            insert_recorder.reset(token)
 
     async def finish(self, claim: Claim, answer: StoredAnswer | None) -> None:
         """Keep the answer for retries; forget the key after a 5xx or an exception (`answer` None), unless the

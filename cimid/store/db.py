@@ -26,11 +26,12 @@ log = logging.getLogger("cimid.store")
 PROMOTED = ("name", "description", "created", "updated", "state")
 CACHE_ROWS = 4096
 
-# Set by the service around one request: awaited with the transaction and the row whenever a top-level Job
-# is inserted, so that what the request started is recorded in the same commit as the change itself (an
-# Idempotency-Key's Job, cimid.service.idempotency).
-job_recorder: ContextVar[Callable[[Transaction, Row], Awaitable[None]] | None] = ContextVar("job_recorder",
-                                                                                            default=None)
+# Set by the service around one request: awaited with the transaction and the row whenever a row is
+# inserted, so that what the request made can be recorded in the same commit as the change itself (the
+# Job an Idempotency-Key answers with, cimid.service.idempotency).
+insert_recorder: ContextVar[Callable[[Transaction, Row], Awaitable[None]] | None] = ContextVar(
+    "insert_recorder", default=None)
+
 
 class Row:
     """One stored resource: every attribute (promoted ones included) and provider-only `internal` data."""
@@ -105,10 +106,9 @@ class Transaction:
             (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
              int(row.public)),
         )
-        if row.kind == "Job" and "parentJob" not in row.attrs:
-            recorder = job_recorder.get()
-            if recorder is not None:
-                await recorder(self, row)
+        recorder = insert_recorder.get()
+        if recorder is not None:
+            await recorder(self, row)
 
     async def update(self, row: Row) -> None:
         self._touch(row.kind, row.id)
