@@ -16,13 +16,22 @@ class RefusingCompute(SandboxCompute):
     """The real sandbox driver (libvirt's test driver) whose host refuses to define machines named 'doomed'."""
 
     name = "refusing"
+    vanishing: set[str] = set()  # ids of the machines named 'vanishing'
 
     async def create(self, spec):
+        if spec.name == "vanishing":
+            self.vanishing.add(spec.id)
         if spec.name == "doomed":
             raise DriverError("the host has no room for 'doomed'")
         if spec.name == "buggy":
             raise RuntimeError("a bug in a third-party driver")
         await super().create(spec)
+
+    async def state(self, machine_id):
+        """A machine named 'vanishing' is gone from the host as soon as its steps succeeded."""
+        if machine_id in self.vanishing:
+            return None
+        return await super().state(machine_id)
 
 
 class RefusingPlugin:
@@ -53,6 +62,12 @@ async def test_third_party_driver_is_used_and_its_failures_fail_the_job(tmp_path
             d = await client.delete(r.headers["Location"])  # an ERROR machine can be cleaned up
             assert_state(await client.wait_job(d.headers["CIMI-Job-URI"]), "SUCCESS")
             assert (await client.get(r.headers["Location"])).status == 404
+        # every step succeeded, but the host no longer knows the machine: the Job fails, saying so
+        r = await client.post("machines", {"name": "vanishing", "machineTemplate": template})
+        job = await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert_state(job, "FAILED")
+        assert job["statusMessage"] == "the hypervisor no longer knows this machine"
+        await client.assert_state(r.headers["Location"], "ERROR")
     finally:
         await client.client.close()
 

@@ -13,6 +13,6 @@ PROVIDER = web.AppKey("provider", Provider)
 AUTH = web.AppKey("auth", Authenticator)
 CONFIG = web.AppKey("config", Config)
 RENDERINGS = web.AppKey("renderings", object)
-DIALECT = web.RequestKey("dialect", object)  # the wire dialect the request speaks
+DIALECT = web.RequestKey("dialect", Dialect)  # the wire dialect the request speaks
 FORMAT = web.RequestKey("format", str)  # the negotiated response format, json or xml
 IDENTITY = web.RequestKey("identity", Identity)  # who asks (cimid.http.auth)

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from ..errors import Conflict, UnprocessableContent
 from ..model.jobs import Job
 from ..store import idempotency as keys
-from ..model.jobs import Job
 from ..store.db import Row, Store, Transaction, insert_recorder
 from .hrefs import now
 from .present import Context, Result
 from .runner import job_result
+from .sweeps import start_sweep
 
 log = logging.getLogger("cimid.idempotency")
 
@@ -64,8 +64,7 @@ class IdempotentRequests:
         self._retention: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self.purge()
-        self._retention = asyncio.get_running_loop().create_task(self._retention_loop())
+        self._retention = await start_sweep("idempotency key retention", self.purge)
 
     async def stop(self) -> None:
         if self._retention:
@@ -167,11 +166,3 @@ class IdempotentRequests:
 
     async def purge(self) -> None:
         await keys.purge(self.store, self._cutoff())
-
-    async def _retention_loop(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            try:
-                await self.purge()
-            except Exception:  # keep purging later; one bad minute must not end retention
-                log.exception("idempotency key retention failed")

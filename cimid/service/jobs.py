@@ -13,6 +13,7 @@ from ..store.db import Row
 from .present import Context, Result
 from .resources import ResourceService
 from .runner import job_result, present_job
+from .sweeps import start_sweep
 
 log = logging.getLogger("cimid.jobs")
 
@@ -21,8 +22,7 @@ class Jobs(ResourceService):
     _retention: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self.purge()
-        self._retention = asyncio.get_running_loop().create_task(self._retention_loop())
+        self._retention = await start_sweep("job retention", self.purge)
 
     async def stop(self) -> None:
         if self._retention:
@@ -44,11 +44,3 @@ class Jobs(ResourceService):
         cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).strftime(
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         await job_queries.purge_finished(self.store, cutoff)
-
-    async def _retention_loop(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            try:
-                await self.purge()
-            except Exception:  # keep purging later; one bad minute must not end retention
-                log.exception("job retention failed")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import asdict
 
-from ..errors import BadRequest, Conflict, DriverError, NotFound, Unavailable
+from ..errors import BadRequest, Conflict, DriverError, Unavailable
 from ..hookspecs import MachineSpec
 from ..model import Action, Extension, ResourceType
 from ..model.images import MachineImage
@@ -235,7 +235,7 @@ class Machines(ResourceService):
             log.warning("cannot read the state of machine %s: %s", machine_id, exc)
             return None
 
-    async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
+    async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> tuple[str, str] | None:
         machine = await tx.get(Machine.name, job.internal["machine"])
         if machine is None:
             return
@@ -252,10 +252,11 @@ class Machines(ResourceService):
             await self._settle_capture(tx, machine, last, outcome == "SUCCESS")
         if outcome == "SUCCESS" and last["op"] == "restore":
             machine.internal["image"] = f"machineImages/{last['image']}"  # the disk now stands on it
-        if outcome == "SUCCESS" and observed is None:
-            set_job_state(job, "FAILED", "the hypervisor no longer knows this machine")
         settle(machine, observed)
         await tx.update(machine)
+        if outcome == "SUCCESS" and observed is None:
+            return "FAILED", "the hypervisor no longer knows this machine"
+        return None
 
     async def _settle_capture(self, tx: Transaction, machine: Row, step: dict, succeeded: bool) -> None:
         image = await tx.get(MachineImage.name, step["image"])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Config
-from ..errors import BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, NotImplementedByProvider
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, NotImplementedByProvider
 from ..model import ACTION_BASE, TYPES, Action, Extension, Family, ResourceType, collection_type
 from ..model.registry import ActionRequest
 from ..model.validate import require, validate

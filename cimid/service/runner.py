@@ -93,8 +93,9 @@ class JobKind:
     # What the host now says about the Job's target, read outside any transaction (driver calls are slow).
     observe: Callable[[Row], Awaitable[object]]
     # Settles the target inside the transaction that records the outcome: (tx, job, outcome, message,
-    # observed); outcome "STEP" means a step begins (message: its transitional state).
-    finish: Callable[[Transaction, Row, str, str, object], Awaitable[None]]
+    # observed); outcome "STEP" means a step begins (message: its transitional state). It may return a
+    # different (outcome, message) when what it found contradicts the steps' (a machine the host lost).
+    finish: Callable[[Transaction, Row, str, str, object], Awaitable[tuple[str, str] | None]]
     # The Job was stopped while QUEUED: nothing reached the host, so undo only what the request recorded.
     abandon: Callable[[Transaction, Row], Awaitable[None]]
 
@@ -212,7 +213,7 @@ class JobRunner:
             observed = await kind.observe(job)
             async with self.store.write() as tx:
                 job = await tx.get(Job.name, job_id)
-                await kind.finish(tx, job, outcome, message, observed)
+                outcome, message = await kind.finish(tx, job, outcome, message, observed) or (outcome, message)
                 await end_nested(tx, job, "STOPPED" if outcome == "STOPPED" else "FAILED", "not run: " + message)
                 set_job_state(job, outcome, message)
                 await tx.update(job)
