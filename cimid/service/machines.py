@@ -258,6 +258,8 @@ class Machines(ResourceService):
             return
         if not succeeded:
             await tx.delete(MachineImage.name, image.id)
+            if self.drivers.images is not None:  # a capture cut short by a crash leaves its partial file
+                await self.drivers.images.delete_image(image.id)
             return
         image.attrs["state"] = "AVAILABLE"
         image.attrs["imageLocation"] = step["result"]["location"]

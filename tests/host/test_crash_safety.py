@@ -44,7 +44,7 @@ class Daemon:
         config = root / "cimid.toml"
         config.write_text('profile = "host"\n[server]\nlog_requests = false\n'
                           '[compute]\nuri = "qemu:///system"\nvirt_type = "qemu"\nstop_timeout = 30.0\n'
-                          '[jobs]\nmax_concurrent = 1\n[catalogue]\nseed = true\n')
+                          '[jobs]\nmax_concurrent = 1\n')
         port = free_port()
         self.base = f"http://127.0.0.1:{port}/cimi/"
         self.argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir",
@@ -200,9 +200,14 @@ async def test_sigkill_at_every_point_of_create_delete_import_capture_restore(li
         job, image = await d.post("machineImages", {"name": "big", "imageLocation": image_file.as_uri()})
         assert_state(await d.wait_job(job), "SUCCESS")
 
+        status, headers, body = await d.call("POST", "machineConfigs", {"name": "tiny", "cpu": 1,
+                                                                        "memory": 256 * 1024})
+        assert status == 201, body
+        config = headers["Location"]
+
         async def create(name: str) -> tuple[str, str]:
             return await d.post("machines", {"name": name, "machineTemplate": {
-                "machineImage": {"href": image}, "machineConfig": {"href": d.base + "machineConfigs/tiny"}}})
+                "machineImage": {"href": image}, "machineConfig": {"href": config}}})
 
         job, a = await create("a")
         assert_state(await d.wait_job(job), "SUCCESS")
