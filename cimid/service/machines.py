@@ -242,6 +242,13 @@ class Machines(ResourceService):
         last = job.internal["steps"][-1]
         if last["op"] == "delete" and (outcome == "SUCCESS" or observed is None):
             await tx.delete(Machine.name, machine.id)  # deleted, or gone from the host already
+            if outcome != "SUCCESS":
+                # A delete cut short once the domain was gone has not removed the disks yet (the driver's
+                # delete is idempotent: no domain, so only what is left goes).
+                try:
+                    await self.driver.delete(machine.id)
+                except DriverError as exc:
+                    log.warning("machine %s: its leftovers could not be removed: %s", machine.id, exc)
             return
         if last["op"] == "capture":
             await self._settle_capture(tx, machine, last, outcome == "SUCCESS")

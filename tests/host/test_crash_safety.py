@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -171,12 +172,42 @@ async def check_consistent(d: Daemon) -> dict:
 
 
 async def poll(predicate, what: str, timeout: float = 60.0) -> None:
-    """Wait (tightly: the kill must land inside a short driver call) until predicate() is true."""
+    """Wait until the async predicate() is true."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await predicate():
         assert loop.time() < deadline, f"never saw {what}"
         await asyncio.sleep(0.002)
+
+
+async def kill_when(d: Daemon, predicate, what: str, timeout: float = 60.0) -> None:
+    """SIGKILL cimid the moment predicate() (a quick look at the host) is true: a thread spins on it, so the
+    kill lands inside driver calls of a few milliseconds."""
+    def watch() -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+        os.kill(d.proc.pid, signal.SIGKILL)
+        return True
+    assert await asyncio.to_thread(watch), f"never saw {what}"
+    d.proc.wait()
+
+
+def has_domain(state: Path, machine: str):
+    """A predicate: libvirt defines cimid-<machine> (one connection, reused)."""
+    libvirt.registerErrorHandler(lambda *_: None, None)  # "domain not found" is the answer, not an error
+    conn = libvirt.open(URI)
+
+    def defined() -> bool:
+        try:
+            conn.lookupByName(f"cimid-{last(machine)}")
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            return False
+    return defined
 
 
 def big_image(guest: Path, root: Path) -> Path:
@@ -239,10 +270,8 @@ async def test_sigkill_at_every_point_of_create_delete_import_capture_restore(li
         create_job, c = await create("c")
         c_dir = d.state / "disks" / last(c)
 
-        async def c_dir_made():
-            return c_dir.exists()
-        await poll(c_dir_made, "c's disk directory")
-        await d.restart()
+        await kill_when(d, c_dir.exists, "c's disk directory")
+        await d.start()
         seen = await check_consistent(d)
         assert_state(seen["jobs"][last(create_job)], "FAILED")
         if last(c) not in await asyncio.to_thread(host_domains, d.state):
@@ -256,10 +285,9 @@ async def test_sigkill_at_every_point_of_create_delete_import_capture_restore(li
         #    Machine takes what libvirt says, STOPPED or STARTED).
         create_job, e = await create("e")
 
-        async def e_defined():
-            return f"cimid-{last(e)}" in await asyncio.to_thread(domain_names, "cimid-", str(d.state) + "/")
-        await poll(e_defined, "e's domain")
-        await d.restart()
+        e_defined = has_domain(d.state, e)
+        await kill_when(d, e_defined, "e's domain")
+        await d.start()
         seen = await check_consistent(d)
         assert seen["machines"][last(e)]["state"] in ("STOPPED", "STARTED")
 
@@ -282,10 +310,8 @@ async def test_sigkill_at_every_point_of_create_delete_import_capture_restore(li
         status, headers, _ = await d.call("DELETE", e)
         assert status == 202
 
-        async def e_undefined():
-            return not await e_defined()
-        await poll(e_undefined, "e's domain undefined")
-        await d.restart()
+        await kill_when(d, lambda: not e_defined(), "e's domain undefined")
+        await d.start()
         seen = await check_consistent(d)
         assert last(e) not in seen["machines"]
         assert not (d.state / "disks" / last(e)).exists()
@@ -295,10 +321,8 @@ async def test_sigkill_at_every_point_of_create_delete_import_capture_restore(li
         capture_job, lost = await d.post(f"{a}/capture", {"resourceURI": f"{CIMI}/MachineImage", "name": "x"})
         part = d.state / "images" / f"{last(lost)}.capture.part"
 
-        async def flattening():
-            return part.exists()
-        await poll(flattening, "the capture's partial file")
-        await d.restart()
+        await kill_when(d, part.exists, "the capture's partial file")
+        await d.start()
         seen = await check_consistent(d)
         assert_state(seen["jobs"][last(capture_job)], "FAILED")
         assert last(lost) not in seen["images"]
@@ -324,12 +348,12 @@ async def test_sigkill_at_every_point_of_create_delete_import_capture_restore(li
                                                        "action": f"{CIMI}/action/restore",
                                                        "image": {"href": golden}})
 
-        async def replaced():
+        def replaced() -> bool:
             with contextlib.suppress(FileNotFoundError):
                 return disk.stat().st_ino != before
             return False
-        await poll(replaced, "a's new boot disk")
-        await d.restart()
+        await kill_when(d, replaced, "a's new boot disk")
+        await d.start()
         seen = await check_consistent(d)
         assert_state(seen["jobs"][last(restore_job)], "FAILED", "SUCCESS")
         assert Path(backing_file(disk)).stem == last(golden)
