@@ -94,6 +94,10 @@ class ComputeDriver(Protocol):
     async def restore(self, machine_id: str, image_id: str) -> None:
         """Make the machine's boot disk a fresh copy-on-write overlay on the image `image_id`."""
 
+    async def boot_image(self, machine_id: str) -> str | None:
+        """The id of the image the machine's boot disk stands on now, None if the driver cannot tell. Asked
+        after a restore that did not succeed: it may have replaced the disk before it failed or was cut short."""
+
     async def console(self, machine_id: str, max_bytes: int) -> str:
         """The last `max_bytes` of what the guest wrote to its serial console."""
 

@@ -225,8 +225,17 @@ class Machines(ResourceService):
         else:
             raise DriverError(f"unknown step '{op}'")
 
-    async def observe(self, job: Row) -> str | None:
-        return await self._read_state(job.internal["machine"])
+    async def observe(self, job: Row) -> tuple[str | None, str | None] | None:
+        """(the state the host reports, for a restore the image the boot disk now stands on)."""
+        machine_id = job.internal["machine"]
+        state = await self._read_state(machine_id)
+        boot_image = None
+        if job.internal["steps"][-1]["op"] == "restore" and state is not None:
+            try:
+                boot_image = await self.driver.boot_image(machine_id)
+            except DriverError as exc:
+                log.warning("cannot read which image machine %s stands on: %s", machine_id, exc)
+        return state, boot_image
 
     async def _read_state(self, machine_id: str) -> str | None:
         try:
@@ -244,14 +253,26 @@ class Machines(ResourceService):
                 machine.attrs["state"] = message
                 await tx.update(machine)
             return
+        observed, boot_image = observed or (None, None)
         last = job.internal["steps"][-1]
         if last["op"] == "delete" and (outcome == "SUCCESS" or observed is None):
             await tx.delete(Machine.name, machine.id)  # deleted, or gone from the host already
+            if outcome != "SUCCESS":
+                # A delete cut short once the domain was gone has not removed the disks yet (the driver's
+                # delete is idempotent: no domain, so only what is left goes).
+                try:
+                    await self.driver.delete(machine.id)
+                except DriverError as exc:
+                    log.warning("machine %s: its leftovers could not be removed: %s", machine.id, exc)
             return
         if last["op"] == "capture":
             await self._settle_capture(tx, machine, last, outcome == "SUCCESS")
         if outcome == "SUCCESS" and last["op"] == "restore":
             machine.internal["image"] = f"machineImages/{last['image']}"  # the disk now stands on it
+        elif last["op"] == "restore" and boot_image:
+            # A restore that failed or was cut short may have replaced the disk already: the image it
+            # stands on is in use (it must not be deleted under the machine).
+            machine.internal["image"] = f"machineImages/{boot_image}"
         settle(machine, observed)
         await tx.update(machine)
         if outcome == "SUCCESS" and observed is None:
@@ -264,6 +285,8 @@ class Machines(ResourceService):
             return
         if not succeeded:
             await tx.delete(MachineImage.name, image.id)
+            if self.drivers.images is not None:  # a capture cut short by a crash leaves its partial file
+                await self.drivers.images.delete_image(image.id)
             return
         image.attrs["state"] = "AVAILABLE"
         image.attrs["imageLocation"] = step["result"]["location"]

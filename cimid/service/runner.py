@@ -203,7 +203,8 @@ class JobRunner:
                     if nested_id:
                         nested = await tx.get(Job.name, nested_id)
                         set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
-                                      None if outcome == "SUCCESS" else message)
+                                      f"step {index + 1} of {len(steps)} ({step['op']}) done"
+                                      if outcome == "SUCCESS" else message)
                         await tx.update(nested)
                     job.attrs["progress"] = int(100 * (index + 1) / len(steps))
                     await tx.update(job)

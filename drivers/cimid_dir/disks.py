@@ -43,6 +43,12 @@ async def inspect(path: Path) -> dict:
     return {"format": fmt, "virtual_size": int(info["virtual-size"])}
 
 
+async def backing_file(path: Path) -> str | None:
+    """The file a qcow2 overlay stands on (None for a standalone disk)."""
+    info = json.loads(await run("qemu-img", "info", "-U", "--output=json", str(path)))
+    return info.get("full-backing-filename") or info.get("backing-filename")
+
+
 def _looks_like_raw_disk(path: Path) -> bool:
     """qemu-img calls any file raw; a disk is whole 512-byte sectors and does not start as text."""
     size = path.stat().st_size

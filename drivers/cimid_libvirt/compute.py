@@ -174,6 +174,14 @@ class LibvirtCompute(LibvirtDomains):
         if was_active:
             await self._call(lambda: self._require(machine_id).create())
 
+    async def boot_image(self, machine_id: str) -> str | None:
+        disk = self.machine_dir(machine_id) / "disk0.qcow2"
+        backing = await disks.backing_file(disk) if disk.exists() else None
+        if backing is None:
+            return None
+        image_id = Path(backing).name.split(".", 1)[0]
+        return image_id if self.images.image_path(image_id) == Path(backing) else None
+
     async def console(self, machine_id: str, max_bytes: int) -> str:
         path = self.console_log(machine_id)
         if not path.exists():
