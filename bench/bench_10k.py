@@ -30,8 +30,9 @@ def stamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def populate(database: Path) -> None:
-    """Insert COUNT stopped Machines m-0..m-9999 in one transaction, as Machines.create/finish leave them."""
+def populate(database: Path, owners: list[str] | None = None) -> None:
+    """Insert COUNT stopped Machines m-0..m-9999 in one transaction, as Machines.create/finish leave them;
+    m-i belongs to owners[i % len(owners)] (without owners, to the provider, as before tenancy)."""
     start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     rows = []
     for i in range(COUNT):
@@ -42,12 +43,12 @@ def populate(database: Path) -> None:
                 "image_location": None, "user_data": None, "credential": None}
         rows.append(("Machine", machine_id, "", name, created, created, "STOPPED",
                      json.dumps({"cpu": cpu, "memory": memory, "cpuArch": "x86_64"}),
-                     json.dumps({"spec": spec, "stable": "STOPPED"})))
+                     json.dumps({"spec": spec, "stable": "STOPPED"}), owners[i % len(owners)] if owners else ""))
     conn = sqlite3.connect(database)
     try:
         with conn:  # one transaction
-            conn.executemany("INSERT INTO resources (kind, id, parent, name, created, updated, state, doc, internal)"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT INTO resources (kind, id, parent, name, created, updated, state, doc, internal,"
+                             " owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     finally:
         conn.close()
 

@@ -38,12 +38,14 @@ def create_machine(client: Client) -> str:
     return urlsplit(headers["location"]).path
 
 
-def wrk(server: Server, path: str, seconds: float, connections: int) -> tuple[float, float]:
+def wrk(server: Server, path: str, seconds: float, connections: int,
+        headers: dict[str, str] | None = None) -> tuple[float, float]:
     """One wrk run: its Requests/sec, and the server's CPU time per request in microseconds (less
     sensitive than the rate to what else the shared machine runs). A non-2xx answer voids it: raises."""
     port, cpu_before = server.port, server.cpu_seconds()
     url = f"{'https' if server.tls else 'http'}://127.0.0.1:{port}{path}"
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url],
+    extra = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", *extra, url],
                          capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     cpu = server.cpu_seconds() - cpu_before
     if "Non-2xx or 3xx responses" in out:

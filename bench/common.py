@@ -55,12 +55,14 @@ class Client:
     """One keep-alive HTTP/1.1 connection (HTTPS with a context), so latencies measure the server, not
     TCP or TLS handshakes."""
 
-    def __init__(self, port: int, timeout: float = 30.0, context: ssl.SSLContext | None = None):
+    def __init__(self, port: int, timeout: float = 30.0, context: ssl.SSLContext | None = None,
+                 headers: dict[str, str] | None = None):
         self.port, self.scheme = port, "https" if context else "http"
         self.conn = connection(port, timeout, context)
+        self.headers = headers or {}  # sent with every request (e.g. Authorization)
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, bytes]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {**self.headers, **({"Content-Type": "application/json"} if body is not None else {})}
         self.conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
         response = self.conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
@@ -78,8 +80,10 @@ class Client:
 class Server:
     """A server subprocess: started, waited for, measured, and always stopped (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str, tls: bool = False):
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str, tls: bool = False,
+                 headers: dict[str, str] | None = None):
         self.name, self.port, self.log_path, self.ready_path, self.tls = name, port, log_path, ready_path, tls
+        self.headers = headers or {}  # for the readiness poll (a server with consumers needs a login)
         self.log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process; stop() closes it
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -93,7 +97,7 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
             try:
                 conn = connection(self.port, 2, unverified() if self.tls else None)
-                conn.request("GET", self.ready_path)
+                conn.request("GET", self.ready_path, headers=self.headers)
                 if conn.getresponse().status == 200:
                     self.startup_seconds = time.perf_counter() - self.started
                     conn.close()
@@ -132,9 +136,9 @@ class Server:
 
 
 def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: str,
-           timeout: float = 60.0, tls: bool = False) -> Server:
+           timeout: float = 60.0, tls: bool = False, headers: dict[str, str] | None = None) -> Server:
     """Start a server and return once `ready_path` answers; stop it again if it never does."""
-    server = Server(name, argv, port, log_path, ready_path, tls)
+    server = Server(name, argv, port, log_path, ready_path, tls, headers)
     try:
         server.wait_ready(timeout)
     except BaseException:
@@ -143,15 +147,33 @@ def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: st
     return server
 
 
-def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0, tls: bool = False) -> Server:
-    """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers.
-    With tls, over HTTPS with the self-signed certificate cimid makes in state_dir (server.crt, server.key)."""
+def cimid_config(workdir: Path, name: str, tls: bool = False) -> Path:
     config = workdir / f"{name}.toml"
     config.write_text(QUIET_CONFIG + ("tls = true\n" if tls else ""))
+    return config
+
+
+def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0, tls: bool = False,
+                headers: dict[str, str] | None = None) -> Server:
+    """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers
+    (asked with `headers`: a store with consumers wants a login). With tls, over HTTPS with the
+    self-signed certificate cimid makes in state_dir (server.crt, server.key)."""
+    config = cimid_config(workdir, name, tls)
     port = free_port()
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "sandbox",
             "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
-    return launch(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint", timeout, tls)
+    return launch(name, argv, port, workdir / f"{name}.log", "/cimi/cloudEntryPoint", timeout, tls, headers)
+
+
+def cimid_command(workdir: Path, name: str, state_dir: Path, *args: str) -> str:
+    """Run `cimid ARGS` (e.g. consumer add, token create) on a state dir, the daemon running or not;
+    return its standard output."""
+    argv = [sys.executable, "-m", "cimid.cli", *args, "--config", str(cimid_config(workdir, name)),
+            "--state-dir", str(state_dir)]
+    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"cimid {' '.join(args)} exited with {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def start_bare(workdir: Path, name: str, path: str, body: bytes, headers: dict[str, str],

@@ -3,7 +3,8 @@
 Consumers live in the store (`cimid consumer add`, `cimid token create`); the users of `[[auth.users]]` in
 cimid.toml keep working beside them, as consumers that cannot be managed from the command line. With no
 consumer and no configured user at all, everyone who reaches the port is admin (fine on loopback; the
-first consumer added switches authentication on within a second, without a restart).
+first consumer added switches authentication on within a second, without a restart; it stays on until the
+next start even if every consumer is removed again).
 A verified client certificate (server.tls_client_ca) whose subject CN names a consumer or user logs in as
 it, with no password.
 
@@ -110,6 +111,7 @@ class Authenticator:
         self.users = {u["name"]: u for u in users}
         self.directory = directory
         self._open_until = 0.0  # while no consumer exists: when to look again
+        self._closed = bool(users)  # once someone must log in, it stays so until a restart
         self.verified: dict[bytes, str] = {}  # cache_key(name, password) -> role
         self.failures = FailedLogins(max_failed_logins, failed_login_window_seconds)
         self._key = os.urandom(32)
@@ -126,12 +128,13 @@ class Authenticator:
 
     async def enabled(self) -> bool:
         """Whether anyone must log in: a configured user, or a consumer in the store."""
-        if self.users:
-            return True
+        if self._closed:
+            return True  # a store query saved on every request; removing every consumer needs a restart
         now = time.monotonic()
         if now < self._open_until:
             return False
         if await self.directory.any():
+            self._closed = True
             return True
         self._open_until = now + OPEN_CHECK_SECONDS
         return False

@@ -64,4 +64,13 @@ MIGRATIONS: list[list[str]] = [
     )""",
         "CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created)",
     ],
+    [
+        # A user's pages and counts add (owner = ? OR public = 1), which no index answered: a count, or an
+        # $orderby page, read every row of the kind from the table to check it. With owner and public in
+        # the listing indexes, rows out of scope are skipped in the index, and a count reads the index alone.
+        "DROP INDEX resources_by_name",
+        "CREATE INDEX resources_by_name ON resources (kind, parent, name, owner, public)",
+        "DROP INDEX resources_by_created",
+        "CREATE INDEX resources_by_created ON resources (kind, parent, created, owner, public)",
+    ],
 ]

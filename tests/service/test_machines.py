@@ -206,7 +206,8 @@ async def wait_running(client, job_url):
 
 
 async def test_job_stop_takes_effect_before_the_next_step(tmp_path):
-    client = await make_client(tmp_path, {"compute": {"operation_delay": 0.3}})
+    """The delay gives the stop request time to arrive while the first step runs, also on a loaded machine."""
+    client = await make_client(tmp_path, {"compute": {"operation_delay": 1.5}})
     try:
         r = await client.post("machines", by_reference(client.base))  # two steps: create, then start
         job_url = r.headers["CIMI-Job-URI"]

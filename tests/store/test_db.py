@@ -99,3 +99,30 @@ async def test_read_cache_never_serves_a_changed_row(store):
     async with store.write() as tx:
         await tx.insert(Row("Thing", "c", "", {"name": "three", "created": "2020-01-01T00:00:00.000Z"}))
     assert cached is None and (await store.get("Thing", "c")).attrs["name"] == "three"
+
+
+async def test_an_older_store_gains_the_scoping_indexes_and_keeps_its_rows(tmp_path):
+    # A store at schema 2 (tenancy, before owner and public were in the listing indexes).
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    for statements in MIGRATIONS[:2]:
+        for statement in statements:
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO resources (kind, id, name, created, owner) VALUES ('Machine', 'm', 'm', '2020', 'bob')")
+    store = Store(path, "FULL")
+    await store.open()
+    try:
+        count, rows = await store.page("Machine", "", {"name": "string"}, scope="bob")
+        assert (count, [r.id for r in rows]) == (1, ["m"])
+        assert await store.page("Machine", "", {}, scope="eve") == (0, [])
+    finally:
+        await store.close()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    for index in ("resources_by_name", "resources_by_created"):
+        assert [r[2] for r in db.execute(f"PRAGMA index_info({index})")][-2:] == ["owner", "public"]
+    # What the indexes are for: a user's count is answered from an index, without reading the table.
+    plan = " ".join(r[3] for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM resources WHERE kind = 'Machine' AND parent = ''"
+        " AND (owner = 'bob' OR public = 1)"))
+    assert "COVERING INDEX" in plan
