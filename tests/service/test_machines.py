@@ -176,7 +176,7 @@ async def test_machine_update_changes_name_only(app_client):
 
 
 async def test_job_stop_while_queued(tmp_path):
-    client = await make_client(tmp_path, {"jobs": {"max_concurrent": 1}, "compute": {"operation_delay": 0.4}})
+    client = await make_client(tmp_path, {"jobs": {"max_concurrent": 1}, "compute": {"operation_delay": 1.5}})
     try:
         a = await client.post("machines", by_reference(client.base, initialState="STOPPED"))
         b = await client.post("machines", by_reference(client.base, initialState="STOPPED"))
@@ -238,7 +238,7 @@ async def test_job_stop_takes_effect_before_the_next_step(tmp_path):
 
 
 async def test_running_job_cannot_be_deleted(tmp_path):
-    client = await make_client(tmp_path, {"compute": {"operation_delay": 0.3}})
+    client = await make_client(tmp_path, {"compute": {"operation_delay": 1.5}})
     try:
         r = await client.post("machines", by_reference(client.base))
         d = await client.delete(r.headers["CIMI-Job-URI"])
