@@ -98,13 +98,16 @@ async def not_found(request: web.Request) -> web.Response:
     raise NotFound(f"nothing is served at {request.path}; start at /cimi/cloudEntryPoint")
 
 
-def make_app(config: Config, provider: Provider) -> web.Application:
-    """The HTTP application around an assembled provider (see cimid.daemon)."""
+def make_app(config: Config, provider: Provider, extensions: tuple = ()) -> web.Application:
+    """The HTTP application around an assembled provider (see cimid.daemon). `extensions`: callables
+    that add a provider extension's routes, ahead of the generic ones (cimid.http.testing)."""
     app = web.Application(middlewares=[handle_errors], client_max_size=config["server"]["max_body_bytes"])
     app[PROVIDER] = provider
     app[CONFIG] = config
     app[AUTH] = Authenticator.from_config(config["auth"], provider.consumers)
     app[RENDERINGS] = RenderingCache()
+    for add_routes in extensions:
+        add_routes(app)
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)
