@@ -35,8 +35,8 @@ async def cloud_entry_point(request: web.Request) -> web.Response:
 async def collection(request: web.Request) -> web.Response:
     """GET lists, POST creates."""
     provider = request.app[PROVIDER]
+    rtype = provider.type_of(request.match_info["collection"])  # 404 for nowhere, whatever the method
     _allow(request, ["GET", "POST"], "a collection")
-    rtype = provider.type_of(request.match_info["collection"])  # 404 before reading a body sent to nowhere
     ctx = context(request)
     if _reading(request):
         return respond(request, await provider.query(ctx, rtype, query_params(request)))
@@ -47,8 +47,8 @@ async def collection(request: web.Request) -> web.Response:
 async def resource(request: web.Request) -> web.Response:
     """GET reads, PUT updates, DELETE deletes."""
     provider = request.app[PROVIDER]
-    _allow(request, ["GET", "PUT", "DELETE"], "a resource")
     rtype = provider.type_of(request.match_info["collection"])
+    _allow(request, ["GET", "PUT", "DELETE"], "a resource")
     id, ctx = request.match_info["id"], context(request)
     if _reading(request):
         return respond(request, await provider.get(ctx, rtype, id, query_params(request)))
