@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 
-START_TIMEOUT = 60.0
-
 
 class CimiProvider:
     """A running ephemeral sandbox: `url` (the CloudEntryPoint), `base` (its baseURI), and helpers for the
