@@ -1,8 +1,8 @@
 """cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
 
 `--host` adds the real-machine benchmark (bench_host.py: root, libvirtd on qemu:///system, the test guest
-image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k) runs one benchmark alone and leaves
-bench/RESULTS.md as it was.
+image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers) runs one benchmark alone
+and leaves bench/RESULTS.md as it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
 medians, and every figure that has a baseline was measured side by side with it in the same run.
@@ -30,6 +30,7 @@ import bench_get
 import bench_host
 import bench_memory
 import bench_tenancy
+import bench_testers
 from common import BENCH_DIR, Figure, WrongAnswer
 
 
@@ -67,7 +68,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
     parser.add_argument("--host", action="store_true",
                         help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
-    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k")
+    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers")
     parser.add_argument("--only", choices=(*default, "host"), help="run this benchmark alone")
     args = parser.parse_args()
     selected = {args.only} if args.only else set(default) | ({"host"} if args.host else set())
@@ -124,6 +125,10 @@ def main() -> int:
         if "scoped-10k" in selected:
             got = attempt("6. Scoping: a user's pages among 10,000 Machines of 20 consumers, against an admin's",
                           "Scoped 10k", lambda: bench_tenancy.run_10k(workdir, args.quick))
+            figures += got or []
+        if "testers" in selected:
+            got = attempt("7. Testers: --ephemeral start-up, reset with 1,000 Machines, 200 plugin tests", "Testers",
+                          lambda: bench_testers.run(workdir, args.quick))
             figures += got or []
         if "host" in selected:
             got = attempt("4. Real machines (host profile): create, start, concurrency", "Host machines",

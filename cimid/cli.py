@@ -38,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
                         "Serve the CIMI API over HTTP (HTTPS with server.tls) until SIGINT or SIGTERM. Unfinished "
                         "Jobs of an earlier run are resumed or failed at start-up.")
     config_options(serve_cmd)
-    serve_cmd.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+    serve_cmd.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080; port 0 picks a free one")
+    serve_cmd.add_argument("--ephemeral", action="store_true",
+                           help="sandbox state in a new temporary directory, removed on exit (not with "
+                                "--state-dir or the host profile)")
+    serve_cmd.add_argument("--test-api", action="store_true",
+                           help="offer the test-control extension (reset, fault rules, determinism) at "
+                                "/cimi/testControl; refused beyond loopback without authentication")
     config_options(command("check", "validate the config and report driver health",
                            "Validate the configuration, print the TLS certificate's SHA-256 fingerprint, open "
                            "each configured driver and report its health "
@@ -55,15 +61,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args):
-    return load(args.config, profile=args.profile, state_dir=args.state_dir, listen=getattr(args, "listen", None))
+def _config(args, overrides: dict | None = None):
+    return load(args.config, profile=args.profile, state_dir=args.state_dir, listen=getattr(args, "listen", None),
+                overrides=overrides)
 
 
 def serve(args) -> int:
+    overrides: dict[str, dict] = {}
+    if args.test_api:
+        overrides["server"] = {"test_api": True}
+    if not args.ephemeral:
+        return _serve_config(_config(args, overrides))
+    if args.state_dir is not None or args.profile == "host":
+        raise ConfigError("--ephemeral runs the sandbox in a temporary directory of its own: drop --state-dir "
+                          "and --profile host")
+    import tempfile
+    args.state_dir = Path(tempfile.mkdtemp(prefix="cimid-ephemeral-"))
+    overrides["store"] = {"synchronous": "NORMAL"}  # the state is thrown away on exit: no fsync per commit
+    try:
+        config = _config(args, overrides)
+        if config.profile != "sandbox":
+            raise ConfigError("--ephemeral runs the sandbox profile only")
+        return _serve_config(config)
+    finally:
+        shutil.rmtree(args.state_dir, ignore_errors=True)
+
+
+def _serve_config(config) -> int:
     from aiohttp import web
 
     from .daemon import build_app
-    config = _config(args)
     host, port = config.listen
     log = logging.getLogger("cimid")
     ssl_context = _tls(config, log) if config["server"]["tls"] else None
@@ -71,6 +98,26 @@ def serve(args) -> int:
              config.profile, "https" if ssl_context else "http", host, port, config.state_dir)
     asyncio.run(_serve(web, build_app(config), host, port, ssl_context))
     return 0
+
+
+async def _announce(web, runner, ssl_context) -> str:
+    """Once the CloudEntryPoint answers, one JSON line on stdout saying where (with the port the kernel
+    picked for port 0), for whatever started cimid to read; returns the URL."""
+    import json
+    import os
+
+    import aiohttp
+    host, port = runner.addresses[0][:2]
+    url = f"{'https' if ssl_context else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/cimi/cloudEntryPoint"
+    try:  # any answer will do (401 too); a handshake that wants a client certificate proves the port listens
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, ssl=False if ssl_context else None) as response:
+                await response.read()
+    except (aiohttp.ClientError, OSError) as exc:
+        logging.getLogger("cimid").info("could not ask %s itself (%s); it listens", url, exc)
+    sys.stdout.write(json.dumps({"cloudEntryPoint": url, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+    return url
 
 
 def _tls(config, log):
@@ -106,8 +153,8 @@ async def _serve(web, app, host: str, port: int, ssl_context=None) -> None:
     try:
         await runner.setup()  # (a start-up that fails stops what it started itself: see http.app, daemon)
         await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-        scheme = "https" if ssl_context else "http"
-        manager.notify("READY=1", f"STATUS=serving {scheme}://{host}:{port}/cimi/cloudEntryPoint")
+        url = await _announce(web, runner, ssl_context)
+        manager.notify("READY=1", f"STATUS=serving {url}")
         await stop.wait()
         manager.notify("STOPPING=1", "STATUS=stopping")
     finally:

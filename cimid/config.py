@@ -22,6 +22,7 @@ DEFAULTS: dict[str, dict] = {
         "tls_client_ca": "",
         "insecure": False,
         "idempotency_minutes": 1440,
+        "test_api": False,
     },
     "store": {"synchronous": "FULL"},
     "jobs": {"retention_minutes": 1440, "max_concurrent": 4},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .config import Config, exposed, exposure_error
+from .config import Config, exposed, exposure_error, is_loopback
 from .http.app import make_app
 from .plugins import Drivers, plugin_manager
 from .service.provider import Provider
@@ -16,7 +16,13 @@ def build_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
     drivers = Drivers.load(plugin_manager(extra_plugins), config)
     store = Store(config.database, config["store"]["synchronous"].upper())
     provider = Provider(config, store, drivers)
-    app = make_app(config, provider)
+    extensions = ()
+    if config["server"]["test_api"]:  # assembled only when asked for: production runs carry none of it
+        from .http.testing import add_routes
+        from .service.testing import TestControl
+        control = TestControl(provider)
+        extensions = (lambda app: add_routes(app, control),)
+    app = make_app(config, provider, extensions)
 
     async def refuse_open_exposure(_app) -> None:
         """Beyond loopback someone must log in: consumers live in the store, so this is checked once it is
@@ -26,5 +32,15 @@ def build_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
             raise exposure_error(config, "has no consumer (add one with `cimid consumer add`) and no "
                                          "[[auth.users]], so anyone who reaches the port would be admin")
 
+    async def refuse_open_test_api(_app) -> None:
+        """The test-control extension resets and breaks things: beyond loopback, only for someone who
+        logged in (server.insecure does not change that)."""
+        if config["server"]["test_api"] and not is_loopback(config.listen[0]) and not config["auth"]["users"] \
+                and not await provider.consumers.any():
+            await provider.stop()
+            raise exposure_error(config, "would offer the test-control extension (--test-api) with no consumer "
+                                         "and no [[auth.users]] to log in")
+
     app.on_startup.append(refuse_open_exposure)
+    app.on_startup.append(refuse_open_test_api)
     return app

@@ -101,6 +101,10 @@ class ComputeDriver(Protocol):
     async def console(self, machine_id: str, max_bytes: int) -> str:
         """The last `max_bytes` of what the guest wrote to its serial console."""
 
+    async def forget(self) -> None:
+        """Remove every machine this driver made, at once: the test-control extension's reset (the
+        sandbox drops its fake host; a real host would delete each machine)."""
+
 
 Progress = Callable[[int], Awaitable[None]]  # percent done
 

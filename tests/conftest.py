@@ -14,6 +14,8 @@ from lxml import etree
 from cimid.config import load
 from cimid.daemon import build_app
 
+pytest_plugins = ("pytester",)  # tests/test_pytest_plugin.py runs outside test files with cimid's plugin
+
 DATABASE = web.AppKey("database", str)  # the store's file, for tests that read it directly
 XSD = Path(__file__).resolve().parents[1] / "tests" / "data" / "dsp8009_1.0.2.xsd"
 _SCHEMA = etree.XMLSchema(etree.parse(str(XSD), etree.XMLParser(no_network=True)))

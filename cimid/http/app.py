@@ -35,8 +35,8 @@ async def cloud_entry_point(request: web.Request) -> web.Response:
 async def collection(request: web.Request) -> web.Response:
     """GET lists, POST creates."""
     provider = request.app[PROVIDER]
+    rtype = provider.type_of(request.match_info["collection"])  # 404 for nowhere, whatever the method
     _allow(request, ["GET", "POST"], "a collection")
-    rtype = provider.type_of(request.match_info["collection"])  # 404 before reading a body sent to nowhere
     ctx = context(request)
     if _reading(request):
         return respond(request, await provider.query(ctx, rtype, query_params(request)))
@@ -47,8 +47,8 @@ async def collection(request: web.Request) -> web.Response:
 async def resource(request: web.Request) -> web.Response:
     """GET reads, PUT updates, DELETE deletes."""
     provider = request.app[PROVIDER]
-    _allow(request, ["GET", "PUT", "DELETE"], "a resource")
     rtype = provider.type_of(request.match_info["collection"])
+    _allow(request, ["GET", "PUT", "DELETE"], "a resource")
     id, ctx = request.match_info["id"], context(request)
     if _reading(request):
         return respond(request, await provider.get(ctx, rtype, id, query_params(request)))
@@ -98,13 +98,16 @@ async def not_found(request: web.Request) -> web.Response:
     raise NotFound(f"nothing is served at {request.path}; start at /cimi/cloudEntryPoint")
 
 
-def make_app(config: Config, provider: Provider) -> web.Application:
-    """The HTTP application around an assembled provider (see cimid.daemon)."""
+def make_app(config: Config, provider: Provider, extensions: tuple = ()) -> web.Application:
+    """The HTTP application around an assembled provider (see cimid.daemon). `extensions`: callables
+    that add a provider extension's routes, ahead of the generic ones (cimid.http.testing)."""
     app = web.Application(middlewares=[handle_errors], client_max_size=config["server"]["max_body_bytes"])
     app[PROVIDER] = provider
     app[CONFIG] = config
     app[AUTH] = Authenticator.from_config(config["auth"], provider.consumers)
     app[RENDERINGS] = RenderingCache()
+    for add_routes in extensions:
+        add_routes(app)
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)

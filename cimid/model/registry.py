@@ -52,6 +52,8 @@ CloudEntryPoint = ResourceType(
           for name in ENTRY_POINT_ORDER if name in TOP_LEVEL],
         read_only("usage", "extension", description="Provider extension: what the caller uses of each quota "
                   "(machines, cpu, memory ...), and its limit where it has one"),
+        read_only("extensions", "extension", description="Provider extension: the further extensions this "
+                  "provider offers (e.g. testControl with --test-api), each with its URI and href"),
     ],
     editable=False,
     deletable=False,

@@ -29,6 +29,29 @@ class StateChanged:
     def severity(self) -> str:
         return "CRITICAL" if self.current == "ERROR" else "LOW"
 
+    @property
+    def summary(self) -> str:
+        return f"{self.reason} ({self.previous} -> {self.current})"
 
-def log_event(event: StateChanged) -> None:
-    log.info("%s %s: %s (%s -> %s)", event.type, event.resource, event.reason, event.previous, event.current)
+
+@dataclass(frozen=True)
+class FaultApplied:
+    """A fault rule of the test-control extension took effect on one operation (cimid.service.testing)."""
+
+    type: str  # the resource type's name
+    resource: str  # its path relative to the base URI, e.g. machines/abc
+    rule: str  # the rule's path, e.g. testControl/faultRules/xyz
+    operation: str  # the operation kind it hit: create, start, import ...
+    effect: str  # fail | slow | error
+    message: str
+    time: str = field(default_factory=now)
+
+    severity = "MEDIUM"
+
+    @property
+    def summary(self) -> str:
+        return f"fault rule {self.rule} applied to {self.operation}: {self.effect} ({self.message})"
+
+
+def log_event(event: StateChanged | FaultApplied) -> None:
+    log.info("%s %s: %s", event.type, event.resource, event.summary)

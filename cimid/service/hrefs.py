@@ -4,19 +4,44 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from ..errors import BadRequest
 from ..model import REF, TYPES, ResourceType
 
 
-def now() -> str:
+def _random_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# Where ids and times come from: the one seam the test-control extension turns deterministic (an id
+# sequence from a seed, a fixed clock it steps); see cimid.service.testing.
+id_source: Callable[[], str] = _random_id
+clock: Callable[[], dt.datetime] = _system_clock
+
+
+def use_sources(ids: Callable[[], str] | None = None, time: Callable[[], dt.datetime] | None = None) -> None:
+    """Take ids and times from these (None: random ids, the system clock again)."""
+    global id_source, clock
+    id_source, clock = ids or _random_id, time or _system_clock
+
+
+def stamp(moment: dt.datetime) -> str:
     """dateTimes are stored in UTC with milliseconds, so comparing strings compares instants."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def now() -> str:
+    return stamp(clock())
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return id_source()
 
 
 def path_of(rtype: ResourceType, id: str, parent: str = "") -> str:

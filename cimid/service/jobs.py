@@ -10,6 +10,8 @@ import logging
 from ..model import Action, ResourceType
 from ..store import jobs as job_queries
 from ..store.db import Row
+from . import hrefs
+from .hrefs import stamp
 from .present import Context, Result
 from .resources import ResourceService
 from .runner import job_result, present_job
@@ -41,6 +43,5 @@ class Jobs(ResourceService):
 
     async def purge(self) -> None:
         minutes = self.config["jobs"]["retention_minutes"]
-        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        cutoff = stamp(hrefs.clock() - dt.timedelta(minutes=minutes))  # the test API's clock, if fixed
         await job_queries.purge_finished(self.store, cutoff)

@@ -341,6 +341,10 @@ class Machines(ResourceService):
         except DriverError as exc:
             raise Unavailable(f"the console cannot be read: {exc}") from None
 
+    async def forget_host(self, tx: Transaction) -> None:
+        await self.ensure_driver()
+        await self.driver.forget()  # every machine at once (the sandbox: a new, empty fake host)
+
     # ---------------------------------------------------------------- restart
 
     async def start(self) -> None:

@@ -19,6 +19,14 @@ _QUERY_PARAMETERS = ("ExpandParameter", "FilterParameter", "FirstParameter", "Se
 
 
 class Metadata(ResourceService):
+    # Provider extensions assembled beside the families (the test-control extension): name -> {"uri",
+    # "path" (under the base URI), "operations" (ResourceMetadata actions of the CloudEntryPoint)}.
+    extensions: dict[str, dict]
+
+    def __init__(self, family, parts):
+        super().__init__(family, parts)
+        self.extensions = {}
+
     def served_types(self) -> list[ResourceType]:
         """The CloudEntryPoint, then every type with a (sub-)collection whose family is served."""
         return [CloudEntryPoint, *(t for t in TYPES.values()
@@ -37,6 +45,9 @@ class Metadata(ResourceService):
             used.update(await service.usage(self.store, ctx.user))
         doc["usage"] = {key: {"used": value, **({"limit": ctx.quotas[key]} if key in ctx.quotas else {})}
                         for key, value in used.items()}
+        if self.extensions:
+            doc["extensions"] = {name: {"uri": e["uri"], "href": ctx.base + e["path"]}
+                                 for name, e in self.extensions.items()}
         return Result(200, CloudEntryPoint, select_attributes(doc, CloudEntryPoint, params.select))
 
     def capabilities(self, rtype: ResourceType) -> dict[str, object]:
@@ -61,6 +72,8 @@ class Metadata(ResourceService):
                    for a in rtype.actions.values()]
         actions += [{"name": e.name, "uri": e.uri, "method": "GET", "outputMessage": e.media_type,
                      "description": e.description} for e in rtype.extensions.values()]
+        if rtype is CloudEntryPoint:
+            actions += [op for e in self.extensions.values() for op in e["operations"]]
         if actions:
             doc["actions"] = actions
         return doc

@@ -167,6 +167,8 @@ class JobRunner:
                     return
                 set_job_state(job, "RUNNING")
                 job.internal["begun"] = True
+                # As the first step will say: a single-step Job is in its last step from now on.
+                job.internal["stoppable"] = len(steps) > 1
                 await tx.update(job)
             outcome, message = "SUCCESS", job.internal.get("success_message", "done")
             for index, step in enumerate(steps):

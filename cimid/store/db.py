@@ -284,6 +284,15 @@ class Store:
         """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
         return await _usage(self._reader.execute_fetchall, kind, owner, sums)
 
+    async def matches(self, kind: str, id: str, columns: dict[str, str], filters: list[str]) -> bool:
+        """Whether the row passes every $filter expression, compiled as for a collection (so both agree);
+        a bad expression raises query.QueryError."""
+        where, _order, params = query.compile_query(filters, [], lambda name: _resolve(columns, name))
+        rows = await self._reader.execute_fetchall(
+            "SELECT 1 FROM resources WHERE kind = ? AND id = ?" + (f" AND {where}" if where else ""),
+            (kind, id, *params))
+        return bool(rows)
+
     async def all_of(self, kind: str, states: tuple[str, ...] | None = None) -> list[Row]:
         """Every `kind` row (in one of `states`, when given), oldest first."""
         if states is None:

@@ -232,6 +232,16 @@ class LibvirtDomains:
             dom.undefineFlags(flags)
         await self._call(delete)
 
+    async def forget(self) -> None:
+        def forget():
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            for dom in self._connection().listAllDomains():
+                if dom.name().startswith(DOMAIN_PREFIX):
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(flags)
+        await self._call(forget)
+
     async def state(self, machine_id: str) -> str | None:
         def state():
             dom = self._domain(machine_id)
