@@ -161,7 +161,7 @@ class EventLogs(ResourceService):
         content = {"operation": request.operation, "resource": {"href": first.resource}, "detail": detail,
                    "initiator": request.initiator}
         attrs = {"description": detail, "content": content, "outcome": "Success", "severity": "low"}
-        return self._subject(first), "access", attrs, now(), request.initiator
+        return self._subject(first), "access", attrs, first.time, request.initiator  # when the change was made
 
     # ---------------------------------------------------------------- reading
 
