@@ -11,9 +11,12 @@ from .negotiation import JSON
 
 
 async def send_events(request: web.Request, result: Result) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={
-        "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no"})  # a fronting nginx must pass each event on at once
+    headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}  # a fronting nginx must pass each event on at once
+    if request.method == "HEAD":  # the headers only: a stream that would never end is not started
+        await result.stream.aclose()
+        return web.Response(status=200, headers=headers)
+    response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(request)
     dialect = request[DIALECT]
     try:

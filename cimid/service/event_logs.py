@@ -202,8 +202,11 @@ class EventLogs(ResourceService):
         events = self.stream.follow(ctx.scope, where, values, after)
 
         async def documents():
-            async for item in events:
-                yield None if item is None else (item[0], self.present(Event, item[1], ctx))
+            try:
+                async for item in events:
+                    yield None if item is None else (item[0], self.present(Event, item[1], ctx))
+            finally:
+                await events.aclose()  # the follower stops waiting for commits
 
         return Result(200, Event, stream=documents())
 

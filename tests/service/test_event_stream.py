@@ -85,6 +85,8 @@ async def test_the_stream_is_listed_on_the_entry_point_and_in_resource_metadata(
     (action,) = [a for a in meta["actions"] if a["uri"] == STREAM]
     assert action["method"] == "GET" and action["outputMessage"] == "text/event-stream"
     assert (await client.post("eventStream", {})).status == 405
+    head = await client.request("HEAD", "eventStream")
+    assert head.status == 200 and head.headers["Content-Type"].startswith("text/event-stream") and not head.body
 
 
 async def test_a_client_sees_each_event_as_it_is_committed(client):
