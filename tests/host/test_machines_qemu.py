@@ -266,6 +266,12 @@ async def test_crash_becomes_error_with_a_reason(host_client, guest_image):
     assert {o["rel"] for o in got["operations"]} >= {"delete"}
     errors = [e for e in events if isinstance(e, StateChanged) and e.current == "ERROR"]
     assert len(errors) == 1 and errors[0].previous == "STARTED" and errors[0].severity == "critical", events
+    # recorded in the machine's EventLog: the state change with its previous state, and an alarm
+    log = got["eventLog"]["href"] + "/events"
+    (state,) = (await client.get(log, params={"$filter": "severity='critical' and name='state'"})).json["events"]
+    assert (state["content"]["previous"], state["content"]["state"]) == ("STARTED", "ERROR")
+    (alarm,) = (await client.get(log, params={"$filter": "name='alarm'"})).json["events"]
+    assert alarm["severity"] == "critical" and alarm["outcome"] == "Failure"
     r = await client.delete(machine)
     assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
 
