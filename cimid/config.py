@@ -40,6 +40,9 @@ DEFAULTS: dict[str, dict] = {
     "storage": {"driver": "", "memory_capacity_gb": 100},
     "network": {"driver": ""},
     "catalogue": {"seed": True},
+    # EventLogs: how long a new log keeps its Events (daily, weekly, monthly, yearly), and the contact an
+    # Event names when no consumer caused it (empty: none).
+    "events": {"persistence": "weekly", "contact": ""},
 }
 
 # Each family's driver by name. The sandbox runs on in-process twins (no hypervisor, no root); the host on
@@ -129,6 +132,8 @@ def _check(config: Config) -> None:
     base = config["server"]["public_base_url"]
     if base and not base.startswith(("http://", "https://")):
         raise ConfigError("server.public_base_url must be an http(s) URL")
+    if config["events"]["persistence"] not in ("daily", "weekly", "monthly", "yearly"):
+        raise ConfigError("events.persistence must be daily, weekly, monthly or yearly")
     if config["server"]["idempotency_minutes"] < 1:
         raise ConfigError("server.idempotency_minutes must be at least 1")
     _check_tls(config)

@@ -8,12 +8,14 @@ from aiohttp import web
 from ..config import Config
 from ..errors import MethodNotAllowed, NotFound
 from ..model import Extension
+from ..model.registry import CloudEntryPoint
 from ..service.provider import Provider
 from .auth import Authenticator
 from .keys import AUTH, CONFIG, PROVIDER, RENDERINGS
 from .middleware import handle_errors
 from .params import body, context, names, query_params
 from .render import RenderingCache, respond
+from .stream import send_events
 
 
 def _allow(request: web.Request, methods: list[str], what: str) -> None:
@@ -30,6 +32,15 @@ def _reading(request: web.Request) -> bool:
 async def cloud_entry_point(request: web.Request) -> web.Response:
     _allow(request, ["GET"], "the CloudEntryPoint")
     return respond(request, await request.app[PROVIDER].entry_point(context(request), query_params(request)))
+
+
+async def entry_point_extension(request: web.Request) -> web.StreamResponse:
+    """/cimi/{name} of an extension on the CloudEntryPoint: a stream (the live Events)."""
+    name = request.match_info["extension"]
+    _allow(request, ["GET"], name)
+    result = await request.app[PROVIDER].entry_point_extension(
+        context(request), name, query_params(request), request.headers.get("Last-Event-ID"))
+    return await send_events(request, result) if result.stream is not None else respond(request, result)
 
 
 async def collection(request: web.Request) -> web.Response:
@@ -109,6 +120,8 @@ def make_app(config: Config, provider: Provider, extensions: tuple = ()) -> web.
     for add_routes in extensions:
         add_routes(app)
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
+    for name in CloudEntryPoint.extensions:  # before /cimi/{collection}, which would take the name
+        app.router.add_route("*", f"/cimi/{{extension:{name}}}", entry_point_extension)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)
     app.router.add_route("*", "/cimi/{collection}/{id}/{op}", operation)
@@ -122,10 +135,14 @@ def make_app(config: Config, provider: Provider, extensions: tuple = ()) -> web.
             await provider.stop()
             raise
 
+    async def on_shutdown(_app):
+        provider.shutting_down()
+
     async def on_cleanup(_app):
         app[AUTH].close()
         await provider.stop()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app

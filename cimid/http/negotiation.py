@@ -33,6 +33,8 @@ def response_format(query_format: str | None, accept: str | None) -> str:
             candidate = JSON
         elif media == "text/*":
             candidate = XML
+        elif media == "text/event-stream":  # the live Events: their data lines are JSON
+            candidate = JSON
         else:
             candidate = _TYPES.get(media)
         if candidate and q > best_q:  # ties keep the earlier entry

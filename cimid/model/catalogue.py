@@ -84,6 +84,8 @@ MachineTemplate = ResourceType(
         Attribute("machineImage", "ref", target="MachineImage", by_value=True),
         Attribute("credential", "ref", target="Credential", by_value=True),
         Attribute("userData", "string", max_length=65536, base64=True, description="Base64-encoded user data"),
+        Attribute("eventLogTemplate", "ref", target="EventLogTemplate", by_value=True,
+                  description="the persistence of the machine's EventLog"),
     ],
     collection="machineTemplates",
     items="machineTemplates",

@@ -82,6 +82,7 @@ Machine = ResourceType(
         read_only("cpuSpeed", "integer"),
         read_only("latestSnapshot", "ref", target="MachineImage"),
         read_only("snapshots", "collection", target="MachineSnapshot"),
+        read_only("eventLog", "ref", target="EventLog"),
     ],
     collection="machines",
     items="machines",

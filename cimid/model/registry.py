@@ -3,7 +3,7 @@ CloudEntryPoint, the collections and sub-collections, the request documents a bo
 
 from __future__ import annotations
 
-from . import catalogue, images, jobs, machines, metadata
+from . import catalogue, events, images, jobs, machines, metadata
 from .types import Attribute, Family, ResourceType, common_attributes, read_only
 
 # One line per family: adding a family is its own files plus a line here.
@@ -13,6 +13,7 @@ FAMILIES: tuple[Family, ...] = (
     images.FAMILY,
     machines.FAMILY,
     jobs.FAMILY,
+    events.FAMILY,
 )
 
 # The CloudEntryPoint's collections in DSP8009 1.0.2's element order (the schema fixes it), whichever
@@ -55,11 +56,14 @@ CloudEntryPoint = ResourceType(
         read_only("extensions", "extension", description="Provider extension: the further extensions this "
                   "provider offers (e.g. testControl with --test-api), each with its URI and href"),
     ],
+    extensions={e.name: e for f in FAMILIES for e in f.entry_point_extensions},
     editable=False,
     deletable=False,
     creatable=False,
     description="The entry point: every collection the provider serves.",
 )
+# Which family serves each extension of the CloudEntryPoint.
+ENTRY_POINT_EXTENSIONS: dict[str, Family] = {e.name: f for f in FAMILIES for e in f.entry_point_extensions}
 
 TYPES: dict[str, ResourceType] = {
     t.name: t for t in (*(t for f in FAMILIES for t in f.types), ActionRequest, CloudEntryPoint)}

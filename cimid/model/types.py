@@ -22,7 +22,9 @@ class Attribute:
     """One attribute of a resource type, with the four DSP0263 constraints."""
 
     name: str
-    type: str  # string | integer | boolean | dateTime | URI | byte[] | map | ref | array | collection
+    # string | integer | boolean | dateTime | URI | byte[] | map | ref | array | collection | struct (an inline
+    # structure: of the type `target` names, or free-form (an Event's content) without one) | extension
+    type: str
     provider_mandatory: bool = False
     consumer_mandatory: bool = False
     mutable: bool = True
@@ -154,3 +156,5 @@ class Family:
     types: tuple[ResourceType, ...]
     service: str
     requires: str | None = None  # a Drivers attribute ("compute"): without it the family is not served
+    # Provider extensions the family serves at /cimi/{name}, listed as operations of the CloudEntryPoint.
+    entry_point_extensions: tuple[Extension, ...] = ()

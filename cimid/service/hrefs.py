@@ -51,6 +51,15 @@ def path_of(rtype: ResourceType, id: str, parent: str = "") -> str:
     return f"{rtype.collection}/{id}"
 
 
+_LOG_NAMESPACE = uuid.UUID("5b0e7b52-7c51-4f1e-9a55-0c1d4c2f9e61")  # cimid's own, for EventLog ids
+
+
+def event_log_id(resource: str) -> str:
+    """The id of the EventLog of the resource at `resource` (a path such as machines/abc): derived from it,
+    so an Event finds its log without a lookup, and a log removed by its owner comes back under the same id."""
+    return uuid.uuid5(_LOG_NAMESPACE, resource).hex
+
+
 def split_href(href: str) -> tuple[str, str]:
     """An href (absolute, or relative to the base URI) -> (collection, id). Lenient about the host."""
     path = urlsplit(href).path if "://" in href else href

@@ -12,6 +12,7 @@ from ..model import ResourceType, collection_type
 from ..model.images import MachineImage
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
+from .events import model_changed, state_changed
 from .hrefs import new_id, now, split_href
 from .present import Context, Result
 from .resources import ResourceService
@@ -82,6 +83,7 @@ class Images(ResourceService):
             image = Row(rtype.name, new_id(), "", {**attrs, "created": stamp, "updated": stamp,
                                                    "state": "CREATING"}, **self.ownership(ctx, rtype))
             await tx.insert(image)
+            tx.emit(model_changed(rtype, image, "created", ctx.user))
             path = f"{rtype.collection}/{image.id}"
             job = await self.jobs.queue(tx, IMPORT, action="add", target=rtype.collection, affected=[path],
                                         steps=[{"op": "import"}], success="MachineImage imported", owner=ctx.user,
@@ -114,8 +116,10 @@ class Images(ResourceService):
         if outcome == "SUCCESS":
             image.attrs["state"] = "AVAILABLE"
             await tx.update(image)
+            tx.emit(state_changed(MachineImage, image, "CREATING", message, job.owner))
         else:  # nothing half-made stays behind: the Job keeps the reason
             await tx.delete(image.kind, image.id)
+            tx.emit(model_changed(MachineImage, image, "deleted", job.owner, f"MachineImage not imported: {message}"))
             await self.driver.delete_image(image.id)
 
     async def abandon(self, tx: Transaction, job: Row) -> None:

@@ -12,9 +12,10 @@ from ..model import Action, Extension, ResourceType
 from ..model.images import MachineImage
 from ..model.machines import Disk, Machine, MachineCreate, MachineSnapshot
 from ..model.catalogue import MachineTemplate
+from ..model.events import EventLog
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
-from .events import StateChanged
+from .events import Alarm, model_changed, state_changed
 from .hrefs import href_to_id, new_id, now
 from .present import Context, Result, check_if_match
 from .resources import ResourceService
@@ -22,6 +23,13 @@ from .runner import JobKind, job_result
 
 log = logging.getLogger("cimid.machines")
 KIND = "machine"  # the Job kind
+
+
+def record_state(tx: Transaction, machine: Row, previous: str | None, reason: str, initiator: str = "") -> None:
+    """A state Event for `machine` if its state is no longer `previous` (written with this transaction)."""
+    record = state_changed(Machine, machine, previous, reason, initiator)
+    if record is not None:
+        tx.emit(record)
 
 
 def settle(machine: Row, observed: str | None) -> None:
@@ -76,7 +84,7 @@ class Machines(ResourceService):
                 if not template.get(name):
                     raise BadRequest(f"the machineTemplate needs a {name}")
             parts = {}
-            for name in ("machineConfig", "machineImage", "credential"):
+            for name in ("machineConfig", "machineImage", "credential", "eventLogTemplate"):
                 value = template.get(name)
                 if value:
                     parts[name] = await self.references.resolve(tx, MachineTemplate.attribute(name), value,
@@ -107,6 +115,9 @@ class Machines(ResourceService):
             machine = Row(Machine.name, machine_id, "", attrs, owner=ctx.user,
                           internal={"spec": asdict(spec), "stable": None, "image": image.get("_href")})
             await tx.insert(machine)
+            tx.emit(model_changed(Machine, machine, "created", ctx.user))
+            await self.parts.service_of(EventLog).open_log(
+                tx, Machine, machine, parts.get("eventLogTemplate", {}).get("persistence"))
             for disk in spec.disks:
                 disk_attrs = {"created": stamp, "capacity": disk["capacity"]}
                 if disk.get("initialLocation"):
@@ -167,6 +178,7 @@ class Machines(ResourceService):
             image_attrs["relatedImage"] = {"href": machine.internal["image"]}
         image = Row(MachineImage.name, new_id(), "", image_attrs, **self.ownership(ctx, MachineImage))
         await tx.insert(image)
+        tx.emit(model_changed(MachineImage, image, "created", ctx.user))
         steps = [{"op": "capture", "image": image.id, "transitional": "CAPTURING"}]
         job = await self._queue(tx, ctx, machine, action.uri, steps, target=f"machines/{machine.id}",
                                 success=f"MachineImage {kind} made", affected=[f"machineImages/{image.id}"])
@@ -202,8 +214,10 @@ class Machines(ResourceService):
                                     affected=[f"machines/{machine.id}", *affected], steps=steps, success=success,
                                     owner=ctx.user, machine=machine.id, prior=machine.state)
         if machine.state != "CREATING":
+            previous = machine.state
             machine.attrs["state"] = steps[0]["transitional"]
             await tx.update(machine)
+            record_state(tx, machine, previous, f"{action.rsplit('/', 1)[-1]} asked by {ctx.user}", ctx.user)
         return job
 
     # ---------------------------------------------------------------- job steps
@@ -250,8 +264,10 @@ class Machines(ResourceService):
             return
         if outcome == "STEP":
             if machine.state != message:
+                previous = machine.state
                 machine.attrs["state"] = message
                 await tx.update(machine)
+                record_state(tx, machine, previous, f"Job {job.attrs.get('name')} began a step", job.owner)
             return
         observed, boot_image = observed or (None, None)
         last = job.internal["steps"][-1]
@@ -264,7 +280,9 @@ class Machines(ResourceService):
                     await self.driver.delete(machine.id)
                 except DriverError as exc:
                     log.warning("machine %s: its leftovers could not be removed: %s", machine.id, exc)
+            tx.emit(model_changed(Machine, machine, "deleted", job.owner))
             return
+        previous = machine.state
         if last["op"] == "capture":
             await self._settle_capture(tx, machine, last, outcome == "SUCCESS")
         if outcome == "SUCCESS" and last["op"] == "restore":
@@ -275,6 +293,7 @@ class Machines(ResourceService):
             machine.internal["image"] = f"machineImages/{boot_image}"
         settle(machine, observed)
         await tx.update(machine)
+        record_state(tx, machine, previous, message, job.owner)
         if outcome == "SUCCESS" and observed is None:
             return "FAILED", "the hypervisor no longer knows this machine"
         return None
@@ -287,10 +306,12 @@ class Machines(ResourceService):
             await tx.delete(MachineImage.name, image.id)
             if self.drivers.images is not None:  # a capture cut short by a crash leaves its partial file
                 await self.drivers.images.delete_image(image.id)
+            tx.emit(model_changed(MachineImage, image, "deleted", detail="MachineImage not made: its Job failed"))
             return
         image.attrs["state"] = "AVAILABLE"
         image.attrs["imageLocation"] = step["result"]["location"]
         await tx.update(image)
+        tx.emit(state_changed(MachineImage, image, "CREATING", "captured"))
         if image.attrs["type"] == "SNAPSHOT":
             await tx.insert(Row(MachineSnapshot.name, new_id(), machine.id, owner=machine.owner, attrs={
                 "created": now(), "snapshot": {"href": f"machineImages/{image.id}"}}))
@@ -304,11 +325,14 @@ class Machines(ResourceService):
         first = job.internal["steps"][0]
         if first["op"] == "create":
             await tx.delete(Machine.name, machine.id)
+            tx.emit(model_changed(Machine, machine, "deleted", job.owner, "Machine not made: its Job was stopped"))
         else:
             if first["op"] == "capture":
                 await tx.delete(MachineImage.name, first["image"])
+            previous = machine.state
             machine.attrs["state"] = job.internal["prior"]
             await tx.update(machine)
+            record_state(tx, machine, previous, "its Job was stopped before it began", job.owner)
 
     # ---------------------------------------------------------------- the host changes by itself
 
@@ -327,7 +351,10 @@ class Machines(ResourceService):
             previous = machine.state
             settle(machine, state)
             await tx.update(machine)
-            tx.emit(StateChanged(Machine.name, f"machines/{machine_id}", previous, state, reason))
+            record_state(tx, machine, previous, reason)
+            if state == "ERROR":  # a crash is an alarm too
+                tx.emit(Alarm(Machine.name, f"machines/{machine_id}", 1, reason, owner=machine.owner,
+                              name=machine.attrs.get("name", ""), severity="critical"))
 
     async def extension(self, ctx: Context, rtype: ResourceType, id: str, extension: Extension,
                         query: dict[str, str]) -> Result:
@@ -365,7 +392,9 @@ class Machines(ResourceService):
             observed = await self._read_state(machine.id)
             async with self.store.write() as tx:
                 current = await tx.get(Machine.name, machine.id)
+                previous = current.state
                 settle(current, observed)
                 await tx.update(current)
+                record_state(tx, current, previous, "re-read from the hypervisor after cimid restarted")
             log.info("machine %s was %s at start-up; the hypervisor says %s", machine.id, machine.state,
                      observed or "nothing (ERROR)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..errors import BadRequest, NotFound
 from ..model import TYPES, ResourceType
 from ..model.metadata import ResourceMetadata
+from ..model import registry
 from ..model.registry import CloudEntryPoint
 from ..model.types import CAPABILITY_BASE
 from ..store.query import QueryError, page_documents
@@ -43,6 +44,10 @@ class Metadata(ResourceService):
         services = {id(s): s for s in map(self.parts.service_of, self.served_types()) if s not in (None, self)}
         for service in services.values():
             used.update(await service.usage(self.store, ctx.user))
+        served = [e for name, e in CloudEntryPoint.extensions.items()
+                  if self.parts.service_of(registry.ENTRY_POINT_EXTENSIONS[name].types[0]) is not None]
+        if served:
+            doc["operations"] = [{"rel": e.uri, "href": ctx.base + e.name} for e in served]
         doc["usage"] = {key: {"used": value, **({"limit": ctx.quotas[key]} if key in ctx.quotas else {})}
                         for key, value in used.items()}
         if self.extensions:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..errors import PreconditionFailed
 from ..model import Action, ResourceType
 from ..store.db import Row
-from .hrefs import absolute, path_of
+from .hrefs import absolute, event_log_id, path_of
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class Result:
     cache_key: tuple | None = None
     make_doc: Callable[[], dict] | None = None
     text: str | None = None  # an extension's plain-text answer (a Machine's console)
+    # An extension's stream of documents of type `rtype` (the live Events): (id, document) as they come, or
+    # None when nothing came for a while (the HTTP layer then sends a keep-alive).
+    stream: AsyncIterator[tuple[int, dict] | None] | None = None
 
     def document(self) -> dict | None:
         return self.make_doc() if self.doc is None and self.make_doc else self.doc
@@ -96,7 +99,8 @@ def select_attributes(doc: dict, rtype: ResourceType, select: set[str] | None) -
 def present(rtype: ResourceType, row: Row, ctx: Context,
             operations: Callable[[str], list[dict]] | None = None) -> dict:
     """A stored row as the consumer sees it; `operations(href)` lists what this caller may do to it."""
-    href = ctx.base + path_of(rtype, row.id, row.parent)
+    path = path_of(rtype, row.id, row.parent)
+    href = ctx.base + path
     doc = {"resourceURI": rtype.type_uri, "id": href}
     attrs = absolute(rtype, row.attrs, ctx.base)
     for attr in rtype.attributes:
@@ -104,6 +108,8 @@ def present(rtype: ResourceType, row: Row, ctx: Context,
             doc[attr.name] = attrs[attr.name]
         elif attr.type == "collection":
             doc[attr.name] = {"href": f"{href}/{attr.name}"}
+        elif attr.name == "eventLog":  # every resource that declares one has its log under a derived id
+            doc[attr.name] = {"href": f"{ctx.base}eventLogs/{event_log_id(path)}"}
     ops = operations(href) if operations else []
     if ops:
         doc["operations"] = ops

@@ -5,6 +5,7 @@ family runs a type, and each family's service does the work."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable
 
 from ..config import Config
 from ..errors import BadRequest, MethodNotAllowed, NotFound
@@ -12,7 +13,7 @@ from ..model import Extension, ResourceType, collection_type, registry, sub_coll
 from ..plugins import Drivers
 from ..store.db import Store
 from .consumers import ConsumerDirectory
-from .events import log_event
+from .events import Request, current_request, log_event
 from .idempotency import IdempotentRequests
 from .metadata import Metadata
 from .present import Context, QueryParams, Result
@@ -49,6 +50,11 @@ class Provider:
         for service in self.services.values():
             await service.start()
         await self.idempotency.start()
+
+    def shutting_down(self) -> None:
+        """The server stops taking requests: long-lived answers (the event stream) end now."""
+        for service in self.services.values():
+            service.shutting_down()
 
     async def stop(self) -> None:
         try:
@@ -87,6 +93,15 @@ class Provider:
     async def entry_point(self, ctx: Context, params: QueryParams) -> Result:
         return await self.metadata.entry_point(ctx, params)
 
+    async def entry_point_extension(self, ctx: Context, name: str, params: QueryParams,
+                                    last_event_id: str | None) -> Result:
+        family = registry.ENTRY_POINT_EXTENSIONS.get(name)
+        service = self.services.get(family.name) if family else None
+        if service is None:
+            raise NotFound(f"this provider serves nothing at '{name}'")
+        return await service.entry_point_extension(ctx, registry.CloudEntryPoint.extensions[name], params,
+                                                   last_event_id)
+
     async def query(self, ctx: Context, rtype: ResourceType, params: QueryParams,
                     parent: tuple[ResourceType, str] | None = None) -> Result:
         service = self.service_of(rtype)
@@ -111,7 +126,8 @@ class Provider:
             raise BadRequest(f"POST to {rtype.collection} takes a {expected}, not a {root}")
         if parent is not None:
             await self._parent(ctx, *parent)
-        return await self.service_of(rtype).create(ctx, rtype, body, parent=parent[1] if parent else "")
+        return await _asked(ctx, "add", self.service_of(rtype).create(ctx, rtype, body,
+                                                                      parent=parent[1] if parent else ""))
 
     async def update(self, ctx: Context, rtype: ResourceType, id: str, root: str | None, body: dict,
                      select: set[str] | None, if_match: str | None) -> Result:
@@ -121,7 +137,7 @@ class Provider:
             raise MethodNotAllowed(f"{rtype.name} resources cannot be updated", _allowed(rtype))
         if root is not None and root != rtype.name:  # both dialects: a body of another type is refused
             raise BadRequest(f"PUT to {rtype.collection} takes a {rtype.name}, not a {root}")
-        return await self.service_of(rtype).update(ctx, rtype, id, body, select, if_match)
+        return await _asked(ctx, "edit", self.service_of(rtype).update(ctx, rtype, id, body, select, if_match))
 
     async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
                      parent: tuple[ResourceType, str] | None = None) -> Result:
@@ -130,12 +146,15 @@ class Provider:
             raise MethodNotAllowed(f"{rtype.name} resources cannot be deleted", _allowed(rtype))
         if parent is not None:
             await self._parent(ctx, *parent)
-        return await self.service_of(rtype).delete(ctx, rtype, id, if_match, parent=parent[1] if parent else None)
+        return await _asked(ctx, "delete", self.service_of(rtype).delete(ctx, rtype, id, if_match,
+                                                                         parent=parent[1] if parent else None))
 
     async def action(self, ctx: Context, rtype: ResourceType, id: str, operation: str, root: str | None,
                      body: dict, if_match: str | None) -> Result:
         ResourceService.require_writer(ctx)
-        return await self.service_of(rtype).action(ctx, rtype, id, operation, root, body, if_match)
+        action = rtype.actions.get(operation)
+        return await _asked(ctx, action.uri if action else operation,
+                            self.service_of(rtype).action(ctx, rtype, id, operation, root, body, if_match))
 
     async def extension(self, ctx: Context, rtype: ResourceType, id: str, extension: Extension,
                         query: dict[str, str]) -> Result:
@@ -143,6 +162,15 @@ class Provider:
 
     async def _parent(self, ctx: Context, rtype: ResourceType, id: str) -> None:
         await self.service_of(rtype).load(ctx, rtype, id)
+
+
+async def _asked(ctx: Context, operation: str, work: Awaitable[Result]) -> Result:
+    """Run a consumer's change knowing who asked for what: the access Event of the request."""
+    token = current_request.set(Request(ctx.user, operation))
+    try:
+        return await work
+    finally:
+        current_request.reset(token)
 
 
 def _allowed(rtype: ResourceType) -> list[str]:

@@ -16,6 +16,7 @@ from ..model.validate import require, validate
 from ..plugins import Drivers
 from ..store.db import Row, Store, Transaction
 from ..store.query import QueryError
+from .events import model_changed
 from .hrefs import new_id, now, path_of, split_href
 from .present import Context, QueryParams, Result, check_if_match, etag, operations, present, select_attributes
 from .references import References
@@ -67,6 +68,10 @@ class ResourceService:
             if rtype.collection:
                 for row in await self.store.all_of(rtype.name):
                     await self.after_delete(tx, rtype, row)
+
+    def shutting_down(self) -> None:
+        """The server stops taking requests: end long-lived answers (a stream) so that shutdown need not
+        wait for them."""
 
     def capabilities(self, rtype: ResourceType) -> dict[str, object]:
         """ResourceMetadata capabilities of `rtype` (name -> value) on this provider."""
@@ -171,6 +176,11 @@ class ResourceService:
                         query: dict[str, str]) -> Result:
         raise NotImplementedByProvider(f"{rtype.name} does not offer '{extension.uri}' here")
 
+    async def entry_point_extension(self, ctx: Context, extension: Extension, params: QueryParams,
+                                    last_event_id: str | None) -> Result:
+        """GET /cimi/{extension} of an extension the family declares on the CloudEntryPoint."""
+        raise NotImplementedByProvider(f"'{extension.uri}' is not offered here")
+
     # ---------------------------------------------------------------- write
 
     @staticmethod
@@ -204,6 +214,7 @@ class ResourceService:
         row = Row(rtype.name, new_id(), parent, {**attrs, "created": stamp, "updated": stamp},
                   **self.ownership(ctx, rtype))
         await tx.insert(row)
+        tx.emit(model_changed(rtype, row, "created", ctx.user))
         path = path_of(rtype, row.id, parent)
         job = job_row(action="add", target=path.rsplit("/", 1)[0], affected=[path], state="SUCCESS",
                       message=f"{rtype.name} created", owner=ctx.user)
@@ -250,6 +261,7 @@ class ResourceService:
             require(rtype, row.attrs)
             row.attrs["updated"] = now()
             await tx.update(row)
+            tx.emit(model_changed(rtype, row, "changed", ctx.user))
             path = path_of(rtype, row.id, row.parent)
             job = job_row(action="edit", target=path, affected=[path], state="SUCCESS",
                           message=f"{rtype.name} updated", owner=ctx.user)
@@ -266,6 +278,7 @@ class ResourceService:
                 raise Conflict(f"{rtype.name} '{id}' is {row.state}; stop it first, or wait for it to finish")
             await self.before_delete(tx, rtype, row)
             await tx.delete(rtype.name, id)
+            tx.emit(model_changed(rtype, row, "deleted", ctx.user))
             await self.after_delete(tx, rtype, row)
             job = job_row(action="delete", target=path_of(rtype, row.id, row.parent), affected=[],
                           state="SUCCESS", message=f"{rtype.name} deleted", owner=ctx.user)
@@ -308,6 +321,7 @@ class ResourceService:
             check_if_match(row, if_match)
             row.public = public
             await tx.update(row)
+            tx.emit(model_changed(rtype, row, "changed", ctx.user, f"{rtype.name} {'public' if public else 'private'}"))
             path = path_of(rtype, row.id, row.parent)
             job = job_row(action=rtype.actions["publish" if public else "unpublish"].uri, target=path,
                           affected=[path], state="SUCCESS", owner=ctx.user,

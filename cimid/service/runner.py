@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..errors import Conflict, DriverError, NotFound
+from ..model import collection_type
 from ..model.jobs import JOB_FINISHED, Job
 from ..store import jobs as job_queries
 from ..store.db import Row, Store, Transaction
+from .events import Alarm
 from .hrefs import new_id, now
 from .present import Context, Result, check_if_match, operations, present
 
@@ -58,6 +60,21 @@ def set_job_state(row: Row, state: str, message: str | None = None) -> None:
         row.attrs["statusMessage"] = message
     log.info("job %s %s %s by %s%s", row.id, row.attrs.get("action", ""), state, row.owner or "the provider",
              f": {message}" if message else "")
+
+
+async def alarm_if_failed(tx: Transaction, job: Row) -> None:
+    """A top-level Job that failed raises an alarm about the resource it worked on (the first it affects:
+    the Machine of a machine Job, the image being imported)."""
+    if job.state != "FAILED" or job.attrs.get("parentJob"):
+        return
+    affected = job.attrs.get("affectedResources") or [job.attrs["targetResource"]]
+    path = affected[0]["href"]
+    collection, _, id = path.partition("/")
+    rtype = collection_type(collection)
+    subject = await tx.get(rtype.name, id) if rtype and id else None
+    tx.emit(Alarm(rtype.name if rtype else "Job", path, job.attrs.get("returnCode", 1),
+                  f"{job.attrs.get('name')} failed: {job.attrs.get('statusMessage', '')} (jobs/{job.id})",
+                  owner=job.owner, name=subject.attrs.get("name", "") if subject else "", initiator=job.owner))
 
 
 async def end_nested(tx: Transaction, job: Row, state: str, message: str) -> None:
@@ -220,6 +237,7 @@ class JobRunner:
                 await end_nested(tx, job, "STOPPED" if outcome == "STOPPED" else "FAILED", "not run: " + message)
                 set_job_state(job, outcome, message)
                 await tx.update(job)
+                await alarm_if_failed(tx, job)
 
     async def stop(self, id: str, if_match: str | None, ctx: Context) -> Row:
         """A consumer's stop: at once for a QUEUED Job (its kind undoes what the request recorded), before
@@ -265,4 +283,5 @@ class JobRunner:
                 await kind.finish(tx, job, "FAILED", INTERRUPTED, observed)
                 set_job_state(job, "FAILED", INTERRUPTED)
                 await tx.update(job)
+                await alarm_if_failed(tx, job)
         return resumed

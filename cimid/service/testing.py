@@ -298,7 +298,7 @@ class TestControl:
                 current.attrs["updated"] = now()
                 await tx.update(current)
                 tx.emit(FaultApplied(rtype.name, f"{collection}/{id}", f"{RULES}/{rule.id}", step.get("op", ""),
-                                     attrs["effect"], attrs["message"]))
+                                     attrs["effect"], attrs["message"], owner=job.owner))
             return {**current.attrs, "target": (rtype.name, id)}
         return None
 

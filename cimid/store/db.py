@@ -176,6 +176,12 @@ class Store:
         self._cache: dict[tuple[str, str], list] = {}
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
         self._subscribers: list[Callable[[object], None]] = []
+        self._before_commit: list[Callable[[Transaction], Awaitable[None]]] = []
+
+    def before_commit(self, hook: Callable[[Transaction], Awaitable[None]]) -> None:
+        """Await `hook(tx)` at the end of every write transaction, just before COMMIT: what it writes (the
+        Events that record what the transaction emitted) commits or rolls back with the change itself."""
+        self._before_commit.append(hook)
 
     def subscribe(self, listener: Callable[[object], None]) -> None:
         """Call `listener(event)` for every event emitted by a committed transaction."""
@@ -229,6 +235,8 @@ class Store:
             tx = Transaction(self._writer)
             try:
                 yield tx
+                for hook in self._before_commit:
+                    await hook(tx)
             except BaseException:
                 await self._writer.execute("ROLLBACK")
                 raise

@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_state
 
 from cimid.http.keys import PROVIDER
+from cimid.service.events import StateChanged
 
 from .conftest import serve_bytes
 
@@ -186,7 +187,8 @@ async def test_lifecycle_self_poweroff_capture_snapshot_restore_delete(host_clie
     finally:
         conn.close()
     await wait_state(client, machine, "STOPPED")
-    assert any(e.current == "STOPPED" and "shut itself down" in e.reason for e in events), events
+    assert any(isinstance(e, StateChanged) and e.current == "STOPPED" and "shut itself down" in e.reason
+               for e in events), events
     await act(client, machine, "start")
     # capture: a flattened IMAGE
     r = await client.post(f"{machine}/capture", {"resourceURI": f"{CIMI}/MachineImage", "name": "golden"})
@@ -262,8 +264,14 @@ async def test_crash_becomes_error_with_a_reason(host_client, guest_image):
     os.kill(pid, signal.SIGKILL)
     got = await wait_state(client, machine, "ERROR", timeout=30)
     assert {o["rel"] for o in got["operations"]} >= {"delete"}
-    errors = [e for e in events if e.current == "ERROR"]
-    assert len(errors) == 1 and errors[0].previous == "STARTED" and errors[0].severity == "CRITICAL", events
+    errors = [e for e in events if isinstance(e, StateChanged) and e.current == "ERROR"]
+    assert len(errors) == 1 and errors[0].previous == "STARTED" and errors[0].severity == "critical", events
+    # recorded in the machine's EventLog: the state change with its previous state, and an alarm
+    log = got["eventLog"]["href"] + "/events"
+    (state,) = (await client.get(log, params={"$filter": "severity='critical' and name='state'"})).json["events"]
+    assert (state["content"]["previous"], state["content"]["state"]) == ("STARTED", "ERROR")
+    (alarm,) = (await client.get(log, params={"$filter": "name='alarm'"})).json["events"]
+    assert alarm["severity"] == "critical" and alarm["outcome"] == "Failure"
     r = await client.delete(machine)
     assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
 

@@ -5,7 +5,7 @@ from conftest import NS
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 COLLECTIONS = ["resourceMetadata", "machines", "machineTemplates", "machineConfigs", "machineImages",
-               "credentials", "credentialTemplates", "jobs"]
+               "credentials", "credentialTemplates", "jobs", "eventLogs", "eventLogTemplates"]
 
 
 async def test_cloud_entry_point_json(app_client):
@@ -159,11 +159,13 @@ async def test_every_resource_of_every_collection_in_both_formats(app_client):
     await app_client.post("credentials", {"credentialTemplate": {"href": cred_tpl.headers["Location"]}})
     await app_client.post("machineImages", {"name": "snap", "type": "SNAPSHOT", "imageLocation": "file:///s",
                                             "relatedImage": {"href": base + "machineImages/tiny-linux"}})
+    await app_client.post("eventLogTemplates", {"name": "keep a day", "persistence": "daily"})
     r = await app_client.post("machines", {"machineTemplate": {"href": base + "machineTemplates/small-tiny-linux"}})
     await app_client.wait_job(r.headers["CIMI-Job-URI"])
     machine = (await app_client.get(r.headers["Location"])).json
     seen = 0
-    for name in COLLECTIONS + [app_client.url(machine["disks"]["href"])]:
+    for name in COLLECTIONS + [app_client.url(machine["disks"]["href"]),
+                               app_client.url(machine["eventLog"]["href"]) + "/events"]:
         listing = (await app_client.get(name, params={"$expand": "*"})).json
         items = next((v for k, v in listing.items() if isinstance(v, list)), [])
         assert listing["count"] == len(items) > 0, name

@@ -158,6 +158,13 @@ async def test_a_fail_rule_fails_the_first_operation_of_its_kind_and_no_other(co
                                                                              f"no {kind} today")]
     (spent,) = (await control.get("testControl/faultRules")).json["faultRules"]
     assert spent["remaining"] == 0 and applied[0].rule == control.url(spent["id"])
+    # and it is a CIMI Event: an alarm in the log of the machine it hit
+    alarms = []
+    for log in (await control.get("eventLogs")).json["eventLogs"]:
+        alarms += (await control.get(log["id"] + "/events", params={"$filter": "name='alarm'"})).json.get(
+            "events", [])
+    assert [e["content"]["operation"] for e in alarms if e["content"].get("rule") == control.url(spent["id"])] \
+        == [kind]
 
 
 async def test_a_fail_rule_leaves_the_host_untouched(control):

@@ -100,6 +100,12 @@ def _attribute(el, rtype: ResourceType, attr, value) -> None:
     elif t in ("ref", "collection"):
         child = etree.SubElement(el, _q(names.element(rtype, attr)))
         _reference(child, value, TYPES.get(attr.target) if attr.target else None)
+    elif t == "struct":
+        child = etree.SubElement(el, _q(attr.name))
+        if attr.target:
+            _fill(child, value, TYPES[attr.target])
+        else:
+            _free_form(child, value)
     elif t == "array":
         for item in value:
             child = etree.SubElement(el, _q(names.item_element(attr)))
@@ -118,6 +124,16 @@ def _reference(el, value: dict, target: ResourceType | None) -> None:
         el.set("href", value["href"])
     if target is not None and len(value) > 1:  # expanded, or given by value
         _fill(el, {k: v for k, v in value.items() if k not in ("href", "operations")}, target)
+
+
+def _free_form(el, value: dict) -> None:
+    """A structure the schema leaves open (an Event's content): one element per key, a reference as an
+    href attribute."""
+    for key, inner in value.items():
+        if isinstance(inner, dict):
+            etree.SubElement(el, _q(key), {"href": inner["href"]} if "href" in inner else {})
+        elif inner is not None:
+            etree.SubElement(el, _q(key)).text = _text(inner)
 
 
 def _operations(el, operations) -> None:
@@ -191,6 +207,8 @@ def _read(el, rtype: ResourceType) -> dict:
         attr = by_element.get(name)
         if attr is None:
             raise BadRequest(f"unknown element <{name}> in {rtype.name}")
+        if attr.type == "struct":
+            continue  # provider-made (an EventLog's summary): a consumer echoing it back changes nothing
         if attr.type == "array":
             item = {"href": child.get("href")} if attr.target == REF else _read(child, TYPES[attr.target])
             doc.setdefault(attr.name, []).append(item)
