@@ -64,4 +64,15 @@ MIGRATIONS: list[list[str]] = [
     )""",
         "CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created)",
     ],
+    [
+        # Meter samples: many small rows, so a table of their own, keyed for a Meter's time range.
+        """
+    CREATE TABLE samples (
+        meter TEXT NOT NULL,                    -- the Meter's id (resources.id of kind 'Meter')
+        ts TEXT NOT NULL,                       -- UTC 'YYYY-MM-DDTHH:MM:SS.mmmZ', as every stored dateTime
+        value REAL NOT NULL,
+        PRIMARY KEY (meter, ts)
+    ) WITHOUT ROWID""",
+        "CREATE INDEX samples_by_ts ON samples (ts)",  # retention drops the oldest first
+    ],
 ]
