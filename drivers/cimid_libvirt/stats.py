@@ -72,6 +72,8 @@ class MachineStats:
                         delta = counters[counter] - before[1][counter]
                         if delta >= 0:
                             values[aspect] = delta * scale / seconds
+                if "cpu" in values:  # the counter and the clock are read apart: a busy guest can show 100.3
+                    values["cpu"] = min(values["cpu"], 100.0)
             previous[machine_id] = (stamp, counters)
             if values:
                 readings[machine_id] = values
