@@ -143,11 +143,13 @@ def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: st
     return server
 
 
-def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0, tls: bool = False) -> Server:
+def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0, tls: bool = False,
+                extra_config: str = "") -> Server:
     """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers.
-    With tls, over HTTPS with the self-signed certificate cimid makes in state_dir (server.crt, server.key)."""
+    With tls, over HTTPS with the self-signed certificate cimid makes in state_dir (server.crt, server.key).
+    `extra_config`: more TOML sections, e.g. "[meters]\\nsampling = false\\n"."""
     config = workdir / f"{name}.toml"
-    config.write_text(QUIET_CONFIG + ("tls = true\n" if tls else ""))
+    config.write_text(QUIET_CONFIG + ("tls = true\n" if tls else "") + extra_config)
     port = free_port()
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "sandbox",
             "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]

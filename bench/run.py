@@ -1,7 +1,7 @@
 """cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
 
 `--host` adds the real-machine benchmark (bench_host.py: root, libvirtd on qemu:///system, the test guest
-image); `--only host` (or get, https, 10k, memory) runs one benchmark alone and leaves bench/RESULTS.md as it was.
+image); `--only host` (or get, https, 10k, memory, meters) runs one benchmark alone and leaves bench/RESULTS.md as it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
 medians, and every figure that has a baseline was measured side by side with it in the same run.
@@ -28,6 +28,7 @@ import bench_10k
 import bench_get
 import bench_host
 import bench_memory
+import bench_meters
 from common import BENCH_DIR, Figure, WrongAnswer
 
 
@@ -65,9 +66,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
     parser.add_argument("--host", action="store_true",
                         help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
-    parser.add_argument("--only", choices=("get", "https", "10k", "memory", "host"), help="run this benchmark alone")
+    parser.add_argument("--only", choices=("get", "https", "10k", "memory", "meters", "host"), help="run this benchmark alone")
     args = parser.parse_args()
-    selected = {args.only} if args.only else {"get", "https", "10k", "memory"} | ({"host"} if args.host else set())
+    selected = {args.only} if args.only else {"get", "https", "10k", "memory", "meters"} | ({"host"} if args.host else set())
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and temp dirs are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also through make or a pipe
@@ -113,6 +114,10 @@ def main() -> int:
         if "memory" in selected:
             got = attempt("3. Memory (resident set size)", "Memory",
                           lambda: bench_memory.run(workdir, args.quick, rss_10k))
+            figures += got or []
+        if "meters" in selected:
+            got = attempt("5. Meters: sampler cost, /metrics, 1,000,000 samples", "Meters",
+                          lambda: bench_meters.run(workdir, args.quick))
             figures += got or []
         if "host" in selected:
             got = attempt("4. Real machines (host profile): create, start, concurrency", "Host machines",
