@@ -206,7 +206,7 @@ ASPECTS: dict[str, Aspect] = {a.name: a for a in (
            maximum=100.0),
     Aspect("memory", "kibibyte", "Point", "memory in use (host: total minus available; machine: guest RSS)"),
     Aspect("disk", "kilobyte", "Point", "disk space in use (host: the state directory's file system; machine: "
-                                        "allocated on its disks), 1024 bytes a kilobyte as in CIMI capacities"),
+                                        "what its disks take on the host), 1024 bytes a kilobyte as in CIMI capacities"),
     Aspect("diskIO", "byte/s", "Interval", "bytes read plus written per second"),
     Aspect("inputBandwidth", "byte/s", "Interval", "bytes received per second on network interfaces"),
     Aspect("outputBandwidth", "byte/s", "Interval", "bytes sent per second on network interfaces"),

@@ -57,9 +57,11 @@ class MachineStats:
             memory = record.get("balloon.rss", record.get("balloon.current"))
             if memory is not None:
                 values["memory"] = float(memory)  # KiB already
-            allocated = _summed(record, "block", ("allocation",))
-            if allocated is not None:
-                values["disk"] = allocated / KB
+            # What the disks take on the host: `physical` is a file's size there; `allocation` is a qcow2's
+            # highest written offset, 0 until the guest writes, so it is only the fallback.
+            taken = _summed(record, "block", ("physical",)) or _summed(record, "block", ("allocation",))
+            if taken is not None:
+                values["disk"] = taken / KB
             before = self._previous.get(machine_id)
             if before is not None and stamp > before[0]:
                 seconds = stamp - before[0]
