@@ -147,18 +147,19 @@ def launch(name: str, argv: list[str], port: int, log_path: Path, ready_path: st
     return server
 
 
-def cimid_config(workdir: Path, name: str, tls: bool = False) -> Path:
+def cimid_config(workdir: Path, name: str, tls: bool = False, extra_config: str = "") -> Path:
     config = workdir / f"{name}.toml"
-    config.write_text(QUIET_CONFIG + ("tls = true\n" if tls else ""))
+    config.write_text(QUIET_CONFIG + ("tls = true\n" if tls else "") + extra_config)
     return config
 
 
 def start_cimid(workdir: Path, name: str, state_dir: Path, timeout: float = 60.0, tls: bool = False,
-                headers: dict[str, str] | None = None) -> Server:
+                headers: dict[str, str] | None = None, extra_config: str = "") -> Server:
     """`cimid serve --profile sandbox` with request logging off; returns once cloudEntryPoint answers
     (asked with `headers`: a store with consumers wants a login). With tls, over HTTPS with the
-    self-signed certificate cimid makes in state_dir (server.crt, server.key)."""
-    config = cimid_config(workdir, name, tls)
+    self-signed certificate cimid makes in state_dir (server.crt, server.key). `extra_config`: more TOML
+    sections, e.g. "[meters]\nsampling = false\n"."""
+    config = cimid_config(workdir, name, tls, extra_config)
     port = free_port()
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "sandbox",
             "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]

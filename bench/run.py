@@ -1,8 +1,8 @@
 """cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
 
 `--host` adds the real-machine benchmark (bench_host.py: root, libvirtd on qemu:///system, the test guest
-image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers) runs one benchmark alone
-and leaves bench/RESULTS.md as it was.
+image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers, meters) runs one benchmark
+alone and leaves bench/RESULTS.md as it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
 medians, and every figure that has a baseline was measured side by side with it in the same run.
@@ -31,6 +31,7 @@ import bench_host
 import bench_memory
 import bench_tenancy
 import bench_testers
+import bench_meters
 from common import BENCH_DIR, Figure, WrongAnswer
 
 
@@ -68,7 +69,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
     parser.add_argument("--host", action="store_true",
                         help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
-    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers")
+    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers", "meters")
     parser.add_argument("--only", choices=(*default, "host"), help="run this benchmark alone")
     args = parser.parse_args()
     selected = {args.only} if args.only else set(default) | ({"host"} if args.host else set())
@@ -129,6 +130,10 @@ def main() -> int:
         if "testers" in selected:
             got = attempt("7. Testers: --ephemeral start-up, reset with 1,000 Machines, 200 plugin tests", "Testers",
                           lambda: bench_testers.run(workdir, args.quick))
+            figures += got or []
+        if "meters" in selected:
+            got = attempt("8. Meters: sampler cost, /metrics, 1,000,000 samples", "Meters",
+                          lambda: bench_meters.run(workdir, args.quick))
             figures += got or []
         if "host" in selected:
             got = attempt("4. Real machines (host profile): create, start, concurrency", "Host machines",

@@ -43,6 +43,19 @@ DEFAULTS: dict[str, dict] = {
     # EventLogs: how long a new log keeps its Events (daily, weekly, monthly, yearly), and the contact an
     # Event names when no consumer caused it (empty: none).
     "events": {"persistence": "weekly", "contact": ""},
+    # Meters (see etc/cimid.toml): the sampler, the provider's MeterTemplates, sample retention
+    "meters": {
+        "sampling": True,
+        "default_sample_interval": 10,
+        "min_sample_interval": 1,
+        "machine_templates": ["machine-cpu", "machine-memory", "machine-disk", "machine-diskio",
+                              "machine-input", "machine-output"],
+        "host_templates": ["host-cpu", "host-memory", "host-disk", "host-diskio", "host-input", "host-output"],
+        "host_disk_path": "",
+        "retention_hours": 168,
+        "max_database_mb": 256,
+        "metrics_access": "reader",
+    },
 }
 
 # Each family's driver by name. The sandbox runs on in-process twins (no hypervisor, no root); the host on
@@ -137,6 +150,7 @@ def _check(config: Config) -> None:
     if config["server"]["idempotency_minutes"] < 1:
         raise ConfigError("server.idempotency_minutes must be at least 1")
     _check_tls(config)
+    _check_meters(config["meters"])
     auth = config["auth"]
     if auth["kdf_threads"] < 1:
         raise ConfigError("auth.kdf_threads must be at least 1")
@@ -149,6 +163,19 @@ def _check(config: Config) -> None:
         if user["role"] not in ("admin", "user", "reader"):
             raise ConfigError(f"auth user {user['name']}: role must be admin, user or reader")
     _check_exposure(config)
+
+
+def _check_meters(meters: dict) -> None:
+    if meters["min_sample_interval"] < 1 or meters["default_sample_interval"] < meters["min_sample_interval"]:
+        raise ConfigError("meters.min_sample_interval must be at least 1 and meters.default_sample_interval at "
+                          "least that")
+    if meters["retention_hours"] < 1 or meters["max_database_mb"] < 1:
+        raise ConfigError("meters.retention_hours and meters.max_database_mb must be at least 1")
+    if meters["metrics_access"] not in ("admin", "reader", "user"):
+        raise ConfigError("meters.metrics_access must be admin, reader or user")
+    for key in ("machine_templates", "host_templates"):
+        if not all(isinstance(name, str) for name in meters[key]):
+            raise ConfigError(f"meters.{key} must be a list of MeterTemplate ids")
 
 
 def _check_tls(config: Config) -> None:

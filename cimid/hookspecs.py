@@ -196,12 +196,52 @@ class NetworkDriver(Protocol):
         """Remove the network; an unknown id is not an error."""
 
 
+@dataclass(frozen=True)
+class Aspect:
+    """One thing a meter source measures, in the units every source reports it in."""
+
+    name: str  # the last segment of the CIMI aspect URI (cpu, memory ...) or a cimid extension's name
+    units: str
+    time_scope: str  # "Point": a level when read; "Interval": a rate over the time since the previous read
+    description: str
+    minimum: float | None = 0.0
+    maximum: float | None = None
+
+
+# What a source may report, and in which units: one meaning for every source and target kind.
+ASPECTS: dict[str, Aspect] = {a.name: a for a in (
+    Aspect("cpu", "percent", "Interval", "CPU time used, percent of the target's whole capacity (all its cores)",
+           maximum=100.0),
+    Aspect("memory", "kibibyte", "Point", "memory in use (host: total minus available; machine: guest RSS)"),
+    Aspect("disk", "kilobyte", "Point", "disk space in use (host: the state directory's file system; machine: "
+                                        "what its disks take on the host), 1024 bytes a kilobyte as in CIMI capacities"),
+    Aspect("diskIO", "byte/s", "Interval", "bytes read plus written per second"),
+    Aspect("inputBandwidth", "byte/s", "Interval", "bytes received per second on network interfaces"),
+    Aspect("outputBandwidth", "byte/s", "Interval", "bytes sent per second on network interfaces"),
+)}
+
+HOST = "host"  # MeterSource.kind of a source that measures the host itself
+MACHINE = "machine"  # ... that measures Machines, by machine id
+# A source of Volume or Network counters would declare kind "volume" or "network"; the Meter service maps
+# kinds to resource types (cimid.service.meters.TARGET_KINDS).
+
+
 class MeterSource(Protocol):
-    """Measures one aspect (cpu, memory, disk, bandwidth) of host or machine, for Meters."""
+    """Measures every target of one kind at once: one reading per sampling round, however many Meters
+    there are (a libvirt source makes one bulk statistics call, not one per machine per aspect).
 
-    aspect: str
+    Rates (Interval aspects) are over the time since the source's previous reading, so the first reading
+    has only Point aspects. Readings are plain numbers in the units of ASPECTS."""
 
-    async def sample(self, target_id: str | None) -> float: ...
+    name: str
+    kind: str  # HOST or MACHINE (later volume, network)
+    aspects: tuple[str, ...]  # the ASPECTS it reports
+
+    async def read(self) -> dict[str, dict[str, float]]:
+        """{target id: {aspect: value}}; the host's target id is "". A target or aspect the source cannot
+        measure now (a stopped machine) is left out; DriverError if the backend does not answer."""
+
+    async def close(self) -> None: ...
 
 
 class CimidSpec:
@@ -241,9 +281,12 @@ class CimidSpec:
         """
 
     @hookspec
-    def cimid_meter_sources(self, config: Config) -> list[MeterSource]:
-        """Return the meter sources this plugin offers; every plugin's lists are combined.
+    def cimid_meter_sources(self, config: Config, compute: ComputeDriver | None) -> list[MeterSource]:
+        """Return the meter sources this plugin offers; every plugin's lists are combined. Called once at
+        start-up, after `cimid_compute_driver`.
 
         :param config: the loaded configuration
+        :param compute: the configured compute driver (None if none is), so that a source of machine
+            statistics shares its hypervisor connection; an implementation may leave this parameter out
         :return: a list, possibly empty
         """

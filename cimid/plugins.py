@@ -45,6 +45,8 @@ class Drivers:
             self._opened.add(kind)
 
     async def close(self) -> None:
+        for source in self.meters:  # before compute: a machine source reads through its connection
+            await source.close()
         for kind in self.KINDS:  # compute first: it may still be writing into the image store
             driver = getattr(self, kind)
             if driver is not None and hasattr(driver, "close"):
@@ -54,9 +56,9 @@ class Drivers:
     @classmethod
     def load(cls, pm: pluggy.PluginManager, config: Config) -> Drivers:
         images = load_image_store(pm, config)
-        return cls(compute=load_compute(pm, config, images), images=images,
-                   storage=load_storage(pm, config), network=load_network(pm, config),
-                   meters=load_meter_sources(pm, config))
+        compute = load_compute(pm, config, images)
+        return cls(compute=compute, images=images, storage=load_storage(pm, config),
+                   network=load_network(pm, config), meters=load_meter_sources(pm, config, compute))
 
 
 # One loader per family: the plugin that knows the configured name answers (firstresult), else None.
@@ -77,8 +79,10 @@ def load_network(pm: pluggy.PluginManager, config: Config) -> NetworkDriver | No
     return pm.hook.cimid_network_driver(config=config)
 
 
-def load_meter_sources(pm: pluggy.PluginManager, config: Config) -> list[MeterSource]:
-    return [source for sources in pm.hook.cimid_meter_sources(config=config) for source in sources]
+def load_meter_sources(pm: pluggy.PluginManager, config: Config,
+                       compute: ComputeDriver | None) -> list[MeterSource]:
+    return [source for sources in pm.hook.cimid_meter_sources(config=config, compute=compute)
+            for source in sources]
 
 
 def describe(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:

@@ -137,6 +137,9 @@ class CimiClient:
 
 async def make_client(tmp_path: Path, overrides: dict | None = None, extra_plugins: tuple = (),
                       profile: str = "sandbox"):
+    # The sampler writes in the background; a test that writes the database file itself, from the event
+    # loop's own thread, would wait on it while blocking the loop it needs. Meter tests switch it on.
+    overrides = {**(overrides or {}), "meters": {"sampling": False, **(overrides or {}).get("meters", {})}}
     config = load(profile=profile, state_dir=tmp_path / "state", overrides=overrides)
     config["server"]["log_requests"] = False
     app = build_app(config, extra_plugins)

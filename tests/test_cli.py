@@ -21,7 +21,8 @@ def test_plugins_lists_the_builtin_drivers_through_their_entry_points():
     r = cimid("plugins")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    assert "libvirt: cimid_compute_driver" in lines
+    assert "libvirt: cimid_compute_driver, cimid_meter_sources" in lines
+    assert "hostmeters: cimid_meter_sources" in lines
     assert "dir: cimid_image_store" in lines
     assert "memory: cimid_image_store, cimid_network_driver, cimid_storage_driver" in lines
 

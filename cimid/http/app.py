@@ -10,6 +10,7 @@ from ..errors import MethodNotAllowed, NotFound
 from ..model import Extension
 from ..model.registry import CloudEntryPoint
 from ..service.provider import Provider
+from ..wire import prometheus
 from .auth import Authenticator
 from .keys import AUTH, CONFIG, PROVIDER, RENDERINGS
 from .middleware import handle_errors
@@ -105,6 +106,14 @@ async def sub_resource(request: web.Request) -> web.Response:
     return respond(request, await provider.delete(ctx, part, item, request.headers.get("If-Match"), parent=parent))
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition: the sampler's latest readings and cimid's own figures, from memory and the
+    store (never the hypervisor)."""
+    _allow(request, ["GET"], "/metrics")
+    families = await request.app[PROVIDER].metrics(context(request))
+    return web.Response(body=prometheus.render(families).encode(), headers={"Content-Type": prometheus.MEDIA_TYPE})
+
+
 async def not_found(request: web.Request) -> web.Response:
     raise NotFound(f"nothing is served at {request.path}; start at /cimi/cloudEntryPoint")
 
@@ -126,6 +135,7 @@ def make_app(config: Config, provider: Provider, extensions: tuple = ()) -> web.
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)
     app.router.add_route("*", "/cimi/{collection}/{id}/{op}", operation)
     app.router.add_route("*", "/cimi/{collection}/{id}/{sub}/{item}", sub_resource)
+    app.router.add_route("*", "/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", not_found)
 
     async def on_startup(_app):

@@ -13,7 +13,7 @@ from ..errors import CimiError, InternalError, MethodNotAllowed, NotFound, Paylo
 from ..wire import dialect_for
 from . import idempotency, negotiation
 from .auth import Identity
-from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY
+from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY, PROVIDER
 from .params import first_query
 from .render import error_response
 from .tls import client_certificate_name
@@ -25,6 +25,7 @@ log = logging.getLogger("cimid.http")
 async def handle_errors(request: web.Request, handler):
     started = time.perf_counter()
     response = await _rendered(request, lambda: _serve(request, handler))
+    request.app[PROVIDER].requests.record(request.method, response.status, time.perf_counter() - started)
     if request.app[CONFIG]["server"]["log_requests"]:
         identity = request.get(IDENTITY)
         log.info("%s %s %d %.1fms user=%s", request.method, request.path_qs, response.status,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 
 from ..errors import BadRequest
 from .registry import TYPES
@@ -79,6 +80,8 @@ def check_value(attr: Attribute, value, where: str, *, creating: bool):
             _check_base64(value.strip(), where)
             value = value.strip()
         return value
+    if t == "dateTime":
+        return _datetime(value, where)
     if t == "byte[]":
         if not isinstance(value, str):
             raise BadRequest(f"{where}: expected a string, got {_json_type(value)}")
@@ -133,6 +136,20 @@ def check_value(attr: Attribute, value, where: str, *, creating: bool):
             items.append(clean)
         return items
     raise BadRequest(f"{where}: cannot be set")
+
+
+def _datetime(value, where: str) -> str:
+    """An xs:dateTime (an offset, Z, or none for UTC) -> the stored form, UTC with milliseconds, so that
+    comparing strings compares instants."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: expected a dateTime string, got {_json_type(value)}")
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadRequest(f"{where}: '{value[:40]}' is not a dateTime like 2012-05-25T13:30:15Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _check_base64(value: str, where: str) -> None:

@@ -8,10 +8,12 @@ import datetime as dt
 import logging
 
 from ..model import Action, ResourceType
+from ..model.jobs import JOB_STATES
 from ..store import jobs as job_queries
 from ..store.db import Row
 from . import hrefs
 from .hrefs import stamp
+from .metrics import MetricFamily
 from .present import Context, Result
 from .resources import ResourceService
 from .runner import job_result, present_job
@@ -35,6 +37,12 @@ class Jobs(ResourceService):
 
     def present(self, rtype: ResourceType, row: Row, ctx: Context) -> dict:
         return present_job(row, ctx)
+
+    async def metric_families(self) -> list[MetricFamily]:
+        counts = await job_queries.count_by_state(self.store)
+        family = MetricFamily("cimid_jobs", "gauge", "Jobs kept, by state (finished ones until jobs.retention_minutes)")
+        family.samples = [(family.name, {"state": state}, counts.get(state, 0)) for state in JOB_STATES]
+        return [family]
 
     async def act(self, ctx: Context, rtype: ResourceType, id: str, action: Action, request: dict,
                   if_match: str | None) -> Result:

@@ -8,7 +8,7 @@ import importlib
 from collections.abc import Awaitable
 
 from ..config import Config
-from ..errors import BadRequest, MethodNotAllowed, NotFound
+from ..errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from ..model import Extension, ResourceType, collection_type, registry, sub_collection
 from ..plugins import Drivers
 from ..store.db import Store
@@ -16,6 +16,7 @@ from .consumers import ConsumerDirectory
 from .events import Request, current_request, log_event
 from .idempotency import IdempotentRequests
 from .metadata import Metadata
+from .metrics import MetricFamily, RequestFigures
 from .present import Context, QueryParams, Result
 from .references import References
 from .resources import Collaborators, ResourceService
@@ -41,6 +42,7 @@ class Provider:
             family.name: _service_class(family.service)(family, parts)
             for family in registry.FAMILIES if family.requires is None or getattr(drivers, family.requires) is not None}
         self.metadata = next(s for s in self.services.values() if isinstance(s, Metadata))
+        self.requests = RequestFigures()  # counted by the HTTP layer, exported at /metrics
         store.subscribe(log_event)
 
     # ---------------------------------------------------------------- life
@@ -159,6 +161,18 @@ class Provider:
     async def extension(self, ctx: Context, rtype: ResourceType, id: str, extension: Extension,
                         query: dict[str, str]) -> Result:
         return await self.service_of(rtype).extension(ctx, rtype, id, extension, query)
+
+    async def metrics(self, ctx: Context) -> list[MetricFamily]:
+        """Everything /metrics exports. It spans every consumer's machines, so only the roles that see
+        everything (meters.metrics_access: admin, or admin and reader) may read it, unless set to user."""
+        allowed = {"admin": ("admin",), "reader": ("admin", "reader"), "user": ("admin", "reader", "user")}
+        if ctx.role not in allowed[self.config["meters"]["metrics_access"]]:
+            raise Forbidden(f"'{ctx.user}' may not read /metrics (meters.metrics_access = "
+                            f"{self.config['meters']['metrics_access']})")
+        families = []
+        for service in self.services.values():
+            families += await service.metric_families()
+        return [*families, *self.requests.families()]
 
     async def _parent(self, ctx: Context, rtype: ResourceType, id: str) -> None:
         await self.service_of(rtype).load(ctx, rtype, id)

@@ -18,6 +18,7 @@ from ..store.db import Row, Store, Transaction
 from ..store.query import QueryError
 from .events import model_changed
 from .hrefs import new_id, now, path_of, split_href
+from .metrics import MetricFamily
 from .present import Context, QueryParams, Result, check_if_match, etag, operations, present, select_attributes
 from .references import References
 from .runner import JobRunner, job_result, job_row
@@ -76,6 +77,10 @@ class ResourceService:
     def capabilities(self, rtype: ResourceType) -> dict[str, object]:
         """ResourceMetadata capabilities of `rtype` (name -> value) on this provider."""
         return {}
+
+    async def metric_families(self) -> list[MetricFamily]:
+        """What this family exports at /metrics (from memory or the store, never from a hypervisor)."""
+        return []
 
     async def usage(self, reader: Store | Transaction, owner: str) -> dict[str, int]:
         """What `owner` uses of the quotas this family governs (machines, cpu, memory ...)."""

@@ -308,6 +308,17 @@ class Store:
         marks = ", ".join("?" * len(states))
         return await self.select(f"kind = ? AND state IN ({marks}) ORDER BY seq", (kind, *states))
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A read transaction of its own: the queries made in it see one state of the store (a page and its
+        count agree)."""
+        async with self._snapshot:
+            await self._pager.execute("BEGIN")
+            try:
+                yield self._pager
+            finally:
+                await self._pager.execute("COMMIT")
+
     async def page(self, kind: str, parent: str, columns: dict[str, str], *, scope: str | None,
                    filters: list[str] = (), orderby: list[str] = (), first: int | None = None,
                    last: int | None = None) -> tuple[int, list[Row]]:

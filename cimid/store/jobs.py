@@ -20,3 +20,8 @@ async def purge_finished(store: Store, before: str) -> None:
     async with store.write() as tx:
         await tx.execute("DELETE FROM resources WHERE kind = 'Job' AND state IN (?, ?, ?)"
                          " AND json_extract(doc, '$.timeOfStatusChange') < ?", (*_FINISHED, before))
+
+
+async def count_by_state(store: Store) -> dict[str, int]:
+    """How many Jobs are in each state (one indexed query)."""
+    return dict(await store.fetch("SELECT state, count(*) FROM resources WHERE kind = 'Job' GROUP BY state"))

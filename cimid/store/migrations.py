@@ -73,4 +73,15 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX resources_by_created",
         "CREATE INDEX resources_by_created ON resources (kind, parent, created, owner, public)",
     ],
+    [
+        # Meter samples: many small rows, so a table of their own, keyed for a Meter's time range.
+        """
+    CREATE TABLE samples (
+        meter TEXT NOT NULL,                    -- the Meter's id (resources.id of kind 'Meter')
+        ts TEXT NOT NULL,                       -- UTC 'YYYY-MM-DDTHH:MM:SS.mmmZ', as every stored dateTime
+        value REAL NOT NULL,
+        PRIMARY KEY (meter, ts)
+    ) WITHOUT ROWID""",
+        "CREATE INDEX samples_by_ts ON samples (ts)",  # retention drops the oldest first
+    ],
 ]

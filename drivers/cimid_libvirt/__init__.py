@@ -1,12 +1,14 @@
 """The built-in libvirt compute drivers: "libvirt" runs real machines on QEMU (compute.LibvirtCompute),
-"libvirt-test" the sandbox's on libvirt's in-process test driver (sandbox.SandboxCompute)."""
+"libvirt-test" the sandbox's on libvirt's in-process test driver (sandbox.SandboxCompute); and the
+statistics of their machines for Meters (stats)."""
 
 from cimid.hookspecs import hookimpl
 
 from .compute import LibvirtCompute
 from .sandbox import SandboxCompute
+from .stats import MachineStats, SandboxMachineStats
 
-__all__ = ["LibvirtCompute", "SandboxCompute"]
+__all__ = ["LibvirtCompute", "MachineStats", "SandboxCompute", "SandboxMachineStats"]
 
 
 @hookimpl
@@ -17,3 +19,12 @@ def cimid_compute_driver(config, images):
     if driver == "libvirt-test":
         return SandboxCompute(config)
     return None
+
+
+@hookimpl
+def cimid_meter_sources(config, compute):
+    if isinstance(compute, SandboxCompute):
+        return [SandboxMachineStats(compute)]
+    if isinstance(compute, LibvirtCompute):
+        return [MachineStats(compute)]
+    return []

@@ -5,7 +5,8 @@ from conftest import NS
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 COLLECTIONS = ["resourceMetadata", "machines", "machineTemplates", "machineConfigs", "machineImages",
-               "credentials", "credentialTemplates", "jobs", "eventLogs", "eventLogTemplates"]
+               "credentials", "credentialTemplates", "jobs", "meters", "meterTemplates", "meterConfigs",
+               "eventLogs", "eventLogTemplates"]
 
 
 async def test_cloud_entry_point_json(app_client):
@@ -163,6 +164,9 @@ async def test_every_resource_of_every_collection_in_both_formats(app_client):
     r = await app_client.post("machines", {"machineTemplate": {"href": base + "machineTemplates/small-tiny-linux"}})
     await app_client.wait_job(r.headers["CIMI-Job-URI"])
     machine = (await app_client.get(r.headers["Location"])).json
+    meter = await app_client.post("meters", {"meterTemplate": {"targetResource": {"href": machine["id"]},
+                                                               "meterConfig": {"href": base + "meterConfigs/cpu"}}})
+    assert meter.status == 201, meter
     seen = 0
     for name in COLLECTIONS + [app_client.url(machine["disks"]["href"]),
                                app_client.url(machine["eventLog"]["href"]) + "/events"]:

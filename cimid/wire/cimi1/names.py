@@ -15,6 +15,9 @@ _WITHOUT_COMMON = {"Disk"}
 _OPERATIONS_AFTER = {"Credential": "properties", "CredentialTemplate": "properties"}
 # Types whose JSON shape the schema cannot hold as is; xml.py renders them by a function of their own.
 _RENDERED_APART = {"ResourceMetadata"}
+# Types whose attributes the schema holds as XML attributes of one element: a Sample's timestamp and value
+# are <sample timestamp=".." value=".."/> after its common elements.
+_AS_XML_ATTRIBUTES = {"Sample": ("sample", ("timestamp", "value"))}
 # Array items are the singular of the array's name (disks -> disk), except where English says otherwise.
 _IRREGULAR_ITEMS = {"addresses": "address"}
 
@@ -25,6 +28,11 @@ def element(rtype: ResourceType, attr: Attribute) -> str:
 
 def item_element(attr: Attribute) -> str:
     return _IRREGULAR_ITEMS.get(attr.name) or (attr.name[:-1] if attr.name.endswith("s") else attr.name)
+
+
+def as_xml_attributes(rtype: ResourceType) -> tuple[str, tuple[str, ...]] | None:
+    """(element, attribute names) for a type whose values are attributes of one element, else None."""
+    return _AS_XML_ATTRIBUTES.get(rtype.name)
 
 
 def rendered_apart(rtype: ResourceType) -> bool:

@@ -63,8 +63,13 @@ def _fill(el, doc: dict, rtype: ResourceType) -> None:
         return _fill_metadata(el, doc)
     ops_done = False
     operations_after = names.operations_after(rtype)
+    grouped = names.as_xml_attributes(rtype)
     for attr in rtype.attributes:
         if attr.name == "id" and not names.has_common(rtype):
+            continue
+        if grouped and attr.name in grouped[1]:
+            if attr.name == grouped[1][0]:
+                etree.SubElement(el, _q(grouped[0]), {n: _text(doc[n]) for n in grouped[1] if n in doc})
             continue
         value = doc.get(attr.name)
         if attr.type == "extension":
