@@ -40,9 +40,10 @@ async def populate(client) -> None:
             await quiet(client)
 
 
-@pytest.fixture
-async def sandbox(tmp_path):
-    client = await make_client(tmp_path)
+@pytest.fixture(scope="module")
+async def sandbox(tmp_path_factory):
+    """One sandbox per test module: its tests meet what the others made, and set-up is paid once."""
+    client = await make_client(tmp_path_factory.mktemp("fuzz"))
     await populate(client)
     yield client
     await client.client.close()

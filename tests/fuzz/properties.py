@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from conftest import NS, Reply
+from hypothesis import event
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -155,6 +156,9 @@ async def exchange(client, request: Request, expect: Expectation | None = None,
     accepted request changes, which must still list as XML."""
     before = await quiet(client)
     reply = await send(client, request)
+    # --hypothesis-show-statistics: how often each answer came, to well-typed bodies or to others
+    event(f"{request.method} {reply.status}" + ("" if request.body is None else
+                                                 " typed" if request.body.typed else " hostile"))
     assert reply.status < 500, f"{request} answered {reply.status}: {reply.body[:2000]!r}"
     if request.method in ("GET", "HEAD"):
         assert await client.rows() == before, f"a read changed the store: {request}"
@@ -232,21 +236,46 @@ async def _resource_path(client, coll: Collection, known: World, data) -> str:
     return chosen if use_existing and chosen is not None else elsewhere
 
 
-async def post_to_collection(client, coll: Collection, data) -> None:
+TYPED, HOSTILE = "typed", "hostile"  # the two modes of a write: what a client means, or an attack
+
+
+def _body(mode: str, root: str, rtype: ResourceType, known: World, creating: bool,
+          doc: st.SearchStrategy[dict]) -> st.SearchStrategy[s.Body]:
+    if mode == TYPED:
+        return s.typed_body(root, rtype, doc)
+    return s.hostile_body(root, rtype, known, creating=creating)
+
+
+def _headers(mode: str, data, body: s.Body | None, etag: str | None = None) -> dict[str, str | None]:
+    typed = mode == TYPED
+    headers = {"Accept": data.draw(s.plausible_accept() if typed else s.accept(), label="Accept"),
+               "If-Match": data.draw(s.plausible_if_match(etag) if typed else s.if_match(etag), label="If-Match")}
+    if body is not None:
+        headers["Content-Type"] = data.draw(
+            s.plausible_content_type(body.fmt) if typed else s.content_type(body.fmt), label="Content-Type")
+    return headers
+
+
+def _expectation(rtype: ResourceType, body: s.Body, compute: Callable[[], dict]) -> Expectation | None:
+    """Read-back is compared for well-typed bodies, and for any JSON document cimid accepts (JSON keeps
+    types, so what it took must come back as it was); XML text of a mistyped value may mean another."""
+    if body.doc is not None and (body.typed or body.fmt == "json"):
+        return Expectation(rtype, compute)
+    return None
+
+
+async def post_to_collection(client, coll: Collection, mode: str, data) -> None:
     await quiet(client)
     known = await world(client)
     path = await _parent_path(client, coll, data)
     doc_type = create_document_type(coll.rtype)
-    body = data.draw(s.body_for(doc_type.name, doc_type, known, creating=True), label="body")
-    request = Request("POST", path, body, {"Accept": data.draw(s.accept(), label="Accept"),
-                                           "Content-Type": data.draw(s.content_type(body.fmt), label="Content-Type")})
-    expect = None
-    if body.doc is not None and (body.typed or body.fmt == "json"):
-        expect = Expectation(coll.rtype, lambda: stored_values(coll.rtype, body.doc, body.fmt, creating=True))
-    await exchange(client, request, expect, listing="/cimi/" + path)
+    body = data.draw(_body(mode, doc_type.name, doc_type, known, True,
+                           s.document(doc_type, known, creating=True)), label="body")
+    expect = _expectation(coll.rtype, body, lambda: stored_values(coll.rtype, body.doc, body.fmt, creating=True))
+    await exchange(client, Request("POST", path, body, _headers(mode, data, body)), expect, listing="/cimi/" + path)
 
 
-async def put_to_resource(client, coll: Collection, data) -> None:
+async def put_to_resource(client, coll: Collection, mode: str, data) -> None:
     await quiet(client)
     known = await world(client)
     rtype = coll.rtype
@@ -257,43 +286,35 @@ async def put_to_resource(client, coll: Collection, data) -> None:
         min_size=1, max_size=3).map(lambda names: [",".join(names)])), label="$select")
     select = _select(select_params)
     only = None if select is None or "*" in select else select
-    body = data.draw(s.body_for(rtype.name, rtype, known, creating=False,
-                                doc=s.document(rtype, known, creating=False, only=only)), label="body")
+    body = data.draw(_body(mode, rtype.name, rtype, known, False,
+                           s.document(rtype, known, creating=False, only=only)), label="body")
     current = await client.get("/cimi/" + path)
-    headers = {"Accept": data.draw(s.accept(), label="Accept"),
-               "Content-Type": data.draw(s.content_type(body.fmt), label="Content-Type"),
-               "If-Match": data.draw(s.if_match(current.headers.get("ETag")), label="If-Match")}
-    expect = None
-    if body.doc is not None and (body.typed or body.fmt == "json"):
-        covered = [n for n in writable if (only is None or n in only) and not rtype.attribute(n).write_only]
+    covered = [n for n in writable if (only is None or n in only) and not rtype.attribute(n).write_only]
 
-        def after_update() -> dict:
-            # an attribute the update covers but leaves out is removed (a write-only one is kept, unseen)
-            sent = stored_values(rtype, body.doc, body.fmt, creating=False)
-            return {n: sent.get(n) for n in covered}
-        expect = Expectation(rtype, after_update)
-    await exchange(client, Request("PUT", path, body, headers, [("$select", v) for v in select_params]),
-                   expect, listing="/cimi/" + path.rsplit("/", 1)[0])
+    def after_update() -> dict:
+        # an attribute the update covers but leaves out is removed (a write-only one is kept, unseen)
+        sent = stored_values(rtype, body.doc, body.fmt, creating=False)
+        return {n: sent.get(n) for n in covered}
+    await exchange(client, Request("PUT", path, body, _headers(mode, data, body, current.headers.get("ETag")),
+                                   [("$select", v) for v in select_params]),
+                   _expectation(rtype, body, after_update), listing="/cimi/" + path.rsplit("/", 1)[0])
 
 
-async def use_operation(client, op: Operation, data) -> None:
+async def use_operation(client, op: Operation, mode: str, data) -> None:
     await quiet(client)
     owner = Collection(op.owner)
     await ensure_resource(client, owner)
     known = await world(client)
     path = f"{await _resource_path(client, owner, known, data)}/{op.name}"
-    accept = {"Accept": data.draw(s.accept(), label="Accept")}
     if isinstance(op.declared, Extension):
         params = data.draw(st.lists(st.tuples(s.SHORT_TEXT, s.position()), max_size=2), label="query")
-        await exchange(client, Request("GET", path, headers=accept, params=params))
+        await exchange(client, Request("GET", path, headers=_headers(mode, data, None), params=params))
         return
     action_type = registry.TYPES[registry.ActionRequest.name]
-    body = data.draw(st.one_of(st.none(), s.body_for(action_type.name, action_type, known, creating=True,
-                                                     doc=s.action_document(op.owner, op.name, known))), label="body")
-    headers = {**accept, "If-Match": data.draw(s.if_match(None), label="If-Match")}
-    if body is not None:
-        headers["Content-Type"] = data.draw(s.content_type(body.fmt), label="Content-Type")
-    await exchange(client, Request("POST", path, body, headers), listing="/cimi/" + path.split("/", 1)[0])
+    body = data.draw(st.one_of(st.none(), _body(mode, action_type.name, action_type, known, True,
+                                                s.action_document(op.owner, op.name, known))), label="body")
+    await exchange(client, Request("POST", path, body, _headers(mode, data, body)),
+                   listing="/cimi/" + path.split("/", 1)[0])
 
 
 async def query_collection(client, coll: Collection, data) -> None:
@@ -333,10 +354,7 @@ async def strange_paths(client, coll: Collection, data) -> None:
     method = data.draw(st.sampled_from(METHODS), label="method")
     body = None
     if method in ("PUT", "POST", "PATCH"):
-        body = data.draw(st.one_of(st.none(), s.body_for(coll.rtype.name, coll.rtype, known, creating=False)),
-                         label="body")
-    headers = {"Accept": data.draw(s.accept(), label="Accept"),
-               "If-Match": data.draw(s.if_match(None), label="If-Match")}
-    if body is not None:
-        headers["Content-Type"] = body.media_type
-    await exchange(client, Request(method, f"{base}/{id}{tail}", body, headers), listing="/cimi/" + base)
+        doc = s.document(coll.rtype, known, creating=False)
+        body = data.draw(st.one_of(st.none(), s.typed_body(coll.rtype.name, coll.rtype, doc)), label="body")
+    await exchange(client, Request(method, f"{base}/{id}{tail}", body, _headers(HOSTILE, data, body)),
+                   listing="/cimi/" + base)

@@ -299,19 +299,23 @@ def to_xml(root: str, rtype: ResourceType, doc: dict, namespace: str | None = CI
     return f"<{root}{xmlns}>{_elements(rtype, doc)}</{root}>".encode("utf-8", "surrogatepass")
 
 
-def encoded(root: str, rtype: ResourceType, doc: dict | bytes, typed: bool) -> st.SearchStrategy[Body]:
-    """`doc` as JSON (resourceURI or not) or as XML (CIMI's namespace, none, or a foreign one)."""
-    if isinstance(doc, bytes):
-        return st.just(Body("json", doc))
-    if not isinstance(doc, dict):  # a JSON body that is not an object
-        return st.just(Body("json", json.dumps(doc).encode()))
+def encodings(root: str, rtype: ResourceType, doc: dict) -> st.SearchStrategy[Body]:
+    """`doc` as cimid reads it: JSON (with resourceURI or without, escaped or raw UTF-8), or XML in CIMI's
+    namespace or in none (documented leniency)."""
     uri = f"{CIMI_NS}/{root}"
-    as_json = st.sampled_from([doc, {"resourceURI": uri, **doc}] if "resourceURI" not in doc else [doc]).flatmap(
-        lambda d: st.sampled_from([json.dumps(d), json.dumps(d, ensure_ascii=False)]).map(
-            lambda text: Body("json", text.encode("utf-8", "surrogatepass"), d, typed)))
-    as_xml = st.sampled_from([CIMI_NS, None]).map(lambda ns: Body("xml", to_xml(root, rtype, doc, ns), doc, typed))
-    foreign = st.just(Body("xml", to_xml(root, rtype, doc, "urn:not-cimi"), doc, False))
-    return st.one_of(as_json, as_xml, foreign)
+    as_json = st.tuples(st.sampled_from([doc, {"resourceURI": uri, **doc}]), st.booleans()).map(
+        lambda t: Body("json", json.dumps(t[0], ensure_ascii=t[1]).encode("utf-8", "surrogatepass"), t[0], True))
+    as_xml = st.sampled_from([CIMI_NS, None]).map(lambda ns: Body("xml", to_xml(root, rtype, doc, ns), doc, True))
+    return st.one_of(as_json, as_xml)
+
+
+def broken_encoding(root: str, rtype: ResourceType, doc: dict | bytes | object) -> Body:
+    """A hostile document as a body: raw bytes as they are, anything else as JSON or XML."""
+    if isinstance(doc, bytes):
+        return Body("json", doc)
+    if not isinstance(doc, dict):  # a JSON body that is not an object
+        return Body("json", json.dumps(doc).encode())
+    return Body("json", json.dumps(doc).encode(), doc)
 
 
 def hostile_xml(root: str, rtype: ResourceType, world: World) -> st.SearchStrategy[Body]:
@@ -340,14 +344,21 @@ def hostile_xml(root: str, rtype: ResourceType, world: World) -> st.SearchStrate
     )
 
 
-def body_for(root: str, rtype: ResourceType, world: World, *, creating: bool,
-             doc: st.SearchStrategy[dict] | None = None) -> st.SearchStrategy[Body]:
-    """Any body for a request carrying a `root` document of `rtype`: well-typed or hostile, JSON or XML."""
-    typed = doc if doc is not None else document(rtype, world, creating=creating)
+def typed_body(root: str, rtype: ResourceType, doc: st.SearchStrategy[dict]) -> st.SearchStrategy[Body]:
+    """A well-typed document, encoded any way cimid reads."""
+    return doc.flatmap(lambda d: encodings(root, rtype, d))
+
+
+def hostile_body(root: str, rtype: ResourceType, world: World, *, creating: bool) -> st.SearchStrategy[Body]:
+    """A body cimid must refuse, or take only with what it declares: hostile JSON documents (also as
+    XML), hostile XML, a well-typed document in a foreign namespace."""
+    broken = hostile(rtype, world, creating=creating)
     return st.one_of(
-        typed.flatmap(lambda d: encoded(root, rtype, d, True)),
-        hostile(rtype, world, creating=creating).flatmap(lambda d: encoded(root, rtype, d, False)),
+        broken.map(lambda d: broken_encoding(root, rtype, d)),
+        broken.filter(lambda d: isinstance(d, dict)).map(lambda d: Body("xml", to_xml(root, rtype, d), d)),
         hostile_xml(root, rtype, world),
+        document(rtype, world, creating=creating).map(
+            lambda d: Body("xml", to_xml(root, rtype, d, "urn:not-cimi"), d)),
     )
 
 
@@ -360,26 +371,39 @@ HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max
 FORMATS = (None, "json", "xml", "XML", " xml ", "yaml", "")
 
 
+def plausible_accept() -> st.SearchStrategy[str | None]:
+    return st.sampled_from([None, "application/json", "application/xml", "text/xml", "*/*"])
+
+
 def accept() -> st.SearchStrategy[str | None]:
-    return st.one_of(st.none(), st.sampled_from(MEDIA), HEADER_TEXT)
+    """What a client would send, or anything."""
+    return st.one_of(plausible_accept(), st.sampled_from(MEDIA), HEADER_TEXT)
+
+
+def plausible_content_type(fmt: str) -> st.SearchStrategy[str | None]:
+    own = "application/xml" if fmt == "xml" else "application/json"
+    return st.sampled_from([own, own + "; charset=utf-8", None])  # None: cimid sniffs the body
 
 
 def content_type(fmt: str) -> st.SearchStrategy[str | None]:
-    """Mostly the body's own media type; sometimes none (sniffed), a mismatch, or garbage."""
-    own = "application/xml" if fmt == "xml" else "application/json"
+    """The body's own media type, none (sniffed), a mismatch, or garbage."""
     return st.one_of(
-        st.just(own), st.just(own), st.just(own + "; charset=utf-8"),
-        st.sampled_from([None, "application/octet-stream", "text/xml", "application/json", "text/plain",
+        plausible_content_type(fmt),
+        st.sampled_from(["application/octet-stream", "text/xml", "application/json", "text/plain",
                          "multipart/form-data; boundary=x"]),
         HEADER_TEXT,
     )
 
 
-def if_match(etag: str | None) -> st.SearchStrategy[str | None]:
-    """None, the current ETag (weak, or in a list), a stale one, `*`, garbage."""
-    fixed = [None, "*", '"0"', '"999999999"', "W/\"1\"", "garbage"]
+def plausible_if_match(etag: str | None) -> st.SearchStrategy[str | None]:
+    """None, `*` or the current ETag (also weak, or in a list)."""
     current = [etag, f"W/{etag}", f'"0", {etag}'] if etag else [None, None, None]
-    return st.one_of(st.sampled_from(range(len(fixed) + len(current))).map(lambda i: (fixed + current)[i]),
+    return st.sampled_from(range(5)).map(lambda i: ([None, "*"] + current)[i])
+
+
+def if_match(etag: str | None) -> st.SearchStrategy[str | None]:
+    """Those, a stale ETag, or garbage."""
+    return st.one_of(plausible_if_match(etag), st.sampled_from(['"0"', '"999999999"', 'W/"1"', "garbage"]),
                      HEADER_TEXT)
 
 

@@ -14,6 +14,7 @@ from .targets import collections, operations
 
 COLLECTIONS = collections()
 OPERATIONS = operations()
+MODES = (properties.TYPED, properties.HOSTILE)
 by_label = lambda target: target.label  # noqa: E731
 
 
@@ -25,22 +26,25 @@ def test_the_walk_finds_every_declared_target():
         (t.name, name) for t in registry.TOP_LEVEL.values() for name in (*t.actions, *t.extensions)}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("coll", COLLECTIONS, ids=by_label)
 @given(data=st.data())
-async def test_post_to_collection(sandbox, coll, data):
-    await properties.post_to_collection(sandbox, coll, data)
+async def test_post_to_collection(sandbox, coll, mode, data):
+    await properties.post_to_collection(sandbox, coll, mode, data)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("coll", COLLECTIONS, ids=by_label)
 @given(data=st.data())
-async def test_put_to_resource(sandbox, coll, data):
-    await properties.put_to_resource(sandbox, coll, data)
+async def test_put_to_resource(sandbox, coll, mode, data):
+    await properties.put_to_resource(sandbox, coll, mode, data)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("op", OPERATIONS, ids=by_label)
 @given(data=st.data())
-async def test_operation(sandbox, op, data):
-    await properties.use_operation(sandbox, op, data)
+async def test_operation(sandbox, op, mode, data):
+    await properties.use_operation(sandbox, op, mode, data)
 
 
 @pytest.mark.parametrize("coll", COLLECTIONS, ids=by_label)
