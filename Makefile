@@ -17,7 +17,7 @@ BENCH_PACKAGES  := wrk
 TEST_PACKAGES   := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
                    busybox-static syslinux syslinux-common mtools dosfstools fdisk
 
-.PHONY: run test test-packages bench system-packages check clean
+.PHONY: run test test-packages fuzz bench system-packages check clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/cimid serve --profile sandbox --state-dir $(STATE_DIR) --listen $(LISTEN)
@@ -30,6 +30,10 @@ test: $(VENV)/.installed test-packages
 	$(VENV)/bin/pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: that is a failure"; exit 1; fi; \
 	exit $$rc
+
+# The property-based suite (tests/fuzz) with many more examples than the fast tier gives it.
+fuzz: $(VENV)/.installed
+	CIMID_HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz --hypothesis-show-statistics
 
 test-packages:
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(TEST_PACKAGES)"

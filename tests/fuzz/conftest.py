@@ -13,20 +13,25 @@ from pathlib import Path
 import pytest
 from conftest import make_client
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from cimid.model import registry
 
-from .targets import create_document_type, minimal_document, quiet, world
+from .targets import create_document_type, minimal_document, world
+
+# Hypothesis keeps caches (and the fuzz profile its examples) in the temp dir, not in the checkout.
+HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / "cimid-hypothesis"
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 # The sandbox is shared by the examples of one test (so they meet each other's resources), and the
 # machine is shared and noisy: no deadline, and no complaint about slow or function-scoped set-up.
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                      HealthCheck.data_too_large, HealthCheck.large_base_example])
-settings.register_profile("fast", max_examples=12, derandomize=True, database=None, **_COMMON)
+settings.register_profile("fast", max_examples=8, derandomize=True, database=None, **_COMMON)
 settings.register_profile(
-    "fuzz", max_examples=int(os.environ.get("CIMID_FUZZ_EXAMPLES", "400")), derandomize=False,
-    database=DirectoryBasedExampleDatabase(Path(tempfile.gettempdir()) / "cimid-hypothesis"), **_COMMON)
+    "fuzz", max_examples=int(os.environ.get("CIMID_FUZZ_EXAMPLES", "200")), derandomize=False,
+    database=DirectoryBasedExampleDatabase(HYPOTHESIS_HOME / "examples"), **_COMMON)
 settings.load_profile(os.environ.get("CIMID_HYPOTHESIS_PROFILE", "fast"))
 
 
@@ -35,15 +40,14 @@ async def populate(client) -> None:
     references, Jobs and the sub-collection items of what was made exist from the first example."""
     for rtype in registry.TOP_LEVEL.values():
         if rtype.creatable:
-            known = await world(client)
-            await client.post(rtype.collection, minimal_document(create_document_type(rtype), known))
-            await quiet(client)
+            await client.post(rtype.collection, minimal_document(create_document_type(rtype), await world(client)))
 
 
-@pytest.fixture(scope="module")
-async def sandbox(tmp_path_factory):
-    """One sandbox per test module: its tests meet what the others made, and set-up is paid once."""
-    client = await make_client(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture
+async def sandbox(tmp_path):
+    """One sandbox per test, shared by its examples (they meet what earlier ones made). Not wider: every
+    accepted write adds a Job, and listings that grow without end would make each example slower."""
+    client = await make_client(tmp_path)
     await populate(client)
     yield client
     await client.client.close()

@@ -176,10 +176,9 @@ async def read_back(client, request: Request, reply: Reply, expect: Expectation 
     await quiet(client)
     job = None
     if job_uri := reply.headers.get("CIMI-Job-URI"):
-        for fmt in ("json", "xml"):
-            r = await client.get(job_uri, fmt=fmt)
-            assert r.status == 200, f"the Job of {request} does not read back as {fmt}: {r}"
-        job = (await client.get(job_uri)).json
+        as_json, as_xml = await client.get(job_uri), await client.get(job_uri, fmt="xml")
+        assert as_json.status == as_xml.status == 200, f"the Job of {request} does not read back: {as_json} {as_xml}"
+        job = as_json.json
     location = reply.headers.get("Location") if request.method == "POST" else None
     if request.method == "PUT":
         location = "/cimi/" + request.path
@@ -217,11 +216,11 @@ def _select(values: list[str]) -> set[str] | None:
     return {n.strip() for v in values for n in v.split(",") if n.strip()} or {"*"}
 
 
-async def _parent_path(client, coll: Collection, data) -> str:
+async def _parent_path(client, coll: Collection, known: World, data) -> str:
     """Where `coll` lives: its collection, or the sub-collection of an existing (or missing) parent."""
     if coll.parent is None:
         return coll.rtype.collection
-    parent = await ensure_resource(client, Collection(coll.parent))
+    parent = await ensure_resource(client, Collection(coll.parent), known)
     missing = f"{coll.parent.collection}/no-such-parent"
     existing = data.draw(st.integers(0, 3), label="existing parent?") > 0 and parent is not None
     return f"{path_of_href(parent) if existing else missing}/{coll.rtype.collection}"
@@ -232,7 +231,7 @@ async def _resource_path(client, coll: Collection, known: World, data) -> str:
     existing = [path_of_href(h) for h in known.in_collection(coll)]
     chosen = data.draw(s.pick(existing, None), label="resource")
     use_existing = data.draw(st.integers(0, 3), label="existing?") > 0
-    elsewhere = f"{await _parent_path(client, coll, data)}/{data.draw(s.resource_ids([]), label='id')}"
+    elsewhere = f"{await _parent_path(client, coll, known, data)}/{data.draw(s.resource_ids([]), label='id')}"
     return chosen if use_existing and chosen is not None else elsewhere
 
 
@@ -249,7 +248,8 @@ def _body(mode: str, root: str, rtype: ResourceType, known: World, creating: boo
 def _headers(mode: str, data, body: s.Body | None, etag: str | None = None) -> dict[str, str | None]:
     typed = mode == TYPED
     headers = {"Accept": data.draw(s.plausible_accept() if typed else s.accept(), label="Accept"),
-               "If-Match": data.draw(s.plausible_if_match(etag) if typed else s.if_match(etag), label="If-Match")}
+               "If-Match": data.draw(s.plausible_if_match(etag) if typed else s.if_match(etag), label="If-Match"),
+               "Host": None if typed else data.draw(s.host(), label="Host")}
     if body is not None:
         headers["Content-Type"] = data.draw(
             s.plausible_content_type(body.fmt) if typed else s.content_type(body.fmt), label="Content-Type")
@@ -265,9 +265,8 @@ def _expectation(rtype: ResourceType, body: s.Body, compute: Callable[[], dict])
 
 
 async def post_to_collection(client, coll: Collection, mode: str, data) -> None:
-    await quiet(client)
     known = await world(client)
-    path = await _parent_path(client, coll, data)
+    path = await _parent_path(client, coll, known, data)
     doc_type = create_document_type(coll.rtype)
     body = data.draw(_body(mode, doc_type.name, doc_type, known, True,
                            s.document(doc_type, known, creating=True)), label="body")
@@ -276,7 +275,6 @@ async def post_to_collection(client, coll: Collection, mode: str, data) -> None:
 
 
 async def put_to_resource(client, coll: Collection, mode: str, data) -> None:
-    await quiet(client)
     known = await world(client)
     rtype = coll.rtype
     path = await _resource_path(client, coll, known, data)
@@ -301,10 +299,9 @@ async def put_to_resource(client, coll: Collection, mode: str, data) -> None:
 
 
 async def use_operation(client, op: Operation, mode: str, data) -> None:
-    await quiet(client)
     owner = Collection(op.owner)
-    await ensure_resource(client, owner)
-    known = await world(client)
+    await ensure_resource(client, owner, await world(client))
+    known = await world(client)  # with what ensure_resource made
     path = f"{await _resource_path(client, owner, known, data)}/{op.name}"
     if isinstance(op.declared, Extension):
         params = data.draw(st.lists(st.tuples(s.SHORT_TEXT, s.position()), max_size=2), label="query")
@@ -318,16 +315,15 @@ async def use_operation(client, op: Operation, mode: str, data) -> None:
 
 
 async def query_collection(client, coll: Collection, data) -> None:
-    await quiet(client)
-    path = await _parent_path(client, coll, data)
-    request = Request("GET", path, headers={"Accept": data.draw(s.accept(), label="Accept")},
+    path = await _parent_path(client, coll, await world(client), data)
+    request = Request("GET", path, headers={"Accept": data.draw(s.accept(), label="Accept"),
+                                            "Host": data.draw(s.host(), label="Host")},
                       params=data.draw(s.query(coll.rtype), label="query"))
     reply = await exchange(client, request)
     await agree_across_formats(client, request, reply)
 
 
 async def read_resource(client, coll: Collection, data) -> None:
-    await quiet(client)
     known = await world(client)
     path = await _resource_path(client, coll, known, data)
     request = Request("GET", path, headers={"Accept": data.draw(s.accept(), label="Accept")},
@@ -336,15 +332,16 @@ async def read_resource(client, coll: Collection, data) -> None:
     await agree_across_formats(client, request, reply)
 
 
-METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "HEAD")
+# Not HEAD: cimid answers it as GET (tests/http covers it), and aiohttp's client cannot read the body
+# aiohttp's own parser sends with a 400 for an over-long request line.
+METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS")
 
 
 async def strange_paths(client, coll: Collection, data) -> None:
     """Any method on a resource, an operation or a sub-collection item of `coll`, with any id."""
-    await quiet(client)
     known = await world(client)
     existing = known.in_collection(coll)
-    base = await _parent_path(client, coll, data)
+    base = await _parent_path(client, coll, known, data)
     id = data.draw(s.resource_ids(existing), label="id")
     segments = sorted({*coll.rtype.actions, *coll.rtype.extensions,
                        *registry.SUB_COLLECTIONS.get(coll.rtype.name, {})}) or ["nothing"]

@@ -12,10 +12,6 @@ from dataclasses import dataclass, field
 from cimid.model import registry
 from cimid.model.types import Action, Extension, ResourceType
 
-# How many parents' sub-collections are listed when looking for existing items (keeps a world cheap).
-PARENTS_LISTED = 3
-
-
 @dataclass(frozen=True)
 class Collection:
     """A top-level collection, or a sub-collection under resources of `parent`."""
@@ -29,6 +25,9 @@ class Collection:
 
     def __repr__(self) -> str:  # what a failing example prints
         return f"Collection({self.label})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis's printer asks this of dataclasses
+        printer.text(repr(self))
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,9 @@ class Operation:
 
     def __repr__(self) -> str:
         return f"Operation({self.label})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self))
 
 
 def collections() -> list[Collection]:
@@ -79,7 +81,7 @@ def path_of_href(href: str) -> str:
 
 @dataclass
 class World:
-    """The hrefs of existing resources, by type name, as the API lists them (absolute)."""
+    """The hrefs of existing resources, by type name (absolute)."""
 
     base: str
     hrefs: dict[str, list[str]] = field(default_factory=dict)
@@ -93,27 +95,27 @@ class World:
         return self.of(coll.rtype)
 
 
-async def ids_in(client, path: str, rtype: ResourceType) -> list[str]:
-    r = await client.get(path, params={"$select": "id"})
-    if r.status != 200:
-        return []
-    return [item["id"] for item in r.json.get(rtype.items, []) if item.get("id")]
-
-
-async def world(client) -> World:
-    """Every existing resource the API lists (sub-collection items under a few parents)."""
-    found = World(client.base)
-    for coll in collections():
-        if coll.parent is None:
-            found.hrefs.setdefault(coll.rtype.name, []).extend(await ids_in(client, coll.rtype.collection, coll.rtype))
-    for coll in collections():
-        if coll.parent is not None:
-            for parent in found.of(coll.parent)[:PARENTS_LISTED]:
-                found.hrefs.setdefault(coll.rtype.name, []).extend(
-                    await ids_in(client, f"{path_of_href(parent)}/{coll.rtype.collection}", coll.rtype))
+def world_of(base: str, rows: list[tuple]) -> World:
+    """Every stored resource of a type with a collection, as the href the registry's declarations give
+    it (`{collection}/{id}`, or `{parent collection}/{parent}/{collection}/{id}`)."""
+    found = World(base)
+    for kind, id, parent, *_ in rows:
+        rtype = registry.TYPES.get(kind)
+        if rtype is None or not rtype.collection:
+            continue
+        if rtype.parent:
+            path = f"{registry.TYPES[rtype.parent].collection}/{parent}/{rtype.collection}/{id}"
+        else:
+            path = f"{rtype.collection}/{id}"
+        found.hrefs.setdefault(rtype.name, []).append(base + path)
     for hrefs in found.hrefs.values():
         hrefs.sort()  # a stable order, so derandomized runs draw the same resources
     return found
+
+
+async def world(client) -> World:
+    """What the sandbox holds once it is quiet."""
+    return world_of(client.base, await quiet(client))
 
 
 def minimal_document(rtype: ResourceType, known: World, depth: int = 0) -> dict:
@@ -168,15 +170,14 @@ async def quiet(client, timeout: float = 30.0) -> list[tuple]:
         await asyncio.sleep(0.005)
 
 
-async def ensure_resource(client, coll: Collection) -> str | None:
+async def ensure_resource(client, coll: Collection, known: World) -> str | None:
     """An existing resource of `coll` (absolute href), created from a minimal document when there is
     none and the collection takes POSTs; None when there is no way to have one."""
-    known = await world(client)
     existing = known.in_collection(coll)
     if existing:
         return existing[0]
     if coll.parent is not None:
-        parent = await ensure_resource(client, Collection(coll.parent))
+        parent = await ensure_resource(client, Collection(coll.parent), known)
         if parent is None:
             return None
         path = f"{path_of_href(parent)}/{coll.rtype.collection}"
@@ -187,6 +188,5 @@ async def ensure_resource(client, coll: Collection) -> str | None:
     r = await client.post(path, minimal_document(create_document_type(coll.rtype), known))
     if r.status not in (201, 202):
         return None
-    await quiet(client)
-    again = await client.get(r.headers["Location"])
-    return again.json["id"] if again.status == 200 else None
+    href = client.base + path_of_href(r.headers["Location"])
+    return href if href in world_of(client.base, await quiet(client)).in_collection(coll) else None
