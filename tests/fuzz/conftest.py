@@ -30,7 +30,7 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped
                                                      HealthCheck.data_too_large, HealthCheck.large_base_example])
 settings.register_profile("fast", max_examples=8, derandomize=True, database=None, **_COMMON)
 settings.register_profile(
-    "fuzz", max_examples=int(os.environ.get("CIMID_FUZZ_EXAMPLES", "200")), derandomize=False,
+    "fuzz", max_examples=int(os.environ.get("CIMID_FUZZ_EXAMPLES", "100")), derandomize=False,
     database=DirectoryBasedExampleDatabase(HYPOTHESIS_HOME / "examples"), **_COMMON)
 settings.load_profile(os.environ.get("CIMID_HYPOTHESIS_PROFILE", "fast"))
 

@@ -48,10 +48,6 @@ class Body:
     doc: dict | None = None
     typed: bool = False
 
-    @property
-    def media_type(self) -> str:
-        return "application/xml" if self.fmt == "xml" else "application/json"
-
 
 # ---------------------------------------------------------------- well-typed documents
 

@@ -16,20 +16,21 @@ from . import properties
 from .conftest import populate
 from .targets import collections
 
-# DSP8009 1.0.2's Volume and VolumeVolumeImage, in the schema's element order.
+# DSP8009 1.0.2's Volume, and MachineVolume (a Machine's attached Volumes), in the schema's element order.
 Volume = ResourceType(
     "Volume",
     [*common_attributes(), read_only("state", "string", enum=("CREATING", "AVAILABLE", "ERROR")),
      Attribute("type", "URI", mutable=False), Attribute("capacity", "integer", consumer_mandatory=True, minimum=1),
-     Attribute("bootable", "boolean"), read_only("images", "collection", target="VolumeVolumeImage")],
+     Attribute("bootable", "boolean")],
     collection="volumes", items="volumes", description="Storage a Machine can attach.",
 )
-VolumeVolumeImage = ResourceType(
-    "VolumeVolumeImage",
-    [*common_attributes(), Attribute("volumeImage", "ref", target="MachineImage", consumer_mandatory=True)],
-    collection="images", items="volumeVolumeImages", parent="Volume", editable=False,
+MachineVolume = ResourceType(
+    "MachineVolume",
+    [*common_attributes(), Attribute("initialLocation", "string", consumer_mandatory=True, max_length=255),
+     Attribute("volume", "ref", target="Volume", consumer_mandatory=True)],
+    collection="volumes", items="machineVolumes", parent="Machine", editable=False,
 )
-VOLUMES = Family("volumes", (Volume, VolumeVolumeImage), service="resources:ResourceService")
+VOLUMES = Family("volumes", (Volume, MachineVolume), service="resources:ResourceService")
 
 
 @pytest.fixture
@@ -43,7 +44,8 @@ async def volumes_sandbox(tmp_path):
             patch.setitem(registry.TYPES, rtype.name, rtype)
             patch.setitem(registry.REQUEST_ROOTS, rtype.name, rtype)
         patch.setitem(registry.TOP_LEVEL, Volume.collection, Volume)
-        patch.setitem(registry.SUB_COLLECTIONS, Volume.name, {VolumeVolumeImage.collection: VolumeVolumeImage})
+        patch.setitem(registry.SUB_COLLECTIONS, "Machine",
+                      {**registry.SUB_COLLECTIONS["Machine"], MachineVolume.collection: MachineVolume})
         client = await make_client(tmp_path)
         await populate(client)
         yield client
@@ -53,7 +55,7 @@ async def volumes_sandbox(tmp_path):
 @given(data=st.data())
 async def test_a_family_registered_later_is_walked_and_fuzzed(volumes_sandbox, data):
     added = [c for c in collections() if c.rtype in VOLUMES.types]
-    assert sorted(c.label for c in added) == ["volumes", "volumes/*/images"]
+    assert sorted(c.label for c in added) == ["machines/*/volumes", "volumes"]
     for coll in added:
         for mode in (properties.TYPED, properties.HOSTILE):
             await properties.post_to_collection(volumes_sandbox, coll, mode, data)
