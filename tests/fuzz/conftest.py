@@ -7,22 +7,15 @@ temp dir so a failure found once is replayed first next time, without littering 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import make_client
+from conftest import HYPOTHESIS_HOME, make_client
 from hypothesis import HealthCheck, settings
-from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from cimid.model import registry
 
 from .targets import create_document_type, minimal_document, world
-
-# Hypothesis keeps caches (and the fuzz profile its examples) in the temp dir, not in the checkout.
-HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / "cimid-hypothesis"
-set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 # The sandbox is shared by the examples of one test (so they meet each other's resources), and the
 # machine is shared and noisy: no deadline, and no complaint about slow or function-scoped set-up.
