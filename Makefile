@@ -24,7 +24,7 @@ BENCH_PACKAGES  := wrk
 TEST_PACKAGES   := curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
                    busybox-static syslinux syslinux-common mtools dosfstools fdisk
 
-.PHONY: run test test-packages bench system-packages check clean
+.PHONY: run test test-packages fuzz bench system-packages check clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/cimid serve --profile sandbox --state-dir $(STATE_DIR) --listen $(LISTEN)
@@ -39,6 +39,10 @@ test: $(VENV)/.installed-test test-packages
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: that is a failure"; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then echo "make test: pytest exited $$rc"; fi; \
 	exit $$rc
+
+# The property-based suite (tests/fuzz) with many more examples than the fast tier gives it.
+fuzz: $(VENV)/.installed-test
+	CIMID_HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz --hypothesis-show-statistics
 
 test-packages:
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(TEST_PACKAGES)"

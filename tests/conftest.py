@@ -4,17 +4,22 @@ XML body a test receives."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis.configuration import set_hypothesis_home_dir
 from lxml import etree
 
 from cimid.config import load
 from cimid.daemon import build_app
 
 pytest_plugins = ("pytester",)  # tests/test_pytest_plugin.py runs outside test files with cimid's plugin
+# Hypothesis keeps its caches (and tests/fuzz's `fuzz` profile its examples) in the temp dir, not in the checkout.
+HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / "cimid-hypothesis"
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 DATABASE = web.AppKey("database", str)  # the store's file, for tests that read it directly
 XSD = Path(__file__).resolve().parents[1] / "tests" / "data" / "dsp8009_1.0.2.xsd"

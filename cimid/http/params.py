@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
+from yarl import URL
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..service.present import Context, QueryParams
@@ -53,14 +54,29 @@ def query_params(request: web.Request) -> QueryParams:
     )
 
 
+# What every id and href is built from when no public_base_url is configured: a Host header must be a
+# host (name, IPv4, or IP literal in brackets) with an optional port, or every href would be broken.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def context(request: web.Request) -> Context:
     base = request.app[CONFIG]["server"]["public_base_url"]
     if base:
         base = base.rstrip("/") + "/cimi/"
-    else:
+    elif _HOST.fullmatch(request.host):
         base = f"{request.scheme}://{request.host}/cimi/"
+    else:
+        raise BadRequest(f"the Host header '{request.host[:100]}' is not a host name with an optional port")
     identity = request[IDENTITY]
     return Context(base=base, role=identity.role, user=identity.name, quotas=identity.quotas)
+
+
+def request_uri(request: web.Request) -> str:
+    """The request's URL as a valid URI, for an error's targetResource: the raw path re-quoted (a client
+    may send a lone '%' or brackets unescaped), without the query (the resource, not how it was asked
+    for), and relative when the Host header is no host."""
+    path = str(URL(request.raw_path).with_query(None))
+    return f"{request.scheme}://{request.host}{path}" if _HOST.fullmatch(request.host) else path
 
 
 async def body(request: web.Request, optional: bool = False) -> tuple[str | None, dict]:

@@ -10,6 +10,7 @@ from ..service.present import Result
 from ..wire import dialect_for
 from . import negotiation
 from .keys import DIALECT, FORMAT, RENDERINGS
+from .params import request_uri
 
 
 class RenderingCache:
@@ -54,6 +55,7 @@ def error_response(request: web.Request, error: CimiError, request_id: str | Non
     negotiation itself failed); a 5xx carries the request id its log entry has."""
     request.setdefault(FORMAT, negotiation.JSON)
     dialect = request.setdefault(DIALECT, dialect_for(request.headers))
-    doc = dialect.error(status=error.status, title=error.title, message=error.message, target=str(request.url.with_query(None)),
+    doc = dialect.error(status=error.status, title=error.title, message=error.message,
+                        target=request_uri(request),
                         method=request.method, time=now(), request_id=request_id)
     return respond(request, Result(error.status, dialect.error_type, doc, headers=error.headers))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 
 from ..errors import BadRequest
 from .registry import TYPES
@@ -16,6 +17,24 @@ from .types import REF, Attribute, ResourceType
 
 # Attributes a provider always owns; consumers may echo them back (full PUT) and we ignore them.
 _ECHOED = {"resourceURI", "operations"}
+
+# A URI attribute is rendered as XML Schema's anyURI, which libxml2 checks as an RFC 3986 URI-reference
+# once non-ASCII characters, spaces and <>"{}|\^`' are set aside (IRIs and the like stay accepted).
+_SET_ASIDE = re.compile("[^\x21-\x7e]|[<>\"{}|\\^`']")
+_PCT = "%[0-9A-Fa-f]{2}"
+_PCHAR = f"(?:[A-Za-z0-9_.~!$&()*+,;=:@-]|{_PCT})"
+_SEGMENT_NO_COLON = f"(?:[A-Za-z0-9_.~!$&()*+,;=@-]|{_PCT})+"
+_AUTHORITY = (f"(?:(?:[A-Za-z0-9_.~!$&()*+,;=:-]|{_PCT})*@)?"
+              f"(?:\\[[0-9A-Za-z:.]+\\]|(?:[A-Za-z0-9_.~!$&()*+,;=-]|{_PCT})*)(?::[0-9]*)?")
+_PATH_AFTER_AUTHORITY = f"(?:/{_PCHAR}*)*"
+_URI_REFERENCE = re.compile(
+    f"(?:[A-Za-z][A-Za-z0-9+.-]*:(?://{_AUTHORITY}{_PATH_AFTER_AUTHORITY}|/?(?:{_PCHAR}+(?:/{_PCHAR}*)*)?)"
+    f"|//{_AUTHORITY}{_PATH_AFTER_AUTHORITY}|/(?:{_PCHAR}+(?:/{_PCHAR}*)*)?|{_SEGMENT_NO_COLON}(?:/{_PCHAR}*)*|)"
+    f"(?:\\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?")
+
+
+def is_uri_reference(value: str) -> bool:
+    return _URI_REFERENCE.fullmatch(_SET_ASIDE.sub("_", value)) is not None
 
 
 def validate(rtype: ResourceType, doc: dict, *, creating: bool, allow_href: bool = False,
@@ -76,6 +95,8 @@ def check_value(attr: Attribute, value, where: str, *, creating: bool):
                 raise BadRequest(f"{where}: '{value}' is not one of {', '.join(attr.enum)}")
         if t == "URI":
             value = value.strip()
+            if not is_uri_reference(value):
+                raise BadRequest(f"{where}: '{value[:80]}' is not a URI")
         if attr.base64:
             _check_base64(value.strip(), where)
             value = value.strip()

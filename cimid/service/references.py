@@ -4,10 +4,12 @@ overrides) when a template is used."""
 from __future__ import annotations
 
 from ..errors import BadRequest
-from ..model import TYPES, Attribute, ResourceType
+from ..model import TYPES, Attribute, ResourceType, collection_type
 from ..model.validate import require
 from ..store.db import Transaction
-from .hrefs import href_to_id
+from .hrefs import href_to_id, split_href
+
+ENTRY_POINT = "cloudEntryPoint"  # what a reference to the provider itself names (a host Meter's target)
 
 
 class References:
@@ -16,7 +18,11 @@ class References:
         the caller (`scope`, see Context.scope) may see."""
         for attr in rtype.attributes:
             value = attrs.get(attr.name)
-            if attr.type != "ref" or not attr.target or not isinstance(value, dict):
+            if attr.type != "ref" or not isinstance(value, dict):
+                continue
+            if not attr.target:  # a reference to a resource of any type (an EventLogTemplate's target)
+                if "href" in value:
+                    attrs[attr.name] = {"href": await self._anything(tx, value["href"], attr.name, scope)}
                 continue
             target = TYPES[attr.target]
             if "href" in value:
@@ -30,6 +36,16 @@ class References:
                 attrs[attr.name] = {"href": f"{target.collection}/{id}"}
             else:
                 await self.check(tx, target, value, scope)
+
+    async def _anything(self, tx: Transaction, href: str, where: str, scope: str | None) -> str:
+        """The relative href of the resource `href` names, of whatever type, if the caller may see it."""
+        if href.strip("/").rsplit("/cimi/", 1)[-1] == ENTRY_POINT:
+            return ENTRY_POINT
+        collection, id = split_href(href)
+        target = collection_type(collection)
+        if target is None or await tx.get(target.name, id, scope) is None:
+            raise BadRequest(f"{where}: '{href}' does not name an existing resource of this provider")
+        return f"{collection}/{id}"
 
     async def resolve(self, tx: Transaction, attr: Attribute, value: dict, scope: str | None) -> dict:
         """A by-value or by-reference(+overrides) template attribute -> the attributes it stands for; a

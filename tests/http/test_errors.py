@@ -5,11 +5,13 @@ import base64
 import sqlite3
 
 import pytest
-from conftest import DATABASE, NS, make_client
+from conftest import DATABASE, NS, Reply, make_client
+from yarl import URL
 
 from cimid.http.auth import hash_password
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
+CONFIG_BODY = {"name": "x", "cpu": 1, "memory": 1}
 
 
 def assert_error(r, status):
@@ -218,3 +220,32 @@ async def test_authentication_401_and_reader_403(tmp_path):
         assert {o["rel"] for o in admin.json["operations"]} == {"edit", "delete", "urn:x-cimid:action:unpublish"}
     finally:
         await client.client.close()
+
+
+@pytest.mark.parametrize("raw_path", ["/cimi/machineConfigs/%", "/cimi/machineConfigs/[x]", "/cimi/nosuch/%zz",
+                                      "/cimi/machineConfigs?$filter=%"])
+async def test_error_target_is_a_valid_uri_whatever_path_was_sent(app_client, raw_path):
+    """Found by tests/fuzz: a lone '%' sent unescaped went into targetResource as it was, and the XML error
+    document failed DSP8009 (xs:anyURI). The target is the path re-quoted."""
+    async with app_client.client.request("GET", URL(raw_path, encoded=True),
+                                         headers={"Accept": "application/xml"}) as resp:
+        r = Reply(resp.status, resp.headers, await resp.read())  # validates against DSP8009
+    assert r.status in (400, 404), r
+    target = r.xml.find("c:targetResource", namespaces=NS).get("href")
+    # the resource the request named, re-quoted, without the query (how it was asked for)
+    assert target == str(URL(app_client.base.rsplit("/cimi/", 1)[0] + raw_path).with_query(None)), target
+
+
+@pytest.mark.parametrize("host", ["%", "[::1", "a b", "a/b", "a?b", "h\u00e9", "x:99999999"])
+async def test_a_host_header_that_is_no_host_is_400_and_breaks_no_href(app_client, host):
+    """Found by tests/fuzz: ids and hrefs are built from the Host header (without public_base_url), so a
+    Host of '%' made every XML document invalid, and 'a/b' pointed every href elsewhere."""
+    before = await app_client.rows()
+    for fmt in ("json", "xml"):
+        r = await app_client.get("machineConfigs", fmt=fmt, headers={"Host": host})
+        assert r.status == 400 and "Host" in (r.json or {}).get("statusMessage", "Host"), r
+        assert (await app_client.post("machineConfigs", CONFIG_BODY, fmt=fmt, headers={"Host": host})).status == 400
+    assert await app_client.rows() == before
+    for good in ("example.org", "example.org:8080", "[::1]:80", "10.0.0.1"):
+        r = await app_client.get("machineConfigs", headers={"Host": good})
+        assert r.status == 200 and r.json["id"] == f"http://{good}/cimi/machineConfigs", r

@@ -252,3 +252,17 @@ async def test_xml_and_json_bodies_are_validated_identically(app_client):
         j = await app_client.put("machineConfigs/small", {"resourceURI": f"{CIMI}/MachineConfiguration", **js})
         assert assert_error(x, 400) == assert_error(j, 400), xml
     assert await app_client.rows() == before
+
+
+async def test_a_uri_attribute_that_is_no_uri_is_400_and_the_collection_stays_valid_xml(app_client):
+    """Found by tests/fuzz: imageLocation 'º]x<y' was stored, and GET machineImages as XML then failed
+    DSP8009 (xs:anyURI) for every consumer. Now refused, in JSON and XML alike."""
+    before = await app_client.rows()
+    bad = "\u00ba]x<y"
+    assert_error(await app_client.post("machineImages", {"imageLocation": bad}), 400)
+    xml = (f'<MachineImage xmlns="{CIMI}"><imageLocation>{bad.replace("<", "&lt;")}</imageLocation>'
+           "</MachineImage>")
+    assert_error(await app_client.post("machineImages", xml), 400)
+    assert await app_client.rows() == before
+    assert (await app_client.post("machineImages", {"imageLocation": "urn:x:\u00e9 ok"})).status == 201
+    assert (await app_client.get("machineImages", fmt="xml")).status == 200  # Reply checks DSP8009

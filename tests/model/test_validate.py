@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lxml import etree
 
 from cimid.errors import BadRequest
 from cimid.model import TYPES
-from cimid.model.validate import require, validate
+from cimid.model.validate import is_uri_reference, require, validate
 
 CONFIG, TEMPLATE, MACHINE = TYPES["MachineConfiguration"], TYPES["MachineTemplate"], TYPES["Machine"]
 
@@ -39,3 +42,36 @@ def test_by_value_references_are_validated_as_their_type():
     assert ok == {"machineConfig": {"cpu": 1, "memory": 2}}
     with pytest.raises(BadRequest, match="machineConfig.memory"):
         validate(TEMPLATE, {"machineConfig": {"cpu": 1}}, creating=True)
+
+
+_ANY_URI = etree.XMLSchema(etree.fromstring(
+    b'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"><xs:element name="u" type="xs:anyURI"/></xs:schema>'))
+
+
+def _xml_schema_takes(value: str) -> bool:
+    element = etree.Element("u")
+    element.text = value
+    return _ANY_URI.validate(element)
+
+
+@given(st.text(st.sampled_from("ab:/?#[]@%2Fz!$&'()*+,;=-._~ <>\"{}|\\^`é"), max_size=12))
+@settings(max_examples=300, derandomize=True, database=None)
+def test_a_uri_cimid_accepts_is_one_xml_schema_accepts(value):
+    """Found by tests/fuzz: a URI attribute took any string, and a MachineImage whose imageLocation was
+    'a]b' made the machineImages collection invalid XML (xs:anyURI) for every consumer."""
+    if is_uri_reference(value):
+        assert _xml_schema_takes(value), value
+
+
+@pytest.mark.parametrize("value,accepted", [
+    ("urn:cimid:sandbox:tiny-linux", True), ("file:///img/deb.qcow2", True), ("http://h:80/p?q=1#f", True),
+    ("images/x", True), ("http://[::1]/x", True), ("héllo wörld", True),
+    ("a]b", False), ("%", False), ("http://h/a%zz", False), ("1a:b", False), ("#a#b", False), ("a[b", False),
+])
+def test_uri_attributes_refuse_what_is_no_uri_reference(value, accepted):
+    image = TYPES["MachineImage"]
+    if accepted:
+        assert validate(image, {"imageLocation": value}, creating=True) == {"imageLocation": value}
+    else:
+        with pytest.raises(BadRequest, match="imageLocation.*not a URI"):
+            validate(image, {"imageLocation": value}, creating=True)

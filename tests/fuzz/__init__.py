@@ -1,0 +1,1 @@
+"""Property-based tests: requests generated from the model registry, against the sandbox."""
