@@ -226,6 +226,10 @@ class Meters(ResourceService):
         self.sampler.wake()
         return result
 
+    async def forget_host(self, tx: Transaction) -> None:
+        """A reset: every sample goes at once (not Meter by Meter: a machine has six)."""
+        await sample_queries.delete_all(tx)
+
     async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         if rtype is Meter:
             await sample_queries.delete_meter(tx, row.id)

@@ -26,6 +26,10 @@ async def delete_meter(tx: Transaction, meter: str) -> None:
     await tx.conn.execute("DELETE FROM samples WHERE meter = ?", (meter,))
 
 
+async def delete_all(tx: Transaction) -> None:
+    await tx.conn.execute("DELETE FROM samples")
+
+
 async def page(store: Store, meter: str, *, filters: list[str] = (), orderby: list[str] = (),
                first: int | None = None, last: int | None = None) -> tuple[int, list[tuple[str, float]]]:
     """One page of a Meter's samples, oldest first unless ordered otherwise, with the count after

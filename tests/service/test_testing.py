@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sqlite3
 
 import pytest
-from conftest import assert_state, make_client
+from conftest import DATABASE, assert_state, make_client
 
 from cimid.config import ConfigError
 from cimid.http.auth import hash_password
@@ -93,8 +94,15 @@ async def test_reset_restores_exactly_the_seeded_catalogue(control):
     assert (await control.put(TEMPLATE, {**template, "description": "changed"})).status == 200
     await rule(control, resourceType="Machine", operationKinds=["start"])
     assert await host_state(control, started) == "STARTED"
+    db = sqlite3.connect(control.app[DATABASE])  # a sample of some Meter (the sampler is off here)
+    db.execute("INSERT INTO samples (meter, ts, value) VALUES ('m', '2026-01-01T00:00:00.000Z', 1)")
+    db.commit()
+    db.close()
     assert (await control.post("testControl/reset", {"clock": CLOCK})).status == 200
     assert await snapshot(control) == seeded
+    db = sqlite3.connect(control.app[DATABASE])
+    assert db.execute("SELECT count(*) FROM samples").fetchone()[0] == 0  # samples go with their Meters
+    db.close()
     assert (await control.get("jobs")).json["count"] == 0
     assert (await control.get("testControl/faultRules")).json["count"] == 0
     assert await host_state(control, started) is None  # gone from the (fake) host, not only from the store
