@@ -18,6 +18,7 @@ from ..model.validate import require, validate
 from ..store import samples as sample_queries
 from ..store.db import Row, Store, Transaction
 from ..store.query import QueryError
+from .events import ModelChanged
 from .hrefs import new_id, now, path_of, split_href
 from .metrics import MetricFamily
 from .present import Context, QueryParams, Result, check_if_match, etag, select_attributes
@@ -66,6 +67,9 @@ class Meters(ResourceService):
         self.kinds = {source.kind for source in self.drivers.meters}
         self.sampler = Sampler(self.store, self.drivers.meters, self.meters_config,
                                kind_of=lambda meter: meter.internal.get("kind"), reconcile=self.reconcile)
+        # A target's default Meters are made, and its Meters removed, in the transaction that makes or
+        # deletes it (its ModelChanged record): one machine's change never rescans every machine.
+        self.store.before_commit(self._follow_targets)
 
     # ---------------------------------------------------------------- life
 
@@ -262,10 +266,29 @@ class Meters(ResourceService):
 
     # ---------------------------------------------------------------- default Meters, gone targets
 
+    async def _follow_targets(self, tx: Transaction) -> None:
+        """Before `tx` commits: default Meters for each Machine it made, and none left for one it deleted."""
+        if MACHINE not in self.kinds or not self.meters_config["sampling"]:
+            return
+        templates = None
+        for record in [r for r in tx.events if isinstance(r, ModelChanged) and r.type == TARGET_KINDS["machines"][1]]:
+            machine_id = record.resource.rsplit("/", 1)[1]
+            if record.change == "created":
+                templates = templates if templates is not None else await self._default_templates(
+                    tx, "machine_templates")
+                for config in templates:
+                    await self._insert_meter(tx, config, MACHINE, record.resource, machine_id, record.owner, {})
+            elif record.change == "deleted":
+                for meter in await sample_queries.meters_targeting(tx, machine_id):
+                    await tx.delete(Meter.name, meter)
+                    await sample_queries.delete_meter(tx, meter)
+        if templates is not None:
+            self.sampler.wake()
+
     async def reconcile(self) -> None:
-        """Give every Machine (and the host) the Meters of the provider's templates once; delete the Meters
-        whose target is gone or whose expiresTime has passed. Run by the sampler when Machines or Meters
-        changed."""
+        """At start-up (and when Meters changed): give every Machine made while Meters were off, and the
+        host, the Meters of the provider's templates once; delete the Meters whose target is gone or whose
+        expiresTime has passed."""
         machines = {m.id: m for m in await self.store.all_of("Machine")}
         meters = await self.store.all_of(Meter.name)
         stamp = now()
@@ -278,7 +301,9 @@ class Meters(ResourceService):
                     await sample_queries.delete_meter(tx, meter.id)
             record = await tx.get("Meta", DEFAULTS_RECORD)
             done = record.attrs if record else {"created": stamp, "machines": [], "host": False}
-            defaulted = set(done["machines"]) & set(machines)
+            # A machine with any Meter got its defaults (made with it, in its own transaction).
+            metered = {m.internal.get("target") for m in meters if m.internal.get("kind") == MACHINE}
+            defaulted = (set(done["machines"]) | metered) & set(machines)
             if MACHINE in self.kinds:
                 templates = await self._default_templates(tx, "machine_templates")
                 for machine in machines.values():

@@ -4,7 +4,9 @@ keeps the samples table within its retention limits.
 
 A Meter is sampled while it runs (not stopped) and its stopTime, if any, is still ahead. The sampler
 wakes every meters.min_sample_interval seconds; a wake with nothing due costs one small query, which
-tells it whether Machines or Meters changed (then it reloads them and reconciles the default Meters).
+tells it whether Meters changed (then it reloads them). A Machine's default Meters come and go with it,
+in its own transaction; a full reconciliation runs once at start-up and with each retention round
+(Meters past their expiresTime).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Sampler:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.rounds = 0  # sampling rounds that stored samples, for tests and benchmarks to watch
+        self._reconciled = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -107,10 +110,10 @@ class Sampler:
                 pass
 
     async def _changed(self) -> bool:
-        """Whether Machines or Meters changed since the last look (one indexed query)."""
+        """Whether Meters changed since the last look (one indexed query). A Machine's default Meters are
+        made and removed with it, in its own transaction (Meters._follow_targets)."""
         rows = await self.store.fetch(
-            "SELECT kind, count(*), max(seq), sum(version) FROM resources WHERE kind IN ('Machine', 'Meter')"
-            " GROUP BY kind ORDER BY kind")
+            "SELECT count(*), max(seq), sum(version) FROM resources WHERE kind = 'Meter'")
         fingerprint = tuple(map(tuple, rows))
         changed = fingerprint != self._fingerprint
         self._fingerprint = fingerprint
@@ -119,9 +122,10 @@ class Sampler:
     async def sample_once(self) -> int:
         """One round: reload if anything changed, read the sources the due Meters need, store their
         samples. Returns how many samples were stored."""
+        if not self._reconciled:
+            await self.reconcile()  # once at start-up: machines made while Meters were off, the host
+            self._reconciled = True
         if await self._changed():
-            await self.reconcile()
-            await self._changed()  # what reconcile made is now known
             self._meters = await self.store.all_of("Meter")
             known = {m.id for m in self._meters}
             self._next_due = {k: v for k, v in self._next_due.items() if k in known}
@@ -167,6 +171,8 @@ class Sampler:
     async def _retention_loop(self) -> None:
         while True:
             try:
+                if self._reconciled:
+                    await self.reconcile()  # Meters past their expiresTime, or whose target went meanwhile
                 await self.trim()
             except Exception:
                 log.exception("sample retention failed")

@@ -85,3 +85,10 @@ async def trim(store: Store, before: str, max_bytes: int) -> int:
                 (min(excess, count) - 1,))
             dropped += cursor.rowcount
     return dropped
+
+
+async def meters_targeting(tx: Transaction, target: str) -> list[str]:
+    """The ids of the Meters that measure the resource `target` (an id)."""
+    rows = await tx.fetch("SELECT id FROM resources WHERE kind = 'Meter' AND json_extract(internal, '$.target') = ?",
+                          (target,))
+    return [r[0] for r in rows]
