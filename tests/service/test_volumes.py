@@ -1,0 +1,216 @@
+"""Volumes on the sandbox (the memory pool, libvirt's test driver): made from templates by value and by
+reference with overrides, checked before any work, grown, snapshotted and restored, attached to and
+detached from Machines. Every refused request changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_client
+
+from cimid.http.keys import PROVIDER
+
+GIB_KB = 1024 * 1024
+
+
+@pytest.fixture
+async def client(tmp_path):
+    # A 2 GiB pool, so running out of space is easy to show.
+    client = await make_client(tmp_path, {"storage": {"pools": {
+        "default": {"driver": "memory", "capacity_gb": 2},
+        "shared": {"driver": "memory", "capacity_gb": 1, "shareable": True}}}})
+    yield client
+    await client.client.close()
+
+
+async def make_volume(client, capacity=1024, **template) -> str:
+    r = await client.post("volumes", {"name": "v", "volumeTemplate": {"volumeConfig": {"capacity": capacity},
+                                                                       **template}})
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS", job
+    return r.headers["Location"]
+
+
+async def make_machine(client, state="STARTED") -> str:
+    r = await client.post("machines", {"machineTemplate": {"href": client.base + "machineTemplates/small-tiny-linux",
+                                                           "initialState": state}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    return r.headers["Location"]
+
+
+def pool(client, name="default"):
+    return client.app[PROVIDER].drivers.storage.pool(name)
+
+
+async def test_a_volume_by_value_and_by_reference_with_overrides(client):
+    volume = await make_volume(client, 2048)
+    doc = await client.assert_state(volume, "AVAILABLE")
+    assert doc["capacity"] == 2048 and doc["bootable"] is False
+    assert await pool(client).volume(volume.rsplit("/", 1)[1]) == {"capacity_kb": 2048, "format": "raw"}
+    conf = (await client.post("volumeConfigs", {"name": "small", "capacity": 1000})).headers["Location"]
+    tpl = (await client.post("volumeTemplates", {"name": "t", "volumeConfig": {"href": conf}})).headers["Location"]
+    r = await client.post("volumes", {"volumeTemplate": {"href": tpl}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["capacity"] == 1000
+    r = await client.post("volumes", {"volumeTemplate": {"href": tpl, "volumeConfig": {"href": conf,
+                                                                                        "capacity": 3000}}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["capacity"] == 3000
+    r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {
+        "capacity": 10, "type": "urn:x-cimid:pool:shared"}}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert await pool(client, "shared").volume(r.headers["Location"].rsplit("/", 1)[1]) is not None
+    listed = (await client.get("volumes", params={"$filter": "capacity > 1500"})).json
+    assert [v["capacity"] for v in listed["volumes"]] == [2048, 3000]
+    assert (await client.get(volume, fmt="xml")).xml is not None
+
+
+@pytest.mark.parametrize("config, status, needle", [
+    ({"capacity": 0}, 400, "at least 1"),
+    ({"capacity": -5}, 400, "at least 1"),
+    ({"capacity": 1 << 50}, 400, "beyond any disk"),
+    ({"capacity": "big"}, 400, "integer"),
+    ({}, 400, "capacity"),
+    ({"capacity": 10, "type": "urn:x-cimid:pool:nosuch"}, 400, "no storage pool 'nosuch'"),
+    ({"href": "volumeConfigs/nosuch"}, 400, "does not name an existing VolumeConfiguration"),
+    ({"capacity": 3 * GIB_KB}, 409, f"has {2 * GIB_KB} KB free; this needs {3 * GIB_KB} KB"),
+])
+async def test_bad_volumes_are_refused_before_any_work(client, config, status, needle):
+    before = await client.rows()
+    if "href" in config:
+        config = {"href": client.base + config["href"]}
+    r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": config}})
+    assert r.status == status and needle in r.json["statusMessage"], r
+    assert await client.rows() == before
+    assert pool(client).used_kb == 0
+
+
+async def test_an_unknown_pool_is_refused_in_configurations_too(client):
+    before = await client.rows()
+    r = await client.post("volumeConfigs", {"capacity": 1, "type": "urn:x-cimid:pool:nosuch"})
+    assert r.status == 400 and "nosuch" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+
+async def test_grow_and_refuse_to_shrink(client):
+    volume = await make_volume(client, 1000)
+    before = await client.rows()
+    r = await client.put(volume, {"name": "v", "capacity": 500})
+    assert r.status == 400 and "cannot shrink (from 1000 KB to 500 KB)" in r.json["statusMessage"]
+    r = await client.put(volume, {"name": "v", "capacity": 3 * GIB_KB})
+    assert r.status == 409 and "KB free; this needs" in r.json["statusMessage"]
+    assert await client.rows() == before
+    r = await client.put(volume, {"name": "bigger", "capacity": 4000})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    doc = await client.assert_state(volume, "AVAILABLE")
+    assert doc["capacity"] == 4000 and doc["name"] == "bigger"
+    assert (await pool(client).volume(volume.rsplit("/", 1)[1]))["capacity_kb"] == 4000
+
+
+async def test_snapshot_and_restore_bring_the_data_back(client):
+    volume = await make_volume(client, 1000)
+    vid = volume.rsplit("/", 1)[1]
+    pool(client).write(vid, b"before the upgrade")
+    r = await client.post("volumeImages", {"name": "pre-upgrade", "imageLocation": volume})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+    assert image["imageLocation"] == volume
+    pool(client).write(vid, b"broken by the upgrade")
+    r = await client.post(volume + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
+                                                "image": {"href": image["id"]}})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    await client.assert_state(volume, "AVAILABLE")
+    assert pool(client).read(vid) == b"before the upgrade"
+    # A new volume from the snapshot holds its data too.
+    copy = await make_volume(client, 10, volumeImage={"href": image["id"]})
+    assert pool(client).read(copy.rsplit("/", 1)[1]) == b"before the upgrade"
+    assert (await client.get(copy)).json["capacity"] == 1000  # at least the image's size
+    # The image is in use by the copy; the copy goes, then the image can.
+    assert (await client.delete(image["id"])).status == 409
+    # Restoring another volume from this image is refused, changing nothing.
+    other = await make_volume(client, 1000)
+    before = await client.rows()
+    r = await client.post(other + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
+                                               "image": {"href": image["id"]}})
+    assert r.status == 400 and "was not taken of Volume" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+
+async def test_attach_detach_and_their_refusals(client):
+    machine = await make_machine(client)
+    mid = machine.rsplit("/", 1)[1]
+    volume = await make_volume(client)
+    compute = client.app[PROVIDER].drivers.compute
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    attachment = r.headers["Location"]
+    assert attachment.startswith(machine + "/volumes/")
+    listed = (await client.get(machine + "/volumes")).json
+    assert listed["count"] == 1 and listed["machineVolumes"][0]["volume"]["href"] == volume
+    assert list(compute.attached(mid)) == ["vdb"]
+    assert (await client.get(machine + "/volumes", fmt="xml")).xml is not None
+
+    other_machine = await make_machine(client, "STOPPED")
+    second = await make_volume(client)
+    before = await client.rows()
+    for target, body, status, needle in [
+        (other_machine, {"volume": {"href": volume}}, 409, f"in use by Machine '{mid}'"),
+        (machine, {"volume": {"href": volume}}, 409, "already attached"),
+        (machine, {"volume": {"href": second}, "initialLocation": "vdb"}, 409, "already has a disk 'vdb'"),
+        (machine, {"volume": {"href": second}, "initialLocation": "sda"}, 400, "not a guest disk name"),
+        (machine, {"volume": {"href": client.base + "volumes/nosuch"}}, 404, "no Volume"),
+        (client.base + "machines/nosuch", {"volume": {"href": second}}, 404, "no Machine"),
+    ]:
+        r = await client.post(target + "/volumes", body)
+        assert r.status == status and needle in r.json["statusMessage"], (body, r)
+    r = await client.delete(volume)
+    assert r.status == 409 and f"attached to Machine '{mid}'" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+    # A stopped machine gets it too (at its next start); the next free name is chosen.
+    r = await client.post(other_machine + "/volumes", {"volume": {"href": second}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["initialLocation"] == "vdb"
+
+    r = await client.delete(attachment)
+    assert r.status == 202
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(attachment)).status == 404 and compute.attached(mid) == {}
+    r = await client.delete(volume)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(volume)).status == 404
+    assert await pool(client).volume(volume.rsplit("/", 1)[1]) is None
+
+
+async def test_shareable_pools_allow_several_machines(client):
+    volume = await make_volume(client, 10, volumeConfig={"capacity": 10, "type": "urn:x-cimid:pool:shared"})
+    for machine in (await make_machine(client), await make_machine(client)):
+        r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+
+
+async def test_deleting_a_machine_detaches_and_keeps_its_volumes(client):
+    machine = await make_machine(client, "STOPPED")
+    volume = await make_volume(client)
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    r = await client.delete(machine)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    await client.assert_state(volume, "AVAILABLE")
+    r = await client.delete(volume)  # no longer attached
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+
+
+async def test_attach_to_a_deleted_machine_is_refused(client):
+    machine = await make_machine(client, "STOPPED")
+    r = await client.delete(machine)
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    volume = await make_volume(client)
+    before = await client.rows()
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    assert r.status == 404
+    assert await client.rows() == before
