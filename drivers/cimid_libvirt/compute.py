@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
@@ -24,6 +25,7 @@ from . import seed
 from .domains import ARCHES, DOMAIN_PREFIX, LibvirtDomains
 from .namespaces import guest_mount_namespaces, libvirtd_proc
 
+DETACH_POLLS = 600  # tenths of a second a guest gets to release a hot-unplugged disk
 KB = 1024  # CIMI capacities are in kilobytes; cimid reads them as 1024 bytes, like its memory in KiB
 
 
@@ -217,6 +219,14 @@ class LibvirtCompute(LibvirtDomains):
                 disk = _disk_element(dom.XMLDesc(xml_flags), device)
                 if disk is not None:
                     dom.detachDeviceFlags(disk, flags)
+            # A running guest lets go of the disk when it has acknowledged the unplug (ACPI), which
+            # libvirt may not wait for: the volume is detached only once the live domain lacks it.
+            for _ in range(DETACH_POLLS):
+                if not dom.isActive() or _disk_element(dom.XMLDesc(0), device) is None:
+                    return
+                time.sleep(0.1)
+            raise DriverError(f"the guest did not release {device} within {DETACH_POLLS // 10} s; it stays "
+                              "attached (is the guest's OS up and handling ACPI hot-unplug?)")
         await self._call(detach)
 
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
