@@ -214,3 +214,48 @@ async def test_attach_to_a_deleted_machine_is_refused(client):
     r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
     assert r.status == 404
     assert await client.rows() == before
+
+
+@pytest.fixture
+async def dir_client(tmp_path):
+    """The sandbox with a real `dir` pool (qemu-img on real files) in a directory QEMU could reach."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    path = Path(tempfile.mkdtemp(prefix="cimid-volumes-service-"))
+    path.chmod(0o755)
+    client = await make_client(tmp_path, {"storage": {"pools": {"default": {"driver": "dir", "path": str(path)}}}})
+    client.pool_path = path
+    yield client
+    await client.client.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_client, tmp_path):
+    import hashlib
+    import subprocess
+    client = dir_client
+    source = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "2M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 4k", str(source)], check=True,
+                   capture_output=True)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    r = await client.post("volumeImages", {"name": "bad sum", "imageLocation": source.as_uri(),
+                                           "properties": {"checksum": "sha256:" + "0" * 64}})
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "FAILED" and "checksum" in job["statusMessage"]
+    assert (await client.get(r.headers["Location"])).status == 404
+    assert not any((client.pool_path / "images").iterdir())  # nothing half-made
+    r = await client.post("volumeImages", {"name": "data", "imageLocation": source.as_uri(),
+                                           "properties": {"checksum": "sha256:" + digest}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+    volume = await make_volume(client, 1024, volumeImage={"href": image["id"]})
+    assert (await client.get(volume)).json["capacity"] == 2048  # the image's size, larger than asked
+    file = client.pool_path / (volume.rsplit("/", 1)[1] + ".qcow2")
+    run = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x42 0 4k", str(file)], capture_output=True)
+    assert run.returncode == 0, run.stdout
+    before = await client.rows()
+    r = await client.post("volumeImages", {"imageLocation": "ftp://example.org/x.qcow2"})
+    assert r.status == 400 and "neither a Volume" in r.json["statusMessage"]
+    assert await client.rows() == before
