@@ -98,7 +98,8 @@ MachineVolume = ResourceType(
     [
         *common_attributes(),
         Attribute("initialLocation", "string", mutable=False, max_length=32,
-                  description="the guest's device name, e.g. vdb; absent: the next free one"),
+                  description="the hypervisor's device name, vdb to vdz; absent: the next free one (a Linux "
+                              "guest names its virtio disks in the order it finds them, not by this name)"),
         Attribute("volume", "ref", target="Volume", mutable=False, consumer_mandatory=True),
     ],
     collection="volumes",

@@ -10,7 +10,7 @@ import logging
 import re
 
 from ..errors import BadRequest, Conflict, DriverError, Unavailable
-from ..model import Action, ResourceType
+from ..model import Action, Attribute, ResourceType
 from ..model.machines import Machine
 from ..model.volumes import (POOL_TYPE_PREFIX, MachineVolume, Volume, VolumeConfiguration, VolumeCreate,
                              VolumeImage, VolumeTemplate)
@@ -27,6 +27,10 @@ KIND = "volume"  # the Job kind
 # Beyond any disk a host could hold (1 PiB in KB): refused as input, not weighed against a pool.
 ABSURD_KB = 1 << 40
 DEVICE = re.compile(r"^vd[b-z]$")  # virtio disks after the boot disk (vda)
+
+
+# A VolumeTemplate given by reference with overrides, as a MachineTemplate's volumeTemplates items give it.
+VOLUME_TEMPLATE_REF = Attribute("volumeTemplate", "ref", target="VolumeTemplate", by_value=True)
 
 
 def pool_name(volume_type: str | None) -> str | None:
@@ -209,6 +213,127 @@ class Volumes(ResourceService):
                                     target=f"machines/{machine_id}/volumes", success="Volume attached",
                                     affected=[path])
         return job_result(ctx, job, 202, location=path)
+
+    # ---------------------------------------------------------------- volumes of a MachineTemplate
+
+    async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, attach: list[dict],
+                               make: list[dict], own_disks: int) -> None:
+        """Check, before any work, the volumes a new machine's template attaches (`volumes`) and makes
+        (`volumeTemplates`), and record them: new Volumes CREATING, a MachineVolume for each, pending
+        until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine)."""
+        # The machine's own disks come first (vda, then its configuration's other disks).
+        devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
+        chosen: list[tuple[Row, str | None]] = []
+        for index, item in enumerate(attach):
+            where = f"machineTemplate.volumes[{index}]"
+            volume_id = href_to_id(item["href"], Volume, where)
+            volume = await tx.get(Volume.name, volume_id, ctx.scope)
+            if volume is None or not ctx.may_change(volume):
+                raise BadRequest(f"{where}: '{item['href']}' does not name a Volume of yours")
+            if volume.state != "AVAILABLE":
+                raise Conflict(f"{where}: Volume '{volume_id}' is {volume.state}, not AVAILABLE")
+            users = await self._attachments(tx, volume_id)
+            if users and not self.pools.pool(volume.internal["pool"]).shareable:
+                raise Conflict(f"{where}: Volume '{volume_id}' is in use by Machine '{users[0].parent}' "
+                               f"(machines/{users[0].parent}); its pool is not shareable")
+            if any(v.id == volume_id for v, _ in chosen):
+                raise BadRequest(f"{where}: Volume '{volume_id}' is named twice")
+            chosen.append((volume, item.get("initialLocation")))
+        needed: dict[str, int] = {}
+        made: list[tuple[dict, str | None, str, Row | None]] = []
+        for index, item in enumerate(make):
+            where = f"machineTemplate.volumeTemplates[{index}]"
+            template = {k: v for k, v in item.items() if k != "initialLocation"}
+            if "href" in template:
+                template = await self.references.resolve(tx, VOLUME_TEMPLATE_REF, template,
+                                                         ctx.scope)
+            if not template.get("volumeConfig"):
+                raise BadRequest(f"{where}: needs a volumeConfig (or an href to a VolumeTemplate)")
+            config = await self.references.resolve(tx, VolumeTemplate.attribute("volumeConfig"),
+                                                   template["volumeConfig"], ctx.scope)
+            capacity = config["capacity"]
+            if capacity > ABSURD_KB:
+                raise BadRequest(f"{where}: capacity {capacity} KB is beyond any disk (at most {ABSURD_KB})")
+            name, _pool = self._pool(config.get("type"))
+            image = None
+            if template.get("volumeImage"):
+                image = await self._usable_image(tx, template["volumeImage"], ctx.scope, name)
+                capacity = max(capacity, image.internal.get("capacity_kb", 0))
+            needed[name] = needed.get(name, 0) + capacity
+            made.append(({"capacity": capacity, "type": config.get("type")}, item.get("initialLocation"), name,
+                         image))
+        await self.check_quotas(tx, ctx, {"volume_capacity": sum(needed.values())})
+        for name, total in needed.items():
+            await self._check_space(self.pools.pool(name), name, total)
+        stamp = now()
+        for attrs, device, name, image in made:
+            volume_attrs = {"created": stamp, "updated": stamp, "state": "CREATING", "capacity": attrs["capacity"],
+                            "bootable": bool(image and image.attrs.get("bootable"))}
+            if attrs["type"]:
+                volume_attrs["type"] = attrs["type"]
+            volume = Row(Volume.name, new_id(), "", volume_attrs, owner=ctx.user,
+                         internal={"pool": name, "from_image": image.id if image else None, "made_for": machine_id})
+            await tx.insert(volume)
+            tx.emit(model_changed(Volume, volume, "created", ctx.user))
+            chosen.append((volume, device))
+        for volume, device in chosen:
+            if device is not None and not DEVICE.match(device):
+                raise BadRequest(f"initialLocation: '{device}' is not a guest disk name this provider gives "
+                                 "(vdb to vdz; vda is the boot disk)")
+            if device is not None and device in devices:
+                raise BadRequest(f"initialLocation: '{device}' is taken (by the machine's own disks or another "
+                                 "volume)")
+            devices.append(device)
+        free = [f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in devices]
+        for volume, device in chosen:
+            if device is None:
+                if not free:
+                    raise BadRequest("the machineTemplate names more volumes than the machine has disk names")
+                device = free.pop(0)
+            attachment = Row(MachineVolume.name, new_id(), machine_id,
+                             {"created": stamp, "updated": stamp, "initialLocation": device,
+                              "volume": {"href": f"volumes/{volume.id}"}}, owner=ctx.user,
+                             internal={"device": device, "volume": volume.id, "pending_for": machine_id})
+            await tx.insert(attachment)
+
+    async def realise_for_machine(self, machine_id: str) -> None:
+        """In the new machine's Job, after its domain is defined: make its template's new volumes, and
+        attach every volume it names (before it first starts)."""
+        await self.ensure_storage()
+        for attachment in await self.store.referring(MachineVolume.name, "pending_for", machine_id):
+            volume = await self.store.get(Volume.name, attachment.internal["volume"])
+            pool = self.pools.pool(volume.internal["pool"])
+            if volume.internal.get("made_for") == machine_id and await pool.volume(volume.id) is None:
+                await pool.create_volume(volume.id, volume.attrs["capacity"], volume.internal.get("from_image"))
+            await self.drivers.compute.attach_volume(machine_id, attachment.internal["device"],
+                                                     await pool.attachment(volume.id))
+
+    async def settle_for_machine(self, tx: Transaction, machine_id: str, succeeded: bool, owner: str) -> None:
+        """The new machine's Job ended: its volumes are ready, or (it failed or was stopped) every volume
+        made for it is removed and every attachment undone, so nothing half-made stays."""
+        for attachment in await tx.referring(MachineVolume.name, "pending_for", machine_id):
+            volume = await tx.get(Volume.name, attachment.internal["volume"])
+            made_here = volume is not None and volume.internal.get("made_for") == machine_id
+            if succeeded:
+                attachment.internal.pop("pending_for")
+                await tx.update(attachment)
+                if made_here:
+                    volume.internal.pop("made_for")
+                    volume.attrs["state"] = "AVAILABLE"
+                    await tx.update(volume)
+                    tx.emit(state_changed(Volume, volume, "CREATING", "made with its machine", owner))
+                continue
+            await tx.delete(MachineVolume.name, attachment.id)
+            if self.drivers.compute is not None:
+                try:
+                    await self.drivers.compute.detach_volume(machine_id, attachment.internal["device"])
+                except DriverError as exc:
+                    log.warning("machine %s: %s could not be detached: %s", machine_id,
+                                attachment.internal["device"], exc)
+            if made_here:
+                await tx.delete(Volume.name, volume.id)
+                await self.pools.pool(volume.internal["pool"]).delete_volume(volume.id)
+                tx.emit(model_changed(Volume, volume, "deleted", owner, "Volume not made: its machine's Job failed"))
 
     async def _attachments(self, tx: Transaction, volume_id: str) -> list[Row]:
         return await tx.referring(MachineVolume.name, "volume", volume_id)

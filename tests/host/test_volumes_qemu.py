@@ -111,3 +111,19 @@ async def test_attach_grow_detach_snapshot_restore_on_a_running_guest(host_clien
     assert file.exists()
     await done(client, await client.delete(volume))
     assert not file.exists()
+
+
+async def test_a_machine_template_volume_is_there_at_first_boot(host_client, guest_image):
+    client = host_client
+    r, _ = await import_image(client, guest_image.as_uri())
+    machine = await done(client, await client.post("machines", {"name": "born-with", "machineTemplate": {
+        "machineImage": {"href": r.headers["Location"]}, "machineConfig": {"href": client.base + "machineConfigs/tiny"},
+        "initialState": "STARTED", "userData": base64.b64encode(WATCH_DISKS).decode(),
+        "volumeTemplates": [{"volumeConfig": {"capacity": 3072}, "initialLocation": "vdc"}]}}))
+    # libvirt's target is vdc, but Linux names virtio disks in the order it finds them: the second is vdb.
+    assert "vdb=3072 " in await partitions_until(client, machine, lambda p: "=3072 " in p)
+    volume = (await client.get(machine + "/volumes")).json["machineVolumes"][0]["volume"]["href"]
+    await client.assert_state(volume, "AVAILABLE")
+    await done(client, await client.delete(machine))
+    await done(client, await client.delete(volume))
+    assert not any((client.state_dir / "volumes").glob("*.qcow2"))

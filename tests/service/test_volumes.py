@@ -259,3 +259,68 @@ async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_cl
     r = await client.post("volumeImages", {"imageLocation": "ftp://example.org/x.qcow2"})
     assert r.status == 400 and "neither a Volume" in r.json["statusMessage"]
     assert await client.rows() == before
+
+
+async def test_machine_templates_attach_volumes_and_make_new_ones(client):
+    existing = await make_volume(client, 100)
+    tpl = (await client.post("volumeTemplates", {"name": "scratch", "volumeConfig": {"capacity": 300}})).json["id"]
+    body = {"name": "with volumes", "machineTemplate": {
+        "href": client.base + "machineTemplates/small-tiny-linux", "initialState": "STARTED",
+        "volumes": [{"href": existing, "initialLocation": "vdc"}],
+        "volumeTemplates": [{"href": tpl, "volumeConfig": {"capacity": 500}},  # by reference, overridden
+                            {"volumeConfig": {"capacity": 200}, "initialLocation": "vdd"}]}}  # by value
+    r = await client.post("machines", body)
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    machine = await client.assert_state(r.headers["Location"], "STARTED")
+    listed = (await client.get(machine["id"] + "/volumes")).json["machineVolumes"]
+    by_device = {mv["initialLocation"]: mv["volume"]["href"] for mv in listed}
+    assert sorted(by_device) == ["vdb", "vdc", "vdd"] and by_device["vdc"] == existing
+    capacities = {d: (await client.assert_state(v, "AVAILABLE"))["capacity"] for d, v in by_device.items()}
+    assert capacities == {"vdb": 500, "vdc": 100, "vdd": 200}
+    compute = client.app[PROVIDER].drivers.compute
+    assert sorted(compute.attached(machine["id"].rsplit("/", 1)[1])) == ["vdb", "vdc", "vdd"]
+    assert (await client.get(machine["id"] + "/volumes", fmt="xml")).xml is not None
+    # A MachineTemplate holding them, stored and read back in XML (<volume href=".." initialLocation=".."/>).
+    r = await client.post("machineTemplates", {"name": "t", **{k: v for k, v in body["machineTemplate"].items()
+                                                               if k not in ("href", "initialState")},
+                                               "machineConfig": {"href": client.base + "machineConfigs/small"}})
+    assert r.status == 201, r
+    xml = (await client.get(r.headers["Location"], fmt="xml")).xml
+    ns = {"c": "http://schemas.dmtf.org/cimi/1"}
+    assert xml.find("c:volume", ns).get("initialLocation") == "vdc"
+    assert xml.find("c:volumeTemplate/c:volumeConfig/c:capacity", ns).text == "500"
+    # Deleting the machine detaches them all and keeps them.
+    r = await client.delete(machine["id"])
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    for volume in by_device.values():
+        await client.assert_state(volume, "AVAILABLE")
+
+
+@pytest.mark.parametrize("volumes, volume_templates, status, needle", [
+    ([{"href": "volumes/nosuch"}], [], 400, "does not name a Volume of yours"),
+    ([], [{"volumeConfig": {"capacity": 3 * GIB_KB}}], 409, "KB free; this needs"),
+    ([], [{"volumeConfig": {"capacity": 1}, "initialLocation": "vdb"}] * 2, 400, "'vdb' is taken"),
+    ([], [{"volumeConfig": {"capacity": 1}, "initialLocation": "sda"}], 400, "not a guest disk name"),
+    ([], [{"initialLocation": "vdb"}], 400, "needs a volumeConfig"),
+])
+async def test_bad_machine_template_volumes_change_nothing(client, volumes, volume_templates, status, needle):
+    before = await client.rows()
+    volumes = [{**v, "href": client.base + v["href"]} for v in volumes]
+    r = await client.post("machines", {"machineTemplate": {
+        "href": client.base + "machineTemplates/small-tiny-linux", "volumes": volumes,
+        "volumeTemplates": volume_templates}})
+    assert r.status == status and needle in r.json["statusMessage"], r
+    assert await client.rows() == before
+
+
+async def test_a_volume_in_use_is_refused_to_a_new_machine(client):
+    volume = await make_volume(client)
+    machine = await make_machine(client)
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    before = await client.rows()
+    r = await client.post("machines", {"machineTemplate": {
+        "href": client.base + "machineTemplates/small-tiny-linux", "volumes": [{"href": volume}]}})
+    assert r.status == 409 and "in use by Machine" in r.json["statusMessage"]
+    assert await client.rows() == before
