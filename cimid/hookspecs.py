@@ -187,6 +187,10 @@ class StorageDriver(Protocol):
     async def space(self) -> dict[str, int]:
         """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work)."""
 
+    async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
+        """Called once at start-up with every stored volume and image of the pool (id -> capacity_kb), so a
+        pool whose contents do not outlive the process (memory) can rebuild them. Persistent pools ignore it."""
+
     async def create_volume(self, volume_id: str, capacity_kb: int, image_id: str | None = None) -> None:
         """Make a volume of `capacity_kb`, empty (sparse), or holding the data of the pool's image
         `image_id` (copy-on-write where the driver can); DriverError if the id is taken or space short."""

@@ -56,6 +56,21 @@ VolumeTemplate = ResourceType(
     description="What a Volume is made from: a configuration and optionally an image.",
 )
 
+VolumeVolumeImage = ResourceType(
+    "VolumeVolumeImage",
+    [
+        *common_attributes(),
+        read_only("volumeImage", "ref", target="VolumeImage"),
+    ],
+    collection="images",
+    items="volumeVolumeImages",
+    parent="Volume",
+    editable=False,
+    deletable=False,
+    creatable=False,
+    description="A VolumeImage taken of a Volume (its snapshots; deleting the image removes it from here).",
+)
+
 VOLUME_ACTIONS = {
     a.name: a
     for a in [
@@ -75,6 +90,7 @@ Volume = ResourceType(
         Attribute("capacity", "integer", minimum=1,
                   description="kilobytes; an update grows the volume (also while attached), never shrinks it"),
         read_only("bootable", "boolean"),
+        read_only("images", "collection", target="VolumeVolumeImage"),
     ],
     collection="volumes",
     items="volumes",
@@ -111,7 +127,7 @@ MachineVolume = ResourceType(
 
 FAMILY = Family(
     "volumes",
-    (VolumeConfiguration, VolumeImage, VolumeTemplate, Volume, VolumeCreate, MachineVolume),
+    (VolumeConfiguration, VolumeImage, VolumeTemplate, VolumeVolumeImage, Volume, VolumeCreate, MachineVolume),
     service="volumes:Volumes",
     requires="storage",
 )

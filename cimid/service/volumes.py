@@ -13,7 +13,7 @@ from ..errors import BadRequest, Conflict, DriverError, Unavailable
 from ..model import Action, Attribute, ResourceType
 from ..model.machines import Machine
 from ..model.volumes import (POOL_TYPE_PREFIX, MachineVolume, Volume, VolumeConfiguration, VolumeCreate,
-                             VolumeImage, VolumeTemplate)
+                             VolumeImage, VolumeTemplate, VolumeVolumeImage)
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
 from .events import model_changed, state_changed
@@ -66,6 +66,15 @@ class Volumes(ResourceService):
         except Unavailable as exc:
             log.warning("%s; volume changes answer 503 until they are", exc)
             return
+        held: dict[str, tuple[dict, dict]] = {name: ({}, {}) for name in self.pools.pools}
+        for volume in await self.store.all_of(Volume.name):
+            if volume.internal.get("pool") in held and volume.state != "CREATING":
+                held[volume.internal["pool"]][0][volume.id] = volume.attrs["capacity"]
+        for image in await self.store.all_of(VolumeImage.name, ("AVAILABLE",)):
+            if image.internal.get("pool") in held:
+                held[image.internal["pool"]][1][image.id] = image.internal.get("capacity_kb", 0)
+        for name, (volumes, images) in held.items():
+            await self.pools.pool(name).adopt(volumes, images)
         await self.jobs.recover(KIND)
 
     async def usage(self, reader, owner: str) -> dict[str, int]:
@@ -374,6 +383,9 @@ class Volumes(ResourceService):
             return
 
     async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
+        if rtype is VolumeImage:  # no longer among its volume's images
+            for association in await tx.referring(VolumeVolumeImage.name, "image", row.id):
+                await tx.delete(VolumeVolumeImage.name, association.id)
         if rtype is VolumeImage and row.internal.get("pool"):
             pool = self.pools.pool(row.internal["pool"])
             if pool is not None:
@@ -653,6 +665,10 @@ class Volumes(ResourceService):
         image.internal["capacity_kb"] = step["result"]["capacity_kb"]
         await tx.update(image)
         tx.emit(state_changed(VolumeImage, image, "CREATING", "snapshotted", owner))
+        stamp = now()  # listed in the volume's images
+        await tx.insert(Row(VolumeVolumeImage.name, new_id(), image.internal["volume"], owner=image.owner,
+                            attrs={"created": stamp, "updated": stamp, "volumeImage": {"href": f"volumeImages/{image.id}"}},
+                            internal={"image": image.id}))
 
     async def _finish_import(self, tx: Transaction, job: Row, outcome: str, message: str, step: dict) -> None:
         if outcome == "STEP":

@@ -36,6 +36,9 @@ class DirVolumes:
     async def close(self) -> None:
         """Nothing held open."""
 
+    async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
+        """The files outlive cimid: nothing to rebuild."""
+
     def _existing(self) -> Path:
         return next(p for p in (self.path, *self.path.parents) if p.exists())
 

@@ -32,6 +32,13 @@ class MemoryStorage:
     async def space(self) -> dict[str, int]:
         return {"total_kb": self.capacity_kb, "free_kb": self.capacity_kb - self.used_kb}
 
+    async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
+        """After a restart: the stored volumes and images again, at their sizes; their data was in memory."""
+        for volume_id, capacity_kb in volumes.items():
+            self._volumes.setdefault(volume_id, {"capacity_kb": capacity_kb, "format": "raw", "data": b""})
+        for image_id, capacity_kb in images.items():
+            self._images.setdefault(image_id, {"capacity_kb": capacity_kb, "data": b""})
+
     def _room_for(self, capacity_kb: int) -> None:
         free = self.capacity_kb - self.used_kb
         if capacity_kb > free:

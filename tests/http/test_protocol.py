@@ -181,6 +181,7 @@ async def test_every_resource_of_every_collection_in_both_formats(app_client):
     await app_client.wait_job(r.headers["CIMI-Job-URI"])
     seen = 0
     for name in COLLECTIONS + [app_client.url(machine["disks"]["href"]), app_client.url(machine["volumes"]["href"]),
+                               app_client.url(volume + "/images"),
                                app_client.url(machine["eventLog"]["href"]) + "/events"]:
         listing = (await app_client.get(name, params={"$expand": "*"})).json
         items = next((v for k, v in listing.items() if isinstance(v, list)), [])

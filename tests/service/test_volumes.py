@@ -117,6 +117,9 @@ async def test_snapshot_and_restore_bring_the_data_back(client):
     assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
     image = await client.assert_state(r.headers["Location"], "AVAILABLE")
     assert image["imageLocation"] == volume
+    images = (await client.get((await client.get(volume)).json["images"]["href"])).json
+    assert images["count"] == 1 and images["volumeVolumeImages"][0]["volumeImage"]["href"] == image["id"]
+    assert (await client.get(volume + "/images", fmt="xml")).xml is not None
     pool(client).write(vid, b"broken by the upgrade")
     r = await client.post(volume + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
                                                 "image": {"href": image["id"]}})
@@ -137,6 +140,10 @@ async def test_snapshot_and_restore_bring_the_data_back(client):
                                                "image": {"href": image["id"]}})
     assert r.status == 400 and "was not taken of Volume" in r.json["statusMessage"]
     assert await client.rows() == before
+    r = await client.delete(copy)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.delete(image["id"])).status == 200
+    assert (await client.get(volume + "/images")).json["count"] == 0
 
 
 async def test_attach_detach_and_their_refusals(client):
@@ -324,3 +331,19 @@ async def test_a_volume_in_use_is_refused_to_a_new_machine(client):
         "href": client.base + "machineTemplates/small-tiny-linux", "volumes": [{"href": volume}]}})
     assert r.status == 409 and "in use by Machine" in r.json["statusMessage"]
     assert await client.rows() == before
+
+
+async def test_volumes_survive_a_restart_of_the_sandbox(tmp_path):
+    overrides = {"storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 2}}}}
+    client = await make_client(tmp_path, overrides)
+    volume = await make_volume(client, 1000)
+    await client.client.close()
+    client = await make_client(tmp_path, overrides)  # the same state directory: a restarted cimid
+    try:
+        assert await pool(client).volume(volume.rsplit("/", 1)[1]) == {"capacity_kb": 1000, "format": "raw"}
+        machine = await make_machine(client)
+        r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        assert (await pool(client).space())["free_kb"] == 2 * GIB_KB - 1000
+    finally:
+        await client.client.close()
