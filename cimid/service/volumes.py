@@ -379,8 +379,6 @@ class Volumes(ResourceService):
                 raise Conflict(f"VolumeImage '{row.id}' is still being made; wait for its Job")
             if users:
                 raise Conflict(f"VolumeImage '{row.id}' is the base of {users} volume(s); delete them first")
-        if rtype is VolumeConfiguration or rtype is VolumeTemplate:
-            return
 
     async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         if rtype is VolumeImage:  # no longer among its volume's images

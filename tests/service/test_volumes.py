@@ -4,10 +4,19 @@ detached from Machines. Every refused request changes nothing."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 from conftest import make_client
 
+from cimid.http.auth import hash_password
 from cimid.http.keys import PROVIDER
+from cimid.store import consumers
 
 GIB_KB = 1024 * 1024
 
@@ -226,9 +235,6 @@ async def test_attach_to_a_deleted_machine_is_refused(client):
 @pytest.fixture
 async def dir_client(tmp_path):
     """The sandbox with a real `dir` pool (qemu-img on real files) in a directory QEMU could reach."""
-    import shutil
-    import tempfile
-    from pathlib import Path
     path = Path(tempfile.mkdtemp(prefix="cimid-volumes-service-"))
     path.chmod(0o755)
     client = await make_client(tmp_path, {"storage": {"pools": {"default": {"driver": "dir", "path": str(path)}}}})
@@ -239,8 +245,6 @@ async def dir_client(tmp_path):
 
 
 async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_client, tmp_path):
-    import hashlib
-    import subprocess
     client = dir_client
     source = tmp_path / "data.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "2M"], check=True)
@@ -347,3 +351,39 @@ async def test_volumes_survive_a_restart_of_the_sandbox(tmp_path):
         assert (await pool(client).space())["free_kb"] == 2 * GIB_KB - 1000
     finally:
         await client.client.close()
+
+
+async def test_xml_bodies_create_volumes_and_templates_with_volumes(client):
+    ns = 'xmlns="http://schemas.dmtf.org/cimi/1"'
+    r = await client.post("volumes", f"<VolumeCreate {ns}><name>x</name><volumeTemplate><volumeConfig>"
+                                     "<capacity>64</capacity></volumeConfig></volumeTemplate></VolumeCreate>")
+    assert r.status == 202, r
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    volume = r.headers["Location"]
+    assert (await client.get(volume)).json["capacity"] == 64
+    r = await client.post("machineTemplates", f'<MachineTemplate {ns}><name>t</name>'
+                          f'<machineConfig href="{client.base}machineConfigs/small"/>'
+                          f'<volume href="{volume}" initialLocation="vdc"/>'
+                          '<volumeTemplate initialLocation="vdd"><volumeConfig><capacity>32</capacity></volumeConfig>'
+                          '</volumeTemplate></MachineTemplate>')
+    assert r.status == 201, r
+    doc = (await client.get(r.headers["Location"])).json
+    assert doc["volumes"] == [{"href": volume, "initialLocation": "vdc"}]
+    assert doc["volumeTemplates"] == [{"initialLocation": "vdd", "volumeConfig": {"capacity": 32}}]
+
+
+async def test_the_volume_capacity_quota_is_checked_before_any_work(client):
+    store = client.app[PROVIDER].store
+    await consumers.add(store, "alice", "user", hash_password("alice-pw", 1000))
+    await consumers.set_quotas(store, "alice", {"volume_capacity": 1500})
+    client.default_headers = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+    volume = await make_volume(client, 1000)
+    before = await client.rows()
+    r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 600}}})
+    assert r.status == 403 and r.json["statusMessage"] == (
+        "quota volume_capacity exceeded: 'alice' may use 1500 and uses 1000; this request needs 600 more")
+    r = await client.put(volume, {"name": "v", "capacity": 1600})  # growing counts too
+    assert r.status == 403 and "needs 600 more" in r.json["statusMessage"]
+    assert await client.rows() == before
+    usage = (await client.get("cloudEntryPoint")).json["usage"]
+    assert usage["volume_capacity"] == {"used": 1000, "limit": 1500}
