@@ -387,3 +387,41 @@ async def test_the_volume_capacity_quota_is_checked_before_any_work(client):
     assert await client.rows() == before
     usage = (await client.get("cloudEntryPoint")).json["usage"]
     assert usage["volume_capacity"] == {"used": 1000, "limit": 1500}
+
+
+async def test_failed_jobs_leave_no_volume_or_image_behind(tmp_path):
+    client = await make_client(tmp_path, {"server": {"test_api": True}})
+    try:
+        r = await client.post("testControl/faultRules", {"resourceType": "Volume", "operationKinds": ["create"],
+                                                         "message": "the pool broke"})
+        assert r.status == 201, r
+        r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 10}}})
+        job = await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert job["state"] == "FAILED" and "the pool broke" in job["statusMessage"]
+        assert (await client.get(r.headers["Location"])).status == 404
+        assert pool(client).used_kb == 0
+        volume = await make_volume(client, 10)
+        r = await client.post("testControl/faultRules", {"resourceType": "Volume", "operationKinds": ["snapshot"]})
+        assert r.status == 201, r
+        r = await client.post("volumeImages", {"imageLocation": volume})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "FAILED"
+        assert (await client.get(r.headers["Location"])).status == 404
+        assert (await client.get("volumeImages")).json["count"] == 0
+        await client.assert_state(volume, "AVAILABLE")
+        assert pool(client).used_kb == 10
+    finally:
+        await client.client.close()
+
+
+async def test_without_a_storage_pool_volumes_are_not_served(tmp_path):
+    client = await make_client(tmp_path, {"storage": {"pools": {}}})
+    try:
+        assert "volumes" not in (await client.get("cloudEntryPoint")).json
+        machine = await make_machine(client, "STOPPED")
+        assert (await client.get(machine + "/volumes")).status == 404
+        r = await client.post("machines", {"machineTemplate": {
+            "href": client.base + "machineTemplates/small-tiny-linux", "volumeTemplates": [
+                {"volumeConfig": {"capacity": 1}}]}})
+        assert r.status == 400 and "serves no Volumes" in r.json["statusMessage"]
+    finally:
+        await client.client.close()
