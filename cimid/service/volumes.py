@@ -630,6 +630,14 @@ class Volumes(ResourceService):
             await tx.delete(Volume.name, volume.id)
             tx.emit(model_changed(Volume, volume, "deleted", job.owner))
             return
+        if op == "attach" and not succeeded and self.drivers.compute is not None:
+            # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
+            # host matches the store (detaching a disk the machine lacks is not an error).
+            try:
+                await self.drivers.compute.detach_volume(step["machine"], step["device"])
+            except DriverError as exc:
+                log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
+                            step["device"], exc)
         if op in ("attach", "detach"):
             attachment = await tx.get(MachineVolume.name, step["attachment"])
             if attachment is not None and (succeeded == (op == "detach")):
