@@ -520,6 +520,10 @@ class Volumes(ResourceService):
                                  "restored from its own snapshots")
             if image.state != "AVAILABLE":
                 raise Conflict(f"VolumeImage '{image_id}' is {image.state}, not AVAILABLE")
+            users = await self._attachments(tx, id)
+            if users:  # a guest holding the disk open would go on writing to the replaced data
+                raise Conflict(f"Volume '{id}' is attached to Machine '{users[0].parent}' "
+                               f"(machines/{users[0].parent}); detach it before restoring it")
             job = await self._queue(tx, ctx, volume, action.uri,
                                     {"op": "restore", "image": image_id, "transitional": "RESTORING"},
                                     target=f"volumes/{id}", success="Volume restored")

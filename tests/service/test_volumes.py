@@ -185,6 +185,12 @@ async def test_attach_detach_and_their_refusals(client):
         assert r.status == status and needle in r.json["statusMessage"], (body, r)
     r = await client.delete(volume)
     assert r.status == 409 and f"attached to Machine '{mid}'" in r.json["statusMessage"]
+    r = await client.post("volumeImages", {"imageLocation": volume})  # a snapshot while attached is fine
+    image = (await client.wait_job(r.headers["CIMI-Job-URI"]))["affectedResources"][1]["href"]
+    before = await client.rows()
+    r = await client.post(volume + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
+                                                "image": {"href": image}})
+    assert r.status == 409 and "detach it before restoring" in r.json["statusMessage"]
     assert await client.rows() == before
 
     # A stopped machine gets it too (at its next start); the next free name is chosen.
