@@ -18,7 +18,8 @@ from .store import consumers
 from .store.consumers import ROLES, ConsumerError
 from .store.db import Store
 
-QUOTAS = ("machines", "cpu", "memory")  # memory in KiB, like a MachineConfiguration's
+QUOTAS = ("machines", "cpu", "memory", "volume_capacity")  # memory in KiB, like a MachineConfiguration's;
+# volume_capacity in KB, the sum of a consumer's Volumes' capacities
 
 
 def add_commands(command, config_options) -> None:

@@ -37,7 +37,9 @@ DEFAULTS: dict[str, dict] = {
         "disk_dir": "",
     },
     "images": {"driver": "", "dir": ""},
-    "storage": {"driver": "", "memory_capacity_gb": 100},
+    # Named storage pools (see etc/cimid.toml): [storage.pools.<name>] driver = "memory" | "dir" | "lvm", and
+    # the driver's keys; a VolumeConfiguration picks one by its type, else the default pool.
+    "storage": {"default_pool": "default", "pools": {}},
     "network": {"driver": ""},
     "catalogue": {"seed": True},
     # EventLogs: how long a new log keeps its Events (daily, weekly, monthly, yearly), and the contact an
@@ -62,8 +64,10 @@ DEFAULTS: dict[str, dict] = {
 # libvirt + QEMU with a directory of qcow2/raw images. No host storage or network driver exists yet.
 PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
     "sandbox": {"compute": {"driver": "libvirt-test"}, "images": {"driver": "memory"},
-                "storage": {"driver": "memory"}, "network": {"driver": "memory"}},
-    "host": {"compute": {"driver": "libvirt"}, "images": {"driver": "dir"}, "catalogue": {"seed": False}},
+                "storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 100}}},
+                "network": {"driver": "memory"}},
+    "host": {"compute": {"driver": "libvirt"}, "images": {"driver": "dir"}, "catalogue": {"seed": False},
+             "storage": {"pools": {"default": {"driver": "dir", "path": ""}}}},
 }
 
 
@@ -138,8 +142,7 @@ def _check(config: Config) -> None:
         raise ConfigError("store.synchronous must be FULL, NORMAL or EXTRA")
     if config["compute"]["virt_type"] not in ("kvm", "qemu"):
         raise ConfigError("compute.virt_type must be kvm or qemu")
-    if config["storage"]["memory_capacity_gb"] < 1:
-        raise ConfigError("storage.memory_capacity_gb must be at least 1")
+    _check_pools(config["storage"])
     if config["compute"]["default_initial_state"] not in ("STARTED", "STOPPED"):
         raise ConfigError("compute.default_initial_state must be STARTED or STOPPED")
     base = config["server"]["public_base_url"]
@@ -163,6 +166,34 @@ def _check(config: Config) -> None:
         if user["role"] not in ("admin", "user", "reader"):
             raise ConfigError(f"auth user {user['name']}: role must be admin, user or reader")
     _check_exposure(config)
+
+
+# Each pool driver's keys and their types ("lvm" belongs to its own plugin, which checks the rest).
+POOL_KEYS = {"memory": {"capacity_gb": int, "shareable": bool},
+             "dir": {"path": str, "shareable": bool, "reserve_mb": int},
+             "lvm": {"volume_group": str, "thin_pool": str, "thin_fill_limit": int, "shareable": bool}}
+
+
+def _check_pools(storage: dict) -> None:
+    pools = storage["pools"]
+    for name, pool in pools.items():
+        if not isinstance(pool, dict) or not isinstance(pool.get("driver"), str):
+            raise ConfigError(f"storage pool '{name}' must be a table with a driver")
+        known = POOL_KEYS.get(pool["driver"])
+        if known is None:
+            continue  # a third-party driver's pool: its plugin checks it
+        for key, value in pool.items():
+            if key == "driver":
+                continue
+            if key not in known:
+                raise ConfigError(f"unknown key storage.pools.{name}.{key} for driver '{pool['driver']}'")
+            if not isinstance(value, known[key]) or (known[key] is int and isinstance(value, bool)):
+                raise ConfigError(f"storage.pools.{name}.{key} must be a {known[key].__name__}")
+        if pool["driver"] == "memory" and pool.get("capacity_gb", 100) < 1:
+            raise ConfigError(f"storage.pools.{name}.capacity_gb must be at least 1")
+    if pools and storage["default_pool"] not in pools:
+        raise ConfigError(f"storage.default_pool '{storage['default_pool']}' is not one of the pools: "
+                          f"{', '.join(pools)}")
 
 
 def _check_meters(meters: dict) -> None:

@@ -101,6 +101,20 @@ class ComputeDriver(Protocol):
     async def console(self, machine_id: str, max_bytes: int) -> str:
         """The last `max_bytes` of what the guest wrote to its serial console."""
 
+    async def attach_volume(self, machine_id: str, device: str, disk: dict) -> None:
+        """Attach a volume as the guest's `device` (vdb ...); `disk` is StorageDriver.attachment(). A
+        running guest sees it at once (hot-plug) and keeps it across restarts; a stopped one at its next
+        start."""
+
+    async def detach_volume(self, machine_id: str, device: str) -> None:
+        """Remove the disk `device` (from a running guest too); one the machine lacks is not an error."""
+
+    async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
+        """Tell a running guest its disk `device` grew to `capacity_kb` (the guest sees the new size)."""
+
+    async def devices(self, machine_id: str) -> list[str]:
+        """The guest device names in use by the machine's disks (vda, vdb ...)."""
+
     async def forget(self) -> None:
         """Remove every machine this driver made, at once: the test-control extension's reset (the
         sandbox drops its fake host; a real host would delete each machine)."""
@@ -153,25 +167,70 @@ class ImageStore(Protocol):
 
 
 class StorageDriver(Protocol):
-    """Provides Volumes (directory/qcow2, LVM). Served once a storage driver is configured."""
+    """One storage pool of Volumes (`[storage.pools.<name>]` in the config): a directory of qcow2 files
+    ("dir"), an LVM volume group ("lvm"), or memory (the sandbox). Sizes are KiB (CIMI's kilobytes, read
+    as 1024 bytes like a Machine's memory). Every method returns when the host has done the work, or
+    raises DriverError having left nothing half-made (no file, LV or partial copy).
 
-    name: str
+    A pool also keeps the data of the VolumeImages taken of (or imported into) it, by image id."""
+
+    name: str  # the driver's name ("dir", "memory", "lvm")
+    shareable: bool  # its volumes may be attached to several machines at once
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def health(self) -> dict[str, str]: ...
+    async def health(self) -> dict[str, str]:
+        """Human-readable facts for `cimid check`: driver, free and used space (thin pools: fill)."""
 
-    async def create_volume(self, volume_id: str, capacity_kb: int, fmt: str) -> None:
-        """Make an empty volume of `capacity_kb` KiB in format `fmt` ("raw" or "qcow2"); DriverError if the
-        id is taken, the format unknown or the space short."""
+    async def space(self) -> dict[str, int]:
+        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work)."""
+
+    async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
+        """Called once at start-up with every stored volume and image of the pool (id -> capacity_kb), so a
+        pool whose contents do not outlive the process (memory) can rebuild them. Persistent pools ignore it."""
+
+    async def create_volume(self, volume_id: str, capacity_kb: int, image_id: str | None = None) -> None:
+        """Make a volume of `capacity_kb`, empty (sparse), or holding the data of the pool's image
+        `image_id` (copy-on-write where the driver can); DriverError if the id is taken or space short."""
 
     async def volume(self, volume_id: str) -> dict | None:
-        """{"capacity_kb", "format"} of the volume; None if there is none."""
+        """{"capacity_kb", "format"} of the volume as the host has it; None if there is none."""
+
+    async def attachment(self, volume_id: str) -> dict:
+        """How a hypervisor reaches the volume: {"kind": "file" | "block", "path", "format": "qcow2" | "raw"}."""
+
+    async def grow_volume(self, volume_id: str, capacity_kb: int, attached_live: bool) -> None:
+        """Make the volume `capacity_kb` (larger than now; the caller refused shrinking). The caller then
+        tells each running guest that has it (ComputeDriver.resize_volume). `attached_live`: a running
+        guest has it open, so a file pool leaves the growing to the hypervisor; a block pool grows first."""
+
+    async def snapshot_volume(self, volume_id: str, image_id: str) -> dict:
+        """Keep a point-in-time copy of the volume's data as the image `image_id` (the volume stays
+        usable).
+
+        :return: {"capacity_kb"} of the image
+        """
+
+    async def import_image(self, image_id: str, location: str, checksum: str | None, progress: Progress) -> dict:
+        """Download `location` (http(s):// or file://) as the image `image_id`, verify `checksum`
+        ("sha256:<hex>") and inspect it (raw or self-contained qcow2 only); nothing left on failure.
+
+        :return: {"capacity_kb"} (the image's virtual size, rounded up)
+        """
+
+    async def restore_volume(self, volume_id: str, image_id: str) -> None:
+        """Replace the volume's data by the image's (the volume keeps its capacity if it is larger)."""
+
+    async def delete_image(self, image_id: str) -> None:
+        """Forget the image's data; an unknown id is not an error."""
 
     async def delete_volume(self, volume_id: str) -> None:
         """Remove the volume and its data; an unknown id is not an error."""
+
+    async def forget(self) -> None:
+        """Remove every volume and image of the pool (the test-control extension's reset)."""
 
 
 class NetworkDriver(Protocol):
@@ -265,11 +324,14 @@ class CimidSpec:
         """
 
     @hookspec(firstresult=True)
-    def cimid_storage_driver(self, config: Config) -> StorageDriver | None:
-        """Return the storage driver named by `config["storage"]["driver"]`, if this plugin provides it.
+    def cimid_storage_pool(self, config: Config, name: str, settings: dict) -> StorageDriver | None:
+        """Return a driver for the storage pool `name` if this plugin provides `settings["driver"]`.
+        Called once per pool in `config["storage"]["pools"]` at start-up.
 
-        :param config: the loaded configuration
-        :return: a driver, or None
+        :param config: the loaded configuration (state_dir for default paths)
+        :param name: the pool's name (what a VolumeConfiguration's type names)
+        :param settings: the pool's table: "driver" and the driver's own keys (path, capacity_gb, ...)
+        :return: a driver, not yet opened; None if this plugin does not provide that driver
         """
 
     @hookspec(firstresult=True)

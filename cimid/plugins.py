@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
-from .config import Config
+from .config import Config, ConfigError
 from .hookspecs import ComputeDriver, ImageStore, MeterSource, NetworkDriver, StorageDriver
 
 
@@ -21,13 +21,43 @@ def plugin_manager(extra_plugins: tuple = ()) -> pluggy.PluginManager:
     return pm
 
 
+class StoragePools:
+    """The configured storage pools by name, each with its own driver, opened and checked together."""
+
+    def __init__(self, pools: dict[str, StorageDriver], default: str):
+        self.pools = pools
+        self.default = default
+        # What `cimid check` calls this family's driver: the drivers the pools use.
+        self.name = "+".join(sorted({pool.name for pool in pools.values()}))
+
+    def pool(self, name: str | None) -> StorageDriver | None:
+        return self.pools.get(name or self.default)
+
+    async def open(self) -> None:
+        for pool in self.pools.values():
+            await pool.open()
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
+    async def health(self) -> dict[str, str]:
+        facts = {}
+        for name, pool in self.pools.items():
+            space = await pool.space()
+            facts[f"pool {name}"] = (f"driver {pool.name}{' (default)' if name == self.default else ''}, "
+                                     f"{space['free_kb']} of {space['total_kb']} KiB free")
+            facts.update({f"pool {name} {k}": v for k, v in (await pool.health()).items()})
+        return facts
+
+
 @dataclass
 class Drivers:
     """What this node can drive, one driver per family; a family whose driver is None is not served."""
 
     compute: ComputeDriver | None = None
     images: ImageStore | None = None
-    storage: StorageDriver | None = None
+    storage: StoragePools | None = None  # None: no pool configured, Volumes not served
     network: NetworkDriver | None = None
     meters: list[MeterSource] = field(default_factory=list)
     _opened: set[str] = field(default_factory=set)
@@ -71,8 +101,16 @@ def load_compute(pm: pluggy.PluginManager, config: Config, images: ImageStore | 
     return pm.hook.cimid_compute_driver(config=config, images=images)
 
 
-def load_storage(pm: pluggy.PluginManager, config: Config) -> StorageDriver | None:
-    return pm.hook.cimid_storage_driver(config=config)
+def load_storage(pm: pluggy.PluginManager, config: Config) -> StoragePools | None:
+    section = config["storage"]
+    pools = {}
+    for name, settings in section["pools"].items():
+        driver = pm.hook.cimid_storage_pool(config=config, name=name, settings=settings)
+        if driver is None:
+            raise ConfigError(f"storage pool '{name}': no installed plugin provides the driver "
+                              f"'{settings.get('driver')}'")
+        pools[name] = driver
+    return StoragePools(pools, section["default_pool"]) if pools else None
 
 
 def load_network(pm: pluggy.PluginManager, config: Config) -> NetworkDriver | None:

@@ -23,8 +23,8 @@ def test_plugins_lists_the_builtin_drivers_through_their_entry_points():
     lines = r.stdout.splitlines()
     assert "libvirt: cimid_compute_driver, cimid_meter_sources" in lines
     assert "hostmeters: cimid_meter_sources" in lines
-    assert "dir: cimid_image_store" in lines
-    assert "memory: cimid_image_store, cimid_network_driver, cimid_storage_driver" in lines
+    assert "dir: cimid_image_store, cimid_storage_pool" in lines
+    assert "memory: cimid_image_store, cimid_network_driver, cimid_storage_pool" in lines
 
 
 def test_check_reports_driver_health(tmp_path):
@@ -35,11 +35,12 @@ def test_check_reports_driver_health(tmp_path):
     assert re.search(r"answers \(libvirt \d+\.\d+\.\d+\)", r.stdout), r.stdout
     for kind in ("images", "storage", "network"):
         assert f"{kind}: memory: ok" in r.stdout
+    assert "pool default: driver memory (default), 104857600 of 104857600 KiB free" in r.stdout
 
 
 def test_check_reports_families_without_a_driver(tmp_path):
     conf = tmp_path / "c.toml"
-    conf.write_text('[storage]\ndriver = ""\n[network]\ndriver = "bridge"\n')  # none, and one not installed
+    conf.write_text('[storage]\npools = {}\n[network]\ndriver = "bridge"\n')  # none, and one not installed
     r = cimid("check", "--config", str(conf), "--state-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "storage: no driver configured (not served)" in r.stdout

@@ -75,6 +75,26 @@ CredentialCreate = ResourceType(
     request_document=True,
 )
 
+MachineTemplateVolume = ResourceType(
+    "MachineTemplateVolume",
+    [
+        Attribute("href", "URI", consumer_mandatory=True, description="an existing Volume to attach"),
+        Attribute("initialLocation", "string", max_length=32, description="its guest device name, e.g. vdb"),
+    ],
+    description="A Volume a MachineTemplate attaches to the machines made from it.",
+)
+
+MachineTemplateVolumeTemplate = ResourceType(
+    "MachineTemplateVolumeTemplate",
+    [
+        Attribute("href", "URI", description="a VolumeTemplate; or give its volumeConfig (and volumeImage) here"),
+        Attribute("initialLocation", "string", max_length=32, description="the guest device name, e.g. vdc"),
+        Attribute("volumeConfig", "ref", target="VolumeConfiguration", by_value=True),
+        Attribute("volumeImage", "ref", target="VolumeImage"),
+    ],
+    description="A Volume made with each machine from a VolumeTemplate (by reference or by value), and attached.",
+)
+
 MachineTemplate = ResourceType(
     "MachineTemplate",
     [
@@ -83,6 +103,10 @@ MachineTemplate = ResourceType(
         Attribute("machineConfig", "ref", target="MachineConfiguration", by_value=True),
         Attribute("machineImage", "ref", target="MachineImage", by_value=True),
         Attribute("credential", "ref", target="Credential", by_value=True),
+        Attribute("volumes", "array", target="MachineTemplateVolume",
+                  description="existing Volumes attached to the machine when it is made"),
+        Attribute("volumeTemplates", "array", target="MachineTemplateVolumeTemplate",
+                  description="Volumes made with the machine and attached to it; they outlive it"),
         Attribute("userData", "string", max_length=65536, base64=True, description="Base64-encoded user data"),
         Attribute("eventLogTemplate", "ref", target="EventLogTemplate", by_value=True,
                   description="the persistence of the machine's EventLog"),
@@ -96,6 +120,6 @@ MachineTemplate = ResourceType(
 FAMILY = Family(
     "catalogue",
     (MachineConfigurationDisk, MachineConfiguration, Credential, CredentialTemplate, CredentialCreate,
-     MachineTemplate),
+     MachineTemplateVolume, MachineTemplateVolumeTemplate, MachineTemplate),
     service="catalogue:Catalogue",
 )

@@ -80,6 +80,8 @@ Machine = ResourceType(
         read_only("disks", "collection", target="Disk"),
         read_only("cpuArch", "string"),
         read_only("cpuSpeed", "integer"),
+        read_only("volumes", "collection", target="MachineVolume",
+                  description="the Volumes attached to it: POST a MachineVolume to attach, DELETE it to detach"),
         read_only("latestSnapshot", "ref", target="MachineImage"),
         read_only("snapshots", "collection", target="MachineSnapshot"),
         read_only("eventLog", "ref", target="EventLog"),

@@ -13,6 +13,7 @@ from ..model.images import MachineImage
 from ..model.machines import Disk, Machine, MachineCreate, MachineSnapshot
 from ..model.catalogue import MachineTemplate
 from ..model.events import EventLog
+from ..model.volumes import Volume
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
 from .events import Alarm, model_changed, state_changed
@@ -124,6 +125,14 @@ class Machines(ResourceService):
                     disk_attrs["initialLocation"] = disk["initialLocation"]
                 await tx.insert(Row(Disk.name, new_id(), machine_id, disk_attrs, owner=ctx.user))
             steps = [{"op": "create", "transitional": "CREATING"}]
+            if template.get("volumes") or template.get("volumeTemplates"):
+                volumes = self.parts.service_of(Volume)
+                if volumes is None:
+                    raise BadRequest("this provider serves no Volumes: the machineTemplate cannot name volumes "
+                                     "or volumeTemplates")
+                await volumes.plan_for_machine(tx, ctx, machine_id, template.get("volumes") or [],
+                                               template.get("volumeTemplates") or [], len(spec.disks))
+                steps.append({"op": "volumes", "transitional": "CREATING"})
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
             job = await self._queue(tx, ctx, machine, "add", steps, target=Machine.collection,
@@ -236,6 +245,8 @@ class Machines(ResourceService):
             return await self.driver.capture(machine_id, step["image"])
         elif op == "restore":
             await self.driver.restore(machine_id, step["image"])
+        elif op == "volumes":  # the volumes its template names: made where needed, attached before it starts
+            await self.parts.service_of(Volume).realise_for_machine(machine_id)
         else:
             raise DriverError(f"unknown step '{op}'")
 
@@ -271,6 +282,9 @@ class Machines(ResourceService):
             return
         observed, boot_image = observed or (None, None)
         last = job.internal["steps"][-1]
+        if any(step["op"] == "volumes" for step in job.internal["steps"]):
+            await self.parts.service_of(Volume).settle_for_machine(tx, machine.id, outcome == "SUCCESS",
+                                                                   job.owner)
         if last["op"] == "delete" and (outcome == "SUCCESS" or observed is None):
             await tx.delete(Machine.name, machine.id)  # deleted, or gone from the host already
             if outcome != "SUCCESS":
@@ -323,6 +337,8 @@ class Machines(ResourceService):
         if machine is None:
             return
         first = job.internal["steps"][0]
+        if any(step["op"] == "volumes" for step in job.internal["steps"]):
+            await self.parts.service_of(Volume).settle_for_machine(tx, machine.id, False, job.owner)
         if first["op"] == "create":
             await tx.delete(Machine.name, machine.id)
             tx.emit(model_changed(Machine, machine, "deleted", job.owner, "Machine not made: its Job was stopped"))

@@ -82,12 +82,17 @@ class Provider:
 
     def operation_of(self, rtype: ResourceType, segment: str) -> ResourceType | Extension | None:
         """What `{collection}/{id}/{segment}` is: a sub-collection's type, an extension, or (None) an action."""
-        return sub_collection(rtype, segment) or rtype.extensions.get(segment)
+        part = sub_collection(rtype, segment)
+        if part is not None:
+            return self.part_type(rtype, segment)  # 404 where its family is not served
+        return rtype.extensions.get(segment)
 
     def part_type(self, rtype: ResourceType, segment: str) -> ResourceType:
         part = sub_collection(rtype, segment)
         if part is None:
             raise NotFound(f"a {rtype.name} has no '{segment}'")
+        if self.service_of(part) is None:  # its family has no driver here (no storage pool: no volumes)
+            raise NotFound(f"this provider serves no {part.name} (its driver is not configured)")
         return part
 
     # ---------------------------------------------------------------- requests

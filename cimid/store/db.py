@@ -149,6 +149,17 @@ class Transaction:
             "SELECT count(*) FROM resources WHERE json_extract(internal, '$.' || ?) = ?", (key, value))
         return rows[0][0]
 
+    async def referring(self, kind: str, key: str, value: str) -> list[Row]:
+        """The `kind` rows with `value` under `key` of their internal data (the attachments of a volume)."""
+        rows = await self.conn.execute_fetchall(
+            _SELECT + " WHERE kind = ? AND json_extract(internal, '$.' || ?) = ?", (kind, key, value))
+        return [_row(r) for r in rows]
+
+    async def children(self, kind: str, parent: str) -> list[Row]:
+        """The `kind` rows of the sub-collection of `parent`."""
+        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND parent = ?", (kind, parent))
+        return [_row(r) for r in rows]
+
     def _touch(self, kind: str, id: str) -> None:
         if self.touched is not None:
             self.touched.add((kind, id))
@@ -291,6 +302,12 @@ class Store:
     async def usage(self, kind: str, owner: str, sums: tuple[str, ...] = ()) -> tuple[int, dict[str, int]]:
         """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
         return await _usage(self._reader.execute_fetchall, kind, owner, sums)
+
+    async def referring(self, kind: str, key: str, value: str) -> list[Row]:
+        """As Transaction.referring, outside any write."""
+        rows = await self._reader.execute_fetchall(
+            _SELECT + " WHERE kind = ? AND json_extract(internal, '$.' || ?) = ?", (kind, key, value))
+        return [_row(r) for r in rows]
 
     async def matches(self, kind: str, id: str, columns: dict[str, str], filters: list[str]) -> bool:
         """Whether the row passes every $filter expression, compiled as for a collection (so both agree);

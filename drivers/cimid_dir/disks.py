@@ -43,6 +43,11 @@ async def inspect(path: Path) -> dict:
     return {"format": fmt, "virtual_size": int(info["virtual-size"])}
 
 
+async def info(path: Path) -> dict:
+    """qemu-img's JSON description of a disk (format, virtual-size ...), read beside a running guest."""
+    return json.loads(await run("qemu-img", "info", "-U", "--output=json", str(path)))
+
+
 async def backing_file(path: Path) -> str | None:
     """The file a qcow2 overlay stands on (None for a standalone disk)."""
     info = json.loads(await run("qemu-img", "info", "-U", "--output=json", str(path)))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -23,6 +25,7 @@ from . import seed
 from .domains import ARCHES, DOMAIN_PREFIX, LibvirtDomains
 from .namespaces import guest_mount_namespaces, libvirtd_proc
 
+DETACH_POLLS = 600  # tenths of a second a guest gets to release a hot-unplugged disk
 KB = 1024  # CIMI capacities are in kilobytes; cimid reads them as 1024 bytes, like its memory in KiB
 
 
@@ -182,6 +185,67 @@ class LibvirtCompute(LibvirtDomains):
         image_id = Path(backing).name.split(".", 1)[0]
         return image_id if self.images.image_path(image_id) == Path(backing) else None
 
+    # ---------------------------------------------------------------- volumes
+
+    @staticmethod
+    def volume_disk_xml(device: str, disk: dict) -> str:
+        kind = "block" if disk["kind"] == "block" else "file"
+        source = f"<source dev={quoteattr(disk['path'])}/>" if kind == "block" else \
+            f"<source file={quoteattr(disk['path'])}/>"
+        return (f"<disk type='{kind}' device='disk'><driver name='qemu' type='{disk['format']}'/>{source}"
+                f"<target dev='{device}' bus='virtio'/></disk>")
+
+    async def attach_volume(self, machine_id: str, device: str, disk: dict) -> None:
+        xml = self.volume_disk_xml(device, disk)
+
+        def attach():
+            dom = self._require(machine_id)
+            # CONFIG: kept across restarts (and the only change for a stopped machine); LIVE: hot-plugged.
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.attachDeviceFlags(xml, flags)
+        await self._call(attach)
+
+    async def detach_volume(self, machine_id: str, device: str) -> None:
+        def detach():
+            dom = self._domain(machine_id)
+            if dom is None:
+                return
+            for flags, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                     (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
+                if flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
+                    continue
+                disk = _disk_element(dom.XMLDesc(xml_flags), device)
+                if disk is not None:
+                    dom.detachDeviceFlags(disk, flags)
+            # A running guest lets go of the disk when it has acknowledged the unplug (ACPI), which
+            # libvirt may not wait for: the volume is detached only once the live domain lacks it.
+            for _ in range(DETACH_POLLS):
+                if not dom.isActive() or _disk_element(dom.XMLDesc(0), device) is None:
+                    return
+                time.sleep(0.1)
+            raise DriverError(f"the guest did not release {device} within {DETACH_POLLS // 10} s; it stays "
+                              "attached (is the guest's OS up and handling ACPI hot-unplug?)")
+        await self._call(detach)
+
+    async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
+        def resize():
+            dom = self._require(machine_id)
+            if dom.isActive():  # a stopped guest reads the new size from the file when it starts
+                dom.blockResize(device, capacity_kb * KB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        await self._call(resize)
+
+    async def devices(self, machine_id: str) -> list[str]:
+        def devices():
+            dom = self._require(machine_id)
+            found = set()
+            for xml_flags in (libvirt.VIR_DOMAIN_XML_INACTIVE, 0):
+                root = ElementTree.fromstring(dom.XMLDesc(xml_flags))
+                found |= {t.get("dev") for t in root.findall("./devices/disk/target")}
+            return sorted(found)
+        return await self._call(devices)
+
     async def console(self, machine_id: str, max_bytes: int) -> str:
         path = self.console_log(machine_id)
         if not path.exists():
@@ -189,3 +253,12 @@ class LibvirtCompute(LibvirtDomains):
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return f.read().decode("utf-8", "replace")
+
+
+def _disk_element(domain_xml: str, device: str) -> str | None:
+    """The <disk> of a domain whose target is `device`, as XML (what detachDeviceFlags matches)."""
+    for disk in ElementTree.fromstring(domain_xml).findall("./devices/disk"):
+        target = disk.find("target")
+        if target is not None and target.get("dev") == device:
+            return ElementTree.tostring(disk, encoding="unicode")
+    return None

@@ -15,6 +15,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
+from cimid.errors import DriverError
 from cimid.hookspecs import MachineSpec
 
 from .domains import ARCHES, DOMAIN_PREFIX, LibvirtDomains
@@ -32,6 +33,7 @@ class SandboxCompute(LibvirtDomains):
         super().__init__(config, f"test://{config.state_dir / NODE_FILE}")
         self.state_dir = config.state_dir
         self.delay = config["compute"]["operation_delay"]
+        self._volumes: dict[str, dict[str, dict]] = {}  # machine id -> device -> StorageDriver.attachment()
 
     async def _before_operation(self) -> None:
         if self.delay:
@@ -84,7 +86,39 @@ class SandboxCompute(LibvirtDomains):
     async def boot_image(self, machine_id: str) -> str | None:
         return None  # no disks: a restore changes nothing a failure could leave half-done
 
+    # libvirt's test driver has no device hot-plug: attachments are kept here, checked against the domain.
+
+    async def attach_volume(self, machine_id: str, device: str, disk: dict) -> None:
+        await self._before_operation()
+        await self._call(self._require, machine_id)
+        attached = self._volumes.setdefault(machine_id, {})
+        if device in attached:
+            raise DriverError(f"machine {machine_id} already has a disk {device}")
+        attached[device] = dict(disk)
+
+    async def detach_volume(self, machine_id: str, device: str) -> None:
+        await self._before_operation()
+        self._volumes.get(machine_id, {}).pop(device, None)
+
+    async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
+        await self._call(self._require, machine_id)
+
+    async def devices(self, machine_id: str) -> list[str]:
+        return sorted(self._volumes.get(machine_id, {}))
+
+    def attached(self, machine_id: str) -> dict[str, dict]:
+        """The volumes the fake host has attached to the machine, by device (for the fast tier's checks)."""
+        return dict(self._volumes.get(machine_id, {}))
+
+    async def delete(self, machine_id: str) -> None:
+        await super().delete(machine_id)
+        self._volumes.pop(machine_id, None)
+
     async def forget(self) -> None:
+        self._volumes.clear()
+        await self._forget_domains()
+
+    async def _forget_domains(self) -> None:
         """The test driver keeps a private fake host per connection: a new connection is an empty host,
         which is much faster than undefining a thousand domains one by one."""
         def reconnect():

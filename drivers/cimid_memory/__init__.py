@@ -17,9 +17,9 @@ def cimid_image_store(config):
 
 
 @hookimpl
-def cimid_storage_driver(config):
-    if config["storage"]["driver"] == "memory":
-        return MemoryStorage(config["storage"]["memory_capacity_gb"] * 1024 * 1024)
+def cimid_storage_pool(config, name, settings):
+    if settings["driver"] == "memory":
+        return MemoryStorage(settings.get("capacity_gb", 100) * 1024 * 1024, settings.get("shareable", False))
     return None
 
 

@@ -5,7 +5,8 @@ from conftest import NS
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 COLLECTIONS = ["resourceMetadata", "machines", "machineTemplates", "machineConfigs", "machineImages",
-               "credentials", "credentialTemplates", "jobs", "meters", "meterTemplates", "meterConfigs",
+               "credentials", "credentialTemplates", "volumes", "volumeTemplates", "volumeConfigs",
+               "volumeImages", "jobs", "meters", "meterTemplates", "meterConfigs",
                "eventLogs", "eventLogTemplates"]
 
 
@@ -19,7 +20,8 @@ async def test_cloud_entry_point_json(app_client):
     assert sorted(k for k, v in cep.items() if isinstance(v, dict) and "href" in v) == sorted(COLLECTIONS)
     for name in COLLECTIONS:
         assert cep[name]["href"] == app_client.base + name
-    assert cep["usage"] == {"machines": {"used": 0}, "cpu": {"used": 0}, "memory": {"used": 0}}  # an extension
+    assert cep["usage"] == {"machines": {"used": 0}, "cpu": {"used": 0}, "memory": {"used": 0},
+                            "volume_capacity": {"used": 0}}  # an extension
 
 
 async def test_cloud_entry_point_xml_validates(app_client):
@@ -167,8 +169,19 @@ async def test_every_resource_of_every_collection_in_both_formats(app_client):
     meter = await app_client.post("meters", {"meterTemplate": {"targetResource": {"href": machine["id"]},
                                                                "meterConfig": {"href": base + "meterConfigs/cpu"}}})
     assert meter.status == 201, meter
+    r = await app_client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 1024}}})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    volume = r.headers["Location"]
+    await app_client.post("volumeTemplates", {"name": "vt", "volumeConfig": {"href": base + "volumeConfigs/"
+                                                                                 + (await app_client.post(
+        "volumeConfigs", {"name": "1g", "capacity": 1048576})).json["id"].rsplit("/", 1)[1]}})
+    r = await app_client.post("volumeImages", {"name": "snap", "imageLocation": volume})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    r = await app_client.post(machine["id"] + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
     seen = 0
-    for name in COLLECTIONS + [app_client.url(machine["disks"]["href"]),
+    for name in COLLECTIONS + [app_client.url(machine["disks"]["href"]), app_client.url(machine["volumes"]["href"]),
+                               app_client.url(volume + "/images"),
                                app_client.url(machine["eventLog"]["href"]) + "/events"]:
         listing = (await app_client.get(name, params={"$expand": "*"})).json
         items = next((v for k, v in listing.items() if isinstance(v, list)), [])

@@ -18,6 +18,10 @@ _RENDERED_APART = {"ResourceMetadata"}
 # Types whose attributes the schema holds as XML attributes of one element: a Sample's timestamp and value
 # are <sample timestamp=".." value=".."/> after its common elements.
 _AS_XML_ATTRIBUTES = {"Sample": ("sample", ("timestamp", "value"))}
+# Structures whose attributes the schema holds as XML attributes of the item element itself: a
+# MachineTemplate's <volume href=".." initialLocation=".."/> and <volumeTemplate href=".." initialLocation="..">.
+_ON_ELEMENT = {"MachineTemplateVolume": ("href", "initialLocation"),
+               "MachineTemplateVolumeTemplate": ("href", "initialLocation")}
 # Array items are the singular of the array's name (disks -> disk), except where English says otherwise.
 _IRREGULAR_ITEMS = {"addresses": "address"}
 
@@ -33,6 +37,11 @@ def item_element(attr: Attribute) -> str:
 def as_xml_attributes(rtype: ResourceType) -> tuple[str, tuple[str, ...]] | None:
     """(element, attribute names) for a type whose values are attributes of one element, else None."""
     return _AS_XML_ATTRIBUTES.get(rtype.name)
+
+
+def on_element(rtype: ResourceType) -> tuple[str, ...]:
+    """The attributes of `rtype` that are XML attributes of its own element."""
+    return _ON_ELEMENT.get(rtype.name, ())
 
 
 def rendered_apart(rtype: ResourceType) -> bool:

@@ -64,8 +64,13 @@ def _fill(el, doc: dict, rtype: ResourceType) -> None:
     ops_done = False
     operations_after = names.operations_after(rtype)
     grouped = names.as_xml_attributes(rtype)
+    on_element = names.on_element(rtype)
     for attr in rtype.attributes:
         if attr.name == "id" and not names.has_common(rtype):
+            continue
+        if attr.name in on_element:
+            if doc.get(attr.name) not in (None, ""):
+                el.set(attr.name, _text(doc[attr.name]))
             continue
         if grouped and attr.name in grouped[1]:
             if attr.name == grouped[1][0]:
@@ -127,7 +132,7 @@ def _attribute(el, rtype: ResourceType, attr, value) -> None:
 def _reference(el, value: dict, target: ResourceType | None) -> None:
     if value.get("href"):
         el.set("href", value["href"])
-    if target is not None and len(value) > 1:  # expanded, or given by value
+    if target is not None and any(k != "href" for k in value):  # expanded, or given by value
         _fill(el, {k: v for k, v in value.items() if k not in ("href", "operations")}, target)
 
 
@@ -195,7 +200,7 @@ def _check_namespaces(root) -> None:
 
 
 def _read(el, rtype: ResourceType) -> dict:
-    doc: dict = {}
+    doc: dict = {name: el.get(name) for name in names.on_element(rtype) if el.get(name) is not None}
     by_element = names.reading_names(rtype)
     for child in el:
         if not isinstance(child.tag, str):

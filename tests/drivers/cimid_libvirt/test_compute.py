@@ -2,7 +2,7 @@
 refuses to open without one (its machines run in the host tier, tests/host)."""
 
 import pytest
-from cimid_dir import DirImageStore
+from cimid_dir import DirImageStore, DirVolumes
 from cimid_libvirt import LibvirtCompute, SandboxCompute
 from cimid_memory import MemoryImageStore, MemoryNetwork, MemoryStorage
 
@@ -15,14 +15,16 @@ def test_the_host_profile_gives_the_compute_driver_its_image_store(tmp_path):
     drivers = Drivers.load(plugin_manager(), load(profile="host", state_dir=tmp_path))
     assert isinstance(drivers.compute, LibvirtCompute) and isinstance(drivers.images, DirImageStore)
     assert drivers.compute.images is drivers.images
-    assert drivers.storage is None and drivers.network is None  # no host drivers for these yet
+    assert drivers.network is None  # no host network driver yet
+    pool = drivers.storage.pool(None)  # the default pool: qcow2 files under the state directory
+    assert isinstance(pool, DirVolumes) and pool.path == tmp_path / "volumes"
 
 
 def test_the_sandbox_profile_runs_on_the_twins(tmp_path):
     drivers = Drivers.load(plugin_manager(), load(profile="sandbox", state_dir=tmp_path))
     assert isinstance(drivers.compute, SandboxCompute)
     assert isinstance(drivers.images, MemoryImageStore) and not drivers.images.imports_images
-    assert isinstance(drivers.storage, MemoryStorage) and isinstance(drivers.network, MemoryNetwork)
+    assert isinstance(drivers.storage.pool("default"), MemoryStorage) and isinstance(drivers.network, MemoryNetwork)
 
 
 async def test_without_an_image_store_it_does_not_open(tmp_path):

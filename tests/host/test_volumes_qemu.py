@@ -1,0 +1,129 @@
+"""Volumes in a `dir` pool on a real TCG guest: hot-plugged into the running guest (which sees /dev/vdb),
+grown while attached (the guest sees the new size), detached (the guest loses it), snapshotted and
+restored with the data written before the snapshot back; deleting the machine keeps the volume.
+
+The guest reports its disks through its own user-data: a loop that prints /proc/partitions
+("HVTEST: partitions vda=65536 ... vdb=1024", sizes in KiB) on the serial console whenever it changes.
+Data is written onto the volume file with qemu-io while the volume is detached (the tiny guest has no
+tools to write a pattern and read it back, and its console is the only channel out)."""
+
+import asyncio
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import assert_state
+
+from .test_machines_qemu import console_until, import_image
+
+WATCH_DISKS = b"""#!/bin/sh
+( last=""; while true; do
+    d=$(awk 'NR>2{printf "%s=%s ", $4, $3}' /proc/partitions)
+    if [ "$d" != "$last" ]; then echo "HVTEST: partitions $d." > /dev/console; last="$d"; fi
+    sleep 0.5
+  done ) </dev/null >/dev/null 2>&1 &
+echo watching disks
+"""
+
+
+async def partitions_until(client, machine, predicate, timeout=90.0) -> str:
+    """The latest "HVTEST: partitions ..." report once `predicate(report)` holds for it."""
+    report = ""
+    for _ in range(int(timeout / 0.5)):
+        text = (await client.get(f"{machine}/console")).body.decode(errors="replace")
+        reports = re.findall(r"HVTEST: partitions ([^.]*)\.", text)
+        report = reports[-1] if reports else ""
+        if predicate(report):
+            return report
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the guest's disks never matched; last report: {report!r}")
+
+
+def write_pattern(path: Path, byte: int) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {byte} 0 64k", str(path)], check=True,
+                   capture_output=True)
+
+
+def holds_pattern(path: Path, byte: int) -> bool:
+    """Whether the volume's first 64 KiB are all `byte` (qemu-io -P verifies, and fails if not)."""
+    run = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"read -P {byte} 0 64k", str(path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 or "Pattern verification failed" in run.stdout, run
+    return run.returncode == 0
+
+
+async def done(client, r, timeout=120):
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"], timeout=timeout)
+    assert_state(job, "SUCCESS")
+    return r.headers["Location"]
+
+
+async def test_attach_grow_detach_snapshot_restore_on_a_running_guest(host_client, guest_image):
+    client = host_client
+    r, _ = await import_image(client, guest_image.as_uri())
+    machine = await done(client, await client.post("machines", {"name": "vol", "machineTemplate": {
+        "machineImage": {"href": r.headers["Location"]}, "machineConfig": {"href": client.base + "machineConfigs/tiny"},
+        "initialState": "STARTED", "userData": base64.b64encode(WATCH_DISKS).decode()}}))
+    await console_until(client, machine, "HVTEST: ready", timeout=120)
+    before = await partitions_until(client, machine, lambda p: "vda=" in p)
+    assert "vdb=" not in before
+
+    volume = await done(client, await client.post("volumes", {"name": "data", "volumeTemplate": {
+        "volumeConfig": {"capacity": 1024}}}))
+    file = client.state_dir / "volumes" / (volume.rsplit("/", 1)[1] + ".qcow2")
+    assert file.exists()
+
+    # Hot-plug: the running guest sees a 1 MiB vdb.
+    attachment = await done(client, await client.post(machine + "/volumes", {
+        "volume": {"href": volume}, "initialLocation": "vdb"}))
+    assert "vdb=1024 " in await partitions_until(client, machine, lambda p: "vdb=" in p)
+    r = await client.delete(volume)
+    assert r.status == 409 and "attached to Machine" in r.json["statusMessage"]
+
+    # Grow while attached: the guest sees 2 MiB; shrinking is refused.
+    await done(client, await client.put(volume, {"name": "data", "capacity": 2048}))
+    assert "vdb=2048 " in await partitions_until(client, machine, lambda p: "vdb=2048 " in p)
+    assert (await client.put(volume, {"name": "data", "capacity": 1024})).status == 400
+
+    # Detach: the guest loses it.
+    await done(client, await client.delete(attachment))
+    await partitions_until(client, machine, lambda p: "vda=" in p and "vdb=" not in p)
+    assert (await client.get(machine + "/volumes")).json["count"] == 0
+
+    # Data written before the snapshot is back after a restore.
+    write_pattern(file, 0x5a)
+    image = await done(client, await client.post("volumeImages", {"name": "pre", "imageLocation": volume}))
+    await client.assert_state(image, "AVAILABLE")
+    write_pattern(file, 0x11)
+    assert not holds_pattern(file, 0x5a)
+    await done(client, await client.post(volume + "/restore", {
+        "action": "http://schemas.dmtf.org/cimi/1/action/restore", "image": {"href": image}}))
+    assert holds_pattern(file, 0x5a)
+    assert (await client.get(volume)).json["capacity"] == 2048
+
+    # Attached again, then the machine is deleted: the volume stays, detached.
+    await done(client, await client.post(machine + "/volumes", {"volume": {"href": volume}}))
+    await partitions_until(client, machine, lambda p: "vdb=2048 " in p)
+    await done(client, await client.delete(machine))
+    await client.assert_state(volume, "AVAILABLE")
+    assert file.exists()
+    await done(client, await client.delete(volume))
+    assert not file.exists()
+
+
+async def test_a_machine_template_volume_is_there_at_first_boot(host_client, guest_image):
+    client = host_client
+    r, _ = await import_image(client, guest_image.as_uri())
+    machine = await done(client, await client.post("machines", {"name": "born-with", "machineTemplate": {
+        "machineImage": {"href": r.headers["Location"]}, "machineConfig": {"href": client.base + "machineConfigs/tiny"},
+        "initialState": "STARTED", "userData": base64.b64encode(WATCH_DISKS).decode(),
+        "volumeTemplates": [{"volumeConfig": {"capacity": 3072}, "initialLocation": "vdc"}]}}))
+    # libvirt's target is vdc, but Linux names virtio disks in the order it finds them: the second is vdb.
+    assert "vdb=3072 " in await partitions_until(client, machine, lambda p: "=3072 " in p)
+    volume = (await client.get(machine + "/volumes")).json["machineVolumes"][0]["volume"]["href"]
+    await client.assert_state(volume, "AVAILABLE")
+    await done(client, await client.delete(machine))
+    await done(client, await client.delete(volume))
+    assert not any((client.state_dir / "volumes").glob("*.qcow2"))

@@ -1,0 +1,433 @@
+"""Volumes on the sandbox (the memory pool, libvirt's test driver): made from templates by value and by
+reference with overrides, checked before any work, grown, snapshotted and restored, attached to and
+detached from Machines. Every refused request changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import make_client
+
+from cimid.http.auth import hash_password
+from cimid.http.keys import PROVIDER
+from cimid.store import consumers
+
+GIB_KB = 1024 * 1024
+
+
+@pytest.fixture
+async def client(tmp_path):
+    # A 2 GiB pool, so running out of space is easy to show.
+    client = await make_client(tmp_path, {"storage": {"pools": {
+        "default": {"driver": "memory", "capacity_gb": 2},
+        "shared": {"driver": "memory", "capacity_gb": 1, "shareable": True}}}})
+    yield client
+    await client.client.close()
+
+
+async def make_volume(client, capacity=1024, **template) -> str:
+    r = await client.post("volumes", {"name": "v", "volumeTemplate": {"volumeConfig": {"capacity": capacity},
+                                                                       **template}})
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "SUCCESS", job
+    return r.headers["Location"]
+
+
+async def make_machine(client, state="STARTED") -> str:
+    r = await client.post("machines", {"machineTemplate": {"href": client.base + "machineTemplates/small-tiny-linux",
+                                                           "initialState": state}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    return r.headers["Location"]
+
+
+def pool(client, name="default"):
+    return client.app[PROVIDER].drivers.storage.pool(name)
+
+
+async def test_a_volume_by_value_and_by_reference_with_overrides(client):
+    volume = await make_volume(client, 2048)
+    doc = await client.assert_state(volume, "AVAILABLE")
+    assert doc["capacity"] == 2048 and doc["bootable"] is False
+    assert await pool(client).volume(volume.rsplit("/", 1)[1]) == {"capacity_kb": 2048, "format": "raw"}
+    conf = (await client.post("volumeConfigs", {"name": "small", "capacity": 1000})).headers["Location"]
+    tpl = (await client.post("volumeTemplates", {"name": "t", "volumeConfig": {"href": conf}})).headers["Location"]
+    r = await client.post("volumes", {"volumeTemplate": {"href": tpl}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["capacity"] == 1000
+    r = await client.post("volumes", {"volumeTemplate": {"href": tpl, "volumeConfig": {"href": conf,
+                                                                                        "capacity": 3000}}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["capacity"] == 3000
+    r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {
+        "capacity": 10, "type": "urn:x-cimid:pool:shared"}}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert await pool(client, "shared").volume(r.headers["Location"].rsplit("/", 1)[1]) is not None
+    listed = (await client.get("volumes", params={"$filter": "capacity > 1500"})).json
+    assert [v["capacity"] for v in listed["volumes"]] == [2048, 3000]
+    assert (await client.get(volume, fmt="xml")).xml is not None
+
+
+@pytest.mark.parametrize("config, status, needle", [
+    ({"capacity": 0}, 400, "at least 1"),
+    ({"capacity": -5}, 400, "at least 1"),
+    ({"capacity": 1 << 50}, 400, "beyond any disk"),
+    ({"capacity": "big"}, 400, "integer"),
+    ({}, 400, "capacity"),
+    ({"capacity": 10, "type": "urn:x-cimid:pool:nosuch"}, 400, "no storage pool 'nosuch'"),
+    ({"href": "volumeConfigs/nosuch"}, 400, "does not name an existing VolumeConfiguration"),
+    ({"capacity": 3 * GIB_KB}, 409, f"has {2 * GIB_KB} KB free; this needs {3 * GIB_KB} KB"),
+])
+async def test_bad_volumes_are_refused_before_any_work(client, config, status, needle):
+    before = await client.rows()
+    if "href" in config:
+        config = {"href": client.base + config["href"]}
+    r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": config}})
+    assert r.status == status and needle in r.json["statusMessage"], r
+    assert await client.rows() == before
+    assert pool(client).used_kb == 0
+
+
+async def test_an_unknown_pool_is_refused_in_configurations_too(client):
+    before = await client.rows()
+    r = await client.post("volumeConfigs", {"capacity": 1, "type": "urn:x-cimid:pool:nosuch"})
+    assert r.status == 400 and "nosuch" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+
+async def test_grow_and_refuse_to_shrink(client):
+    volume = await make_volume(client, 1000)
+    before = await client.rows()
+    r = await client.put(volume, {"name": "v", "capacity": 500})
+    assert r.status == 400 and "cannot shrink (from 1000 KB to 500 KB)" in r.json["statusMessage"]
+    r = await client.put(volume, {"name": "v", "capacity": 3 * GIB_KB})
+    assert r.status == 409 and "KB free; this needs" in r.json["statusMessage"]
+    assert await client.rows() == before
+    r = await client.put(volume, {"name": "bigger", "capacity": 4000})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    doc = await client.assert_state(volume, "AVAILABLE")
+    assert doc["capacity"] == 4000 and doc["name"] == "bigger"
+    assert (await pool(client).volume(volume.rsplit("/", 1)[1]))["capacity_kb"] == 4000
+
+
+async def test_snapshot_and_restore_bring_the_data_back(client):
+    volume = await make_volume(client, 1000)
+    vid = volume.rsplit("/", 1)[1]
+    pool(client).write(vid, b"before the upgrade")
+    r = await client.post("volumeImages", {"name": "pre-upgrade", "imageLocation": volume})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+    assert image["imageLocation"] == volume
+    images = (await client.get((await client.get(volume)).json["images"]["href"])).json
+    assert images["count"] == 1 and images["volumeVolumeImages"][0]["volumeImage"]["href"] == image["id"]
+    assert (await client.get(volume + "/images", fmt="xml")).xml is not None
+    pool(client).write(vid, b"broken by the upgrade")
+    r = await client.post(volume + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
+                                                "image": {"href": image["id"]}})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    await client.assert_state(volume, "AVAILABLE")
+    assert pool(client).read(vid) == b"before the upgrade"
+    # A new volume from the snapshot holds its data too.
+    copy = await make_volume(client, 10, volumeImage={"href": image["id"]})
+    assert pool(client).read(copy.rsplit("/", 1)[1]) == b"before the upgrade"
+    assert (await client.get(copy)).json["capacity"] == 1000  # at least the image's size
+    # The image is in use by the copy; the copy goes, then the image can.
+    assert (await client.delete(image["id"])).status == 409
+    # Restoring another volume from this image is refused, changing nothing.
+    other = await make_volume(client, 1000)
+    before = await client.rows()
+    r = await client.post(other + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
+                                               "image": {"href": image["id"]}})
+    assert r.status == 400 and "was not taken of Volume" in r.json["statusMessage"]
+    assert await client.rows() == before
+    r = await client.delete(copy)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.delete(image["id"])).status == 200
+    assert (await client.get(volume + "/images")).json["count"] == 0
+
+
+async def test_attach_detach_and_their_refusals(client):
+    machine = await make_machine(client)
+    mid = machine.rsplit("/", 1)[1]
+    volume = await make_volume(client)
+    compute = client.app[PROVIDER].drivers.compute
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    attachment = r.headers["Location"]
+    assert attachment.startswith(machine + "/volumes/")
+    listed = (await client.get(machine + "/volumes")).json
+    assert listed["count"] == 1 and listed["machineVolumes"][0]["volume"]["href"] == volume
+    assert list(compute.attached(mid)) == ["vdb"]
+    assert (await client.get(machine + "/volumes", fmt="xml")).xml is not None
+
+    other_machine = await make_machine(client, "STOPPED")
+    second = await make_volume(client)
+    before = await client.rows()
+    for target, body, status, needle in [
+        (other_machine, {"volume": {"href": volume}}, 409, f"in use by Machine '{mid}'"),
+        (machine, {"volume": {"href": volume}}, 409, "already attached"),
+        (machine, {"volume": {"href": second}, "initialLocation": "vdb"}, 409, "already has a disk 'vdb'"),
+        (machine, {"volume": {"href": second}, "initialLocation": "sda"}, 400, "not a guest disk name"),
+        (machine, {"volume": {"href": client.base + "volumes/nosuch"}}, 404, "no Volume"),
+        (client.base + "machines/nosuch", {"volume": {"href": second}}, 404, "no Machine"),
+    ]:
+        r = await client.post(target + "/volumes", body)
+        assert r.status == status and needle in r.json["statusMessage"], (body, r)
+    r = await client.delete(volume)
+    assert r.status == 409 and f"attached to Machine '{mid}'" in r.json["statusMessage"]
+    r = await client.post("volumeImages", {"imageLocation": volume})  # a snapshot while attached is fine
+    image = (await client.wait_job(r.headers["CIMI-Job-URI"]))["affectedResources"][1]["href"]
+    before = await client.rows()
+    r = await client.post(volume + "/restore", {"action": "http://schemas.dmtf.org/cimi/1/action/restore",
+                                                "image": {"href": image}})
+    assert r.status == 409 and "detach it before restoring" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+    # A stopped machine gets it too (at its next start); the next free name is chosen.
+    r = await client.post(other_machine + "/volumes", {"volume": {"href": second}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["initialLocation"] == "vdb"
+
+    r = await client.delete(attachment)
+    assert r.status == 202
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(attachment)).status == 404 and compute.attached(mid) == {}
+    r = await client.delete(volume)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(volume)).status == 404
+    assert await pool(client).volume(volume.rsplit("/", 1)[1]) is None
+
+
+async def test_shareable_pools_allow_several_machines(client):
+    volume = await make_volume(client, 10, volumeConfig={"capacity": 10, "type": "urn:x-cimid:pool:shared"})
+    for machine in (await make_machine(client), await make_machine(client)):
+        r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+
+
+async def test_deleting_a_machine_detaches_and_keeps_its_volumes(client):
+    machine = await make_machine(client, "STOPPED")
+    volume = await make_volume(client)
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    r = await client.delete(machine)
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    await client.assert_state(volume, "AVAILABLE")
+    r = await client.delete(volume)  # no longer attached
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+
+
+async def test_attach_to_a_deleted_machine_is_refused(client):
+    machine = await make_machine(client, "STOPPED")
+    r = await client.delete(machine)
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    volume = await make_volume(client)
+    before = await client.rows()
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    assert r.status == 404
+    assert await client.rows() == before
+
+
+@pytest.fixture
+async def dir_client(tmp_path):
+    """The sandbox with a real `dir` pool (qemu-img on real files) in a directory QEMU could reach."""
+    path = Path(tempfile.mkdtemp(prefix="cimid-volumes-service-"))
+    path.chmod(0o755)
+    client = await make_client(tmp_path, {"storage": {"pools": {"default": {"driver": "dir", "path": str(path)}}}})
+    client.pool_path = path
+    yield client
+    await client.client.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_client, tmp_path):
+    client = dir_client
+    source = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "2M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 4k", str(source)], check=True,
+                   capture_output=True)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    r = await client.post("volumeImages", {"name": "bad sum", "imageLocation": source.as_uri(),
+                                           "properties": {"checksum": "sha256:" + "0" * 64}})
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "FAILED" and "checksum" in job["statusMessage"]
+    assert (await client.get(r.headers["Location"])).status == 404
+    assert not any((client.pool_path / "images").iterdir())  # nothing half-made
+    r = await client.post("volumeImages", {"name": "data", "imageLocation": source.as_uri(),
+                                           "properties": {"checksum": "sha256:" + digest}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+    volume = await make_volume(client, 1024, volumeImage={"href": image["id"]})
+    assert (await client.get(volume)).json["capacity"] == 2048  # the image's size, larger than asked
+    file = client.pool_path / (volume.rsplit("/", 1)[1] + ".qcow2")
+    run = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x42 0 4k", str(file)], capture_output=True)
+    assert run.returncode == 0, run.stdout
+    before = await client.rows()
+    r = await client.post("volumeImages", {"imageLocation": "ftp://example.org/x.qcow2"})
+    assert r.status == 400 and "neither a Volume" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+
+async def test_machine_templates_attach_volumes_and_make_new_ones(client):
+    existing = await make_volume(client, 100)
+    tpl = (await client.post("volumeTemplates", {"name": "scratch", "volumeConfig": {"capacity": 300}})).json["id"]
+    body = {"name": "with volumes", "machineTemplate": {
+        "href": client.base + "machineTemplates/small-tiny-linux", "initialState": "STARTED",
+        "volumes": [{"href": existing, "initialLocation": "vdc"}],
+        "volumeTemplates": [{"href": tpl, "volumeConfig": {"capacity": 500}},  # by reference, overridden
+                            {"volumeConfig": {"capacity": 200}, "initialLocation": "vdd"}]}}  # by value
+    r = await client.post("machines", body)
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    machine = await client.assert_state(r.headers["Location"], "STARTED")
+    listed = (await client.get(machine["id"] + "/volumes")).json["machineVolumes"]
+    by_device = {mv["initialLocation"]: mv["volume"]["href"] for mv in listed}
+    assert sorted(by_device) == ["vdb", "vdc", "vdd"] and by_device["vdc"] == existing
+    capacities = {d: (await client.assert_state(v, "AVAILABLE"))["capacity"] for d, v in by_device.items()}
+    assert capacities == {"vdb": 500, "vdc": 100, "vdd": 200}
+    compute = client.app[PROVIDER].drivers.compute
+    assert sorted(compute.attached(machine["id"].rsplit("/", 1)[1])) == ["vdb", "vdc", "vdd"]
+    assert (await client.get(machine["id"] + "/volumes", fmt="xml")).xml is not None
+    # A MachineTemplate holding them, stored and read back in XML (<volume href=".." initialLocation=".."/>).
+    r = await client.post("machineTemplates", {"name": "t", **{k: v for k, v in body["machineTemplate"].items()
+                                                               if k not in ("href", "initialState")},
+                                               "machineConfig": {"href": client.base + "machineConfigs/small"}})
+    assert r.status == 201, r
+    xml = (await client.get(r.headers["Location"], fmt="xml")).xml
+    ns = {"c": "http://schemas.dmtf.org/cimi/1"}
+    assert xml.find("c:volume", ns).get("initialLocation") == "vdc"
+    assert xml.find("c:volumeTemplate/c:volumeConfig/c:capacity", ns).text == "500"
+    # Deleting the machine detaches them all and keeps them.
+    r = await client.delete(machine["id"])
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    for volume in by_device.values():
+        await client.assert_state(volume, "AVAILABLE")
+
+
+@pytest.mark.parametrize("volumes, volume_templates, status, needle", [
+    ([{"href": "volumes/nosuch"}], [], 400, "does not name a Volume of yours"),
+    ([], [{"volumeConfig": {"capacity": 3 * GIB_KB}}], 409, "KB free; this needs"),
+    ([], [{"volumeConfig": {"capacity": 1}, "initialLocation": "vdb"}] * 2, 400, "'vdb' is taken"),
+    ([], [{"volumeConfig": {"capacity": 1}, "initialLocation": "sda"}], 400, "not a guest disk name"),
+    ([], [{"initialLocation": "vdb"}], 400, "needs a volumeConfig"),
+])
+async def test_bad_machine_template_volumes_change_nothing(client, volumes, volume_templates, status, needle):
+    before = await client.rows()
+    volumes = [{**v, "href": client.base + v["href"]} for v in volumes]
+    r = await client.post("machines", {"machineTemplate": {
+        "href": client.base + "machineTemplates/small-tiny-linux", "volumes": volumes,
+        "volumeTemplates": volume_templates}})
+    assert r.status == status and needle in r.json["statusMessage"], r
+    assert await client.rows() == before
+
+
+async def test_a_volume_in_use_is_refused_to_a_new_machine(client):
+    volume = await make_volume(client)
+    machine = await make_machine(client)
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    before = await client.rows()
+    r = await client.post("machines", {"machineTemplate": {
+        "href": client.base + "machineTemplates/small-tiny-linux", "volumes": [{"href": volume}]}})
+    assert r.status == 409 and "in use by Machine" in r.json["statusMessage"]
+    assert await client.rows() == before
+
+
+async def test_volumes_survive_a_restart_of_the_sandbox(tmp_path):
+    overrides = {"storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 2}}}}
+    client = await make_client(tmp_path, overrides)
+    volume = await make_volume(client, 1000)
+    await client.client.close()
+    client = await make_client(tmp_path, overrides)  # the same state directory: a restarted cimid
+    try:
+        assert await pool(client).volume(volume.rsplit("/", 1)[1]) == {"capacity_kb": 1000, "format": "raw"}
+        machine = await make_machine(client)
+        r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        assert (await pool(client).space())["free_kb"] == 2 * GIB_KB - 1000
+    finally:
+        await client.client.close()
+
+
+async def test_xml_bodies_create_volumes_and_templates_with_volumes(client):
+    ns = 'xmlns="http://schemas.dmtf.org/cimi/1"'
+    r = await client.post("volumes", f"<VolumeCreate {ns}><name>x</name><volumeTemplate><volumeConfig>"
+                                     "<capacity>64</capacity></volumeConfig></volumeTemplate></VolumeCreate>")
+    assert r.status == 202, r
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    volume = r.headers["Location"]
+    assert (await client.get(volume)).json["capacity"] == 64
+    r = await client.post("machineTemplates", f'<MachineTemplate {ns}><name>t</name>'
+                          f'<machineConfig href="{client.base}machineConfigs/small"/>'
+                          f'<volume href="{volume}" initialLocation="vdc"/>'
+                          '<volumeTemplate initialLocation="vdd"><volumeConfig><capacity>32</capacity></volumeConfig>'
+                          '</volumeTemplate></MachineTemplate>')
+    assert r.status == 201, r
+    doc = (await client.get(r.headers["Location"])).json
+    assert doc["volumes"] == [{"href": volume, "initialLocation": "vdc"}]
+    assert doc["volumeTemplates"] == [{"initialLocation": "vdd", "volumeConfig": {"capacity": 32}}]
+
+
+async def test_the_volume_capacity_quota_is_checked_before_any_work(client):
+    store = client.app[PROVIDER].store
+    await consumers.add(store, "alice", "user", hash_password("alice-pw", 1000))
+    await consumers.set_quotas(store, "alice", {"volume_capacity": 1500})
+    client.default_headers = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+    volume = await make_volume(client, 1000)
+    before = await client.rows()
+    r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 600}}})
+    assert r.status == 403 and r.json["statusMessage"] == (
+        "quota volume_capacity exceeded: 'alice' may use 1500 and uses 1000; this request needs 600 more")
+    r = await client.put(volume, {"name": "v", "capacity": 1600})  # growing counts too
+    assert r.status == 403 and "needs 600 more" in r.json["statusMessage"]
+    assert await client.rows() == before
+    usage = (await client.get("cloudEntryPoint")).json["usage"]
+    assert usage["volume_capacity"] == {"used": 1000, "limit": 1500}
+
+
+async def test_failed_jobs_leave_no_volume_or_image_behind(tmp_path):
+    client = await make_client(tmp_path, {"server": {"test_api": True}})
+    try:
+        r = await client.post("testControl/faultRules", {"resourceType": "Volume", "operationKinds": ["create"],
+                                                         "message": "the pool broke"})
+        assert r.status == 201, r
+        r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 10}}})
+        job = await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert job["state"] == "FAILED" and "the pool broke" in job["statusMessage"]
+        assert (await client.get(r.headers["Location"])).status == 404
+        assert pool(client).used_kb == 0
+        volume = await make_volume(client, 10)
+        r = await client.post("testControl/faultRules", {"resourceType": "Volume", "operationKinds": ["snapshot"]})
+        assert r.status == 201, r
+        r = await client.post("volumeImages", {"imageLocation": volume})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "FAILED"
+        assert (await client.get(r.headers["Location"])).status == 404
+        assert (await client.get("volumeImages")).json["count"] == 0
+        await client.assert_state(volume, "AVAILABLE")
+        assert pool(client).used_kb == 10
+    finally:
+        await client.client.close()
+
+
+async def test_without_a_storage_pool_volumes_are_not_served(tmp_path):
+    client = await make_client(tmp_path, {"storage": {"pools": {}}})
+    try:
+        assert "volumes" not in (await client.get("cloudEntryPoint")).json
+        machine = await make_machine(client, "STOPPED")
+        assert (await client.get(machine + "/volumes")).status == 404
+        r = await client.post("machines", {"machineTemplate": {
+            "href": client.base + "machineTemplates/small-tiny-linux", "volumeTemplates": [
+                {"volumeConfig": {"capacity": 1}}]}})
+        assert r.status == 400 and "serves no Volumes" in r.json["statusMessage"]
+    finally:
+        await client.client.close()
