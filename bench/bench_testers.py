@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, Client, Figure, WrongAnswer, connection, free_port, median, percentile
+from common import BENCH_DIR, Client, Figure, WrongAnswer, connection, free_port, median
 
 MACHINES = 1000
 TESTS = 200

@@ -3,6 +3,7 @@ XML body a test receives."""
 
 from __future__ import annotations
 
+import base64
 import json
 import tempfile
 from pathlib import Path
@@ -169,3 +170,41 @@ async def bare_app(tmp_path):
     client = await make_client(tmp_path, {"compute": {"driver": "none"}})
     yield client
     await client.client.close()
+
+
+# Consumers for the tests of tenancy (and of what is scoped by it): name -> (role, password).
+CONSUMERS = {"root": ("admin", "r00t"), "alice": ("user", "a1ice"), "bob": ("user", "b0b"),
+             "carol": ("reader", "car0l")}
+
+
+def who(name: str) -> dict:
+    """The Authorization header of one of CONSUMERS."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{CONSUMERS[name][1]}".encode()).decode()}
+
+
+@pytest.fixture
+async def consumers_client(tmp_path):
+    """The sandbox with CONSUMERS in its store; requests go as root unless they say otherwise."""
+    from cimid.http.auth import hash_password
+    from cimid.http.keys import PROVIDER
+    from cimid.store import consumers
+    client = await make_client(tmp_path)
+    for name, (role, password) in CONSUMERS.items():
+        await consumers.add(client.app[PROVIDER].store, name, role, hash_password(password, 1000))
+    client.default_headers = who("root")  # for the waits and reads a test does not make as someone
+    yield client
+    await client.client.close()
+
+
+def assert_error(r: Reply, status: int) -> str:
+    """`r` is CIMI's error document (a Job with an empty id, in JSON or XML) with this status, and no
+    traceback; returns its statusMessage."""
+    assert r.status == status, r
+    assert "Traceback" not in r.body.decode(errors="replace")
+    if r.json is None:  # XML error Job
+        assert r.xml.findtext("c:id", namespaces=NS) == ""
+        return r.xml.findtext("c:statusMessage", namespaces=NS)
+    doc = r.json
+    assert doc["resourceURI"] == "http://schemas.dmtf.org/cimi/1/Job" and doc["id"] == "" and doc["state"] == "FAILED"
+    assert doc["returnCode"] == status and doc["statusMessage"]
+    return doc["statusMessage"]

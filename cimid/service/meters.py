@@ -7,6 +7,7 @@ configuration's units and timeScope, when given, must be those of its aspect."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -35,7 +36,8 @@ ENTRY_POINT = "cloudEntryPoint"  # a host Meter's targetResource
 # it, its type). Volumes and Networks join here ("volumes": ("volume", "Volume"), "networks": ...) once
 # their families exist and a driver offers a MeterSource of that kind (cimid.hookspecs.MeterSource.kind).
 TARGET_KINDS = {"machines": (MACHINE, "Machine")}
-DEFAULTS_RECORD = "meters-defaults"  # Meta row: the Machines that got their default Meters, and the host
+DEFAULTS_RECORD = "meters-defaults"  # Meta row: whether the host got its default Meters
+RECONCILE_BATCH = 100  # machines given their default Meters per transaction at start-up
 SEED_RECORD = "meters-seeded"
 # /metrics names: an aspect -> (metric name after cimid_{host|machine}_, factor to its base unit, help)
 EXPORTED = {
@@ -271,7 +273,8 @@ class Meters(ResourceService):
         if MACHINE not in self.kinds or not self.meters_config["sampling"]:
             return
         templates = None
-        for record in [r for r in tx.events if isinstance(r, ModelChanged) and r.type == TARGET_KINDS["machines"][1]]:
+        machine_type = TARGET_KINDS["machines"][1]
+        for record in [r for r in tx.events if isinstance(r, ModelChanged) and r.type == machine_type]:
             machine_id = record.resource.rsplit("/", 1)[1]
             if record.change == "created":
                 templates = templates if templates is not None else await self._default_templates(
@@ -286,42 +289,43 @@ class Meters(ResourceService):
             self.sampler.wake()
 
     async def reconcile(self) -> None:
-        """At start-up (and when Meters changed): give every Machine made while Meters were off, and the
-        host, the Meters of the provider's templates once; delete the Meters whose target is gone or whose
-        expiresTime has passed."""
+        """At start-up and with each retention round: delete the Meters whose target is gone or whose
+        expiresTime has passed; give the host, and every Machine that has no Meter (made while Meters were
+        off, or before they existed), the Meters of the provider's templates. Machines are done in small
+        transactions, so a store of 10,000 unmetered machines never holds the writer for long."""
         machines = {m.id: m for m in await self.store.all_of("Machine")}
         meters = await self.store.all_of(Meter.name)
         stamp = now()
+        stale = [m for m in meters
+                 if (m.internal.get("kind") == MACHINE and m.internal.get("target") not in machines)
+                 or (m.attrs.get("expiresTime") is not None and m.attrs["expiresTime"] <= stamp)]
         async with self.store.write() as tx:
-            for meter in meters:
-                gone = meter.internal.get("kind") == MACHINE and meter.internal.get("target") not in machines
-                expired = meter.attrs.get("expiresTime") is not None and meter.attrs["expiresTime"] <= stamp
-                if gone or expired:
-                    await tx.delete(Meter.name, meter.id)
-                    await sample_queries.delete_meter(tx, meter.id)
+            for meter in stale:
+                await tx.delete(Meter.name, meter.id)
+                await sample_queries.delete_meter(tx, meter.id)
             record = await tx.get("Meta", DEFAULTS_RECORD)
-            done = record.attrs if record else {"created": stamp, "machines": [], "host": False}
-            # A machine with any Meter got its defaults (made with it, in its own transaction).
-            metered = {m.internal.get("target") for m in meters if m.internal.get("kind") == MACHINE}
-            defaulted = (set(done["machines"]) | metered) & set(machines)
-            if MACHINE in self.kinds:
+            if HOST in self.kinds and not (record and record.attrs.get("host")):
+                for config in await self._default_templates(tx, "host_templates"):
+                    await self._insert_meter(tx, config, HOST, ENTRY_POINT, "", "", {})
+                if record is None:
+                    await tx.insert(Row("Meta", DEFAULTS_RECORD, "", {"created": stamp, "host": True}))
+                else:
+                    record.attrs["host"] = True
+                    await tx.update(record)
+        if MACHINE not in self.kinds:
+            return
+        metered = {m.internal.get("target") for m in meters if m.internal.get("kind") == MACHINE}
+        unmetered = [m for m in machines.values() if m.id not in metered]
+        for start in range(0, len(unmetered), RECONCILE_BATCH):
+            async with self.store.write() as tx:
                 templates = await self._default_templates(tx, "machine_templates")
-                for machine in machines.values():
-                    if machine.id in defaulted:
-                        continue
+                for machine in unmetered[start:start + RECONCILE_BATCH]:
+                    if await tx.get(TARGET_KINDS["machines"][1], machine.id) is None:
+                        continue  # deleted meanwhile
                     for config in templates:
                         await self._insert_meter(tx, config, MACHINE, f"machines/{machine.id}", machine.id,
                                                  machine.owner, {})
-                    defaulted.add(machine.id)
-            if HOST in self.kinds and not done["host"]:
-                for config in await self._default_templates(tx, "host_templates"):
-                    await self._insert_meter(tx, config, HOST, ENTRY_POINT, "", "", {})
-                done["host"] = True
-            done["machines"] = sorted(defaulted)
-            if record is None:
-                await tx.insert(Row("Meta", DEFAULTS_RECORD, "", done))
-            else:
-                await tx.update(record)
+            await asyncio.sleep(0)  # let requests and Jobs write between two batches
 
     async def _default_templates(self, tx: Transaction, key: str) -> list[dict]:
         """The configurations of the MeterTemplates named by meters.{key}, resolved."""

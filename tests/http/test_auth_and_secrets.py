@@ -14,7 +14,7 @@ import threading
 
 import aiohttp
 import pytest
-from conftest import DATABASE, NS, assert_valid_xml, make_client
+from conftest import DATABASE, NS, assert_error, assert_valid_xml, make_client
 
 from cimid.http.keys import AUTH, CONFIG
 from cimid.http.auth import Authenticator, hash_password
@@ -22,15 +22,6 @@ from cimid.http.auth import Authenticator, hash_password
 CIMI = "http://schemas.dmtf.org/cimi/1"
 CONFIG_BODY = {"name": "x", "cpu": 1, "memory": 1}
 
-
-def assert_error(r, status):
-    assert r.status == status, r
-    if r.json is None:  # XML error Job
-        return r.xml.findtext("c:statusMessage", namespaces=NS)
-    doc = r.json
-    assert doc["resourceURI"] == f"{CIMI}/Job" and doc["id"] == "" and doc["state"] == "FAILED"
-    assert doc["returnCode"] == status and doc["statusMessage"]
-    return doc["statusMessage"]
 
 
 async def post_raw_json(client, path, raw: bytes):

@@ -5,7 +5,7 @@ import base64
 import sqlite3
 
 import pytest
-from conftest import DATABASE, NS, Reply, make_client
+from conftest import DATABASE, NS, Reply, assert_error, make_client
 from yarl import URL
 
 from cimid.http.auth import hash_password
@@ -13,14 +13,6 @@ from cimid.http.auth import hash_password
 CIMI = "http://schemas.dmtf.org/cimi/1"
 CONFIG_BODY = {"name": "x", "cpu": 1, "memory": 1}
 
-
-def assert_error(r, status):
-    assert r.status == status, r
-    doc = r.json
-    assert doc["resourceURI"] == f"{CIMI}/Job" and doc["id"] == "" and doc["state"] == "FAILED"
-    assert doc["returnCode"] == status and doc["statusMessage"]
-    assert "Traceback" not in r.body.decode()
-    return doc["statusMessage"]
 
 
 async def test_error_shape_in_xml(app_client):

@@ -8,20 +8,11 @@ import json
 import sqlite3
 
 import pytest
-from conftest import DATABASE, NS
+from conftest import DATABASE, NS, assert_error
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 CONFIG_BODY = {"name": "x", "cpu": 1, "memory": 1}
 
-
-def assert_error(r, status):
-    assert r.status == status, r
-    if r.json is None:  # XML error Job
-        return r.xml.findtext("c:statusMessage", namespaces=NS)
-    doc = r.json
-    assert doc["resourceURI"] == f"{CIMI}/Job" and doc["id"] == "" and doc["state"] == "FAILED"
-    assert doc["returnCode"] == status and doc["statusMessage"]
-    return doc["statusMessage"]
 
 
 async def post_raw_json(client, path, raw: bytes, method="POST"):

@@ -4,10 +4,9 @@ a reader sees everything and changes nothing; Bearer tokens, revoked and expired
 
 from __future__ import annotations
 
-import base64
 
 import pytest
-from conftest import make_client
+from conftest import who
 
 from cimid.accounts import expiry
 from cimid.http.auth import hash_password
@@ -16,23 +15,12 @@ from cimid.model.registry import TOP_LEVEL
 from cimid.store import consumers
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
-PASSWORDS = {"root": "r00t", "alice": "a1ice", "bob": "b0b", "carol": "car0l"}
-ROLES = {"root": "admin", "alice": "user", "bob": "user", "carol": "reader"}
 
-
-def who(name: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{PASSWORDS[name]}".encode()).decode()}
 
 
 @pytest.fixture
-async def client(tmp_path):
-    client = await make_client(tmp_path)
-    store = client.app[PROVIDER].store
-    for name, role in ROLES.items():
-        await consumers.add(store, name, role, hash_password(PASSWORDS[name], 1000))
-    client.default_headers = who("root")  # for the waits and reads the tests do not make as someone
-    yield client
-    await client.client.close()
+def client(consumers_client):
+    return consumers_client
 
 
 async def make_things(client, name: str) -> dict[str, str]:

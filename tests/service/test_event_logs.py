@@ -5,36 +5,23 @@ consumers create and delete, summaries, retention, tenancy; written with the cha
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 
 import pytest
-from conftest import assert_state, make_client
+from conftest import assert_state, make_client, who
 from test_plugins import RefusingPlugin
 
-from cimid.http.auth import hash_password
 from cimid.http.keys import PROVIDER
 from cimid.service.events import ModelChanged
-from cimid.store import consumers
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 EVENT = f"{CIMI}/event/"
-PASSWORDS = {"root": "r00t", "alice": "a1ice", "bob": "b0b"}
-ROLES = {"root": "admin", "alice": "user", "bob": "user"}
 
-
-def who(name: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{PASSWORDS[name]}".encode()).decode()}
 
 
 @pytest.fixture
-async def client(tmp_path):
-    client = await make_client(tmp_path)
-    for name, role in ROLES.items():
-        await consumers.add(client.app[PROVIDER].store, name, role, hash_password(PASSWORDS[name], 1000))
-    client.default_headers = who("root")
-    yield client
-    await client.client.close()
+def client(consumers_client):
+    return consumers_client
 
 
 async def make_machine(client, name: str = "web", as_: str = "root", template: str = "small-tiny-linux") -> dict:

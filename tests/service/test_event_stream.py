@@ -9,31 +9,18 @@ import base64
 import json
 
 import pytest
-from conftest import make_client
+from conftest import who
 
-from cimid.http.auth import hash_password
-from cimid.http.keys import PROVIDER
-from cimid.store import consumers
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 STREAM = "urn:x-cimid:operation:eventStream"
 WAIT = 10.0  # generous: an Event normally arrives within milliseconds
-PASSWORDS = {"root": "r00t", "alice": "a1ice", "bob": "b0b"}
-ROLES = {"root": "admin", "alice": "user", "bob": "user"}
 
-
-def who(name: str) -> dict:
-    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{PASSWORDS[name]}".encode()).decode()}
 
 
 @pytest.fixture
-async def client(tmp_path):
-    client = await make_client(tmp_path)
-    for name, role in ROLES.items():
-        await consumers.add(client.app[PROVIDER].store, name, role, hash_password(PASSWORDS[name], 1000))
-    client.default_headers = who("root")
-    yield client
-    await client.client.close()
+def client(consumers_client):
+    return consumers_client
 
 
 class Listener:
