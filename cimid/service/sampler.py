@@ -78,6 +78,7 @@ class Sampler:
         self._tasks = [loop.create_task(self._sampling_loop()), loop.create_task(self._retention_loop())]
 
     async def stop(self) -> None:
+        self._reconciled = False  # a start after a stop (a reset) gives the host and machines their defaults again
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
