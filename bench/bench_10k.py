@@ -14,7 +14,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from common import Client, Figure, median, percentile, query_string, start_cimid
+from common import Client, Figure, median, percentile, query_string, report_answers, start_cimid
 
 COUNT = 10_000
 GIB_IN_KB = 1024 * 1024
@@ -106,13 +106,7 @@ def run(workdir: Path, quick: bool) -> tuple[list[Figure], float]:
     for kind, path in QUERIES.items():
         print(f"    {kind:16} median {median(latencies[kind]):6.2f}   p95 {percentile(latencies[kind], 95):6.2f}"
               f"   GET {path}")
-    if problems:
-        print("\n  !!!!! WRONG ANSWERS: the latencies above are of requests that answered the wrong thing !!!!!")
-        for problem in problems.values():
-            print(f"  !!!!! {problem}")
-        print()
-    else:
-        print("  answers checked on every request: $filter gives m-4242 alone, $orderby the right 50 of 10,000")
+    report_answers(problems, "$filter gives m-4242 alone, $orderby the right 50 of 10,000")
     figures = [
         Figure.measured("10k: start-up, fresh state dir (baseline)", fresh_startup, "s", 2),
         Figure.measured("10k: start-up with 10,000 Machines", cimid.startup_seconds, "s", 2),

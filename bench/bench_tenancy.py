@@ -21,7 +21,8 @@ from pathlib import Path
 
 from bench_10k import COUNT, QUERIES, populate, stamp
 from bench_get import create_machine, wrk
-from common import Client, Figure, Server, WrongAnswer, cimid_command, median, percentile, start_cimid
+from common import (Client, Figure, Server, WrongAnswer, cimid_command, median, percentile, report_answers,
+    start_cimid)
 
 ADMIN, USER, OTHER = "bench-admin", "c-02", "c-03"
 CONSUMERS = [f"c-{n:02d}" for n in range(20)]  # who the 10,000 Machines belong to: m-i to CONSUMERS[i % 20]
@@ -196,14 +197,8 @@ def run_10k(workdir: Path, quick: bool) -> list[Figure]:
     for kind, role in requests:
         values = latencies[(kind, role)]
         print(f"    {kind:16} {role:6} median {median(values):6.2f}   p95 {percentile(values, 95):6.2f}")
-    if problems:
-        print("\n  !!!!! WRONG ANSWERS: the latencies above are of requests that answered the wrong thing !!!!!")
-        for problem in problems.values():
-            print(f"  !!!!! {problem}")
-        print()
-    else:
-        print(f"  answers checked on every request: the user's pages hold its own Machines alone, with its count"
-              f" ({COUNT // len(CONSUMERS)}); its catalogue the public entries and its own")
+    report_answers(problems, f"the user's pages hold its own Machines alone, with its count "
+                             f"({COUNT // len(CONSUMERS)}); its catalogue the public entries and its own")
     figures = [Figure.measured("Scoped 10k: GET cloudEntryPoint median, user (baseline)",
                                median(latencies[("cloudEntryPoint", "user")]), "ms", 2)]
     for kind, label in (("filter", "$filter=cpu>=2 and name='m-4242'"), ("orderby", "$orderby=name:desc, 50 items")):

@@ -227,3 +227,15 @@ class Figure:
     @property
     def verdict(self) -> str:
         return {True: "yes", False: "NO", None: "-"}[self.ok]
+
+
+def report_answers(problems: dict, checked: str) -> None:
+    """Print the wrong answers a latency run met (its figures are then of the wrong thing), or what was
+    checked on every request."""
+    if problems:
+        print("\n  !!!!! WRONG ANSWERS: the latencies above are of requests that answered the wrong thing !!!!!")
+        for problem in problems.values():
+            print(f"  !!!!! {problem}")
+        print()
+    else:
+        print(f"  answers checked on every request: {checked}")

@@ -17,7 +17,7 @@ from ..model.volumes import Volume
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
 from .events import Alarm, model_changed, state_changed
-from .hrefs import href_to_id, new_id, now
+from .hrefs import new_id, now
 from .present import Context, Result, check_if_match
 from .resources import ResourceService
 from .runner import JobKind, job_result
@@ -196,13 +196,7 @@ class Machines(ResourceService):
     async def _restorable(self, tx: Transaction, ref: dict | None, scope: str | None) -> str:
         if not ref or "href" not in ref:
             raise BadRequest("restore needs an image: {\"href\": \"<a MachineImage of this provider>\"}")
-        image_id = href_to_id(ref["href"], MachineImage, "image")
-        image = await tx.get(MachineImage.name, image_id, scope)
-        if image is None:
-            raise BadRequest(f"image: '{ref['href']}' does not name an existing MachineImage")
-        if image.state != "AVAILABLE":
-            raise Conflict(f"MachineImage '{image_id}' is {image.state}, not AVAILABLE")
-        return image_id
+        return (await self.references.available(tx, MachineImage, ref["href"], "image", scope)).id
 
     async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
                      parent: str | None = None) -> Result:

@@ -3,7 +3,7 @@ overrides) when a template is used."""
 
 from __future__ import annotations
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Conflict
 from ..model import TYPES, Attribute, ResourceType, collection_type
 from ..model.validate import require
 from ..store.db import Transaction
@@ -36,6 +36,18 @@ class References:
                 attrs[attr.name] = {"href": f"{target.collection}/{id}"}
             else:
                 await self.check(tx, target, value, scope)
+
+    async def available(self, tx: Transaction, target: ResourceType, href: str, where: str,
+                        scope: str | None):
+        """The `target` resource `href` names, which the caller may see and which is AVAILABLE (an image to
+        restore from, or to make a volume from): 400 if there is none, 409 if it is not ready."""
+        id = href_to_id(href, target, where)
+        row = await tx.get(target.name, id, scope)
+        if row is None:
+            raise BadRequest(f"{where}: '{href}' does not name an existing {target.name}")
+        if row.state != "AVAILABLE":
+            raise Conflict(f"{target.name} '{id}' is {row.state}, not AVAILABLE")
+        return row
 
     async def _anything(self, tx: Transaction, href: str, where: str, scope: str | None) -> str:
         """The relative href of the resource `href` names, of whatever type, if the caller may see it."""

@@ -125,18 +125,7 @@ class Volumes(ResourceService):
                                                      request["volumeTemplate"], ctx.scope)
             if not template.get("volumeConfig"):
                 raise BadRequest("the volumeTemplate needs a volumeConfig")
-            config = await self.references.resolve(tx, VolumeTemplate.attribute("volumeConfig"),
-                                                   template["volumeConfig"], ctx.scope)
-            capacity = config["capacity"]
-            if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-                raise BadRequest(f"volumeConfig.capacity: must be a positive number of kilobytes, not {capacity!r}")
-            if capacity > ABSURD_KB:
-                raise BadRequest(f"volumeConfig.capacity: {capacity} KB is beyond any disk (at most {ABSURD_KB})")
-            name, pool = self._pool(config.get("type"))
-            image = None
-            if template.get("volumeImage"):
-                image = await self._usable_image(tx, template["volumeImage"], ctx.scope, name)
-                capacity = max(capacity, image.internal.get("capacity_kb", 0))
+            config, capacity, name, pool, image = await self._plan(tx, ctx, template, "volumeConfig")
             await self.check_quotas(tx, ctx, {"volume_capacity": capacity})
             await self._check_space(pool, name, capacity)
             stamp = now()
@@ -156,16 +145,28 @@ class Volumes(ResourceService):
     async def _usable_image(self, tx: Transaction, ref: dict, scope: str | None, pool: str) -> Row:
         if "href" not in ref:
             raise BadRequest("volumeImage: give a VolumeImage by reference")
-        image_id = href_to_id(ref["href"], VolumeImage, "volumeImage")
-        image = await tx.get(VolumeImage.name, image_id, scope)
-        if image is None:
-            raise BadRequest(f"volumeImage: '{ref['href']}' does not name an existing VolumeImage")
-        if image.state != "AVAILABLE":
-            raise Conflict(f"VolumeImage '{image_id}' is {image.state}, not AVAILABLE")
+        image = await self.references.available(tx, VolumeImage, ref["href"], "volumeImage", scope)
         if image.internal.get("pool") != pool:
-            raise BadRequest(f"VolumeImage '{image_id}' is kept in pool '{image.internal.get('pool')}', not in "
+            raise BadRequest(f"VolumeImage '{image.id}' is kept in pool '{image.internal.get('pool')}', not in "
                              f"'{pool}' where this volume would be made")
         return image
+
+    async def _plan(self, tx: Transaction, ctx: Context, template: dict, where: str):
+        """What a resolved VolumeTemplate makes: (its configuration, the capacity in KB — at least its
+        image's —, the pool's name, the pool, the VolumeImage or None)."""
+        config = await self.references.resolve(tx, VolumeTemplate.attribute("volumeConfig"),
+                                               template["volumeConfig"], ctx.scope)
+        capacity = config["capacity"]
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise BadRequest(f"{where}.capacity: must be a positive number of kilobytes, not {capacity!r}")
+        if capacity > ABSURD_KB:
+            raise BadRequest(f"{where}.capacity: {capacity} KB is beyond any disk (at most {ABSURD_KB})")
+        name, pool = self._pool(config.get("type"))
+        image = None
+        if template.get("volumeImage"):
+            image = await self._usable_image(tx, template["volumeImage"], ctx.scope, name)
+            capacity = max(capacity, image.internal.get("capacity_kb", 0))
+        return config, capacity, name, pool, image
 
     @staticmethod
     async def _check_space(pool, name: str, needed_kb: int) -> None:
@@ -258,16 +259,7 @@ class Volumes(ResourceService):
                                                          ctx.scope)
             if not template.get("volumeConfig"):
                 raise BadRequest(f"{where}: needs a volumeConfig (or an href to a VolumeTemplate)")
-            config = await self.references.resolve(tx, VolumeTemplate.attribute("volumeConfig"),
-                                                   template["volumeConfig"], ctx.scope)
-            capacity = config["capacity"]
-            if capacity > ABSURD_KB:
-                raise BadRequest(f"{where}: capacity {capacity} KB is beyond any disk (at most {ABSURD_KB})")
-            name, _pool = self._pool(config.get("type"))
-            image = None
-            if template.get("volumeImage"):
-                image = await self._usable_image(tx, template["volumeImage"], ctx.scope, name)
-                capacity = max(capacity, image.internal.get("capacity_kb", 0))
+            config, capacity, name, _pool, image = await self._plan(tx, ctx, template, f"{where}.volumeConfig")
             needed[name] = needed.get(name, 0) + capacity
             made.append(({"capacity": capacity, "type": config.get("type")}, item.get("initialLocation"), name,
                          image))

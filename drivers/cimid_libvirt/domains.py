@@ -139,15 +139,17 @@ class LibvirtDomains:
         self._events = _register_events()
         await self._call(self._connection)
 
+    def _drop_connection(self) -> None:
+        """Close the connection, if any (on a libvirt thread); a dead one is not an error."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+
     async def close(self) -> None:
-        def close():
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except libvirt.libvirtError:
-                    pass
-                self._conn = None
-        await self._call(close)
+        await self._call(self._drop_connection)
         self._executor.shutdown(wait=True)
 
     async def health(self) -> dict[str, str]:

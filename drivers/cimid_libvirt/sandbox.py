@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from xml.sax.saxutils import escape
 
-import libvirt
 
 from cimid.errors import DriverError
 from cimid.hookspecs import MachineSpec
@@ -123,12 +122,7 @@ class SandboxCompute(LibvirtDomains):
         which is much faster than undefining a thousand domains one by one."""
         def reconnect():
             with self._connecting:
-                if self._conn is not None:
-                    try:
-                        self._conn.close()
-                    except libvirt.libvirtError:
-                        pass
-                    self._conn = None
+                self._drop_connection()
                 self._reconnect()
         await self._call(reconnect)
 
