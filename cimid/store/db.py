@@ -238,20 +238,36 @@ class Store:
         self._pager = self._reader = self._writer = None
         self._cache.clear()
 
+    async def _through(self, statement: str) -> None:
+        """Run a transaction statement to its end even if the caller is cancelled meanwhile (a sampler or
+        Job stopped by a reset): it runs on the connection's thread either way, and a cancelled wait must
+        not leave a transaction open behind the next writer's back."""
+        done = asyncio.ensure_future(self._writer.execute(statement))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await done
+            raise
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
         """The one way to change the store: serialised, atomic, callbacks run only after the commit."""
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                await self._through("BEGIN IMMEDIATE")
+            except BaseException:
+                if self._writer.in_transaction:  # cancelled, but the BEGIN ran on the connection's thread
+                    await self._through("ROLLBACK")
+                raise
             tx = Transaction(self._writer)
             try:
                 yield tx
                 for hook in self._before_commit:
                     await hook(tx)
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._through("ROLLBACK")
                 raise
-            await self._writer.execute("COMMIT")
+            await self._through("COMMIT")
             self._commits += 1
             if tx.touched is None:
                 self._cache.clear()
