@@ -20,8 +20,8 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev c
 BENCH_PACKAGES  := wrk
 # `make test` only: libvirtd + QEMU for tests/host, what tests/host/build-guest-image.sh needs to build
 # the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download), and
-# curl for tests/test_readme_tour.py.
-TEST_PACKAGES   := curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
+# curl for tests/test_readme_tour.py, etcd (server and etcdctl) for the federation tests (tests/cluster, tests/front).
+TEST_PACKAGES   := curl etcd-server etcd-client libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
                    busybox-static syslinux syslinux-common mtools dosfstools fdisk
 
 .PHONY: run test test-packages fuzz bench system-packages check clean

@@ -1,0 +1,108 @@
+"""A real etcd cluster for the tests: members on loopback ports only, data in a temporary directory,
+stopped by PID. `etcd` comes from Debian's etcd-server (the Makefile's TEST_PACKAGES)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EtcdCluster:
+    """`size` members named m1..mN; `endpoints` are their client URLs. Members can be killed, stopped
+    (SIGSTOP), continued and restarted with their data kept."""
+
+    def __init__(self, base: Path, size: int = 3):
+        if shutil.which("etcd") is None:
+            raise RuntimeError("etcd is not installed: apt-get install etcd-server (make test-packages)")
+        self.base = base
+        self.names = [f"m{i + 1}" for i in range(size)]
+        self.client_ports = {n: free_port() for n in self.names}
+        self.peer_ports = {n: free_port() for n in self.names}
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.endpoint(n) for n in self.names]
+
+    def endpoint(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.client_ports[name]}"
+
+    def start(self, name: str | None = None, state: str = "new") -> None:
+        for member in [name] if name else self.names:
+            peers = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
+            log = open(self.base / f"{member}.log", "ab")
+            self.processes[member] = subprocess.Popen(
+                ["etcd", "--name", member, "--data-dir", str(self.base / member),
+                 "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[member]}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[member]}",
+                 "--listen-client-urls", self.endpoint(member), "--advertise-client-urls", self.endpoint(member),
+                 "--initial-cluster", peers, "--initial-cluster-state", state,
+                 "--initial-cluster-token", "cimid-test", "--heartbeat-interval", "100",
+                 "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn"],
+                stdout=log, stderr=log)
+            log.close()
+        self.wait_healthy(name)
+
+    def wait_healthy(self, name: str | None = None, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        for member in [name] if name else self.names:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{self.endpoint(member)}/health", timeout=1) as reply:
+                        if b'"true"' in reply.read():
+                            break
+                except OSError:
+                    pass
+                if self.processes[member].poll() is not None:
+                    raise RuntimeError(f"etcd {member} exited: {(self.base / f'{member}.log').read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd {member} not healthy after {timeout} s")
+                time.sleep(0.1)
+
+    def leader(self) -> str:
+        """The member that leads, from etcdctl's view of every live member."""
+        live = [n for n in self.names if n in self.processes and self.processes[n].poll() is None]
+        status = subprocess.run(["etcdctl", "--endpoints", ",".join(self.endpoint(n) for n in live),
+                                 "endpoint", "status"], capture_output=True, text=True, timeout=10,
+                                env={**os.environ, "ETCDCTL_API": "3"}).stdout
+        for line in status.splitlines():  # url, id, version, db size, is leader, ...
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) > 4 and fields[4] == "true":
+                return next(n for n in live if self.endpoint(n) == fields[0])
+        raise RuntimeError(f"no leader among {live}: {status}")
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
+    def pause(self, name: str) -> None:
+        os.kill(self.processes[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        os.kill(self.processes[name].pid, signal.SIGCONT)
+
+    def restart(self, name: str) -> None:
+        self.start(name, state="existing")
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            process = self.processes.pop(name)
+            try:
+                os.kill(process.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            process.kill()
+            process.wait()
