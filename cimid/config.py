@@ -58,6 +58,11 @@ DEFAULTS: dict[str, dict] = {
         "max_database_mb": 256,
         "metrics_access": "reader",
     },
+    # Federation (see etc/cimid.toml): a node registers in etcd when endpoints are given; `cimid front`
+    # reads the same endpoints and its own [front] keys.
+    "cluster": {"endpoints": [], "node": "", "advertise_url": "", "lease_ttl": 10, "etcd_timeout": 2.0,
+                "prefix": "/cimid/v1/"},
+    "front": {"listen": "127.0.0.1:8090", "public_base_url": "", "strict": False, "node_timeout": 3.0},
 }
 
 # Each family's driver by name. The sandbox runs on in-process twins (no hypervisor, no root); the host on
@@ -154,6 +159,7 @@ def _check(config: Config) -> None:
         raise ConfigError("server.idempotency_minutes must be at least 1")
     _check_tls(config)
     _check_meters(config["meters"])
+    _check_cluster(config)
     auth = config["auth"]
     if auth["kdf_threads"] < 1:
         raise ConfigError("auth.kdf_threads must be at least 1")
@@ -207,6 +213,28 @@ def _check_meters(meters: dict) -> None:
     for key in ("machine_templates", "host_templates"):
         if not all(isinstance(name, str) for name in meters[key]):
             raise ConfigError(f"meters.{key} must be a list of MeterTemplate ids")
+
+
+def _check_cluster(config: Config) -> None:
+    cluster, front = config["cluster"], config["front"]
+    if not all(isinstance(e, str) and e.startswith("http://") and ":" in e[7:] for e in cluster["endpoints"]):
+        raise ConfigError("cluster.endpoints must be etcd client URLs such as \"http://10.0.0.1:2379\"")
+    if cluster["lease_ttl"] < 3:
+        raise ConfigError("cluster.lease_ttl must be at least 3 seconds (the design asks for 10 or more)")
+    if not 0 < cluster["etcd_timeout"] <= cluster["lease_ttl"] / 3:
+        raise ConfigError("cluster.etcd_timeout must be more than 0 and at most a third of cluster.lease_ttl")
+    if not cluster["prefix"].startswith("/"):
+        raise ConfigError("cluster.prefix must start with /")
+    for key in ("advertise_url",):
+        if cluster[key] and not cluster[key].startswith(("http://", "https://")):
+            raise ConfigError(f"cluster.{key} must be an http(s) URL")
+    if front["public_base_url"] and not front["public_base_url"].startswith(("http://", "https://")):
+        raise ConfigError("front.public_base_url must be an http(s) URL")
+    host, _, port = front["listen"].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"front.listen must be HOST:PORT, got '{front['listen']}'")
+    if front["node_timeout"] <= 0:
+        raise ConfigError("front.node_timeout must be more than 0")
 
 
 def _check_tls(config: Config) -> None:

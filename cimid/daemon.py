@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .config import Config, exposed, exposure_error, is_loopback
+from .config import Config, ConfigError, exposed, exposure_error, is_loopback
 from .http.app import make_app
 from .plugins import Drivers, plugin_manager
 from .service.provider import Provider
@@ -43,4 +43,28 @@ def build_app(config: Config, extra_plugins: tuple = ()) -> web.Application:
 
     app.on_startup.append(refuse_open_exposure)
     app.on_startup.append(refuse_open_test_api)
+    if config["cluster"]["endpoints"]:
+        _join_federation(app, config, provider)
     return app
+
+
+def _join_federation(app: web.Application, config: Config, provider: Provider) -> None:
+    """[cluster]: registration under an etcd lease in the background (the node serves whatever etcd
+    does), and the fence on federated mutations, inside the error middleware so it answers a CIMI 503."""
+    try:
+        from .cluster.capacity import node_capacity
+        from .cluster.node import NodeMembership, fence_middleware
+    except ImportError as exc:
+        raise ConfigError(f"[cluster] needs the federation extra ({exc.name} is missing): "
+                          "pip install 'cimid[federation]'") from None
+    membership = NodeMembership(config, lambda: node_capacity(provider))
+    app.middlewares.append(fence_middleware(membership))
+
+    async def start(_app) -> None:
+        await membership.start()
+
+    async def stop(_app) -> None:
+        await membership.stop()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)

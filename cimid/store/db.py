@@ -319,6 +319,13 @@ class Store:
         """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
         return await _usage(self._reader.execute_fetchall, kind, owner, sums)
 
+    async def totals(self, kind: str, sums: tuple[str, ...] = ()) -> tuple[int, dict[str, int]]:
+        """How many `kind` rows there are, whoever owns them, and the totals of their integer attributes
+        `sums` (a federated node's published capacity)."""
+        totals = "".join(f", coalesce(sum({_column(name, 'integer').sql}), 0)" for name in sums)
+        (row,) = await self._reader.execute_fetchall(f"SELECT count(*){totals} FROM resources WHERE kind = ?", (kind,))
+        return row[0], dict(zip(sums, row[1:], strict=True))
+
     async def referring(self, kind: str, key: str, value: str) -> list[Row]:
         """As Transaction.referring, outside any write."""
         rows = await self._reader.execute_fetchall(

@@ -1,0 +1,30 @@
+"""What a node publishes about itself for placement: the host's CPUs and memory, what its machines and
+volumes take, and the free space of each storage pool. Read from the store and the drivers, never
+from the hypervisor on the event loop."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from ..errors import DriverError
+from ..service.provider import Provider
+
+
+async def node_capacity(provider: Provider) -> dict:
+    machines, used = await provider.store.totals("Machine", ("cpu", "memory"))
+    volumes, _ = await provider.store.totals("Volume")
+    networks, _ = await provider.store.totals("Network")
+    pools = {}
+    storage = provider.drivers.storage
+    for name, pool in (storage.pools.items() if storage is not None else ()):
+        try:
+            await provider.drivers.open("storage")
+            space = await pool.space()
+        except DriverError:  # a pool that does not answer offers nothing now
+            space = {"total_kb": 0, "free_kb": 0}
+        pools[name] = {"total_kb": space["total_kb"], "free_kb": space["free_kb"]}
+    return {"cpu": os.cpu_count() or 1, "memory_kb": psutil.virtual_memory().total // 1024,
+            "machines": machines, "machine_cpu": used["cpu"], "machine_memory_kb": used["memory"],
+            "volumes": volumes, "networks": networks, "pools": pools}

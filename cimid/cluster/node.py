@@ -1,0 +1,119 @@
+"""A node's membership of a federation (`cimid serve` with [cluster] endpoints): its registration under
+an etcd lease, its published capacity and api_level, and its self-fence.
+
+The node's SQLite stays authoritative and its own CloudEntryPoint never depends on etcd: registration
+runs in the background, and etcd being down only fences *federated* mutations (requests a front
+forwards), never the node's own API.
+
+Keys (under `prefix`, default /cimid/v1/):
+- nodes/<name>     lease-bound: {"url", "api_level", "version", "state"}; gone when the lease is;
+- nodeinfo/<name>  no lease: {"capacity": {...}, "api_level"}; rewritten only when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .. import __version__
+from ..config import Config
+from ..errors import Unavailable
+from .etcd import Etcd, EtcdUnavailable, LeaseKeeper
+
+log = logging.getLogger("cimid.cluster")
+
+# What this node understands of what a front may ask; a front never sends a node newer requests than its
+# level (design study §4.1 "Versions"). Raise it with each federated feature a front relies on.
+API_LEVEL = 1
+# The header a front puts on every request it forwards: such a request is a federated one.
+FRONT_HEADER = "CIMID-Front"
+
+
+def node_name(config: Config) -> str:
+    return config["cluster"]["node"] or socket.gethostname()
+
+
+def node_url(config: Config) -> str:
+    """Where fronts reach this node: cluster.advertise_url, else server.public_base_url, else listen."""
+    cluster, server = config["cluster"], config["server"]
+    if cluster["advertise_url"]:
+        return cluster["advertise_url"].rstrip("/")
+    if server["public_base_url"]:
+        return server["public_base_url"].rstrip("/")
+    host, port = config.listen
+    return f"{'https' if server['tls'] else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+class NodeMembership:
+    """Registers the node and keeps it registered until stopped; `fenced` says whether federated
+    mutations must be refused now. `capacity()` is read at each registration and every
+    `capacity_seconds` after."""
+
+    def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]], capacity_seconds: float = 30.0):
+        cluster = config["cluster"]
+        self.name, self.url = node_name(config), node_url(config)
+        self.prefix = cluster["prefix"].rstrip("/") + "/"
+        self.etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
+        self.keeper = LeaseKeeper(self.etcd, cluster["lease_ttl"], self._register)
+        self._capacity, self._capacity_seconds = capacity, capacity_seconds
+        self._published: bytes | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def fenced(self) -> bool:
+        """True unless the lease is known to be alive (see LeaseKeeper.safe): a node cut off from etcd
+        stops taking federated changes before etcd can have given its resources up."""
+        return not self.keeper.safe
+
+    async def start(self) -> None:
+        await self.etcd.connect()  # lazy: no network traffic until the first call
+        self._tasks = [asyncio.create_task(self.keeper.run(), name="cluster-lease"),
+                       asyncio.create_task(self._publish_capacity(), name="cluster-capacity")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # the keeper revokes its lease
+        self._tasks = []
+        await self.etcd.close()
+
+    async def _register(self, lease: int) -> None:
+        self._published = None
+        await self._write_capacity()
+        record = {"url": self.url, "api_level": API_LEVEL, "version": __version__, "state": "ready"}
+        await self.etcd.put(f"{self.prefix}nodes/{self.name}", json.dumps(record).encode(), lease=lease)
+        log.info("registered in the federation as %s (%s), lease %x", self.name, self.url, lease)
+
+    async def _write_capacity(self) -> None:
+        info = json.dumps({"capacity": await self._capacity(), "api_level": API_LEVEL}, sort_keys=True).encode()
+        if info != self._published:
+            await self.etcd.put(f"{self.prefix}nodeinfo/{self.name}", info)
+            self._published = info
+
+    async def _publish_capacity(self) -> None:
+        while True:
+            await asyncio.sleep(self._capacity_seconds)
+            if self.keeper.safe:
+                try:
+                    await self._write_capacity()
+                except EtcdUnavailable as exc:
+                    log.info("could not publish capacity: %s", exc)
+
+
+def fence_middleware(membership: NodeMembership):
+    """Refuses a front's mutations while the node is fenced; reads, and the node's own clients, pass."""
+
+    @web.middleware
+    async def fence(request: web.Request, handler):
+        if request.method not in ("GET", "HEAD") and FRONT_HEADER in request.headers and membership.fenced:
+            raise Unavailable(f"node {membership.name} cannot reach the federation's etcd quorum, so it takes "
+                              "no federated changes now; retry through the front later",
+                              headers={"Retry-After": "5"})
+        return await handler(request)
+
+    return fence

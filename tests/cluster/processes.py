@@ -1,0 +1,95 @@
+"""cimid processes for the federation tests: nodes (`cimid serve` with [cluster]) and fronts
+(`cimid front`), each on a loopback port, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from cluster.etcd_harness import free_port
+
+CIMID = [sys.executable, "-m", "cimid.cli"]
+
+
+def _toml(value) -> str:
+    return json.dumps(value)  # a TOML basic string, number, boolean or array of strings is JSON too
+
+
+class Process:
+    def __init__(self, command: list[str], log: Path, env: dict | None = None):
+        self.command, self.log, self.env = command, log, env
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        """Start and wait for the JSON line saying where it serves; that URL."""
+        with open(self.log, "ab") as log:
+            self.popen = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=log,
+                                          env={**os.environ, **(self.env or {})})
+        line = self.popen.stdout.readline()
+        if not line:
+            self.popen.wait()
+            raise RuntimeError(f"{self.command} exited: {self.log.read_text()[-3000:]}")
+        return json.loads(line)["cloudEntryPoint"]
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.popen.pid, sig)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self.popen is not None:
+            self.popen.stdout.close()
+
+
+class Node(Process):
+    """A sandbox cimid node registered in the federation as `name`."""
+
+    def __init__(self, base: Path, name: str, endpoints: list[str], lease_ttl: int = 10,
+                 etcd_timeout: float = 1.0):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        state = base / name
+        state.mkdir(parents=True, exist_ok=True)
+        config = state / "cimid.toml"
+        config.write_text(f"""profile = "sandbox"
+[server]
+listen = "127.0.0.1:{self.port}"
+log_requests = false
+[store]
+synchronous = "NORMAL"
+[meters]
+sampling = false
+[cluster]
+endpoints = {_toml(endpoints)}
+node = {_toml(name)}
+lease_ttl = {lease_ttl}
+etcd_timeout = {etcd_timeout}
+""")
+        super().__init__([*CIMID, "serve", "--config", str(config), "--state-dir", str(state)],
+                         base / f"{name}.log")
+
+
+class Front(Process):
+    def __init__(self, base: Path, name: str, endpoints: list[str], strict: bool = False,
+                 node_timeout: float = 2.0):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = base / f"{name}.toml"
+        config.write_text(f"""[cluster]
+endpoints = {_toml(endpoints)}
+[front]
+listen = "127.0.0.1:{self.port}"
+strict = {_toml(strict)}
+node_timeout = {node_timeout}
+""")
+        super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")
