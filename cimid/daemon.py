@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import __version__
 from .config import Config, ConfigError, exposed, exposure_error, is_loopback
 from .http.app import make_app
 from .plugins import Drivers, plugin_manager
@@ -57,7 +58,7 @@ def _join_federation(app: web.Application, config: Config, provider: Provider) -
     except ImportError as exc:
         raise ConfigError(f"[cluster] needs the federation extra ({exc.name} is missing): "
                           "pip install 'cimid[federation]'") from None
-    membership = NodeMembership(config, lambda: node_capacity(provider))
+    membership = NodeMembership(config, lambda: node_capacity(provider), __version__)
     app.middlewares.append(fence_middleware(membership))
 
     async def start(_app) -> None:

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .. import __version__
 from ..config import Config
 from ..errors import Unavailable
 from .etcd import Etcd, EtcdUnavailable, LeaseKeeper
@@ -54,8 +53,10 @@ class NodeMembership:
     mutations must be refused now. `capacity()` is read at each registration and every
     `capacity_seconds` after."""
 
-    def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]], capacity_seconds: float = 30.0):
+    def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]], version: str,
+                 capacity_seconds: float = 30.0):
         cluster = config["cluster"]
+        self.version = version
         self.name, self.url = node_name(config), node_url(config)
         self.prefix = cluster["prefix"].rstrip("/") + "/"
         self.etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
@@ -85,7 +86,7 @@ class NodeMembership:
     async def _register(self, lease: int) -> None:
         self._published = None
         await self._write_capacity()
-        record = {"url": self.url, "api_level": API_LEVEL, "version": __version__, "state": "ready"}
+        record = {"url": self.url, "api_level": API_LEVEL, "version": self.version, "state": "ready"}
         await self.etcd.put(f"{self.prefix}nodes/{self.name}", json.dumps(record).encode(), lease=lease)
         log.info("registered in the federation as %s (%s), lease %x", self.name, self.url, lease)
 
