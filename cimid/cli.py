@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--test-api", action="store_true",
                            help="offer the test-control extension (reset, fault rules, determinism) at "
                                 "/cimi/testControl; refused beyond loopback without authentication")
+    front_cmd = command("front", "serve one CIMI provider for a federation of nodes",
+                        "Serve the CIMI API of every node registered in the etcd cluster of [cluster] endpoints, "
+                        "on front.listen: requests routed by id to their node, collections merged, node "
+                        "addresses rewritten. Holds no state; run as many as you like.")
+    front_cmd.add_argument("--config", type=Path, metavar="FILE", required=True,
+                           help="TOML configuration with [cluster] endpoints and [front]")
+    front_cmd.add_argument("--listen", metavar="HOST:PORT", help="overrides front.listen")
     config_options(command("check", "validate the config and report driver health",
                            "Validate the configuration, print the TLS certificate's SHA-256 fingerprint, open "
                            "each configured driver and report its health "
@@ -163,6 +170,21 @@ async def _serve(web, app, host: str, port: int, ssl_context=None) -> None:
             pinging.cancel()
 
 
+def front(args) -> int:
+    from aiohttp import web
+    try:
+        from .front.app import front_listen, make_front_app
+    except ImportError as exc:
+        raise ConfigError(f"cimid front needs the federation extra ({exc.name} is missing): "
+                          "pip install 'cimid[federation]'") from None
+    config = load(args.config, overrides={"front": {"listen": args.listen}} if args.listen else None)
+    host, port = front_listen(config)
+    logging.getLogger("cimid").info("cimid %s front on http://%s:%d/cimi/cloudEntryPoint (etcd %s)", __version__,
+                                    host, port, ", ".join(config["cluster"]["endpoints"]))
+    asyncio.run(_serve(web, make_front_app(config), host, port))
+    return 0
+
+
 def check(args) -> int:
     from .plugins import Drivers, plugin_manager
     config = _config(args)
@@ -243,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("consumer", "token"):
             return manage_accounts(args, _config(args))
-        return {"serve": serve, "check": check, "plugins": plugins, "hash-password": hash_password}[args.command](args)
+        return {"serve": serve, "front": front, "check": check, "plugins": plugins, "hash-password": hash_password}[args.command](args)
     except ConfigError as exc:
         print(f"cimid: {exc}", file=sys.stderr)
         return 2

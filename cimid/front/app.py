@@ -1,0 +1,329 @@
+"""`cimid front`: one CIMI provider for a whole federation, with no state of its own.
+
+- A single resource (and everything under it: operations, sub-collections, Jobs) is routed to the node
+  that owns it, through the id -> node index cached from etcd; a miss asks the live nodes and indexes
+  the answer.
+- A collection is asked of every live node with the same $filter and a total $orderby (id last), and
+  their pages are merged exactly (merge.py); `count` is the sum.
+- A create goes to the live node with the fewest machines (placement proper comes with cimid_place).
+- Every node address in ids, hrefs and headers is rewritten to the front's own base URL.
+- A node without a lease answers 503 for its resources; collections leave it out with a `Warning`
+  header, or answer 503 when front.strict is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+
+from ..cluster.etcd import Etcd
+from ..cluster.node import FRONT_HEADER
+from ..config import Config, ConfigError, is_loopback
+from ..errors import CimiError, MethodNotAllowed, NotFound, Unavailable
+from ..http.negotiation import JSON, XML, response_format
+from ..http.params import positive
+from ..model.registry import collection_type
+from ..wire import dialect_for
+from .directory import Directory, NodeRecord
+from .merge import merge, orderby_param, parse_orderby
+
+log = logging.getLogger("cimid.front")
+
+DIRECTORY = web.AppKey("directory", Directory)
+SETTINGS = web.AppKey("settings", dict)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+# Request headers a node needs to answer as it would answer the client; response headers the client needs.
+_REQUEST_HEADERS = ("Content-Type", "Accept", "If-Match", "If-None-Match", "Idempotency-Key", "Authorization",
+                    "CIMI-Specification-Version")
+_RESPONSE_HEADERS = ("Content-Type", "Location", "CIMI-Job-URI", "ETag", "Retry-After", "Allow",
+                     "WWW-Authenticate", "Idempotent-Replayed", "Warning")
+_PAGING = ("$first", "$last", "$orderby", "$select", "$format")
+
+
+def _front_base(request: web.Request) -> str:
+    configured = request.app[SETTINGS]["public_base_url"]
+    return (configured.rstrip("/") if configured else f"{request.scheme}://{request.host}") + "/cimi/"
+
+
+def _format(request: web.Request) -> str:
+    return response_format(request.query.get("$format"), request.headers.get("Accept"))
+
+
+def _render(request: web.Request, status: int, doc: dict, rtype, item_type=None, headers=None) -> web.Response:
+    dialect, fmt = dialect_for(request.headers), _format(request)
+    return web.Response(status=status, body=dialect.render(fmt, doc, rtype, item_type),
+                        headers={**(headers or {}), "Content-Type": dialect.media_types[fmt]})
+
+
+@web.middleware
+async def cimi_errors(request: web.Request, handler):
+    """Every refusal of the front itself is a CIMI error document, in the format the client asked for."""
+    try:
+        return await handler(request)
+    except CimiError as error:
+        dialect = dialect_for(request.headers)
+        try:
+            fmt = _format(request)
+        except CimiError:
+            fmt = JSON
+        doc = dialect.error(status=error.status, title=error.title, message=error.message,
+                            target=str(request.url.with_query(None)), method=request.method,
+                            time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+        return web.Response(status=error.status, body=dialect.render(fmt, doc, dialect.error_type),
+                            headers={**error.headers, "Content-Type": dialect.media_types[fmt]})
+
+
+# ------------------------------------------------------------------ talking to one node
+
+def _rewrite(data: bytes | str, node: NodeRecord, base: str):
+    """The node's base URL, wherever it appears, becomes the front's."""
+    if isinstance(data, str):
+        return data.replace(node.base, base)
+    return data.replace(node.base.encode(), base.encode())
+
+
+async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, query, body: bytes | None,
+               headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
+    answer within front.node_timeout."""
+    session, timeout = request.app[SESSION], request.app[SETTINGS]["node_timeout"]
+    try:
+        async with session.request(method, f"{node.url}{path}", params=query, data=body,
+                                   headers={**headers, FRONT_HEADER: request.app[SETTINGS]["name"]},
+                                   timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as reply:
+            return reply.status, dict(reply.headers), await reply.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
+                          headers={"Retry-After": "5"}) from None
+
+
+async def _forward(request: web.Request, node: NodeRecord, path: str) -> tuple[int, web.Response]:
+    """The client's request, as it came, to `node`; its answer with every node address rewritten."""
+    base = _front_base(request)
+    body = await request.read() if request.can_read_body else None
+    headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
+    status, reply_headers, data = await _ask(request, node, request.method, path, request.query, body, headers)
+    out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
+    return status, web.Response(status=status, body=_rewrite(data, node, base) if data else None, headers=out)
+
+
+# ------------------------------------------------------------------ routes
+
+async def cloud_entry_point(request: web.Request) -> web.Response:
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(f"{request.method} is not allowed on the CloudEntryPoint; use GET", ["GET"])
+    for node in _live(request):
+        try:
+            return (await _forward(request, node, "/cimi/cloudEntryPoint"))[1]
+        except Unavailable:
+            continue
+    raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
+
+
+def _live(request: web.Request) -> list[NodeRecord]:
+    return sorted(request.app[DIRECTORY].live.values(), key=lambda n: n.name)
+
+
+async def collection(request: web.Request) -> web.Response:
+    name = request.match_info["collection"]
+    rtype = collection_type(name)
+    if rtype is None:
+        raise NotFound(f"this provider has no collection '{name}'")
+    if request.method == "POST":
+        return await _create(request, name)
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(f"{request.method} is not allowed on a collection; use GET or POST", ["GET", "POST"])
+    return await _query(request, name, rtype)
+
+
+async def _query(request: web.Request, name: str, rtype) -> web.Response:
+    directory, settings = request.app[DIRECTORY], request.app[SETTINGS]
+    _format(request)  # a bad $format or Accept fails before any node is asked
+    first, last = positive(request, "$first"), positive(request, "$last")
+    order = parse_orderby(request.query.getall("$orderby", []))
+    query = [(k, v) for k, v in request.query.items() if k not in _PAGING]
+    query += [("$orderby", orderby_param(order)), ("$first", "1")]
+    if last is not None:
+        query.append(("$last", str(last)))  # every node's first `last` rows hold the merged page
+    wanted = None
+    if "$select" in request.query:
+        wanted = {n.strip() for v in request.query.getall("$select") for n in v.split(",") if n.strip()}
+        query.append(("$select", ",".join(sorted(wanted | {n for n, _ in order}))))
+    nodes = _live(request)
+    missing = directory.down()
+    if settings["strict"] and missing:
+        raise Unavailable(f"node(s) {', '.join(missing)} unavailable and front.strict is set; retry later",
+                          headers={"Retry-After": "5"})
+    base = _front_base(request)
+
+    async def ask(node: NodeRecord):
+        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{name}", query, None,
+                                            {"Accept": "application/json"})
+        return node, status, _rewrite(data, node, base)
+
+    answers = await asyncio.gather(*(ask(n) for n in nodes), return_exceptions=True)
+    docs = []
+    for node, answer in zip(nodes, answers):
+        if isinstance(answer, Unavailable):
+            missing.append(node.name)
+            continue
+        if isinstance(answer, BaseException):
+            raise answer
+        _node, status, data = answer
+        if status >= 500:
+            missing.append(node.name)
+        elif status != 200:  # the nodes judge the query alike: pass the first refusal on
+            return _passed_on(request, status, data)
+        else:
+            docs.append(json.loads(data))
+    if not docs:
+        raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
+    if settings["strict"] and missing:
+        raise Unavailable(f"node(s) {', '.join(sorted(missing))} did not answer and front.strict is set; "
+                          "retry later", headers={"Retry-After": "5"})
+    items = merge([d.get(rtype.items, []) for d in docs], order, first, last)
+    if wanted is not None:
+        extra = {n for n, _ in order} - wanted
+        items = [{k: v for k, v in item.items() if k not in extra} for item in items]
+    doc = {"resourceURI": docs[0]["resourceURI"], "id": f"{base}{name}", "count": sum(d["count"] for d in docs)}
+    if items:
+        doc[rtype.items] = items
+    if "operations" in docs[0]:
+        doc["operations"] = docs[0]["operations"]
+    headers = {}
+    if missing:
+        headers["Warning"] = f'199 cimid "node(s) {", ".join(sorted(missing))} unavailable; results partial"'
+    return _render(request, 200, doc, rtype, rtype, headers)
+
+
+def _passed_on(request: web.Request, status: int, data: bytes) -> web.Response:
+    """A node's JSON error document, in the client's format."""
+    dialect = dialect_for(request.headers)
+    fmt = _format(request)
+    if fmt == JSON:
+        return web.Response(status=status, body=data, headers={"Content-Type": dialect.media_types[JSON]})
+    return web.Response(status=status, body=dialect.render(XML, json.loads(data), dialect.error_type),
+                        headers={"Content-Type": dialect.media_types[XML]})
+
+
+async def _create(request: web.Request, name: str) -> web.Response:
+    directory = request.app[DIRECTORY]
+    nodes = _live(request)
+    if not nodes:
+        raise Unavailable("no node of the federation is available for a create; retry later",
+                          headers={"Retry-After": "5"})
+    placed = request.app[SETTINGS]["placed"]
+
+    def load(node: NodeRecord) -> tuple[int, str]:
+        capacity = directory.known.get(node.name, {}).get("capacity", {})
+        return capacity.get("machines", 0) + placed.get(node.name, 0), node.name
+
+    node = min(nodes, key=load)
+    placed[node.name] = placed.get(node.name, 0) + 1
+    status, response = await _forward(request, node, f"/cimi/{name}")
+    if status in (200, 201, 202):
+        await _index_answer(request, node, response)
+    return response
+
+
+async def _index_answer(request: web.Request, node: NodeRecord, response: web.Response) -> None:
+    """Index what a node just made (the resource and its Job), so the next request finds its owner."""
+    base = _front_base(request)
+    for header in ("Location", "CIMI-Job-URI"):
+        url = response.headers.get(header, "")
+        if url.startswith(base):
+            collection, _, id = url[len(base):].partition("/")
+            if collection and id and "/" not in id:
+                await request.app[DIRECTORY].remember(collection, id, node.name)
+
+
+async def resource(request: web.Request) -> web.Response:
+    """{collection}/{id}[/...]: everything under one resource goes to the node that owns it."""
+    name, id, tail = request.match_info["collection"], request.match_info["id"], request.match_info["tail"]
+    if collection_type(name) is None:
+        raise NotFound(f"this provider has no collection '{name}'")
+    directory = request.app[DIRECTORY]
+    owner = directory.owner(name, id) or await _discover(request, name, id)
+    node = directory.live.get(owner)
+    if node is None:
+        raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
+                          headers={"Retry-After": "5"})
+    status, response = await _forward(request, node, f"/cimi/{name}/{id}{tail}")
+    if status == 404 and not tail and request.method == "GET":
+        await directory.forget(name, id)  # the index was stale: the node no longer has it
+    return response
+
+
+async def _discover(request: web.Request, name: str, id: str) -> str:
+    """Who owns a resource the index does not know: the live node that has it (then indexed)."""
+    directory = request.app[DIRECTORY]
+    nodes = _live(request)
+
+    async def has(node: NodeRecord) -> bool:
+        status, _h, _d = await _ask(request, node, "GET", f"/cimi/{name}/{id}", {"$select": "id"}, None,
+                                    {"Accept": "application/json"})
+        return status == 200
+
+    answers = await asyncio.gather(*(has(n) for n in nodes), return_exceptions=True)
+    for node, answer in zip(nodes, answers):
+        if answer is True:
+            await directory.remember(name, id, node.name)
+            return node.name
+    silent = [n.name for n, a in zip(nodes, answers) if isinstance(a, BaseException)] + directory.down()
+    if silent:
+        raise Unavailable(f"{name}/{id} is not on any node that answers, and node(s) {', '.join(sorted(silent))} "
+                          "are unavailable; retry later", headers={"Retry-After": "5"})
+    raise NotFound(f"no {name}/{id} in this federation")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"nothing is served at {request.path}; start at /cimi/cloudEntryPoint")
+
+
+# ------------------------------------------------------------------ assembly
+
+def make_front_app(config: Config) -> web.Application:
+    cluster, front = config["cluster"], config["front"]
+    if not cluster["endpoints"]:
+        raise ConfigError("cimid front needs cluster.endpoints (the etcd members)")
+    app = web.Application(middlewares=[cimi_errors], client_max_size=config["server"]["max_body_bytes"])
+    app[SETTINGS] = {"public_base_url": front["public_base_url"], "strict": front["strict"],
+                     "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
+                     "placed": {}}
+    directory = Directory(Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"]), cluster["prefix"])
+    app[DIRECTORY] = directory
+    app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
+    app.router.add_route("*", "/cimi/{collection}", collection)
+    app.router.add_route("*", "/cimi/{collection}/{id}{tail:(/.*)?}", resource)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+    async def start(_app) -> None:
+        app[SESSION] = aiohttp.ClientSession()
+        await directory.start()
+        if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
+            log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
+
+    async def stop(_app) -> None:
+        await directory.stop()
+        await app[SESSION].close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app
+
+
+def front_listen(config: Config) -> tuple[str, int]:
+    host, _, port = config["front"]["listen"].rpartition(":")
+    host = host.strip("[]")
+    if not is_loopback(host) and not config["server"]["insecure"]:
+        raise ConfigError(f"refusing to serve the front on {host}, which is not a loopback address: the front "
+                         "has no TLS or login of its own yet (set server.insecure = true only if something "
+                         "else protects the port)")
+    return host, int(port)
