@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import aiohttp
@@ -111,3 +112,50 @@ async def _gone(etcd, key: str) -> bool:
 
 async def _accepted(session, node) -> bool:
     return await _post_config(session, node, federated=True) == 201
+
+
+async def test_a_node_starts_and_serves_without_etcd_and_registers_once_it_answers(tmp_path):
+    """etcd is not running at all when the node starts: its own API works, federated changes are fenced
+    (it never held a lease), and it registers as soon as etcd comes up."""
+    from cluster.etcd_harness import EtcdCluster
+    cluster = EtcdCluster(tmp_path / "etcd", size=1)
+    cluster.base.mkdir()
+    node = Node(tmp_path, "n1", cluster.endpoints, lease_ttl=4)
+    await asyncio.to_thread(node.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{node.url}/cimi/cloudEntryPoint") as reply:
+                assert reply.status == 200
+            assert await _post_config(session, node, federated=True) == 503
+            assert await _post_config(session, node, federated=False) == 201
+            await asyncio.to_thread(cluster.start)
+            etcd = Etcd(cluster.endpoints)
+            await etcd.connect()
+            try:
+                await _wait_for(lambda: etcd.get("/cimid/v1/nodes/n1"))
+            finally:
+                await etcd.close()
+            await _wait_for(lambda: _accepted(session, node))
+    finally:
+        await asyncio.to_thread(node.stop)
+        cluster.stop()
+
+
+async def test_a_gray_node_stopped_past_its_lease_registers_again_once(etcd_cluster, etcd, tmp_path):
+    """SIGSTOP the node for longer than its TTL: etcd drops its registration; on SIGCONT the node finds
+    its lease gone (its keepalive is answered TTL 0) and registers once, under a new lease."""
+    node = Node(tmp_path, "n2", etcd_cluster.endpoints, lease_ttl=3)
+    await asyncio.to_thread(node.start)
+    try:
+        first = await _wait_for(lambda: etcd.get("/cimid/v1/nodes/n2"))
+        node.signal(signal.SIGSTOP)
+        await _wait_for(lambda: _gone(etcd, "/cimid/v1/nodes/n2"))
+        node.signal(signal.SIGCONT)
+        again = await _wait_for(lambda: etcd.get("/cimid/v1/nodes/n2"))
+        assert again.lease != first.lease
+        entries, _revision = await etcd.get_prefix("/cimid/v1/nodes/")
+        assert [e.key for e in entries] == ["/cimid/v1/nodes/n2"]
+        async with aiohttp.ClientSession() as session:
+            await _wait_for(lambda: _accepted(session, node))
+    finally:
+        await asyncio.to_thread(node.stop)
