@@ -61,7 +61,7 @@ DEFAULTS: dict[str, dict] = {
     # Federation (see etc/cimid.toml): a node registers in etcd when endpoints are given; `cimid front`
     # reads the same endpoints and its own [front] keys.
     "cluster": {"endpoints": [], "node": "", "advertise_url": "", "lease_ttl": 10, "etcd_timeout": 2.0,
-                "prefix": "/cimid/v1/"},
+                "prefix": "/cimid/v1/", "cpu_allocation_ratio": 4.0, "memory_allocation_ratio": 1.0},
     "front": {"listen": "127.0.0.1:8090", "public_base_url": "", "strict": False, "node_timeout": 3.0},
 }
 
@@ -223,6 +223,8 @@ def _check_cluster(config: Config) -> None:
         raise ConfigError("cluster.lease_ttl must be at least 3 seconds (the design asks for 10 or more)")
     if not 0 < cluster["etcd_timeout"] <= cluster["lease_ttl"] / 3:
         raise ConfigError("cluster.etcd_timeout must be more than 0 and at most a third of cluster.lease_ttl")
+    if cluster["cpu_allocation_ratio"] <= 0 or cluster["memory_allocation_ratio"] <= 0:
+        raise ConfigError("cluster.cpu_allocation_ratio and cluster.memory_allocation_ratio must be more than 0")
     if not cluster["prefix"].startswith("/"):
         raise ConfigError("cluster.prefix must start with /")
     for key in ("advertise_url",):

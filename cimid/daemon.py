@@ -53,12 +53,14 @@ def _join_federation(app: web.Application, config: Config, provider: Provider) -
     """[cluster]: registration under an etcd lease in the background (the node serves whatever etcd
     does), and the fence on federated mutations, inside the error middleware so it answers a CIMI 503."""
     try:
-        from .cluster.capacity import node_capacity
+        from .cluster.capacity import node_capacity, node_usage
         from .cluster.node import NodeMembership, fence_middleware
     except ImportError as exc:
         raise ConfigError(f"[cluster] needs the federation extra ({exc.name} is missing): "
                           "pip install 'cimid[federation]'") from None
-    membership = NodeMembership(config, lambda: node_capacity(provider), __version__)
+    ratios = config["cluster"]["cpu_allocation_ratio"], config["cluster"]["memory_allocation_ratio"]
+    membership = NodeMembership(config, lambda: node_capacity(provider), lambda: node_usage(provider, *ratios),
+                                __version__)
     app.middlewares.append(fence_middleware(membership))
 
     async def start(_app) -> None:

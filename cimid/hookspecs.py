@@ -303,6 +303,28 @@ class MeterSource(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class PlacementRequest:
+    """What a federation front is asked to place (one new resource)."""
+
+    collection: str  # e.g. "machines"
+    cpu: int = 0
+    memory_kb: int = 0
+    target: str | None = None  # a node the client named (the cimid:target extension), else None
+    api_level: int = 1  # the least node api_level the request needs
+
+
+@dataclass(frozen=True)
+class PlacementCandidate:
+    """A live node, as its capacity record in etcd says now (reservations in flight already taken off)."""
+
+    name: str
+    api_level: int
+    free_cpu: int
+    free_memory_kb: int
+    machines: int
+
+
 class CimidSpec:
     @hookspec(firstresult=True)
     def cimid_image_store(self, config: Config) -> ImageStore | None:
@@ -351,4 +373,17 @@ class CimidSpec:
         :param compute: the configured compute driver (None if none is), so that a source of machine
             statistics shares its hypervisor connection; an implementation may leave this parameter out
         :return: a list, possibly empty
+        """
+
+    @hookspec(firstresult=True)
+    def cimid_place(self, request: PlacementRequest, candidates: list[PlacementCandidate]) -> str | None:
+        """Choose the node a federation front creates a resource on (`cimid front`; the counterpart of
+        Incus's placement scriptlet). Called for every create, with fresh candidates; the front then
+        reserves the capacity on the chosen node with an etcd compare-and-swap, and asks again if another
+        front reserved first. The built-in policy runs last: nodes that fit, fewest machines first.
+
+        :param request: what is to be made and what it needs
+        :param candidates: the live nodes (their free capacity, machines, api_level)
+        :return: the chosen node's name; None to leave the choice to the next plugin (the last one's
+            None means no node fits, and the create is refused)
         """

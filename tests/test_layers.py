@@ -23,7 +23,8 @@ ALLOWED = {
     # Federation: the node side reads the provider (capacity); the front stands on the node side's etcd
     # wrapper and speaks CIMI through the wire dialect, never through a local provider.
     "cimid.cluster": {"cimid.errors", "cimid.config", "cimid.service"},
-    "cimid.front": {"cimid.errors", "cimid.config", "cimid.model", "cimid.wire", "cimid.cluster", "cimid.http"},
+    "cimid.front": {"cimid.errors", "cimid.config", "cimid.model", "cimid.wire", "cimid.cluster", "cimid.http",
+                    "cimid.plugins", "cimid.hookspecs"},
 }
 DRIVER_PACKAGES = ("cimid_",)  # drivers/cimid_libvirt, drivers/cimid_dir, ... (never cimid.*)
 

@@ -28,3 +28,12 @@ async def node_capacity(provider: Provider) -> dict:
     return {"cpu": os.cpu_count() or 1, "memory_kb": psutil.virtual_memory().total // 1024,
             "machines": machines, "machine_cpu": used["cpu"], "machine_memory_kb": used["memory"],
             "volumes": volumes, "networks": networks, "pools": pools}
+
+
+async def node_usage(provider: Provider, cpu_ratio: float, memory_ratio: float) -> dict:
+    """The node's figures in the placement ledger: allocatable cpu and memory (the host's, times the
+    allocation ratios), and what its machines take, from its own store."""
+    machines, used = await provider.store.totals("Machine", ("cpu", "memory"))
+    return {"cpu": int((os.cpu_count() or 1) * cpu_ratio),
+            "memory_kb": int(psutil.virtual_memory().total // 1024 * memory_ratio),
+            "used_cpu": used["cpu"], "used_memory_kb": used["memory"], "machines": machines}

@@ -7,7 +7,10 @@ forwards), never the node's own API.
 
 Keys (under `prefix`, default /cimid/v1/):
 - nodes/<name>     lease-bound: {"url", "api_level", "version", "state"}; gone when the lease is;
-- nodeinfo/<name>  no lease: {"capacity": {...}, "api_level"}; rewritten only when it changes.
+- nodeinfo/<name>  no lease: {"capacity": {...}, "api_level"}; rewritten only when it changes;
+- capacity/<name>  no lease: the placement ledger (see cimid/front/placement.py); the node writes its
+                   allocatable and used figures whenever they differ from its store, fronts their
+                   reservations, all by compare-and-swap.
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ class NodeMembership:
     mutations must be refused now. `capacity()` is read at each registration and every
     `capacity_seconds` after."""
 
-    def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]], version: str,
-                 capacity_seconds: float = 30.0):
+    def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]],
+                 usage: Callable[[], Awaitable[dict]], version: str, capacity_seconds: float = 30.0,
+                 ledger_seconds: float = 1.0):
         cluster = config["cluster"]
         self.version = version
         self.name, self.url = node_name(config), node_url(config)
@@ -62,6 +66,7 @@ class NodeMembership:
         self.etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
         self.keeper = LeaseKeeper(self.etcd, cluster["lease_ttl"], self._register)
         self._capacity, self._capacity_seconds = capacity, capacity_seconds
+        self._usage, self._ledger_seconds = usage, ledger_seconds
         self._published: bytes | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -74,7 +79,8 @@ class NodeMembership:
     async def start(self) -> None:
         await self.etcd.connect()  # lazy: no network traffic until the first call
         self._tasks = [asyncio.create_task(self.keeper.run(), name="cluster-lease"),
-                       asyncio.create_task(self._publish_capacity(), name="cluster-capacity")]
+                       asyncio.create_task(self._publish_capacity(), name="cluster-capacity"),
+                       asyncio.create_task(self._keep_ledger(), name="cluster-ledger")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -86,6 +92,7 @@ class NodeMembership:
     async def _register(self, lease: int) -> None:
         self._published = None
         await self._write_capacity()
+        await self._write_ledger()
         record = {"url": self.url, "api_level": API_LEVEL, "version": self.version, "state": "ready"}
         await self.etcd.put(f"{self.prefix}nodes/{self.name}", json.dumps(record).encode(), lease=lease)
         log.info("registered in the federation as %s (%s), lease %x", self.name, self.url, lease)
@@ -104,6 +111,31 @@ class NodeMembership:
                     await self._write_capacity()
                 except EtcdUnavailable as exc:
                     log.info("could not publish capacity: %s", exc)
+
+
+    async def _write_ledger(self) -> None:
+        """Make the ledger's node figures those of the store. The record is read before the store: a
+        create a front settles after that read makes the write below fail and be done again, and one
+        settled before it is already in the store (the node answered only after storing it)."""
+        key = f"{self.prefix}capacity/{self.name}"
+        while True:
+            entry = await self.etcd.get(key)
+            record = json.loads(entry.value) if entry else {}
+            truth = await self._usage()
+            if all(record.get(k) == v for k, v in truth.items()):
+                return
+            if await self.etcd.replace(key, json.dumps({**record, **truth}).encode(),
+                                       entry.mod_revision if entry else 0):
+                return
+
+    async def _keep_ledger(self) -> None:
+        while True:
+            await asyncio.sleep(self._ledger_seconds)
+            if self.keeper.safe:
+                try:
+                    await self._write_ledger()
+                except EtcdUnavailable as exc:
+                    log.info("could not update the placement ledger: %s", exc)
 
 
 def fence_middleware(membership: NodeMembership):

@@ -5,7 +5,8 @@
   the answer.
 - A collection is asked of every live node with the same $filter and a total $orderby (id last), and
   their pages are merged exactly (merge.py); `count` is the sum.
-- A create goes to the live node with the fewest machines (placement proper comes with cimid_place).
+- A create goes where the `cimid_place` hook says (built-in: fits, then fewest machines), after its
+  cpu and memory are reserved in the etcd ledger by compare-and-swap (placement.py).
 - Every node address in ids, hrefs and headers is rewritten to the front's own base URL.
 - A node without a lease answers 503 for its resources; collections leave it out with a `Warning`
   header, or answer 503 when front.strict is set.
@@ -14,28 +15,37 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import uuid
 from datetime import UTC, datetime
 
 import aiohttp
+import pluggy
 from aiohttp import web
 
 from ..cluster.etcd import Etcd
 from ..cluster.node import FRONT_HEADER
 from ..config import Config, ConfigError, is_loopback
-from ..errors import CimiError, MethodNotAllowed, NotFound, Unavailable
-from ..http.negotiation import JSON, XML, response_format
+from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavailable
+from ..hookspecs import PlacementRequest
+from ..http.negotiation import JSON, XML, request_format, response_format
 from ..http.params import positive
 from ..model.registry import collection_type
+from ..plugins import plugin_manager
 from ..wire import dialect_for
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
+from .placement import BuiltinPlacement, Ledger
 
 log = logging.getLogger("cimid.front")
 
 DIRECTORY = web.AppKey("directory", Directory)
+LEDGER = web.AppKey("ledger", Ledger)
+PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
+# The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
+TARGET = "cimid:target"
 SETTINGS = web.AppKey("settings", dict)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -104,10 +114,13 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
                           headers={"Retry-After": "5"}) from None
 
 
-async def _forward(request: web.Request, node: NodeRecord, path: str) -> tuple[int, web.Response]:
-    """The client's request, as it came, to `node`; its answer with every node address rewritten."""
+async def _forward(request: web.Request, node: NodeRecord, path: str,
+                   body: bytes | None = None) -> tuple[int, web.Response]:
+    """The client's request, as it came (or with `body`), to `node`; its answer with every node address
+    rewritten."""
     base = _front_base(request)
-    body = await request.read() if request.can_read_body else None
+    if body is None and request.can_read_body:
+        body = await request.read()
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
     status, reply_headers, data = await _ask(request, node, request.method, path, request.query, body, headers)
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
@@ -214,23 +227,117 @@ def _passed_on(request: web.Request, status: int, data: bytes) -> web.Response:
 
 
 async def _create(request: web.Request, name: str) -> web.Response:
-    directory = request.app[DIRECTORY]
-    nodes = _live(request)
-    if not nodes:
-        raise Unavailable("no node of the federation is available for a create; retry later",
+    """Place, reserve, forward, settle. A retry with the same Idempotency-Key goes to the node the first
+    attempt went to (recorded in etcd before forwarding), whose own idempotency answers it once."""
+    directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
+    body = await request.read()
+    doc = _parse_body(request, body)
+    target = doc.pop(TARGET, None) if isinstance(doc, dict) else None
+    if target is not None:
+        if not isinstance(target, str):
+            raise BadRequest(f"{TARGET} must be the name of a node")
+        body = json.dumps(doc).encode()  # the node does not know the extension
+    claim = _idempotency_key(request)
+    if claim is not None:
+        node = await directory.claimed(claim)
+        if node is not None:
+            return await _create_on(request, name, body, _live_node(directory, node), reservation=None)
+    needs = await _needs(request, name, doc) if name == "machines" else (0, 0)
+    placement = PlacementRequest(name, needs[0], needs[1], target)
+    for _attempt in range(8):  # another front may reserve what we saw free: place again
+        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request)] if c]
+        if target is not None and target not in directory.live:
+            raise Unavailable(f"{TARGET} names node {target}, which is not available", headers={"Retry-After": "5"})
+        chosen = request.app[PLUGINS].hook.cimid_place(request=placement, candidates=candidates)
+        if chosen is None or chosen not in directory.live:
+            raise Unavailable(f"no node has room for {needs[0]} vCPU and {needs[1]} KiB of memory"
+                              + (f" on {target}" if target else "") + "; retry later", headers={"Retry-After": "30"})
+        reservation = await ledger.reserve(chosen, *needs) if name == "machines" else None
+        if name != "machines" or reservation is not None:
+            break
+    else:
+        raise Unavailable("the nodes' capacity changed too often to place this create; retry",
+                          headers={"Retry-After": "1"})
+    if claim is not None:
+        owner = await directory.claim(claim, chosen, request.app[SETTINGS]["idempotency_seconds"])
+        if owner != chosen:  # another front took the same key meanwhile: one create, on its node
+            if reservation:
+                await ledger.settle(chosen, reservation, made=False)
+            return await _create_on(request, name, body, _live_node(directory, owner), reservation=None)
+    return await _create_on(request, name, body, directory.live[chosen], reservation)
+
+
+def _live_node(directory: Directory, name: str) -> NodeRecord:
+    node = directory.live.get(name)
+    if node is None:
+        raise Unavailable(f"this create went to node {name} before, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
-    placed = request.app[SETTINGS]["placed"]
+    return node
 
-    def load(node: NodeRecord) -> tuple[int, str]:
-        capacity = directory.known.get(node.name, {}).get("capacity", {})
-        return capacity.get("machines", 0) + placed.get(node.name, 0), node.name
 
-    node = min(nodes, key=load)
-    placed[node.name] = placed.get(node.name, 0) + 1
-    status, response = await _forward(request, node, f"/cimi/{name}")
+async def _create_on(request: web.Request, name: str, body: bytes, node: NodeRecord,
+                     reservation: str | None) -> web.Response:
+    # A node that does not answer leaves the outcome unknown: the reservation is left to expire, by when
+    # the node's own figures count the machine if it was made.
+    status, response = await _forward(request, node, f"/cimi/{name}", body)
+    if reservation:
+        await request.app[LEDGER].settle(node.name, reservation, made=status in (200, 201, 202))
     if status in (200, 201, 202):
         await _index_answer(request, node, response)
     return response
+
+
+def _parse_body(request: web.Request, body: bytes) -> dict:
+    dialect = dialect_for(request.headers)
+    fmt = request_format(request.headers.get("Content-Type"), body)
+    _root, doc = dialect.parse(fmt, body)
+    return doc
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    who = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:16]
+    return f"{who}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+async def _needs(request: web.Request, name: str, doc: dict) -> tuple[int, int]:
+    """(cpu, memory KiB) of a MachineCreate: its template's configuration, by value or by reference,
+    read from a node when referenced."""
+    template = doc.get("machineTemplate") or {}
+    if not isinstance(template, dict):
+        raise BadRequest("machineTemplate must be an object")
+    config = template.get("machineConfig")
+    if config is None and "href" in template:
+        config = (await _read(request, template["href"])).get("machineConfig")
+    config = config or {}
+    if "href" in config and "cpu" not in config:
+        config = await _read(request, config["href"])
+    try:
+        return int(config.get("cpu", 0)), int(config.get("memory", 0))
+    except (TypeError, ValueError):
+        raise BadRequest("the machine configuration's cpu and memory must be integers") from None
+
+
+async def _read(request: web.Request, href: str) -> dict:
+    """A referenced resource, read from its node (the catalogue is on every node)."""
+    base = _front_base(request)
+    if not isinstance(href, str):
+        raise BadRequest("an href must be a string")
+    path = href[len(base):] if href.startswith(base) else href.removeprefix("/cimi/")
+    collection, _, id = path.partition("/")
+    directory = request.app[DIRECTORY]
+    owner = directory.live.get(directory.owner(collection, id) or "")
+    for node in ([owner] if owner else []) + _live(request):
+        try:
+            status, _h, data = await _ask(request, node, "GET", f"/cimi/{collection}/{id}", None, None,
+                                          {"Accept": "application/json"})
+        except Unavailable:
+            continue
+        if status == 200:
+            return json.loads(_rewrite(data, node, base))
+    raise BadRequest(f"{href} does not name a resource this federation has")
 
 
 async def _index_answer(request: web.Request, node: NodeRecord, response: web.Response) -> None:
@@ -296,9 +403,12 @@ def make_front_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[cimi_errors], client_max_size=config["server"]["max_body_bytes"])
     app[SETTINGS] = {"public_base_url": front["public_base_url"], "strict": front["strict"],
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
-                     "placed": {}}
-    directory = Directory(Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"]), cluster["prefix"])
+                     "idempotency_seconds": config["server"]["idempotency_minutes"] * 60}
+    etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
+    directory = Directory(etcd, cluster["prefix"])
     app[DIRECTORY] = directory
+    app[LEDGER] = Ledger(etcd, directory.prefix)
+    app[PLUGINS] = plugin_manager((BuiltinPlacement(),))
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}{tail:(/.*)?}", resource)

@@ -120,5 +120,19 @@ class Directory:
         except EtcdUnavailable as exc:
             log.info("could not drop the index entry %s/%s: %s", collection, id, exc)
 
+    async def claimed(self, claim: str) -> str | None:
+        """The node an earlier create with this idempotency claim went to, if any."""
+        entry = await self.etcd.get(f"{self.prefix}idempotency/{claim}")
+        return entry.value.decode() if entry else None
+
+    async def claim(self, claim: str, node: str, seconds: int) -> str:
+        """Record that this create goes to `node`, unless a create with the same claim went somewhere
+        already; the node it goes to. The record lives as long as the nodes keep idempotency keys."""
+        lease = await self.etcd.grant(seconds)
+        if await self.etcd.create(f"{self.prefix}idempotency/{claim}", node.encode(), lease=lease):
+            return node
+        await self.etcd.revoke(lease)
+        return await self.claimed(claim) or node
+
     def _key(self, collection: str, id: str) -> str:
         return f"{self.prefix}index/{collection}/{id}"
