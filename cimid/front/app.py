@@ -121,6 +121,8 @@ async def _forward(request: web.Request, node: NodeRecord, path: str,
     base = _front_base(request)
     if body is None and request.can_read_body:
         body = await request.read()
+    if body:  # the node sees its own hrefs, as if the client had asked it directly
+        body = body.replace(base.encode(), node.base.encode())
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
     status, reply_headers, data = await _ask(request, node, request.method, path, request.query, body, headers)
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}

@@ -55,7 +55,7 @@ class Node(Process):
     """A sandbox cimid node registered in the federation as `name`."""
 
     def __init__(self, base: Path, name: str, endpoints: list[str], lease_ttl: int = 10,
-                 etcd_timeout: float = 1.0):
+                 etcd_timeout: float = 1.0, cpu_allocation_ratio: float = 4.0):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         state = base / name
@@ -74,6 +74,7 @@ endpoints = {_toml(endpoints)}
 node = {_toml(name)}
 lease_ttl = {lease_ttl}
 etcd_timeout = {etcd_timeout}
+cpu_allocation_ratio = {cpu_allocation_ratio}
 """)
         super().__init__([*CIMID, "serve", "--config", str(config), "--state-dir", str(state)],
                          base / f"{name}.log")
@@ -81,7 +82,7 @@ etcd_timeout = {etcd_timeout}
 
 class Front(Process):
     def __init__(self, base: Path, name: str, endpoints: list[str], strict: bool = False,
-                 node_timeout: float = 2.0):
+                 node_timeout: float = 2.0, public_base_url: str = ""):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = base / f"{name}.toml"
@@ -91,5 +92,6 @@ endpoints = {_toml(endpoints)}
 listen = "127.0.0.1:{self.port}"
 strict = {_toml(strict)}
 node_timeout = {node_timeout}
+public_base_url = {_toml(public_base_url)}
 """)
         super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")
