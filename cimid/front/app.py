@@ -25,7 +25,7 @@ import aiohttp
 import pluggy
 from aiohttp import web
 
-from ..cluster.etcd import Etcd
+from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER
 from ..config import Config, ConfigError, is_loopback
 from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavailable
@@ -76,7 +76,11 @@ def _render(request: web.Request, status: int, doc: dict, rtype, item_type=None,
 async def cimi_errors(request: web.Request, handler):
     """Every refusal of the front itself is a CIMI error document, in the format the client asked for."""
     try:
-        return await handler(request)
+        try:
+            return await handler(request)
+        except EtcdUnavailable as exc:
+            raise Unavailable(f"the federation's etcd cluster does not answer ({exc}); nothing that needs it "
+                              "can be done now, reads of known resources still work", headers={"Retry-After": "5"})
     except CimiError as error:
         dialect = dialect_for(request.headers)
         try:

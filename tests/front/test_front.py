@@ -199,3 +199,31 @@ async def test_a_node_down_answers_503_for_its_resources_and_lists_go_partial(fe
 async def _offline(fed, url, node) -> bool:
     _s, error, _h = await _get(fed, url)
     return f"node {node.name}, which is unavailable" in error["statusMessage"]
+
+
+async def test_without_etcd_quorum_creates_fail_fast_and_reads_go_on(federation):
+    """Two of three etcd members gone: the front still routes reads from its cached index and lists,
+    refuses creates at once with a CIMI 503, and every node's own API still answers."""
+    fed = federation
+    status, listed, _h = await _get(fed, f"{fed.front.url}/cimi/machines")
+    known = listed["machines"][0]["id"]
+    await _get(fed, known)  # indexed by now
+    left, *gone = fed.etcd.names
+    for name in gone:
+        fed.etcd.kill(name)
+    try:
+        status, doc, _h = await _get(fed, known)
+        assert status == 200 and doc["id"] == known
+        status, again, _h = await _get(fed, f"{fed.front.url}/cimi/machines")
+        assert status == 200 and again["count"] == listed["count"]
+        body = {"resourceURI": f"{CIMI}/MachineCreate", "name": "no-quorum",
+                "machineTemplate": {"href": f"{fed.front.url}/cimi/machineTemplates/small-tiny-linux"}}
+        async with fed.session.post(f"{fed.front.url}/cimi/machines", json=body) as reply:
+            error = await reply.json()
+            assert reply.status == 503 and "etcd cluster does not answer" in error["statusMessage"]
+        for node in fed.nodes:
+            status, _doc, _h = await _get(fed, f"{node.url}/cimi/cloudEntryPoint")
+            assert status == 200
+    finally:
+        for name in gone:
+            await asyncio.to_thread(fed.etcd.restart, name)
