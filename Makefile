@@ -16,8 +16,8 @@ QUIETLY   := quietly() { what=$$1; shift; echo "make: $$what"; echo "=== $$what"
                tail -n 20 "$(LOG)" | sed 's/^/  /'; exit 1; }; }
 # Python, a compiler and libvirt's headers (libvirt-python builds from source), CA certificates for pip.
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev ca-certificates
-# The benchmarks load cimid from a second process with wrk.
-BENCH_PACKAGES  := wrk
+# The benchmarks load cimid from a second process with wrk; the federation one runs etcd.
+BENCH_PACKAGES  := wrk etcd-server etcd-client
 # `make test` only: libvirtd + QEMU for tests/host, what tests/host/build-guest-image.sh needs to build
 # the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download), and
 # curl for tests/test_readme_tour.py, etcd (server and etcdctl) for the federation tests (tests/cluster, tests/front).
@@ -47,7 +47,7 @@ fuzz: $(VENV)/.installed-test
 test-packages:
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(TEST_PACKAGES)"
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-bench
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) bench/run.py
 
@@ -66,6 +66,11 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	@$(QUIETLY); \
 	quietly "virtualenv $(VENV) with cimid and its runtime dependencies (pip)" \
 		sh -c 'python3 -m venv $(VENV) && $(VENV)/bin/pip install --upgrade pip && $(VENV)/bin/pip install -e .'
+	@touch $@
+
+# The federation benchmark needs the federation extra (aetcd, grpcio).
+$(VENV)/.installed-bench: $(VENV)/.installed
+	@$(QUIETLY); quietly "federation extra in $(VENV) (pip)" $(VENV)/bin/pip install -e '.[federation]'
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

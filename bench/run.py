@@ -1,7 +1,7 @@
 """cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
 
 `--host` adds the real-machine benchmark (bench_host.py: root, libvirtd on qemu:///system, the test guest
-image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers, meters) runs one benchmark
+image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers, meters, federation) runs one benchmark
 alone and leaves bench/RESULTS.md as it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 
 import bench_10k
+import bench_federation
 import bench_get
 import bench_host
 import bench_memory
@@ -69,7 +70,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
     parser.add_argument("--host", action="store_true",
                         help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
-    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers", "meters")
+    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers", "meters", "federation")
     parser.add_argument("--only", choices=(*default, "host"), help="run this benchmark alone")
     args = parser.parse_args()
     selected = {args.only} if args.only else set(default) | ({"host"} if args.host else set())
@@ -134,6 +135,10 @@ def main() -> int:
         if "meters" in selected:
             got = attempt("8. Meters: sampler cost, /metrics, 1,000,000 samples", "Meters",
                           lambda: bench_meters.run(workdir, args.quick))
+            figures += got or []
+        if "federation" in selected:
+            got = attempt("9. Federation: 3 etcd members, 3 nodes, 2 fronts on loopback", "Federation",
+                          lambda: bench_federation.run(workdir, args.quick))
             figures += got or []
         if "host" in selected:
             got = attempt("4. Real machines (host profile): create, start, concurrency", "Host machines",
