@@ -116,11 +116,16 @@ def _reads(base: Path, etcd: EtcdCluster, quick: bool) -> list[Figure]:
         if client.get_json(path)["id"] != f"{front.url}{path}":
             raise WrongAnswer(f"the front did not answer {path} with its own id")
         rounds, seconds = (2, 2) if quick else (5, 5)
-        front_rates, node_rates = [], []
+        front_rates, node_rates, front_cpu, node_cpu = [], [], [], []
         for _ in range(rounds):
-            front_rates.append(wrk(Measured(front.url, front.popen.pid), path, seconds, 8)[0])
-            node_rates.append(wrk(Measured(nodes[0].url, nodes[0].popen.pid), path, seconds, 8)[0])
-            print(f"  GET machine: front {front_rates[-1]:,.0f} req/s, its node directly {node_rates[-1]:,.0f} req/s")
+            rate, cpu = wrk(Measured(front.url, front.popen.pid), path, seconds, 8)
+            front_rates.append(rate)
+            front_cpu.append(cpu)
+            rate, cpu = wrk(Measured(nodes[0].url, nodes[0].popen.pid), path, seconds, 8)
+            node_rates.append(rate)
+            node_cpu.append(cpu)
+            print(f"  GET machine: front {front_rates[-1]:,.0f} req/s ({front_cpu[-1]:.0f} us of front CPU each), "
+                  f"its node directly {node_rates[-1]:,.0f} req/s ({node_cpu[-1]:.0f} us of node CPU each)")
         ratio = median(front_rates) / median(node_rates)
 
         # a page of 50 of 9,000, checked against the names it must hold
@@ -144,6 +149,8 @@ def _reads(base: Path, etcd: EtcdCluster, quick: bool) -> list[Figure]:
     return [Figure.measured("Federation GET machine: its node directly (baseline)", median(node_rates), "req/s", 0),
             Figure.measured("Federation GET machine: through a front", median(front_rates), "req/s", 0),
             Figure.measured("Federation GET machine: front / node", ratio, "", 2, ">=", 0.5),
+            Figure.measured("Federation GET machine: the node's CPU per request", median(node_cpu), "us", 0),
+            Figure.measured("Federation GET machine: the front's own CPU per request", median(front_cpu), "us", 0),
             Figure.measured("Federation page of 50, $filter+$orderby, 3 nodes x 3,000: one node directly",
                             median(node_samples), "ms", 1),
             Figure.measured("Federation page of 50, $filter+$orderby, 3 nodes x 3,000: median", median(samples),

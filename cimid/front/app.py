@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aiohttp
@@ -104,15 +105,15 @@ def _rewrite(data: bytes | str, node: NodeRecord, base: str):
 
 
 async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, query, body: bytes | None,
-               headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+               headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
     """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
     answer within front.node_timeout."""
-    session, timeout = request.app[SESSION], request.app[SETTINGS]["node_timeout"]
+    settings = request.app[SETTINGS]
     try:
-        async with session.request(method, f"{node.url}{path}", params=query, data=body,
-                                   headers={**headers, FRONT_HEADER: request.app[SETTINGS]["name"]},
-                                   timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as reply:
-            return reply.status, dict(reply.headers), await reply.read()
+        async with request.app[SESSION].request(method, f"{node.url}{path}", params=query, data=body,
+                                                headers={**headers, FRONT_HEADER: settings["name"]},
+                                                timeout=settings["timeout"], allow_redirects=False) as reply:
+            return reply.status, reply.headers, await reply.read()
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
                           headers={"Retry-After": "5"}) from None
@@ -409,7 +410,8 @@ def make_front_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[cimi_errors], client_max_size=config["server"]["max_body_bytes"])
     app[SETTINGS] = {"public_base_url": front["public_base_url"], "strict": front["strict"],
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
-                     "idempotency_seconds": config["server"]["idempotency_minutes"] * 60}
+                     "idempotency_seconds": config["server"]["idempotency_minutes"] * 60,
+                     "timeout": aiohttp.ClientTimeout(total=front["node_timeout"])}
     etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
     directory = Directory(etcd, cluster["prefix"])
     app[DIRECTORY] = directory
@@ -421,7 +423,9 @@ def make_front_app(config: Config) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", not_found)
 
     async def start(_app) -> None:
-        app[SESSION] = aiohttp.ClientSession()
+        # No compression between front and node: both are on one network, and the bytes are rewritten.
+        app[SESSION] = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                                             connector=aiohttp.TCPConnector(limit=0))
         await directory.start()
         if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
             log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
