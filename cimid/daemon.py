@@ -59,8 +59,8 @@ def _join_federation(app: web.Application, config: Config, provider: Provider) -
         raise ConfigError(f"[cluster] needs the federation extra ({exc.name} is missing): "
                           "pip install 'cimid[federation]'") from None
     ratios = config["cluster"]["cpu_allocation_ratio"], config["cluster"]["memory_allocation_ratio"]
-    membership = NodeMembership(config, lambda: node_capacity(provider), lambda: node_usage(provider, *ratios),
-                                __version__)
+    membership = NodeMembership(config, lambda: node_capacity(provider),
+                                lambda ids: node_usage(provider, *ratios, ids), __version__)
     app.middlewares.append(fence_middleware(membership))
 
     async def start(_app) -> None:

@@ -30,10 +30,13 @@ async def node_capacity(provider: Provider) -> dict:
             "volumes": volumes, "networks": networks, "pools": pools}
 
 
-async def node_usage(provider: Provider, cpu_ratio: float, memory_ratio: float) -> dict:
+async def node_usage(provider: Provider, cpu_ratio: float, memory_ratio: float,
+                     machine_ids: list[str]) -> tuple[dict, set[str]]:
     """The node's figures in the placement ledger: allocatable cpu and memory (the host's, times the
-    allocation ratios), and what its machines take, from its own store."""
+    allocation ratios) and what its machines take, from its own store; and which of `machine_ids` (those
+    fronts recorded as just made here) the store holds, so counted in those figures."""
     machines, used = await provider.store.totals("Machine", ("cpu", "memory"))
-    return {"cpu": int((os.cpu_count() or 1) * cpu_ratio),
-            "memory_kb": int(psutil.virtual_memory().total // 1024 * memory_ratio),
-            "used_cpu": used["cpu"], "used_memory_kb": used["memory"], "machines": machines}
+    present = {id for id in machine_ids if await provider.store.get("Machine", id) is not None}
+    return ({"cpu": int((os.cpu_count() or 1) * cpu_ratio),
+             "memory_kb": int(psutil.virtual_memory().total // 1024 * memory_ratio),
+             "used_cpu": used["cpu"], "used_memory_kb": used["memory"], "machines": machines}, present)

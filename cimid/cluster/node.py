@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -34,6 +35,8 @@ log = logging.getLogger("cimid.cluster")
 API_LEVEL = 1
 # The header a front puts on every request it forwards: such a request is a federated one.
 FRONT_HEADER = "CIMID-Front"
+# The placement reservation a front made for the create it forwards (see cimid/front/placement.py).
+RESERVATION_HEADER = "CIMID-Reservation"
 
 
 def node_name(config: Config) -> str:
@@ -57,7 +60,7 @@ class NodeMembership:
     `capacity_seconds` after."""
 
     def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]],
-                 usage: Callable[[], Awaitable[dict]], version: str, capacity_seconds: float = 30.0,
+                 usage: Callable[[list[str]], Awaitable[tuple[dict, set[str]]]], version: str, capacity_seconds: float = 30.0,
                  ledger_seconds: float = 1.0):
         cluster = config["cluster"]
         self.version = version
@@ -67,6 +70,8 @@ class NodeMembership:
         self.keeper = LeaseKeeper(self.etcd, cluster["lease_ttl"], self._register)
         self._capacity, self._capacity_seconds = capacity, capacity_seconds
         self._usage, self._ledger_seconds = usage, ledger_seconds
+        self._fulfilled: dict[str, str] = {}  # reservation -> the machine id made for it
+        self._ledger_changed = asyncio.Event()
         self._published: bytes | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -113,24 +118,42 @@ class NodeMembership:
                     log.info("could not publish capacity: %s", exc)
 
 
+    def fulfilled(self, reservation: str, machine_id: str) -> None:
+        """A federated create with `reservation` made `machine_id`: the ledger trades one for the other."""
+        self._fulfilled[reservation] = machine_id
+        self._ledger_changed.set()
+
     async def _write_ledger(self) -> None:
-        """Make the ledger's node figures those of the store. The record is read before the store: a
-        create a front settles after that read makes the write below fail and be done again, and one
-        settled before it is already in the store (the node answered only after storing it)."""
+        """Make the ledger's node figures those of the store, dropping in the same write the
+        reservations of machines the figures now count, and expired ones. The record is read before the
+        store, so whatever a front writes after that read makes this write fail and be done again."""
         key = f"{self.prefix}capacity/{self.name}"
         while True:
             entry = await self.etcd.get(key)
             record = json.loads(entry.value) if entry else {}
-            truth = await self._usage()
-            if all(record.get(k) == v for k, v in truth.items()):
-                return
-            if await self.etcd.replace(key, json.dumps({**record, **truth}).encode(),
-                                       entry.mod_revision if entry else 0):
+            inflight = record.get("inflight", {})
+            made = {rid: self._fulfilled[rid] for rid in inflight if rid in self._fulfilled}
+            truth, counted = await self._usage(list(made.values()))
+            now = time.time()
+            left = {rid: r for rid, r in inflight.items() if made.get(rid) not in counted and r["expires"] > now}
+            if all(record.get(k) == v for k, v in truth.items()) and left == inflight:
+                written = True
+            else:
+                written = await self.etcd.replace(key, json.dumps({**record, **truth, "inflight": left}).encode(),
+                                                  entry.mod_revision if entry else 0)
+            if written:
+                for rid in set(self._fulfilled) - set(left):
+                    del self._fulfilled[rid]
                 return
 
     async def _keep_ledger(self) -> None:
+        """Check the ledger every `ledger_seconds`, and at once when this node made a reserved machine."""
         while True:
-            await asyncio.sleep(self._ledger_seconds)
+            try:
+                await asyncio.wait_for(self._ledger_changed.wait(), self._ledger_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._ledger_changed.clear()
             if self.keeper.safe:
                 try:
                     await self._write_ledger()
@@ -139,7 +162,8 @@ class NodeMembership:
 
 
 def fence_middleware(membership: NodeMembership):
-    """Refuses a front's mutations while the node is fenced; reads, and the node's own clients, pass."""
+    """Refuses a front's mutations while the node is fenced (reads, and the node's own clients, pass),
+    and tells the ledger which reserved create made which machine."""
 
     @web.middleware
     async def fence(request: web.Request, handler):
@@ -147,6 +171,10 @@ def fence_middleware(membership: NodeMembership):
             raise Unavailable(f"node {membership.name} cannot reach the federation's etcd quorum, so it takes "
                               "no federated changes now; retry through the front later",
                               headers={"Retry-After": "5"})
-        return await handler(request)
+        response = await handler(request)
+        reservation = request.headers.get(RESERVATION_HEADER)
+        if reservation and response.status in (201, 202) and "Location" in response.headers:
+            membership.fulfilled(reservation, response.headers["Location"].rstrip("/").rsplit("/", 1)[-1])
+        return response
 
     return fence

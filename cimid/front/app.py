@@ -27,7 +27,7 @@ import pluggy
 from aiohttp import web
 
 from ..cluster.etcd import Etcd, EtcdUnavailable
-from ..cluster.node import FRONT_HEADER
+from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
 from ..config import Config, ConfigError, is_loopback
 from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavailable
 from ..hookspecs import PlacementRequest
@@ -119,8 +119,8 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
                           headers={"Retry-After": "5"}) from None
 
 
-async def _forward(request: web.Request, node: NodeRecord, path: str,
-                   body: bytes | None = None) -> tuple[int, web.Response]:
+async def _forward(request: web.Request, node: NodeRecord, path: str, body: bytes | None = None,
+                   extra_headers: dict[str, str] | None = None) -> tuple[int, web.Response]:
     """The client's request, as it came (or with `body`), to `node`; its answer with every node address
     rewritten."""
     base = _front_base(request)
@@ -129,7 +129,8 @@ async def _forward(request: web.Request, node: NodeRecord, path: str,
     if body:  # the node sees its own hrefs, as if the client had asked it directly
         body = body.replace(base.encode(), node.base.encode())
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
-    status, reply_headers, data = await _ask(request, node, request.method, path, request.query, body, headers)
+    status, reply_headers, data = await _ask(request, node, request.method, path, request.query, body,
+                                             {**headers, **(extra_headers or {})})
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
     return status, web.Response(status=status, body=_rewrite(data, node, base) if data else None, headers=out)
 
@@ -269,7 +270,7 @@ async def _create(request: web.Request, name: str) -> web.Response:
         owner = await directory.claim(claim, chosen, request.app[SETTINGS]["idempotency_seconds"])
         if owner != chosen:  # another front took the same key meanwhile: one create, on its node
             if reservation:
-                await ledger.settle(chosen, reservation, made=False)
+                await ledger.release(chosen, reservation)
             return await _create_on(request, name, body, _live_node(directory, owner), reservation=None)
     return await _create_on(request, name, body, directory.live[chosen], reservation)
 
@@ -284,11 +285,12 @@ def _live_node(directory: Directory, name: str) -> NodeRecord:
 
 async def _create_on(request: web.Request, name: str, body: bytes, node: NodeRecord,
                      reservation: str | None) -> web.Response:
-    # A node that does not answer leaves the outcome unknown: the reservation is left to expire, by when
-    # the node's own figures count the machine if it was made.
-    status, response = await _forward(request, node, f"/cimi/{name}", body)
-    if reservation:
-        await request.app[LEDGER].settle(node.name, reservation, made=status in (200, 201, 202))
+    # The node drops the reservation when its figures count what it made. A node that does not answer
+    # leaves the outcome unknown: the reservation is left to expire.
+    status, response = await _forward(request, node, f"/cimi/{name}", body,
+                                      {RESERVATION_HEADER: reservation} if reservation else None)
+    if reservation and status not in (200, 201, 202):
+        await request.app[LEDGER].release(node.name, reservation)
     if status in (200, 201, 202):
         await _index_answer(request, node, response)
     return response

@@ -2,11 +2,13 @@
 that makes the choice safe when fronts create concurrently.
 
 The ledger, `capacity/<node>`, holds the node's allocatable cpu and memory and what its machines use
-(written by the node from its own store whenever that changes), plus the reservations fronts hold for
-creates in flight (`inflight`). Every write is a compare-and-swap on the record's mod_revision, so of
-two fronts that saw the same free capacity only one reserves it. A reservation is settled (removed, its
-amount added to `used` until the node rewrites its truth) once the node answered; one a dead front left
-expires after `reservation_seconds`.
+(written by the node from its own store whenever that changes), and the reservations fronts hold for
+creates in flight (`inflight`). The front names its reservation to the node (the CIMID-Reservation
+header); the node drops it in the same write that makes its figures count the machine it made, so
+nothing is counted twice, and the front drops it when the node made nothing. Every write is a
+compare-and-swap on the record's mod_revision, so of two fronts that saw the same free capacity only one
+reserves it. A reservation whose outcome nobody learnt (a front or node died) expires after
+`reservation_seconds`.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ class BuiltinPlacement:
         return min(fits, key=lambda c: (c.machines, -c.free_memory_kb, c.name)).name
 
 
+def _pending(record: dict, now: float) -> list[dict]:
+    return [r for r in record.get("inflight", {}).values() if r["expires"] > now]
+
+
 def free(record: dict, now: float) -> tuple[int, int]:
     """(cpu, memory_kb) a node can still take: allocatable, less used, less live reservations."""
-    live = [r for r in record.get("inflight", {}).values() if r["expires"] > now]
+    live = _pending(record, now)
     return (record.get("cpu", 0) - record.get("used_cpu", 0) - sum(r["cpu"] for r in live),
             record.get("memory_kb", 0) - record.get("used_memory_kb", 0) - sum(r["memory_kb"] for r in live))
 
@@ -56,7 +62,7 @@ class Ledger:
         if "cpu" not in record:
             return None  # the node has not written its capacity yet
         cpu, memory = free(record, time.time())
-        machines = record.get("machines", 0) + len(record.get("inflight", {}))
+        machines = record.get("machines", 0) + len(_pending(record, time.time()))
         return PlacementCandidate(node, api_level, cpu, memory, machines)
 
     async def reserve(self, node: str, cpu: int, memory_kb: int) -> str | None:
@@ -74,18 +80,13 @@ class Ledger:
                                        revision):
                 return rid
 
-    async def settle(self, node: str, rid: str, made: bool) -> None:
-        """The node answered: drop the reservation, and count what it made until the node says so itself."""
+    async def release(self, node: str, rid: str) -> None:
+        """The node made nothing: give the reservation back."""
         while True:
             record, revision = await self.read(node)
             inflight = dict(record.get("inflight", {}))
-            taken = inflight.pop(rid, None)
-            if taken is None:
-                return  # expired and dropped by someone else: the node's own figures count it
-            record = {**record, "inflight": inflight}
-            if made:
-                record["used_cpu"] = record.get("used_cpu", 0) + taken["cpu"]
-                record["used_memory_kb"] = record.get("used_memory_kb", 0) + taken["memory_kb"]
-                record["machines"] = record.get("machines", 0) + 1
-            if await self.etcd.replace(self._key(node), json.dumps(record).encode(), revision):
+            if inflight.pop(rid, None) is None:
+                return  # expired and dropped already
+            if await self.etcd.replace(self._key(node), json.dumps({**record, "inflight": inflight}).encode(),
+                                       revision):
                 return

@@ -11,6 +11,7 @@ import os
 import aiohttp
 import pytest
 
+from cimid.cluster.etcd import Etcd
 from cimid.front.placement import BuiltinPlacement, free
 from cimid.hookspecs import PlacementCandidate, PlacementRequest, hookimpl
 from cimid.plugins import plugin_manager
@@ -69,7 +70,7 @@ async def small_federation(tmp_path_factory):
         for process in (*nodes, *fronts):
             await asyncio.to_thread(process.start)
         async with aiohttp.ClientSession() as session:
-            yield session, nodes, fronts
+            yield session, nodes, fronts, etcd
     finally:
         for process in (*fronts, *nodes):
             await asyncio.to_thread(process.stop)
@@ -100,7 +101,7 @@ async def _until_ready(session, front, nodes):
 
 @pytest.mark.federation
 async def test_targets_idempotent_retries_and_concurrent_creates_never_overbook(small_federation):
-    session, nodes, (f1, f2) = small_federation
+    session, nodes, (f1, f2), etcd_cluster = small_federation
     await _until_ready(session, f1, nodes)
     await _until_ready(session, f2, nodes)
 
@@ -127,3 +128,18 @@ async def test_targets_idempotent_retries_and_concurrent_creates_never_overbook(
     assert refused["statusMessage"].startswith("no node has room for 1 vCPU")
     per_node = [len(await _machines_on(session, node)) for node in nodes]
     assert per_node == [2, 2, 2]
+    # every reservation was traded for the machine it made, in the node's own figures: none counted twice
+    etcd = Etcd(etcd_cluster.endpoints)
+    await etcd.connect()
+    try:
+        for node in nodes:
+            async def settled(node=node):
+                record = json.loads((await etcd.get(f"/cimid/v1/capacity/{node.name}")).value)
+                return record["inflight"] == {} and record["used_cpu"] == record["machines"] == 2
+            for _ in range(100):
+                if await settled():
+                    break
+                await asyncio.sleep(0.1)
+            assert await settled()
+    finally:
+        await etcd.close()
