@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import aiohttp
 import pluggy
 from aiohttp import web
+from yarl import URL
 
 from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
@@ -109,8 +110,9 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
     """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
     answer within front.node_timeout."""
     settings = request.app[SETTINGS]
+    url = URL(f"{node.url}{path}", encoded=True)  # the path as the client sent it, not decoded and encoded again
     try:
-        async with request.app[SESSION].request(method, f"{node.url}{path}", params=query, data=body,
+        async with request.app[SESSION].request(method, url, params=query, data=body,
                                                 headers={**headers, FRONT_HEADER: settings["name"]},
                                                 timeout=settings["timeout"], allow_redirects=False) as reply:
             return reply.status, reply.headers, await reply.read()
@@ -119,7 +121,7 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
                           headers={"Retry-After": "5"}) from None
 
 
-async def _forward(request: web.Request, node: NodeRecord, path: str, body: bytes | None = None,
+async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = None,
                    extra_headers: dict[str, str] | None = None) -> tuple[int, web.Response]:
     """The client's request, as it came (or with `body`), to `node`; its answer with every node address
     rewritten."""
@@ -129,7 +131,7 @@ async def _forward(request: web.Request, node: NodeRecord, path: str, body: byte
     if body:  # the node sees its own hrefs, as if the client had asked it directly
         body = body.replace(base.encode(), node.base.encode())
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
-    status, reply_headers, data = await _ask(request, node, request.method, path, request.query, body,
+    status, reply_headers, data = await _ask(request, node, request.method, request.raw_path, None, body,
                                              {**headers, **(extra_headers or {})})
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
     return status, web.Response(status=status, body=_rewrite(data, node, base) if data else None, headers=out)
@@ -142,7 +144,7 @@ async def cloud_entry_point(request: web.Request) -> web.Response:
         raise MethodNotAllowed(f"{request.method} is not allowed on the CloudEntryPoint; use GET", ["GET"])
     for node in _live(request):
         try:
-            return (await _forward(request, node, "/cimi/cloudEntryPoint"))[1]
+            return (await _forward(request, node))[1]
         except Unavailable:
             continue
     raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
@@ -249,7 +251,7 @@ async def _create(request: web.Request, name: str) -> web.Response:
     if claim is not None:
         node = await directory.claimed(claim)
         if node is not None:
-            return await _create_on(request, name, body, _live_node(directory, node), reservation=None)
+            return await _create_on(request, body, _live_node(directory, node), reservation=None)
     needs = await _needs(request, name, doc) if name == "machines" else (0, 0)
     placement = PlacementRequest(name, needs[0], needs[1], target)
     for _attempt in range(8):  # another front may reserve what we saw free: place again
@@ -271,8 +273,8 @@ async def _create(request: web.Request, name: str) -> web.Response:
         if owner != chosen:  # another front took the same key meanwhile: one create, on its node
             if reservation:
                 await ledger.release(chosen, reservation)
-            return await _create_on(request, name, body, _live_node(directory, owner), reservation=None)
-    return await _create_on(request, name, body, directory.live[chosen], reservation)
+            return await _create_on(request, body, _live_node(directory, owner), reservation=None)
+    return await _create_on(request, body, directory.live[chosen], reservation)
 
 
 def _live_node(directory: Directory, name: str) -> NodeRecord:
@@ -283,11 +285,11 @@ def _live_node(directory: Directory, name: str) -> NodeRecord:
     return node
 
 
-async def _create_on(request: web.Request, name: str, body: bytes, node: NodeRecord,
+async def _create_on(request: web.Request, body: bytes, node: NodeRecord,
                      reservation: str | None) -> web.Response:
     # The node drops the reservation when its figures count what it made. A node that does not answer
     # leaves the outcome unknown: the reservation is left to expire.
-    status, response = await _forward(request, node, f"/cimi/{name}", body,
+    status, response = await _forward(request, node, body,
                                       {RESERVATION_HEADER: reservation} if reservation else None)
     if reservation and status not in (200, 201, 202):
         await request.app[LEDGER].release(node.name, reservation)
@@ -371,7 +373,7 @@ async def resource(request: web.Request) -> web.Response:
     if node is None:
         raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
-    status, response = await _forward(request, node, f"/cimi/{name}/{id}{tail}")
+    status, response = await _forward(request, node)
     if status == 404 and not tail and request.method == "GET":
         await directory.forget(name, id)  # the index was stale: the node no longer has it
     return response
