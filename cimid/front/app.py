@@ -40,12 +40,14 @@ from ..wire import dialect_for
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
 from .placement import BuiltinPlacement, Ledger
+from .reconciler import Reconciler, parse_ids
 
 log = logging.getLogger("cimid.front")
 
 DIRECTORY = web.AppKey("directory", Directory)
 LEDGER = web.AppKey("ledger", Ledger)
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
+RECONCILER = web.AppKey("reconciler", asyncio.Task)
 # The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
 TARGET = "cimid:target"
 SETTINGS = web.AppKey("settings", dict)
@@ -401,6 +403,23 @@ async def _discover(request: web.Request, name: str, id: str) -> str:
     raise NotFound(f"no {name}/{id} in this federation")
 
 
+async def _list_ids(app: web.Application, node: NodeRecord, collection: str) -> set[str] | None:
+    """The ids of `node`'s `collection` (for the reconciler); None if it does not answer them."""
+    rtype = collection_type(collection)
+    if rtype is None or rtype.items is None:
+        return None
+    settings = app[SETTINGS]
+    try:
+        async with app[SESSION].get(f"{node.url}/cimi/{collection}", params={"$select": "id"},
+                                    headers={"Accept": "application/json", FRONT_HEADER: settings["name"]},
+                                    timeout=settings["timeout"]) as reply:
+            if reply.status != 200:
+                return None
+            return parse_ids(await reply.read(), rtype.items, f"{node.base}{collection}/")
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        return None
+
+
 async def not_found(request: web.Request) -> web.Response:
     raise NotFound(f"nothing is served at {request.path}; start at /cimi/cloudEntryPoint")
 
@@ -421,6 +440,8 @@ def make_front_app(config: Config) -> web.Application:
     app[DIRECTORY] = directory
     app[LEDGER] = Ledger(etcd, directory.prefix)
     app[PLUGINS] = plugin_manager((BuiltinPlacement(),))
+    reconciler = Reconciler(etcd, directory, app[SETTINGS]["name"], lambda node, c: _list_ids(app, node, c),
+                            cluster["lease_ttl"], front["reconcile_seconds"])
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}{tail:(/.*)?}", resource)
@@ -433,8 +454,11 @@ def make_front_app(config: Config) -> web.Application:
         await directory.start()
         if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
             log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
+        app[RECONCILER] = asyncio.create_task(reconciler.run(), name="reconciler")
 
     async def stop(_app) -> None:
+        app[RECONCILER].cancel()
+        await asyncio.gather(app[RECONCILER], return_exceptions=True)  # gives the election up
         await directory.stop()
         await app[SESSION].close()
 

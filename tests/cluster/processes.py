@@ -82,16 +82,20 @@ cpu_allocation_ratio = {cpu_allocation_ratio}
 
 class Front(Process):
     def __init__(self, base: Path, name: str, endpoints: list[str], strict: bool = False,
-                 node_timeout: float = 2.0, public_base_url: str = ""):
+                 node_timeout: float = 2.0, public_base_url: str = "", reconcile_seconds: float = 30.0,
+                 lease_ttl: int = 10):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = base / f"{name}.toml"
         config.write_text(f"""[cluster]
 endpoints = {_toml(endpoints)}
+lease_ttl = {lease_ttl}
+etcd_timeout = 1.0
 [front]
 listen = "127.0.0.1:{self.port}"
 strict = {_toml(strict)}
 node_timeout = {node_timeout}
 public_base_url = {_toml(public_base_url)}
+reconcile_seconds = {reconcile_seconds}
 """)
         super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")
