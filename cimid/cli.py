@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     front_cmd.add_argument("--config", type=Path, metavar="FILE", required=True,
                            help="TOML configuration with [cluster] endpoints and [front]")
     front_cmd.add_argument("--listen", metavar="HOST:PORT", help="overrides front.listen")
+    cluster_cmd = command("cluster", "the federation as etcd sees it",
+                          "`cimid cluster status --config FILE`: each etcd member of [cluster] endpoints (leader, "
+                          "version, size), then every node ever registered: live or down, its lease and what is "
+                          "left of it, its capacity and the reservations placement holds on it. Exit status 1 if "
+                          "no etcd member answers with a leader.")
+    cluster_cmd.add_argument("action", choices=("status",))
+    cluster_cmd.add_argument("--config", type=Path, metavar="FILE", required=True,
+                             help="TOML configuration with [cluster] endpoints")
     config_options(command("check", "validate the config and report driver health",
                            "Validate the configuration, print the TLS certificate's SHA-256 fingerprint, open "
                            "each configured driver and report its health "
@@ -185,6 +193,20 @@ def front(args) -> int:
     return 0
 
 
+def cluster(args) -> int:
+    config = load(args.config)
+    if not config["cluster"]["endpoints"]:
+        raise ConfigError("[cluster] endpoints is empty: this configuration is of a standalone node")
+    try:
+        from .cluster.status import report
+    except ImportError as exc:
+        raise ConfigError(f"cimid cluster needs the federation extra ({exc.name} is missing): "
+                          "pip install 'cimid[federation]'") from None
+    lines, healthy = asyncio.run(report(config))
+    print("\n".join(lines))
+    return 0 if healthy else 1
+
+
 def check(args) -> int:
     from .plugins import Drivers, plugin_manager
     config = _config(args)
@@ -265,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("consumer", "token"):
             return manage_accounts(args, _config(args))
-        return {"serve": serve, "front": front, "check": check, "plugins": plugins, "hash-password": hash_password}[args.command](args)
+        commands = {"serve": serve, "front": front, "cluster": cluster, "check": check, "plugins": plugins,
+                    "hash-password": hash_password}
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"cimid: {exc}", file=sys.stderr)
         return 2

@@ -161,6 +161,19 @@ class Etcd:
     async def revoke(self, lease: int) -> None:
         await self._call(self._client.revoke_lease(lease))
 
+    async def lease_ttl(self, lease: int) -> int:
+        """Seconds `lease` has left (-1: etcd does not know it)."""
+        reply = await self._call(self._client.get_lease_info(lease, keys=False))
+        return reply.TTL
+
+    async def member_status(self) -> dict:
+        """The answering member's view: its id, the leader's id, version, database size. Ask a client
+        made with that one endpoint to know which member answered."""
+        reply = await self._call(self._client.maintenancestub.Status(
+            rpc.StatusRequest(), timeout=self.timeout, metadata=self._client.metadata))
+        return {"member": reply.header.member_id, "leader": reply.leader, "version": reply.version,
+                "db_size": reply.dbSize}
+
     # ------------------------------------------------------------------ watches
 
     async def mirror(self, prefix: str, on_change: Callable[[dict[str, Entry]], None],
