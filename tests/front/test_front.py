@@ -153,6 +153,24 @@ async def test_creates_spread_reads_and_actions_are_routed_and_lists_merge(feder
     root = assert_valid_xml(body)
     assert [m.findtext("c:name", namespaces=NS) for m in root.findall("c:Machine", NS)] == [f"web-{i}" for i in range(6)]
     _no_node_address(fed, body.decode())
+    async with fed.session.get(made[1][0], headers={"Accept": "application/xml"}) as reply:
+        body = await reply.read()
+        assert reply.status == 200 and reply.headers["Content-Type"] == "application/xml"
+    root = assert_valid_xml(body)
+    assert root.findtext("c:id", namespaces=NS) == made[1][0]
+    _no_node_address(fed, body.decode())
+    xml_create = (f'<MachineCreate xmlns="{CIMI}"><name>xml-1</name>'
+                  f'<machineTemplate href="{fed.front.url}/cimi/machineTemplates/small-tiny-linux"/></MachineCreate>')
+    async with fed.session.post(f"{fed.front.url}/cimi/machines", data=xml_create,
+                                headers={"Content-Type": "application/xml", "Accept": "application/xml"}) as reply:
+        body = await reply.read()
+        assert reply.status == 202, body
+        assert reply.headers["Location"].startswith(f"{fed.front.url}/cimi/machines/")
+    _no_node_address(fed, body.decode())
+    async with fed.session.post(f"{fed.front.url}/cimi/machines", data=b"<MachineCreate",
+                                headers={"Content-Type": "application/xml"}) as reply:
+        error = await reply.json()
+        assert reply.status == 400 and error["resourceURI"] == f"{CIMI}/Job"
     status, error, _h = await _get(fed, f"{fed.front.url}/cimi/machines", **{"$filter": "nosuch = 1"})
     assert status == 400 and "nosuch" in error["statusMessage"]
     status, error, _h = await _get(fed, f"{fed.front.url}/cimi/machines/00000000-0000-0000-0000-000000000000")
