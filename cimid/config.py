@@ -63,7 +63,7 @@ DEFAULTS: dict[str, dict] = {
     "cluster": {"endpoints": [], "node": "", "advertise_url": "", "lease_ttl": 10, "etcd_timeout": 2.0,
                 "prefix": "/cimid/v1/", "cpu_allocation_ratio": 4.0, "memory_allocation_ratio": 1.0},
     "front": {"listen": "127.0.0.1:8090", "public_base_url": "", "strict": False, "node_timeout": 3.0,
-              "reconcile_seconds": 30.0},
+              "reconcile_seconds": 30.0, "reservation_seconds": 60.0},
 }
 
 # Each family's driver by name. The sandbox runs on in-process twins (no hypervisor, no root); the host on
@@ -236,8 +236,9 @@ def _check_cluster(config: Config) -> None:
     host, _, port = front["listen"].rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"front.listen must be HOST:PORT, got '{front['listen']}'")
-    if front["node_timeout"] <= 0 or front["reconcile_seconds"] <= 0:
-        raise ConfigError("front.node_timeout and front.reconcile_seconds must be more than 0")
+    if min(front["node_timeout"], front["reconcile_seconds"], front["reservation_seconds"]) <= 0:
+        raise ConfigError("front.node_timeout, front.reconcile_seconds and front.reservation_seconds must be "
+                          "more than 0")
 
 
 def _check_tls(config: Config) -> None:

@@ -309,9 +309,13 @@ def _parse_body(request: web.Request, body: bytes) -> dict:
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    who = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:16]
+    return None if key is None else claim_key(request.headers.get("Authorization", ""), key)
+
+
+def claim_key(authorization: str, key: str) -> str:
+    """Where etcd records which node a create with this Idempotency-Key went to: per identity (the
+    nodes keep keys per consumer), hashed (no credential or client text in etcd)."""
+    who = hashlib.sha256(authorization.encode()).hexdigest()[:16]
     return f"{who}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
@@ -438,7 +442,7 @@ def make_front_app(config: Config) -> web.Application:
     etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
     directory = Directory(etcd, cluster["prefix"])
     app[DIRECTORY] = directory
-    app[LEDGER] = Ledger(etcd, directory.prefix)
+    app[LEDGER] = Ledger(etcd, directory.prefix, front["reservation_seconds"])
     app[PLUGINS] = plugin_manager((BuiltinPlacement(),))
     reconciler = Reconciler(etcd, directory, app[SETTINGS]["name"], lambda node, c: _list_ids(app, node, c),
                             cluster["lease_ttl"], front["reconcile_seconds"])

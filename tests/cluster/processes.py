@@ -83,7 +83,7 @@ cpu_allocation_ratio = {cpu_allocation_ratio}
 class Front(Process):
     def __init__(self, base: Path, name: str, endpoints: list[str], strict: bool = False,
                  node_timeout: float = 2.0, public_base_url: str = "", reconcile_seconds: float = 30.0,
-                 lease_ttl: int = 10):
+                 lease_ttl: int = 10, reservation_seconds: float = 60.0):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = base / f"{name}.toml"
@@ -97,5 +97,6 @@ strict = {_toml(strict)}
 node_timeout = {node_timeout}
 public_base_url = {_toml(public_base_url)}
 reconcile_seconds = {reconcile_seconds}
+reservation_seconds = {reservation_seconds}
 """)
         super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")
