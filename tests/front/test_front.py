@@ -12,6 +12,8 @@ import time
 import aiohttp
 import pytest
 
+from cimid.cluster.etcd import Etcd, EtcdUnavailable
+
 from cluster.etcd_harness import EtcdCluster
 from cluster.processes import Front, Node
 from conftest import NS, assert_valid_xml
@@ -245,3 +247,36 @@ async def test_without_etcd_quorum_creates_fail_fast_and_reads_go_on(federation)
     finally:
         for name in gone:
             await asyncio.to_thread(fed.etcd.restart, name)
+
+
+async def test_an_etcd_leader_killed_costs_no_node_its_lease_and_creates_resume(federation):
+    fed = federation
+    etcd = Etcd(fed.etcd.endpoints)
+    await etcd.connect()
+    try:
+        await _until(lambda: _all_registered(etcd, 3), seconds=30)  # after the quorum loss above
+        before = {e.key: e.lease for e in (await etcd.get_prefix("/cimid/v1/nodes/"))[0]}
+        leader = await asyncio.to_thread(fed.etcd.leader)
+        fed.etcd.kill(leader)
+        try:
+            await _until(lambda: _created(fed, "after-leader-kill"), seconds=30)
+            after = {e.key: e.lease for e in (await etcd.get_prefix("/cimid/v1/nodes/"))[0]}
+            assert after == before
+        finally:
+            await asyncio.to_thread(fed.etcd.restart, leader)
+    finally:
+        await etcd.close()
+
+
+async def _all_registered(etcd, count: int) -> bool:
+    try:
+        return len((await etcd.get_prefix("/cimid/v1/nodes/"))[0]) == count
+    except EtcdUnavailable:  # an election in progress
+        return False
+
+
+async def _created(fed, name: str) -> bool:
+    body = {"resourceURI": f"{CIMI}/MachineCreate", "name": name,
+            "machineTemplate": {"href": f"{fed.front.url}/cimi/machineTemplates/small-tiny-linux"}}
+    async with fed.session.post(f"{fed.front.url}/cimi/machines", json=body) as reply:
+        return reply.status == 202
