@@ -48,10 +48,11 @@ DIRECTORY = web.AppKey("directory", Directory)
 LEDGER = web.AppKey("ledger", Ledger)
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 RECONCILER = web.AppKey("reconciler", asyncio.Task)
-# The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
-TARGET = "cimid:target"
 SETTINGS = web.AppKey("settings", dict)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+# The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
+TARGET = "cimid:target"
 
 # Request headers a node needs to answer as it would answer the client; response headers the client needs.
 _REQUEST_HEADERS = ("Content-Type", "Accept", "If-Match", "If-None-Match", "Idempotency-Key", "Authorization",
@@ -108,11 +109,11 @@ def _rewrite(data: bytes | str, node: NodeRecord, base: str):
 
 
 async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, query, body: bytes | None,
-               headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+               headers: dict[str, str], raw: bool = False) -> tuple[int, Mapping[str, str], bytes]:
     """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
-    answer within front.node_timeout."""
+    answer within front.node_timeout. `raw`: `path` is the client's, already encoded, query included."""
     settings = request.app[SETTINGS]
-    url = URL(f"{node.url}{path}", encoded=True)  # the path as the client sent it, not decoded and encoded again
+    url = URL(f"{node.url}{path}", encoded=raw)
     try:
         async with request.app[SESSION].request(method, url, params=query, data=body,
                                                 headers={**headers, FRONT_HEADER: settings["name"]},
@@ -134,7 +135,7 @@ async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = 
         body = body.replace(base.encode(), node.base.encode())
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
     status, reply_headers, data = await _ask(request, node, request.method, request.raw_path, None, body,
-                                             {**headers, **(extra_headers or {})})
+                                             {**headers, **(extra_headers or {})}, raw=True)
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
     return status, web.Response(status=status, body=_rewrite(data, node, base) if data else None, headers=out)
 
@@ -239,8 +240,8 @@ def _passed_on(request: web.Request, status: int, data: bytes) -> web.Response:
 
 
 async def _create(request: web.Request, name: str) -> web.Response:
-    """Place, reserve, forward, settle. A retry with the same Idempotency-Key goes to the node the first
-    attempt went to (recorded in etcd before forwarding), whose own idempotency answers it once."""
+    """Place, reserve, forward. A retry with the same Idempotency-Key goes to the node the first attempt
+    went to (recorded in etcd before forwarding), whose own idempotency answers it once."""
     directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
     body = await request.read()
     doc = _parse_body(request, body)
