@@ -1,0 +1,57 @@
+"""The [cluster] and [front] keys: bad values are refused with a message naming the key, and the
+commands that need etcd say so before starting anything."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cimid.cli import main
+from cimid.config import ConfigError, load
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ({"endpoints": ["10.0.0.1:2379"]}, "cluster.endpoints must be etcd client URLs"),
+    ({"endpoints": ["http://nohost"]}, "cluster.endpoints must be etcd client URLs"),
+    ({"lease_ttl": 2}, "cluster.lease_ttl must be at least 3 seconds"),
+    ({"lease_ttl": 6, "etcd_timeout": 2.5}, "cluster.etcd_timeout must be more than 0 and at most a third"),
+    ({"etcd_timeout": 0.0}, "cluster.etcd_timeout must be more than 0"),
+    ({"cpu_allocation_ratio": 0.0}, "cluster.cpu_allocation_ratio and cluster.memory_allocation_ratio"),
+    ({"prefix": "cimid"}, "cluster.prefix must start with /"),
+    ({"advertise_url": "node1:8080"}, "cluster.advertise_url must be an http(s) URL"),
+    ({"lease_ttl": "10"}, "cluster.lease_ttl must be a int"),
+])
+def test_bad_cluster_keys_are_refused(cluster, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(overrides={"cluster": cluster})
+
+
+@pytest.mark.parametrize("front, message", [
+    ({"listen": "8090"}, "front.listen must be HOST:PORT"),
+    ({"public_base_url": "cloud.example.org"}, "front.public_base_url must be an http"),
+    ({"node_timeout": 0.0}, "front.node_timeout, front.reconcile_seconds and front.reservation_seconds"),
+    ({"reservation_seconds": -1.0}, "must be more than 0"),
+])
+def test_bad_front_keys_are_refused(front, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(overrides={"front": front})
+
+
+def test_the_defaults_are_a_standalone_node():
+    config = load()
+    assert config["cluster"]["endpoints"] == [] and config["cluster"]["lease_ttl"] == 10
+    assert config["front"]["listen"] == "127.0.0.1:8090" and config["front"]["strict"] is False
+
+
+def test_front_and_cluster_status_need_endpoints_and_a_front_stays_on_loopback(tmp_path, capsys):
+    bare = tmp_path / "bare.toml"
+    bare.write_text("")
+    assert main(["front", "--config", str(bare)]) == 2
+    assert "cimid front needs cluster.endpoints" in capsys.readouterr().err
+    assert main(["cluster", "status", "--config", str(bare)]) == 2
+    assert "[cluster] endpoints is empty" in capsys.readouterr().err
+    exposed = tmp_path / "exposed.toml"
+    exposed.write_text('[cluster]\nendpoints = ["http://127.0.0.1:2379"]\n[front]\nlisten = "0.0.0.0:8090"\n')
+    assert main(["front", "--config", str(exposed)]) == 2
+    assert "refusing to serve the front on 0.0.0.0" in capsys.readouterr().err
