@@ -51,6 +51,10 @@ class PeerProxies:
             for _t, _s, a, b in self._links:
                 a.close()
                 b.close()
+            links = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in links:
+                task.cancel()
+            await asyncio.gather(*links, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
