@@ -77,7 +77,8 @@ def run(workdir: Path, quick: bool) -> list[Figure]:
     base = workdir / "federation"
     base.mkdir()
     figures: list[Figure] = []
-    for name, part in (("reads", lambda etcd: _reads(base, etcd, quick)), ("creates", lambda etcd: _creates(base, etcd))):
+    parts = (("reads", lambda etcd: _reads(base, etcd, quick)), ("creates", lambda etcd: _creates(base, etcd)))
+    for name, part in parts:
         etcd = EtcdCluster(base / f"etcd-{name}")  # each part its own cluster: no node of the other in it
         etcd.base.mkdir()
         try:

@@ -57,11 +57,12 @@ def node_url(config: Config) -> str:
 class NodeMembership:
     """Registers the node and keeps it registered until stopped; `fenced` says whether federated
     mutations must be refused now. `capacity()` is read at each registration and every
-    `capacity_seconds` after."""
+    `capacity_seconds` after; `usage(machine ids)` (the ledger's figures, and which of those machines
+    the store holds) every `ledger_seconds`, and at once after a reserved create."""
 
     def __init__(self, config: Config, capacity: Callable[[], Awaitable[dict]],
-                 usage: Callable[[list[str]], Awaitable[tuple[dict, set[str]]]], version: str, capacity_seconds: float = 30.0,
-                 ledger_seconds: float = 1.0):
+                 usage: Callable[[list[str]], Awaitable[tuple[dict, set[str]]]], version: str,
+                 capacity_seconds: float = 30.0, ledger_seconds: float = 1.0):
         cluster = config["cluster"]
         self.version = version
         self.name, self.url = node_name(config), node_url(config)
@@ -116,7 +117,6 @@ class NodeMembership:
                     await self._write_capacity()
                 except EtcdUnavailable as exc:
                     log.info("could not publish capacity: %s", exc)
-
 
     def fulfilled(self, reservation: str, machine_id: str) -> None:
         """A federated create with `reservation` made `machine_id`: the ledger trades one for the other."""

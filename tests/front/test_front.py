@@ -153,7 +153,8 @@ async def test_creates_spread_reads_and_actions_are_routed_and_lists_merge(feder
     assert [m["name"] for m in selected["machines"]] == ["web-0", "web-1"] and "id" not in selected["machines"][0]
     status, body, _h = await _get(fed, f"{fed.front.url}/cimi/machines", **{"$format": "xml", "$orderby": "name"})
     root = assert_valid_xml(body)
-    assert [m.findtext("c:name", namespaces=NS) for m in root.findall("c:Machine", NS)] == [f"web-{i}" for i in range(6)]
+    names = [m.findtext("c:name", namespaces=NS) for m in root.findall("c:Machine", NS)]
+    assert names == [f"web-{i}" for i in range(6)]
     _no_node_address(fed, body.decode())
     async with fed.session.get(made[1][0], headers={"Accept": "application/xml"}) as reply:
         body = await reply.read()
