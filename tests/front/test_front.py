@@ -129,6 +129,11 @@ async def test_creates_spread_reads_and_actions_are_routed_and_lists_merge(feder
         await _until(lambda: _state(fed, location, "STARTED"))
     status, doc, _ = await _get(fed, made[0][0])
     _no_node_address(fed, json.dumps(doc))
+    # a sub-collection and a resource of another collection the machine names: both found on its node
+    status, disks, _h = await _get(fed, doc["disks"]["href"])
+    assert status == 200 and disks["id"] == doc["disks"]["href"]
+    status, log, _h = await _get(fed, doc["eventLog"]["href"])
+    assert status == 200 and log["id"] == doc["eventLog"]["href"] and log["id"].startswith(f"{fed.front.url}/cimi/")
     stop = next(op["href"] for op in doc["operations"] if op["rel"].endswith("/stop"))
     assert stop.startswith(f"{fed.front.url}/cimi/machines/")
     async with fed.session.post(stop, json={"resourceURI": f"{CIMI}/Action", "action": f"{CIMI}/action/stop"}) as r:
