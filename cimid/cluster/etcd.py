@@ -176,11 +176,12 @@ class Etcd:
 
     # ------------------------------------------------------------------ watches
 
-    async def mirror(self, prefix: str, on_change: Callable[[dict[str, Entry]], None],
+    async def mirror(self, prefix: str, on_change: Callable[[dict[str, Entry], set[str] | None], None],
                      retry_seconds: float = 0.5) -> None:
-        """Keep `on_change` fed with every key under `prefix` until cancelled: a full read, then a watch
-        from the revision after it; a broken watch resumes from the last revision seen, a compacted one
-        starts again with a full read. `on_change` gets the whole current map after each change."""
+        """Keep a map of every key under `prefix` until cancelled: a full read, then a watch from the
+        revision after it; a broken watch resumes from the last revision seen, a compacted one starts
+        again with a full read. After each change `on_change(current, keys)` gets the live map (not a
+        copy: read it, do not keep it) and the keys that changed, None after a full read."""
         current: dict[str, Entry] | None = None
         revision = 0
         while True:
@@ -188,7 +189,7 @@ class Etcd:
                 if current is None:
                     entries, revision = await self.get_prefix(prefix)
                     current = {e.key: e for e in entries}
-                    on_change(dict(current))
+                    on_change(current, None)
                 revision = await self._follow(prefix, current, revision, on_change)
             except RevisionCompactedError:
                 log.info("etcd compacted the history of %s: reading it again", prefix)
@@ -198,17 +199,18 @@ class Etcd:
                 await asyncio.sleep(retry_seconds)
 
     async def _follow(self, prefix: str, current: dict[str, Entry], revision: int,
-                      on_change: Callable[[dict[str, Entry]], None]) -> int:
+                      on_change: Callable[[dict[str, Entry], set[str] | None], None]) -> int:
         watch = await self._call(self._client.watch(prefix.encode(), range_end=_prefix_end(prefix.encode()),
                                                     start_revision=revision + 1))
         try:
             async for event in watch:
+                key = event.kv.key.decode()
                 if event.kind == aetcd.rtypes.EventKind.PUT:
-                    current[event.kv.key.decode()] = _entry(event.kv)
+                    current[key] = _entry(event.kv)
                 else:
-                    current.pop(event.kv.key.decode(), None)
+                    current.pop(key, None)
                 revision = event.kv.mod_revision
-                on_change(dict(current))
+                on_change(current, {key})
         finally:
             await watch.cancel()
         return revision

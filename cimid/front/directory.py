@@ -61,7 +61,7 @@ class Directory:
         if self._seen == {"nodes", "nodeinfo", "index"}:
             self.ready.set()
 
-    def _nodes(self, entries: dict[str, Entry]) -> None:
+    def _nodes(self, entries: dict[str, Entry], _changed) -> None:
         live = {}
         for entry in entries.values():
             name = entry.key.rsplit("/", 1)[-1]
@@ -73,7 +73,7 @@ class Directory:
         self.live = live
         self._loaded("nodes")
 
-    def _nodeinfo(self, entries: dict[str, Entry]) -> None:
+    def _nodeinfo(self, entries: dict[str, Entry], _changed) -> None:
         known = {}
         for entry in entries.values():
             try:
@@ -83,13 +83,19 @@ class Directory:
         self.known = known
         self._loaded("nodeinfo")
 
-    def _index(self, entries: dict[str, Entry]) -> None:
-        index = {}
+    def _index(self, entries: dict[str, Entry], changed: set[str] | None) -> None:
+        """Kept by change, not rebuilt: the index may hold many entries."""
         start = len(self.prefix) + len("index/")
-        for entry in entries.values():
-            collection, _, id = entry.key[start:].partition("/")
-            index[(collection, id)] = (entry.value.decode(), entry.mod_revision)
-        self.index = index
+        if changed is None:
+            self.index = {}
+            changed = set(entries)
+        for key in changed:
+            collection, _, id = key[start:].partition("/")
+            entry = entries.get(key)
+            if entry is None:
+                self.index.pop((collection, id), None)
+            else:
+                self.index[(collection, id)] = (entry.value.decode(), entry.mod_revision)
         self._loaded("index")
 
     def down(self) -> list[str]:

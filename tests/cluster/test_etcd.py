@@ -196,7 +196,8 @@ async def test_a_mirror_resumes_after_a_break_and_reads_everything_again_after_a
     watched = next(n for n in reversed(etcd_cluster.names) if n != leader)
     reader = await connected([etcd_cluster.endpoint(watched)])  # its only member is the one killed below
     seen: list[dict] = []
-    mirror = asyncio.create_task(reader.mirror("/t/index/", seen.append, retry_seconds=0.2))
+    mirror = asyncio.create_task(reader.mirror("/t/index/", lambda current, _keys: seen.append(dict(current)),
+                                               retry_seconds=0.2))
 
     async def mirrored(expected: dict) -> bool:
         return bool(seen) and {k: e.value for k, e in seen[-1].items()} == expected
