@@ -184,8 +184,10 @@ class StorageDriver(Protocol):
     async def health(self) -> dict[str, str]:
         """Human-readable facts for `cimid check`: driver, free and used space (thin pools: fill)."""
 
-    async def space(self) -> dict[str, int]:
-        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work)."""
+    async def space(self) -> dict:
+        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work). A
+        pool with a fill limit (an LVM thin pool) adds "fill_percent" and "fill_limit_percent": over its
+        limit, new volumes are refused whatever their size."""
 
     async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
         """Called once at start-up with every stored volume and image of the pool (id -> capacity_kb), so a

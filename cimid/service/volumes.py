@@ -171,6 +171,9 @@ class Volumes(ResourceService):
     @staticmethod
     async def _check_space(pool, name: str, needed_kb: int) -> None:
         space = await pool.space()
+        if space.get("fill_percent", 0) > space.get("fill_limit_percent", 100):  # a thin pool nearly full
+            raise Conflict(f"storage pool '{name}' is {space['fill_percent']:.1f}% full, over its limit of "
+                           f"{space['fill_limit_percent']}%; new volumes are refused until it has room")
         if needed_kb > space["free_kb"]:
             raise Conflict(f"storage pool '{name}' has {space['free_kb']} KB free; this needs {needed_kb} KB")
 
