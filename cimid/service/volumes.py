@@ -230,10 +230,11 @@ class Volumes(ResourceService):
     # ---------------------------------------------------------------- volumes of a MachineTemplate
 
     async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, attach: list[dict],
-                               make: list[dict], own_disks: int) -> None:
+                               make: list[dict], own_disks: int, boot: bool = False) -> None:
         """Check, before any work, the volumes a new machine's template attaches (`volumes`) and makes
         (`volumeTemplates`), and record them: new Volumes CREATING, a MachineVolume for each, pending
-        until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine)."""
+        until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine).
+        With `boot`, the first bootable one (made from a bootable VolumeImage) is the machine's vda."""
         # The machine's own disks come first (vda, then its configuration's other disks).
         devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
         chosen: list[tuple[Row, str | None]] = []
@@ -280,7 +281,16 @@ class Volumes(ResourceService):
             await tx.insert(volume)
             tx.emit(model_changed(Volume, volume, "created", ctx.user))
             chosen.append((volume, device))
+        booting = None
+        if boot:
+            booting = next((volume for volume, _ in chosen if volume.attrs.get("bootable")), None)
+            if booting is None:
+                raise BadRequest("the machineTemplate has no machineImage and none of its volumes is bootable "
+                                 "(a Volume made from a VolumeImage whose bootable is true)")
+            chosen = [(volume, "vda" if volume is booting else device) for volume, device in chosen]
         for volume, device in chosen:
+            if volume is booting:
+                continue
             if device is not None and not DEVICE.match(device):
                 raise BadRequest(f"initialLocation: '{device}' is not a guest disk name this provider gives "
                                  "(vdb to vdz; vda is the boot disk)")
@@ -357,6 +367,9 @@ class Volumes(ResourceService):
             check_if_match(attachment, if_match)
             if attachment.internal.get("detaching"):
                 raise Conflict(f"MachineVolume '{id}' is being detached already")
+            if attachment.internal["device"] == "vda":
+                raise Conflict(f"MachineVolume '{id}' is the boot disk of Machine '{machine_id}'; deleting the "
+                               "machine frees it (the Volume stays)")
             attachment.internal["detaching"] = True
             await tx.update(attachment)
             volume = await tx.get(Volume.name, attachment.internal["volume"])
