@@ -4,6 +4,9 @@ with device nodes, a thin snapshot, a restore that brings the data back, a grow,
 snapshot, the fill limit refusing new volumes with both numbers, and LVs cimid did not make left alone.
 Data is written and read in the guest with dd, as a machine using the volume would."""
 
+import shlex
+import shutil
+
 import pytest
 from cimid_lvm import LvmVolumes
 from conftest import assert_error, assert_state, make_client
@@ -50,7 +53,7 @@ async def job_done(client, r, outcome="SUCCESS"):
 
 
 async def write(guest, device: str, text: str) -> None:
-    await sh(guest, "sh", "-c", f"printf '%s' '{text}' | dd of={device} conv=fsync 2>/dev/null")
+    await sh(guest, "sh", "-c", f"printf '%s' {shlex.quote(text)} | dd of={device} conv=fsync 2>/dev/null")
 
 
 async def read(guest, device: str, size: int) -> str:
@@ -112,7 +115,7 @@ async def test_thin_volumes_snapshot_restore_grow_in_the_helper_guest(guest):
         copy_dev = f"/dev/gvg/cimid-v-{r.headers['Location'].rsplit('/', 1)[1]}"
         assert await read(guest, copy_dev, 15) == "before-snapshot"
         assert (await sh(guest, "blockdev", "--getsize64", copy_dev)).strip() == str(96 * MIB)
-        await write(guest, copy_dev, "the copy's own")
+        await write(guest, copy_dev, "copy-owns-this!")
         assert await read(guest, dev, 15) == "before-snapshot"  # copy-on-write: the volume keeps its data
 
         # Fill the thin pool past its 40 % limit: a new volume is refused with both numbers, nothing made.
@@ -133,5 +136,4 @@ async def test_thin_volumes_snapshot_restore_grow_in_the_helper_guest(guest):
         assert "cimid-" not in lvs and "theirs" in lvs and "tp" in lvs
     finally:
         await client.client.close()
-        import shutil
         shutil.rmtree(root, ignore_errors=True)

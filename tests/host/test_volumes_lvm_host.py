@@ -3,6 +3,8 @@ the host kernel has no device-mapper): the driver's metadata flows, and Volumes 
 grow, refused shrink, the capacity check with both numbers, an lvcreate that fails half-way, delete —
 with LVs cimid did not make never touched, and its own orphans removed at start-up."""
 
+import shutil
+
 import pytest
 from cimid_lvm import LocalRunner, LvmVolumes
 from conftest import assert_error, assert_state, make_client
@@ -84,7 +86,6 @@ async def lvm_client(libvirt_host, device):
             yield client
         finally:
             await client.client.close()
-            import shutil
             shutil.rmtree(root, ignore_errors=True)
 
 
