@@ -30,15 +30,16 @@ VGS = """  {"report": [{"vg": [{"vg_name":"vg0", "vg_size":"10733223936", "vg_fr
 class RecordingRunner:
     """Answers lvs and vgs with the reports above, everything else with success; keeps every argv."""
 
-    def __init__(self, fail: str = ""):
+    def __init__(self, fail: str = "", lvs: str = LVS):
         self.argvs: list[list[str]] = []
         self.fail = fail
+        self.lvs = lvs
 
     async def run(self, argv):
         self.argvs.append(list(argv))
         if self.fail and self.fail in argv:
             return Completed(5, "", f"  WARNING: noise\n  Volume group \"vg0\" has insufficient free space.\n")
-        return Completed(0, {"lvs": LVS, "vgs": VGS}.get(argv[1], ""), "")
+        return Completed(0, {"lvs": self.lvs, "vgs": VGS}.get(argv[1], ""), "")
 
     def commands(self):
         return [a[1] for a in self.argvs if a[0] == "lvm" and a[1] not in ("lvs", "vgs")]
@@ -146,3 +147,20 @@ def test_the_lvm_plugin_answers_for_lvm_pools_only(config):
     assert isinstance(cimid_lvm.cimid_storage_pool(config, "p", {"driver": "lvm", "volume_group": "vg"}),
                       LvmVolumes)
     assert cimid_lvm.cimid_storage_pool(config, "p", {"driver": "dir"}) is None
+
+
+async def test_a_restore_cut_short_between_its_renames_is_finished(config):
+    # Killed after removing the old volume, before renaming the restored copy: the copy becomes the volume.
+    half_done = LVS.replace('"cimid-v-a1"', '"cimid-r-a1"')
+    runner = RecordingRunner(lvs=half_done)
+    pool = pool_with(config, runner, thin_pool="tp")
+    await pool.volume("a1")
+    assert ["lvm", "lvrename", "-q", "vg0", "cimid-r-a1", "cimid-v-a1"] in runner.argvs
+    # Killed before the old volume was removed: the copy is dropped, the volume keeps its data.
+    both = LVS.replace('{"lv_name":"root"', '{"lv_name":"cimid-r-a1", "lv_size":"67108864", "lv_attr":"Vwi-a-tz--", '
+                       '"lv_tags":"cimid", "pool_lv":"tp", "origin":"", "data_percent":"0.00", "metadata_percent":""},'
+                       '\n{"lv_name":"root"')
+    runner = RecordingRunner(lvs=both)
+    await pool_with(config, runner, thin_pool="tp").volume("a1")
+    assert ["lvm", "lvremove", "-q", "-y", "vg0/cimid-r-a1"] in runner.argvs
+    assert not any(a[1] == "lvrename" for a in runner.argvs)
