@@ -4,6 +4,7 @@ with device nodes, a thin snapshot, a restore that brings the data back, a grow,
 snapshot, the fill limit refusing new volumes with both numbers, and LVs cimid did not make left alone.
 Data is written and read in the guest with dd, as a machine using the volume would."""
 
+import re
 import shlex
 import shutil
 
@@ -12,6 +13,7 @@ from cimid_lvm import LvmVolumes
 from conftest import assert_error, assert_state, make_client
 
 from cimid.hookspecs import hookimpl
+from cimid.http.keys import PROVIDER
 
 from .conftest import fresh_dir
 from .lvm_fixtures import helper_guest
@@ -126,8 +128,9 @@ async def test_thin_volumes_snapshot_restore_grow_in_the_helper_guest(guest):
         assert "full, over its limit of 40%" in message, message
         assert await sh(guest, "lvm", "lvs", "--noheadings", "-o", "lv_name", "gvg") == before
         assert await client.rows() == rows
-        check = await client.get("cloudEntryPoint")  # still serving
-        assert check.status == 200
+        facts = await client.app[PROVIDER].drivers.storage.health()  # what `cimid check` prints
+        assert re.fullmatch(r"tp: 262144 KiB, data \d+\.\d% full, metadata \d+\.\d% full \(new volumes "
+                            r"refused over 40%\)", facts["pool default thin pool"]), facts
 
         for doomed in (volume, r.headers["Location"]):
             await job_done(client, await client.delete(doomed))

@@ -3,7 +3,10 @@ the host kernel has no device-mapper): the driver's metadata flows, and Volumes 
 grow, refused shrink, the capacity check with both numbers, an lvcreate that fails half-way, delete —
 with LVs cimid did not make never touched, and its own orphans removed at start-up."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from cimid_lvm import LocalRunner, LvmVolumes
@@ -140,3 +143,19 @@ async def test_volumes_on_lvm_through_the_api(lvm_client):
     r = await client.delete(volume)
     assert_state(await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60), "SUCCESS")
     assert f"cimid-v-{volume_id}" not in group.lvs() and "theirs" in group.lvs()
+
+
+def test_cimid_check_reports_the_lvm_pool(group, tmp_path):
+    group.lvm("lvcreate", "-q", "-y", "-L", "8m", "-n", "cimid-v-x", "--addtag", "cimid", group.vg)
+    conf = tmp_path / "cimid.toml"
+    conf.write_text(f'[storage]\ndefault_pool = "loop"\n[storage.pools.loop]\ndriver = "lvm"\n'
+                    f'volume_group = "{group.vg}"\nlvm_config = "{NO_ACTIVATION}"\n')
+    r = subprocess.run([sys.executable, "-m", "cimid.cli", "check", "--config", str(conf), "--state-dir",
+                        str(tmp_path / "state")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "storage: lvm: ok" in r.stdout
+    vg = json.loads(group.lvm("vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+                              "vg_size,vg_free", group.vg).stdout)["report"][0]["vg"][0]
+    total, free = int(vg["vg_size"]) // 1024, int(vg["vg_free"]) // 1024
+    assert f"pool loop: driver lvm (default), {free} KiB free, {total - free} KiB used of {total} KiB" in r.stdout
+    assert f"pool loop volume group: {group.vg}, 1 volumes and 0 images of cimid" in r.stdout
