@@ -610,8 +610,8 @@ class Volumes(ResourceService):
     async def observe(self, job: Row):
         """What the pool holds for the volume now (None: nothing, or no volume in this Job)."""
         volume_id = job.internal.get("volume")
-        if volume_id is None:
-            return None
+        if volume_id is None or job.internal["steps"][-1]["op"] in ("attach", "detach"):
+            return None  # an attachment's Job settles from its own outcome, not from the pool (no qemu-img run)
         volume = await self.store.get(Volume.name, volume_id)
         pool = self.pools.pool(volume.internal["pool"]) if volume else None
         try:
