@@ -164,3 +164,18 @@ async def test_a_restore_cut_short_between_its_renames_is_finished(config):
     await pool_with(config, runner, thin_pool="tp").volume("a1")
     assert ["lvm", "lvremove", "-q", "-y", "vg0/cimid-r-a1"] in runner.argvs
     assert not any(a[1] == "lvrename" for a in runner.argvs)
+
+
+@pytest.mark.parametrize("pool, words", [
+    ({"driver": "lvm"}, "an lvm pool needs its volume group"),
+    ({"driver": "lvm", "volume_group": "vg0", "thin_fill_limit": 0}, "percentage from 1 to 100"),
+    ({"driver": "lvm", "volume_group": "vg0", "thin_fill_limit": "90"}, "must be a int"),
+    ({"driver": "lvm", "volume_group": "vg0", "path": "/x"}, "unknown key storage.pools.fast.path"),
+])
+def test_the_lvm_pools_configuration_is_checked(tmp_path, pool, words):
+    from cimid.config import ConfigError
+    with pytest.raises(ConfigError, match=words):
+        load(profile="host", state_dir=tmp_path, overrides={"storage": {"default_pool": "fast",
+                                                                       "pools": {"fast": pool}}})
+    load(profile="host", state_dir=tmp_path, overrides={"storage": {"default_pool": "fast", "pools": {"fast": {
+        "driver": "lvm", "volume_group": "vg0", "thin_pool": "tp", "thin_fill_limit": 80, "lvm_config": ""}}}})
