@@ -4,6 +4,9 @@ a. Create from an image: POST /cimi/volumes with a volumeImage, to the create Jo
    and a 10 GiB VolumeImage (10 % of each written with data), interleaved, on the dir pool: the volume is
    a copy-on-write overlay, so 10 GiB over 1 GiB should be <= 1.2. Beside it, for scale, the full copy a
    copying driver would make (qemu-img convert of the same image file).
+   The same on an lvm pool with a thin pool, in the LVM helper guest (--host only; cimid's LvmVolumes
+   driven directly, its commands sent over the guest's serial shell): create_volume from a 1 GiB and a
+   10 GiB image LV is a thin snapshot; beside it a dd of the images' data, for scale.
 b. Hot-plug (host profile, a running TCG guest, --host only): POST a MachineVolume until its Job is
    SUCCESS, against plain libvirt-python attachDeviceFlags of the same kind of disk on the same domain;
    target <= 1.3x. Detaching (the guest's ACPI acknowledgement) is not timed.
@@ -132,6 +135,68 @@ def run_create(workdir: Path, quick: bool) -> list[Figure]:
             Figure.measured("Volume from image: full copy 10 GiB (qemu-img convert, scale)", copy_large, "ms", 0),
         ]
     return figures
+
+
+def run_create_lvm(workdir: Path, quick: bool) -> list[Figure]:
+    import asyncio
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "host"))
+    from cimid_lvm import LvmVolumes
+    from lvm_guest import helper_guest
+    rounds = 3 if quick else 7
+
+    async def measure() -> list[Figure]:
+        async with helper_guest(disk_gib=4, memory_mib=512) as guest:
+            print(f"  helper guest's shell up in {guest.boot_seconds:.1f} s")
+
+            async def sh(*argv: str) -> None:
+                done = await guest.run(list(argv))
+                if done.returncode:
+                    raise RuntimeError(f"{' '.join(argv)} in the helper guest: {done.stderr.strip()}")
+            await sh("lvm", "pvcreate", "-q", "/dev/vda")
+            await sh("lvm", "vgcreate", "-q", "bvg", "/dev/vda")
+            await sh("lvm", "lvcreate", "-q", "-y", "--type", "thin-pool", "-L", "3g", "-n", "tp", "bvg")
+            pool = LvmVolumes(SimpleNamespace(state_dir=workdir / "lvm-bench"), "bench",
+                              {"volume_group": "bvg", "thin_pool": "tp", "thin_fill_limit": 100}, guest)
+            await pool.open()
+            sizes = {"1 GiB": (1024 * 1024, 100), "10 GiB": (10 * 1024 * 1024, 1024)}  # KiB, MiB of data
+            for label, (size_kb, data_mib) in sizes.items():  # image LVs as an import leaves them, data on
+                name = f"img{size_kb}"
+                await sh("lvm", "lvcreate", "-q", "-y", "-n", f"cimid-i-{name}", "-V", f"{size_kb}k",
+                         "--thinpool", "bvg/tp", "--addtag", "cimid")
+                await sh("dd", "if=/dev/zero", f"of=/dev/bvg/cimid-i-{name}", "bs=1M", f"count={data_mib}",
+                         "conv=fsync")
+            snap = {label: [] for label in sizes}
+            for round_number in range(1, rounds + 1):
+                for label in list(sizes) if round_number % 2 else list(reversed(sizes)):
+                    size_kb = sizes[label][0]
+                    started = time.perf_counter()
+                    await pool.create_volume(f"r{round_number}-{size_kb}", size_kb, f"img{size_kb}")
+                    snap[label].append((time.perf_counter() - started) * 1e3)
+                    await pool.delete_volume(f"r{round_number}-{size_kb}")
+                print(f"    round {round_number}: " + "   ".join(
+                    f"{label}: thin snapshot volume {snap[label][-1]:6.0f} ms" for label in sizes))
+            copy = {}
+            for label, (size_kb, data_mib) in sizes.items():  # once: a copy of the data is slow under TCG
+                await sh("lvm", "lvcreate", "-q", "-y", "-n", "copy", "-V", f"{size_kb}k", "--thinpool", "bvg/tp")
+                started = time.perf_counter()
+                await sh("dd", f"if=/dev/bvg/cimid-i-img{size_kb}", "of=/dev/bvg/copy", "bs=1M",
+                         f"count={data_mib}", "conv=fsync")
+                copy[label] = (time.perf_counter() - started) * 1e3
+                await sh("lvm", "lvremove", "-q", "-y", "bvg/copy")
+                print(f"    {label}: dd of its {data_mib} MiB of data {copy[label]:7.0f} ms")
+            small, large = median(snap["1 GiB"]), median(snap["10 GiB"])
+            print(f"  median: thin snapshot volume from 1 GiB {small:.0f} ms, from 10 GiB {large:.0f} ms "
+                  f"(ratio {large / small:.2f})")
+            return [
+                Figure.measured("LVM volume from image (helper guest): thin snapshot, 1 GiB", small, "ms", 0),
+                Figure.measured("LVM volume from image (helper guest): thin snapshot, 10 GiB", large, "ms", 0),
+                Figure.measured("LVM volume from image: 10 GiB / 1 GiB", large / small, "", 2, "<=", 1.2),
+                Figure.measured("LVM volume from image: dd of 1 GiB image's data (scale)", copy["1 GiB"], "ms", 0),
+                Figure.measured("LVM volume from image: dd of 10 GiB image's data (scale)", copy["10 GiB"], "ms", 0),
+            ]
+    return asyncio.run(measure())
 
 
 # ---------------------------------------------------------------- b. hot-plug

@@ -144,6 +144,9 @@ def main() -> int:
                           lambda: bench_volumes.run_scale(workdir, args.quick))
             figures += got or []
         if "volumes-host" in selected:
+            got = attempt("9a'. Volumes: create from a 1 GiB and a 10 GiB image LV (thin snapshot) in the LVM helper guest",
+                          "LVM volume from image", lambda: bench_volumes.run_create_lvm(workdir, args.quick))
+            figures += got or []
             got = attempt("9b. Volumes: hot-plug POST MachineVolume against plain attachDeviceFlags", "Hot-plug",
                           lambda: bench_volumes.run_hotplug(workdir, args.quick))
             figures += got or []

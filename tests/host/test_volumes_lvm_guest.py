@@ -16,7 +16,7 @@ from cimid.hookspecs import hookimpl
 from cimid.http.keys import PROVIDER
 
 from .conftest import fresh_dir
-from .lvm_fixtures import helper_guest
+from .lvm_guest import helper_guest
 
 MIB = 1 << 20
 RESTORE = "http://schemas.dmtf.org/cimi/1/action/restore"
