@@ -124,6 +124,17 @@ class LvmVolumes:
                                   f"{meta:.1f}% full (new volumes refused over {self.fill_limit}%)")
         return facts
 
+    async def usage(self) -> dict[str, int]:
+        """What each volume takes in the group now: a thin LV its data (size x data%), a thick LV its size.
+        (The StorageDriver.usage() of the volume Meters, which another branch adds to the protocol.)"""
+        taken = {}
+        for name, lv in (await self._own_lvs()).items():
+            if name.startswith(VOLUME):
+                size = int(lv["lv_size"])
+                used = size * percent(lv["data_percent"]) / 100 if lv["pool_lv"] else size
+                taken[name[len(VOLUME):]] = int(used) // KB
+        return taken
+
     # ---------------------------------------------------------------- start-up
 
     async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:

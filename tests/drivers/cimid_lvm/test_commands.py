@@ -14,7 +14,7 @@ LVS = """  {
       "report": [
           {
               "lv": [
-                  {"lv_name":"cimid-v-a1", "lv_size":"67108864", "lv_attr":"Vwi-a-tz--", "lv_tags":"cimid", "pool_lv":"tp", "origin":"", "data_percent":"0.00", "metadata_percent":""},
+                  {"lv_name":"cimid-v-a1", "lv_size":"67108864", "lv_attr":"Vwi-a-tz--", "lv_tags":"cimid", "pool_lv":"tp", "origin":"", "data_percent":"25.00", "metadata_percent":""},
                   {"lv_name":"cimid-v-orphan", "lv_size":"4194304", "lv_attr":"Vwi-a-tz--", "lv_tags":"cimid", "pool_lv":"tp", "origin":"", "data_percent":"0.00", "metadata_percent":""},
                   {"lv_name":"cimid-v-notours", "lv_size":"4194304", "lv_attr":"Vwi-a-tz--", "lv_tags":"", "pool_lv":"tp", "origin":"", "data_percent":"0.00", "metadata_percent":""},
                   {"lv_name":"root", "lv_size":"8589934592", "lv_attr":"-wi-ao----", "lv_tags":"", "pool_lv":"", "origin":"", "data_percent":"", "metadata_percent":""},
@@ -179,3 +179,11 @@ def test_the_lvm_pools_configuration_is_checked(tmp_path, pool, words):
                                                                        "pools": {"fast": pool}}})
     load(profile="host", state_dir=tmp_path, overrides={"storage": {"default_pool": "fast", "pools": {"fast": {
         "driver": "lvm", "volume_group": "vg0", "thin_pool": "tp", "thin_fill_limit": 80, "lvm_config": ""}}}})
+
+
+async def test_usage_is_a_thin_volumes_data_and_a_thick_volumes_size(config):
+    thick = LVS.replace('"lv_name":"cimid-v-orphan", "lv_size":"4194304", "lv_attr":"Vwi-a-tz--", "lv_tags":"cimid", '
+                        '"pool_lv":"tp"', '"lv_name":"cimid-v-orphan", "lv_size":"4194304", "lv_attr":"-wi-a-----", '
+                        '"lv_tags":"cimid", "pool_lv":""')
+    pool = pool_with(config, RecordingRunner(lvs=thick), thin_pool="tp")
+    assert await pool.usage() == {"a1": 16384, "orphan": 4096}  # 25 % of 64 MiB; a thick LV's whole size
