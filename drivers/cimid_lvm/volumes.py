@@ -168,6 +168,8 @@ class LvmVolumes:
                 if int(lv["lv_size"]) < capacity_kb * KB:
                     await self.lvm.extend(self.vg, name, capacity_kb)
             else:
+                if source is not None:  # the copy needs room for all of the source's data
+                    capacity_kb = max(capacity_kb, int((await self._lvs())[source]["lv_size"]) // KB)
                 await self.lvm.create(self.vg, name, capacity_kb, thin_pool=self.thin_pool, tag=TAG)
                 if source is not None:
                     await self.lvm.activate(self.vg, source)

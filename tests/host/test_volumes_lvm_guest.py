@@ -140,3 +140,29 @@ async def test_thin_volumes_snapshot_restore_grow_in_the_helper_guest(guest):
     finally:
         await client.client.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_thick_volumes_copy_their_data_in_the_helper_guest(guest, tmp_path):
+    """Without a thin pool: snapshots, restores and volumes from images are copies (dd on the devices)."""
+    from cimid.config import load
+    await sh(guest, "lvm", "pvcreate", "-q", "/dev/vda")
+    await sh(guest, "lvm", "vgcreate", "-q", "kvg", "/dev/vda")
+    pool = LvmVolumes(load(profile="host", state_dir=tmp_path / "state"), "thick",
+                      {"driver": "lvm", "volume_group": "kvg"}, guest)
+    await pool.open()
+    await pool.create_volume("k1", 8192)
+    dev = "/dev/kvg/cimid-v-k1"
+    attrs = (await sh(guest, "lvm", "lvs", "--noheadings", "-o", "lv_attr", dev)).split()[0]
+    assert attrs.startswith("-wi-a")  # thick, active: a device node
+    await write(guest, dev, "thick-before---")
+    assert await pool.snapshot_volume("k1", "s1") == {"capacity_kb": 8192}
+    await write(guest, dev, "thick-after----")
+    await pool.restore_volume("k1", "s1")
+    assert await read(guest, dev, 15) == "thick-before---"
+    await pool.create_volume("k2", 4096, "s1")  # at least the image's size
+    assert await pool.volume("k2") == {"capacity_kb": 8192, "format": "raw"}
+    assert await read(guest, "/dev/kvg/cimid-v-k2", 15) == "thick-before---"
+    await pool.grow_volume("k1", 16384, attached_live=False)
+    assert (await sh(guest, "blockdev", "--getsize64", dev)).strip() == str(16 * MIB)
+    await pool.forget()
+    assert "cimid-" not in await sh(guest, "lvm", "lvs", "--noheadings", "-o", "lv_name", "kvg")
