@@ -19,10 +19,12 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev c
 # The benchmarks load cimid from a second process with wrk; the federation one runs etcd.
 BENCH_PACKAGES  := wrk etcd-server etcd-client
 # `make test` only: libvirtd + QEMU for tests/host, what tests/host/build-guest-image.sh needs to build
-# the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download), and
-# curl for tests/test_readme_tour.py, etcd (server and etcdctl) for the federation tests (tests/cluster, tests/front).
-TEST_PACKAGES   := curl etcd-server etcd-client libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
-                   busybox-static syslinux syslinux-common mtools dosfstools fdisk
+# the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download),
+# curl for tests/test_readme_tour.py, lvm2 for the lvm pool's tests (the host's lvm on loop devices,
+# and the binary the LVM helper guest carries: tests/host/build-lvm-guest-image.sh), and etcd (server
+# and etcdctl) for the federation tests (tests/cluster, tests/front).
+TEST_PACKAGES   := curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
+                   busybox-static syslinux syslinux-common mtools dosfstools fdisk lvm2 etcd-server etcd-client
 
 .PHONY: run test test-packages fuzz bench system-packages check clean
 

@@ -1,4 +1,4 @@
-"""Benchmark 9: federation (issue 13). A 3-member etcd, three sandbox nodes and two fronts, every process
+"""Benchmark 10: federation (issue 13). A 3-member etcd, three sandbox nodes and two fronts, every process
 on 127.0.0.1 (the same launchers the tests use, tests/cluster):
 
 - GET one machine through a front, against the same GET on its node directly (wrk, interleaved rounds);

@@ -1,8 +1,9 @@
 """cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
 
-`--host` adds the real-machine benchmark (bench_host.py: root, libvirtd on qemu:///system, the test guest
-image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers, meters, federation) runs one benchmark
-alone and leaves bench/RESULTS.md as it was.
+`--host` adds the real-machine benchmarks (bench_host.py, and bench_volumes.py's hot-plug: root, libvirtd on
+qemu:///system, the test guest image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k,
+testers, meters, volumes, volumes-host, federation) runs one benchmark alone and leaves bench/RESULTS.md as
+it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
 medians, and every figure that has a baseline was measured side by side with it in the same run.
@@ -31,6 +32,7 @@ import bench_get
 import bench_host
 import bench_memory
 import bench_tenancy
+import bench_volumes
 import bench_testers
 import bench_meters
 from common import BENCH_DIR, Figure, WrongAnswer
@@ -70,10 +72,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples (noisier figures)")
     parser.add_argument("--host", action="store_true",
                         help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
-    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers", "meters", "federation")
-    parser.add_argument("--only", choices=(*default, "host"), help="run this benchmark alone")
+    default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers", "meters", "volumes",
+               "federation")
+    parser.add_argument("--only", choices=(*default, "host", "volumes-host"), help="run this benchmark alone")
     args = parser.parse_args()
-    selected = {args.only} if args.only else set(default) | ({"host"} if args.host else set())
+    selected = {args.only} if args.only else set(default) | ({"host", "volumes-host"} if args.host else set())
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and temp dirs are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also through make or a pipe
@@ -136,8 +139,22 @@ def main() -> int:
             got = attempt("8. Meters: sampler cost, /metrics, 1,000,000 samples", "Meters",
                           lambda: bench_meters.run(workdir, args.quick))
             figures += got or []
+        if "volumes" in selected:
+            got = attempt("9a. Volumes: create from a 1 GiB and a 10 GiB VolumeImage (dir overlay), full copy beside",
+                          "Volume from image", lambda: bench_volumes.run_create(workdir, args.quick))
+            figures += got or []
+            got = attempt("9c. Volumes: $filter on capacity among 2,000", "2,000 Volumes",
+                          lambda: bench_volumes.run_scale(workdir, args.quick))
+            figures += got or []
+        if "volumes-host" in selected:
+            got = attempt("9a'. Volumes: create from a 1 GiB and a 10 GiB image LV (thin snapshot) in the LVM helper guest",
+                          "LVM volume from image", lambda: bench_volumes.run_create_lvm(workdir, args.quick))
+            figures += got or []
+            got = attempt("9b. Volumes: hot-plug POST MachineVolume against plain attachDeviceFlags", "Hot-plug",
+                          lambda: bench_volumes.run_hotplug(workdir, args.quick))
+            figures += got or []
         if "federation" in selected:
-            got = attempt("9. Federation: 3 etcd members, 3 nodes, 2 fronts on loopback", "Federation",
+            got = attempt("10. Federation: 3 etcd members, 3 nodes, 2 fronts on loopback", "Federation",
                           lambda: bench_federation.run(workdir, args.quick))
             figures += got or []
         if "host" in selected:

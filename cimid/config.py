@@ -175,10 +175,11 @@ def _check(config: Config) -> None:
     _check_exposure(config)
 
 
-# Each pool driver's keys and their types ("lvm" belongs to its own plugin, which checks the rest).
+# Each pool driver's keys and their types.
 POOL_KEYS = {"memory": {"capacity_gb": int, "shareable": bool},
              "dir": {"path": str, "shareable": bool, "reserve_mb": int},
-             "lvm": {"volume_group": str, "thin_pool": str, "thin_fill_limit": int, "shareable": bool}}
+             "lvm": {"volume_group": str, "thin_pool": str, "thin_fill_limit": int, "shareable": bool,
+                     "lvm_config": str}}
 
 
 def _check_pools(storage: dict) -> None:
@@ -198,6 +199,10 @@ def _check_pools(storage: dict) -> None:
                 raise ConfigError(f"storage.pools.{name}.{key} must be a {known[key].__name__}")
         if pool["driver"] == "memory" and pool.get("capacity_gb", 100) < 1:
             raise ConfigError(f"storage.pools.{name}.capacity_gb must be at least 1")
+        if pool["driver"] == "lvm" and not pool.get("volume_group"):
+            raise ConfigError(f"storage.pools.{name}.volume_group: an lvm pool needs its volume group")
+        if pool["driver"] == "lvm" and not 1 <= pool.get("thin_fill_limit", 90) <= 100:
+            raise ConfigError(f"storage.pools.{name}.thin_fill_limit must be a percentage from 1 to 100")
     if pools and storage["default_pool"] not in pools:
         raise ConfigError(f"storage.default_pool '{storage['default_pool']}' is not one of the pools: "
                           f"{', '.join(pools)}")

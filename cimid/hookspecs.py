@@ -39,6 +39,7 @@ class MachineSpec:
     disks: list[dict] = field(default_factory=list)  # [{"capacity": KB, "format": ..., "initialLocation": ...}]
     image_location: str | None = None
     image_id: str | None = None  # the MachineImage whose data the driver imported (None: given by value)
+    boot_volume: bool = False  # the boot disk (vda) is a Volume, attached after create: make no disk from an image
     user_data: str | None = None  # Base64, as the consumer gave it
     credential: dict | None = None  # {"userName", "password", "key"}
 
@@ -66,7 +67,8 @@ class ComputeDriver(Protocol):
         whose state does not outlive the process (the sandbox) can rebuild it. Persistent backends ignore it."""
 
     async def create(self, spec: MachineSpec) -> None:
-        """Define the machine, stopped, with its disks and cloud-init seed."""
+        """Define the machine, stopped, with its disks and cloud-init seed. With `spec.boot_volume` it has
+        no boot disk of its own: the volume attached as vda before its first start is the one it boots."""
 
     async def start(self, machine_id: str) -> None:
         """Boot it, or resume it from PAUSED or SUSPENDED."""
@@ -184,8 +186,10 @@ class StorageDriver(Protocol):
     async def health(self) -> dict[str, str]:
         """Human-readable facts for `cimid check`: driver, free and used space (thin pools: fill)."""
 
-    async def space(self) -> dict[str, int]:
-        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work)."""
+    async def space(self) -> dict:
+        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work). A
+        pool with a fill limit (an LVM thin pool) adds "fill_percent" and "fill_limit_percent": over its
+        limit, new volumes are refused whatever their size."""
 
     async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
         """Called once at start-up with every stored volume and image of the pool (id -> capacity_kb), so a

@@ -46,7 +46,8 @@ class StoragePools:
         for name, pool in self.pools.items():
             space = await pool.space()
             facts[f"pool {name}"] = (f"driver {pool.name}{' (default)' if name == self.default else ''}, "
-                                     f"{space['free_kb']} of {space['total_kb']} KiB free")
+                                     f"{space['free_kb']} KiB free, {space['total_kb'] - space['free_kb']} KiB used "
+                                     f"of {space['total_kb']} KiB")
             facts.update({f"pool {name} {k}": v for k, v in (await pool.health()).items()})
         return facts
 

@@ -35,7 +35,7 @@ def test_check_reports_driver_health(tmp_path):
     assert re.search(r"answers \(libvirt \d+\.\d+\.\d+\)", r.stdout), r.stdout
     for kind in ("images", "storage", "network"):
         assert f"{kind}: memory: ok" in r.stdout
-    assert "pool default: driver memory (default), 104857600 of 104857600 KiB free" in r.stdout
+    assert "pool default: driver memory (default), 104857600 KiB free, 0 KiB used of 104857600 KiB" in r.stdout
 
 
 def test_check_reports_families_without_a_driver(tmp_path):

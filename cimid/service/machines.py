@@ -81,9 +81,13 @@ class Machines(ResourceService):
         async with self.store.write() as tx:
             template = await self.references.resolve(tx, MachineCreate.attribute("machineTemplate"),
                                                      request["machineTemplate"], ctx.scope)
-            for name in ("machineConfig", "machineImage"):
-                if not template.get(name):
-                    raise BadRequest(f"the machineTemplate needs a {name}")
+            if not template.get("machineConfig"):
+                raise BadRequest("the machineTemplate needs a machineConfig")
+            # Without a machineImage the machine boots from a bootable volume its template names.
+            boot_volume = not template.get("machineImage")
+            if boot_volume and not (template.get("volumes") or template.get("volumeTemplates")):
+                raise BadRequest("the machineTemplate needs a machineImage, or a bootable volume to boot from "
+                                 "(in volumes or volumeTemplates)")
             parts = {}
             for name in ("machineConfig", "machineImage", "credential", "eventLogTemplate"):
                 value = template.get(name)
@@ -91,9 +95,11 @@ class Machines(ResourceService):
                     parts[name] = await self.references.resolve(tx, MachineTemplate.attribute(name), value,
                                                                 ctx.scope)
             conf = parts["machineConfig"]
-            image = parts["machineImage"]
+            image = parts.get("machineImage", {})
             await self.check_quotas(tx, ctx, {"machines": 1, "cpu": conf["cpu"], "memory": conf["memory"]})
-            if self.drivers.images is not None and self.drivers.images.imports_images and not image.get("_href"):
+            if boot_volume:
+                pass
+            elif self.drivers.images is not None and self.drivers.images.imports_images and not image.get("_href"):
                 raise BadRequest("this provider boots only imported MachineImages: give machineImage by "
                                  "reference (POST the image to machineImages first)")
             if image.get("state", "AVAILABLE") != "AVAILABLE":
@@ -109,7 +115,7 @@ class Machines(ResourceService):
                 id=machine_id, name=attrs.get("name", ""), cpu=conf["cpu"], memory=conf["memory"],
                 cpu_arch=conf.get("cpuArch"), disks=conf.get("disks", []),
                 image_location=image.get("imageLocation"), user_data=template.get("userData"),
-                image_id=image["_href"].rsplit("/", 1)[1] if image.get("_href") else None,
+                image_id=image["_href"].rsplit("/", 1)[1] if image.get("_href") else None, boot_volume=boot_volume,
                 credential={k: credential[k] for k in ("userName", "password", "key") if k in credential}
                 if credential else None,
             )
@@ -119,7 +125,7 @@ class Machines(ResourceService):
             tx.emit(model_changed(Machine, machine, "created", ctx.user))
             await self.parts.service_of(EventLog).open_log(
                 tx, Machine, machine, parts.get("eventLogTemplate", {}).get("persistence"))
-            for disk in spec.disks:
+            for disk in spec.disks[1:] if boot_volume else spec.disks:  # a boot volume stands for the first
                 disk_attrs = {"created": stamp, "capacity": disk["capacity"]}
                 if disk.get("initialLocation"):
                     disk_attrs["initialLocation"] = disk["initialLocation"]
@@ -131,7 +137,8 @@ class Machines(ResourceService):
                     raise BadRequest("this provider serves no Volumes: the machineTemplate cannot name volumes "
                                      "or volumeTemplates")
                 await volumes.plan_for_machine(tx, ctx, machine_id, template.get("volumes") or [],
-                                               template.get("volumeTemplates") or [], len(spec.disks))
+                                               template.get("volumeTemplates") or [], len(spec.disks),
+                                               boot=boot_volume)
                 steps.append({"op": "volumes", "transitional": "CREATING"})
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
@@ -160,6 +167,9 @@ class Machines(ResourceService):
                 raise Conflict(f"cannot {action.name} Machine '{id}' while it is {machine.state}; "
                                f"{action.name} needs one of {', '.join(action.from_states)}")
             force = bool(request.get("force", False))
+            if action.name in ("capture", "snapshot", "restore") and machine.internal["spec"].get("boot_volume"):
+                raise Conflict(f"Machine '{id}' boots from a Volume: {action.name} that volume "
+                               "(its VolumeImages) instead")
             if action.name in ("capture", "snapshot"):
                 return await self._capture(tx, ctx, machine, action, request.get("imageAttributes", {}))
             if action.name == "restore":

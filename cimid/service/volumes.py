@@ -171,6 +171,9 @@ class Volumes(ResourceService):
     @staticmethod
     async def _check_space(pool, name: str, needed_kb: int) -> None:
         space = await pool.space()
+        if space.get("fill_percent", 0) > space.get("fill_limit_percent", 100):  # a thin pool nearly full
+            raise Conflict(f"storage pool '{name}' is {space['fill_percent']:.1f}% full, over its limit of "
+                           f"{space['fill_limit_percent']}%; new volumes are refused until it has room")
         if needed_kb > space["free_kb"]:
             raise Conflict(f"storage pool '{name}' has {space['free_kb']} KB free; this needs {needed_kb} KB")
 
@@ -227,10 +230,11 @@ class Volumes(ResourceService):
     # ---------------------------------------------------------------- volumes of a MachineTemplate
 
     async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, attach: list[dict],
-                               make: list[dict], own_disks: int) -> None:
+                               make: list[dict], own_disks: int, boot: bool = False) -> None:
         """Check, before any work, the volumes a new machine's template attaches (`volumes`) and makes
         (`volumeTemplates`), and record them: new Volumes CREATING, a MachineVolume for each, pending
-        until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine)."""
+        until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine).
+        With `boot`, the first bootable one (made from a bootable VolumeImage) is the machine's vda."""
         # The machine's own disks come first (vda, then its configuration's other disks).
         devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
         chosen: list[tuple[Row, str | None]] = []
@@ -277,7 +281,16 @@ class Volumes(ResourceService):
             await tx.insert(volume)
             tx.emit(model_changed(Volume, volume, "created", ctx.user))
             chosen.append((volume, device))
+        booting = None
+        if boot:
+            booting = next((volume for volume, _ in chosen if volume.attrs.get("bootable")), None)
+            if booting is None:
+                raise BadRequest("the machineTemplate has no machineImage and none of its volumes is bootable "
+                                 "(a Volume made from a VolumeImage whose bootable is true)")
+            chosen = [(volume, "vda" if volume is booting else device) for volume, device in chosen]
         for volume, device in chosen:
+            if volume is booting:
+                continue
             if device is not None and not DEVICE.match(device):
                 raise BadRequest(f"initialLocation: '{device}' is not a guest disk name this provider gives "
                                  "(vdb to vdz; vda is the boot disk)")
@@ -354,6 +367,9 @@ class Volumes(ResourceService):
             check_if_match(attachment, if_match)
             if attachment.internal.get("detaching"):
                 raise Conflict(f"MachineVolume '{id}' is being detached already")
+            if attachment.internal["device"] == "vda":
+                raise Conflict(f"MachineVolume '{id}' is the boot disk of Machine '{machine_id}'; deleting the "
+                               "machine frees it (the Volume stays)")
             attachment.internal["detaching"] = True
             await tx.update(attachment)
             volume = await tx.get(Volume.name, attachment.internal["volume"])
@@ -594,8 +610,8 @@ class Volumes(ResourceService):
     async def observe(self, job: Row):
         """What the pool holds for the volume now (None: nothing, or no volume in this Job)."""
         volume_id = job.internal.get("volume")
-        if volume_id is None:
-            return None
+        if volume_id is None or job.internal["steps"][-1]["op"] in ("attach", "detach"):
+            return None  # an attachment's Job settles from its own outcome, not from the pool (no qemu-img run)
         volume = await self.store.get(Volume.name, volume_id)
         pool = self.pools.pool(volume.internal["pool"]) if volume else None
         try:

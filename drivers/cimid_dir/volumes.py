@@ -37,7 +37,13 @@ class DirVolumes:
         """Nothing held open."""
 
     async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
-        """The files outlive cimid: nothing to rebuild."""
+        """The files outlive cimid: nothing to rebuild; the scratch files of work a kill cut short (a
+        restore's or snapshot's partial copy, a download) go, as no Job runs yet."""
+        for directory in (self.path, self.image_dir):
+            if directory.exists():
+                for path in directory.iterdir():
+                    if path.is_file() and path.name.endswith((".part", ".restore", ".download")):
+                        path.unlink(missing_ok=True)
 
     def _existing(self) -> Path:
         return next(p for p in (self.path, *self.path.parents) if p.exists())
@@ -143,8 +149,8 @@ class DirVolumes:
                 path.unlink(missing_ok=True)
 
     async def delete_volume(self, volume_id: str) -> None:
-        for path in (self._file(volume_id), self._file(volume_id).with_name(f"{volume_id}.qcow2.part"),
-                     self._file(volume_id).with_name(f"{volume_id}.qcow2.restore")):
+        for path in (self._file(volume_id), *(self._file(volume_id).with_name(f"{volume_id}.qcow2.{scratch}")
+                                              for scratch in ("part", "restore", "restore.part"))):
             path.unlink(missing_ok=True)
 
     async def forget(self) -> None:

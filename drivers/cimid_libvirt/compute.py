@@ -79,10 +79,10 @@ class LibvirtCompute(LibvirtDomains):
         arch = ARCHES.get(spec.cpu_arch or "", "x86_64")
         directory = self.machine_dir(spec.id)
         devices = []
-        for index, path in enumerate(sorted(directory.glob("disk*.qcow2"))):
+        for path in sorted(directory.glob("disk*.qcow2"), key=lambda p: int(p.stem[4:])):
+            target = f"vd{chr(ord('a') + int(path.stem[4:]))}"  # disk0 is vda (absent: a boot volume is)
             devices.append(f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-                           f"<source file={quoteattr(str(path))}/><target dev='vd{chr(ord('a') + index)}' "
-                           "bus='virtio'/></disk>")
+                           f"<source file={quoteattr(str(path))}/><target dev='{target}' bus='virtio'/></disk>")
         seed_iso = directory / "seed.iso"
         # The pc machine's IDE CD-ROM: cloud kernels often lack AHCI, so a SATA drive could go unseen.
         devices.append(f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
@@ -120,16 +120,17 @@ class LibvirtCompute(LibvirtDomains):
         return base
 
     async def _make_disks(self, spec: MachineSpec) -> None:
-        base = self._image_file(spec.image_id)
+        base = None if spec.boot_volume else self._image_file(spec.image_id)
         directory = self.machine_dir(spec.id)
         disks.make_reachable(directory)
         try:
             sizes = [d["capacity"] * KB for d in spec.disks]
-            # The image goes on the first disk, grown to the first configured capacity if that is larger.
-            info = await self.images.image_info(spec.image_id)
-            boot_size = max(info["virtual_size"], sizes[0]) if sizes else None
-            await disks.create_overlay(base, info["format"], directory / "disk0.qcow2",
-                                       boot_size if boot_size != info["virtual_size"] else None)
+            if base is not None:
+                # The image goes on the first disk, grown to the first configured capacity if that is larger.
+                info = await self.images.image_info(spec.image_id)
+                boot_size = max(info["virtual_size"], sizes[0]) if sizes else None
+                await disks.create_overlay(base, info["format"], directory / "disk0.qcow2",
+                                           boot_size if boot_size != info["virtual_size"] else None)
             for index, size in enumerate(sizes[1:], start=1):
                 await disks.create_sparse(directory / f"disk{index}.qcow2", size)
             await asyncio.to_thread(seed.build_seed, directory / "seed.iso", instance_id=spec.id,
