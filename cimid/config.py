@@ -40,7 +40,10 @@ DEFAULTS: dict[str, dict] = {
     # Named storage pools (see etc/cimid.toml): [storage.pools.<name>] driver = "memory" | "dir" | "lvm", and
     # the driver's keys; a VolumeConfiguration picks one by its type, else the default pool.
     "storage": {"default_pool": "default", "pools": {}},
-    "network": {"driver": ""},
+    # Networks (see etc/cimid.toml): the driver, where PUBLIC networks reach the outside, the default network
+    "network": {"driver": "", "uplink": "", "bridged": False, "default_network": "default",
+                "create_default": False, "default_cidr": "10.213.0.0/24", "default_type": "PUBLIC",
+                "default_mtu": 0, "dns": []},
     "catalogue": {"seed": True},
     # EventLogs: how long a new log keeps its Events (daily, weekly, monthly, yearly), and the contact an
     # Event names when no consumer caused it (empty: none).
