@@ -57,6 +57,11 @@ class MachineSpec:
     credential: dict | None = None  # {"userName", "password", "key"}
     interfaces: list[InterfaceSpec] = field(default_factory=list)  # in the guest's order (eth0, eth1 ...)
 
+    def __post_init__(self) -> None:
+        # A spec read back from the store (dataclasses.asdict, then JSON) holds its interfaces as dicts.
+        self.interfaces = [InterfaceSpec(**{**i, "dns": tuple(i.get("dns") or ())}) if isinstance(i, dict) else i
+                           for i in self.interfaces]
+
 
 class ComputeDriver(Protocol):
     """Runs Machines. Every method returns when the host has done the work (or raises DriverError).
