@@ -98,7 +98,8 @@ class Networks(ResourceService):
         except Unavailable as exc:
             log.warning("%s; network changes answer 503 until it is", exc)
             return
-        networks = [(spec_of(n), n.state in ("STARTED", "STOPPING"))
+        networks = [(replace(spec_of(n), reservations=await self._reservations(self.store, n.id)),
+                     n.state in ("STARTED", "STOPPING"))
                     for n in await self.store.all_of(Network.name) if n.state != "CREATING"]
         ports = {p.id: p.internal["network"] for p in await self.store.all_of(NetworkPort.name)
                  if p.state != "CREATING" and not p.internal.get("interface")}
