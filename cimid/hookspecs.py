@@ -338,7 +338,9 @@ class NetworkDriver(Protocol):
     async def network(self, network_id: str) -> dict[str, str] | None:
         """What the host has for the network, for `cimid check` and after a Job: {"bridge": "present" |
         "missing", "dhcp": "present" | "missing" | "off", "rules": "present" | "missing" | "none",
-        "link": "up" | "down"}; None if the driver knows no such network."""
+        "link": "up" | "down"}; None if the driver knows no such network. `cimid check` asks it from a
+        process of its own, with the driver opened but not adopted: a host driver answers from the host
+        and its own records (the memory driver, whose networks live in the daemon, answers None)."""
 
     async def set_reservations(self, network_id: str, reservations: tuple[Reservation, ...]) -> None:
         """Replace the network's DHCP reservations (a running DHCP server rereads them without restarting)."""
