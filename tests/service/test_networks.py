@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from conftest import CONSUMERS, assert_error, make_client, who
 
+from cimid.hookspecs import hookimpl
 from cimid.http.auth import hash_password
 from cimid.http.keys import PROVIDER
 from cimid.store import consumers
@@ -480,3 +481,98 @@ async def test_quotas_and_tenancy(tmp_path):
         assert usage["networks"] == {"used": 1, "limit": 1}
     finally:
         await client.client.close()
+
+
+class SharedNetwork:
+    """A network driver that outlives one app, as a host's bridges outlive the daemon."""
+
+    def __init__(self):
+        from cimid_memory import MemoryNetwork
+        self.driver = MemoryNetwork()
+
+    @hookimpl
+    def cimid_network_driver(self, config):
+        return self.driver if config["network"]["driver"] == "shared" else None
+
+
+async def test_a_daemon_killed_in_the_middle_of_network_jobs_leaves_no_orphan_after_restart(tmp_path):
+    import asyncio
+    shared = SharedNetwork()
+    settings = {"network": {"driver": "shared"}}
+    client = await make_client(tmp_path, settings, extra_plugins=(shared,))
+    made = asyncio.Event()
+    real_create, real_port = shared.driver.create_network, shared.driver.create_port
+
+    async def create_then_hang(spec):
+        await real_create(spec)  # the bridge is made, then the daemon dies before the Job records it
+        made.set()
+        await asyncio.Event().wait()
+
+    async def port_then_hang(network_id, port_id):
+        await real_port(network_id, port_id)
+        made.set()
+        await asyncio.Event().wait()
+
+    try:
+        kept = await make_network(client, "10.0.1.0/24")
+        shared.driver.create_network, shared.driver.create_port = create_then_hang, port_then_hang
+        r = await client.post("networks", {"networkTemplate": {"networkConfig": {"networkType": "PRIVATE"}}})
+        await asyncio.wait_for(made.wait(), 10)
+        made.clear()
+        r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": kept}}})
+        await asyncio.wait_for(made.wait(), 10)
+        assert len(shared.driver._networks) == 2 and len(shared.driver.ports()) == 1  # made, not recorded
+    finally:
+        await client.client.close()  # the Jobs never finish: RUNNING in the store
+    shared.driver.create_network, shared.driver.create_port = real_create, real_port
+    again = await make_client(tmp_path, settings, extra_plugins=(shared,))
+    try:
+        jobs = (await again.get("jobs")).json["jobs"]
+        assert sorted(j["state"] for j in jobs if j["action"] == "add") == ["FAILED", "FAILED", "SUCCESS"]
+        assert [last(n["id"]) for n in (await again.get("networks")).json["networks"]] == [last(kept)]
+        assert (await again.get("networkPorts")).json["count"] == 0
+        assert list(shared.driver._networks) == [last(kept)] and shared.driver.ports() == {}
+    finally:
+        await again.client.close()
+
+
+async def test_reset_forgets_every_network(tmp_path):
+    client = await make_client(tmp_path, {"server": {"test_api": True}})
+    try:
+        network = await make_network(client)
+        await make_machine(client, [{"network": {"href": network}}])
+        assert (await client.post("testControl/reset")).status == 200
+        for collection in ("networks", "addresses", "networkPorts", "forwardingGroups"):
+            assert (await client.get(collection)).json["count"] == 0, collection
+        assert await driver(client).network(last(network)) is None
+        await make_network(client)  # and networks work as after a fresh start
+    finally:
+        await client.client.close()
+
+
+async def test_networks_and_interfaces_in_xml(client):
+    ns = 'xmlns="http://schemas.dmtf.org/cimi/1"'
+    r = await client.post("networks", f'<NetworkCreate {ns}><name>x</name><networkTemplate><networkConfig>'
+                                      '<networkType>PRIVATE</networkType><mtu>1400</mtu>'
+                                      '<property key="cidr">10.0.5.0/24</property></networkConfig>'
+                                      '</networkTemplate></NetworkCreate>', fmt="xml")
+    assert r.status == 202, r
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    network = r.headers["Location"]
+    assert (await client.get(network)).json["mtu"] == 1400
+    r = await client.post("machines", f'<MachineCreate {ns}><machineTemplate href="{client.base + TEMPLATE}">'
+                                      f'<networkInterface><network href="{network}"/><state>ACTIVE</state>'
+                                      '<mtu>1300</mtu></networkInterface></machineTemplate></MachineCreate>',
+                          fmt="xml")
+    assert r.status == 202, r
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    (interface,) = await interfaces_of(client, r.headers["Location"])
+    assert interface["mtu"] == 1300 and (await address_of(client, interface))["ip"] == "10.0.5.2"
+    template = await client.post("machineTemplates", {
+        "name": "on x", "machineConfig": {"href": client.base + "machineConfigs/small"},
+        "machineImage": {"href": client.base + "machineImages/tiny-linux"},
+        "networkInterfaces": [{"network": {"href": network}}]})
+    assert template.status == 201, template
+    assert template.json["networkInterfaces"][0]["state"] == "ACTIVE"  # the schema needs one; ACTIVE by default
+    assert (await client.get(template.headers["Location"], fmt="xml")).xml is not None
+    assert (await client.post(interface["addresses"]["href"], {})).status == 405
