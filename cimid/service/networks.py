@@ -21,8 +21,8 @@ from ..hookspecs import InterfaceSpec, MachineSpec, NetworkSpec, Reservation
 from ..model import Action, ResourceType
 from ..model.events import EventLog
 from ..model.machines import Machine
-from ..model.networks import (SUBNET_PROPERTIES, Address, AddressCreate, AddressTemplate, ForwardingGroup,
-                              ForwardingGroupCreate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
+from ..model.networks import (Address, AddressCreate, AddressTemplate, ForwardingGroup,
+                              ForwardingGroupCreate, ForwardingGroupTemplate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
                               Network, NetworkConfiguration, NetworkCreate, NetworkPort, NetworkPortCreate,
                               NetworkPortTemplate, NetworkTemplate)
 from ..model.validate import require, validate
@@ -187,7 +187,19 @@ class Networks(ResourceService):
             self._check_configuration(attrs["networkConfig"], "networkConfig.")
         if rtype is AddressTemplate:
             self._check_address_template(attrs)
+        if rtype is ForwardingGroupTemplate:
+            body = await self._group_template(ctx, body, attrs)
         return await super().create(ctx, rtype, body, parent)
+
+    async def _group_template(self, ctx: Context, body: dict, attrs: dict) -> dict:
+        """A ForwardingGroupTemplate names Networks the caller sees; kept as relative hrefs, as references are."""
+        refs = []
+        for index, ref in enumerate(attrs.get("networks") or []):
+            network_id = href_to_id(ref["href"], Network, f"networks[{index}]")
+            if await self.store.get(Network.name, network_id, scope=ctx.scope) is None:
+                raise BadRequest(f"networks[{index}]: '{ref['href']}' does not name an existing Network")
+            refs.append({"href": f"networks/{network_id}"})
+        return {**body, "networks": refs} if "networks" in attrs else body
 
     @staticmethod
     def _check_configuration(config: dict, where: str) -> None:
@@ -257,9 +269,11 @@ class Networks(ResourceService):
             attrs["mtu"] = mtu
         if config.get("classOfService"):
             attrs["classOfService"] = config["classOfService"]
+        if request.get("properties"):
+            attrs["properties"] = request["properties"]
         # What the provider chose, for the consumer to read (the store's spec is what counts).
-        attrs["properties"] = {**(request.get("properties") or {}), "bridge": spec.bridge, "cidr": cidr,
-                               "gateway": gateway, **({"dns": ",".join(dns)} if dns else {})}
+        attrs["host"] = {"bridge": {"value": spec.bridge}, "cidr": {"value": cidr}, "gateway": {"value": gateway},
+                         **({"dns": {"value": ",".join(dns)}} if dns else {})}
         network = Row(Network.name, network_id, "", attrs, owner=owner, internal={"spec": asdict(spec)})
         await tx.insert(network)
         tx.emit(model_changed(Network, network, "created", owner))
@@ -569,7 +583,7 @@ class Networks(ResourceService):
                 return
         previous = port.state
         if op == "port-create":
-            port.attrs["properties"] = {**(port.attrs.get("properties") or {}), **job.internal["steps"][0]["result"]}
+            port.attrs["host"] = {k: {"value": v} for k, v in job.internal["steps"][0]["result"].items()}
             port.attrs["state"] = "STARTED"
         else:  # a delete that failed or was stopped: the port is still there
             port.attrs["state"] = job.internal.get("prior", "STARTED")
@@ -616,6 +630,8 @@ class Networks(ResourceService):
             self._check_configuration(validate(rtype, body, creating=False), "")
         if rtype is AddressTemplate:
             self._check_address_template(validate(rtype, body, creating=False))
+        if rtype is ForwardingGroupTemplate:
+            body = await self._group_template(ctx, body, validate(rtype, body, creating=False))
         if rtype is not ForwardingGroup:
             return await super().update(ctx, rtype, id, body, select, if_match)
         changes = validate(ForwardingGroup, body, creating=False)
@@ -696,6 +712,11 @@ class Networks(ResourceService):
         elif step["op"] == "group-set":
             members = step["networks"]
             group.internal["realised"] = True
+            for network_id in members:  # a network shows the (last) group it joined
+                network = await tx.get(Network.name, network_id)
+                if network is not None:
+                    network.attrs["forwardingGroup"] = {"href": f"forwardingGroups/{group.id}"}
+                    await tx.update(network)
             tx.emit(model_changed(ForwardingGroup, group, "changed", job.owner, message))
         else:
             members = group.internal["networks"]
@@ -870,7 +891,7 @@ class Networks(ResourceService):
 
     async def realise_for_machine(self, machine_id: str) -> None:
         """In the new machine's Job, after its domain is defined with its NICs: reserve their addresses."""
-        await self.ensure_driver()
+        await self.drivers.open("network")  # DriverError fails the Job with the driver's reason
         networks = {i.internal["network"]
                     for i in await self.store.referring(MachineNetworkInterface.name, "pending_for", machine_id)}
         for network_id in networks:
@@ -910,10 +931,16 @@ class Networks(ResourceService):
         except DriverError as exc:
             log.warning("network %s: its DHCP reservations could not be updated: %s", network_id, exc)
 
-    async def _activate(self, tx: Transaction, interface: Row) -> None:
+    async def _activate(self, tx: Transaction, interface: Row, iface: dict | None = None) -> None:
+        """The interface is on the guest; a hot-added one joins the machine's spec (a volatile backend
+        rebuilds the machine from it)."""
         interface.attrs["state"] = "ACTIVE"
         interface.internal.pop("pending_for", None)
         await tx.update(interface)
+        machine = await tx.get(Machine.name, interface.parent)
+        if iface is not None and machine is not None:
+            machine.internal["spec"].setdefault("interfaces", []).append(iface)
+            await tx.update(machine)
         port = await tx.get(NetworkPort.name, interface.internal["port"])
         if port is not None:
             port.attrs["state"] = "STARTED"
@@ -940,6 +967,13 @@ class Networks(ResourceService):
             await tx.delete(MachineNetworkInterfaceAddress.name, link.id)
         await tx.delete(MachineNetworkInterface.name, interface.id)
         tx.emit(model_changed(MachineNetworkInterface, interface, "deleted", owner))
+        machine = await tx.get(Machine.name, interface.parent)
+        if machine is not None:
+            mac = interface.attrs["macAddress"]
+            kept = [i for i in machine.internal["spec"].get("interfaces", []) if i["mac"] != mac]
+            if len(kept) != len(machine.internal["spec"].get("interfaces", [])):
+                machine.internal["spec"]["interfaces"] = kept
+                await tx.update(machine)
 
     async def _hot_add(self, ctx: Context, body: dict, machine_id: str) -> Result:
         attrs = validate(MachineNetworkInterface, body, creating=True)
@@ -1007,7 +1041,7 @@ class Networks(ResourceService):
             return
         step = job.internal["steps"][0]
         if step["op"] == "attach" and outcome == "SUCCESS":
-            return await self._activate(tx, interface)
+            return await self._activate(tx, interface, step["iface"])
         if step["op"] == "attach":  # failed or stopped: undo whatever reached the host
             if job.internal.get("begun") and self.drivers.compute is not None:
                 try:

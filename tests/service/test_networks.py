@@ -80,9 +80,9 @@ async def host(client) -> dict:
 async def test_a_network_by_value_is_made_started_stopped_and_deleted(client):
     network = await make_network(client, mtu=1400)
     doc = await client.assert_state(network, "STARTED")
-    bridge = doc["properties"]["bridge"]
+    bridge = doc["host"]["bridge"]["value"]
     assert doc["networkType"] == "PRIVATE" and doc["mtu"] == 1400 and len(bridge) <= 15
-    assert doc["properties"]["cidr"] == "10.0.7.0/24" and doc["properties"]["gateway"] == "10.0.7.1"
+    assert doc["host"]["cidr"] == {"value": "10.0.7.0/24"} and doc["host"]["gateway"] == {"value": "10.0.7.1"}
     spec = driver(client).spec(last(network))
     assert (spec.bridge, spec.cidr, spec.gateway, spec.mtu, spec.dhcp) == (bridge, "10.0.7.0/24", "10.0.7.1", 1400, True)
     assert await driver(client).network(last(network)) == {"bridge": "present", "link": "up", "dhcp": "present",
@@ -99,6 +99,11 @@ async def test_a_network_by_value_is_made_started_stopped_and_deleted(client):
     r = await client.post(network + "/start", {"action": ACTION + "start"})
     await client.wait_job(r.headers["CIMI-Job-URI"])
     await client.assert_state(network, "STARTED")
+
+    r = await client.put(network, {"name": "renamed", "properties": {"tier": "db"}})
+    assert r.status == 200, r
+    assert r.json["name"] == "renamed" and r.json["properties"] == {"tier": "db"}
+    assert r.json["host"] == doc["host"]  # what the provider chose is not the consumer's to change
 
     r = await client.delete(network)
     assert r.status == 202
@@ -119,12 +124,12 @@ async def test_a_network_by_reference_with_overrides_and_its_event_log(client):
     await client.wait_job(r.headers["CIMI-Job-URI"])
     doc = await client.assert_state(r.headers["Location"], "STOPPED")
     assert (doc["networkType"], doc["mtu"], doc["classOfService"]) == ("PUBLIC", 1450, "gold")
-    assert doc["properties"]["cidr"] == "10.9.0.0/16"
+    assert doc["host"]["cidr"] == {"value": "10.9.0.0/16"}
     spec = driver(client).spec(last(doc["id"]))
     assert spec.network_type == "PUBLIC" and spec.mtu == 1450
     # without a cidr the provider picks the first free /24 of its pool
     auto = (await client.get(await make_network(client, None))).json
-    assert auto["properties"]["cidr"] == "10.213.0.0/24"
+    assert auto["host"]["cidr"] == {"value": "10.213.0.0/24"}
     events = (await client.get(doc["eventLog"]["href"] + "/events")).json["events"]
     assert ("CREATING", "STOPPED") in [(e["content"]["previous"], e["content"]["state"]) for e in events
                                        if e["type"].endswith("state")]
@@ -340,7 +345,9 @@ async def test_an_operator_port_is_a_veth_end_on_the_bridge(client):
     assert r.status == 202, r
     await client.wait_job(r.headers["CIMI-Job-URI"])
     port = await client.assert_state(r.headers["Location"], "STARTED")
-    assert port["properties"]["peer"].startswith("cimidp") and port["portType"] == "ACCESS"
+    assert port["host"]["peer"]["value"].startswith("cimidp") and port["portType"] == "ACCESS"
+    xml = (await client.get(port["id"], fmt="xml")).xml
+    assert xml.find("{urn:x-cimid:xml:1}host/{urn:x-cimid:xml:1}item").get("value") == port["host"]["peer"]["value"]
     assert driver(client).ports() == {last(port["id"]): last(network)}
     assert (await client.get("networkPorts", fmt="xml")).xml is not None
     says = assert_error(await client.delete(network), 409)
@@ -431,12 +438,20 @@ async def test_a_restart_rebuilds_networks_ports_and_groups(tmp_path):
         await client.wait_job(r.headers["CIMI-Job-URI"])
         r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": a}}})
         await client.wait_job(r.headers["CIMI-Job-URI"])
+        machine = await make_machine(client, [{"network": {"href": a}}])
+        r = await client.post(machine + "/networkInterfaces", {"network": {"href": a}})  # hot-added
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        removed = await make_machine(client, [{"network": {"href": a}}], name="r")
+        r = await client.post(removed + "/networkInterfaces", {"network": {"href": a}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        await client.wait_job((await client.delete(r.headers["Location"])).headers["CIMI-Job-URI"])  # hot-removed
         on_host = await host(client)
+        assert len(on_host["nics"][last(machine)]) == 2 and len(on_host["nics"][last(removed)]) == 1
     finally:
         await client.client.close()
     again = await make_client(tmp_path)
     try:
-        assert await host(again) == {**on_host, "nics": {}}
+        assert await host(again) == on_host
     finally:
         await again.client.close()
 
@@ -576,3 +591,17 @@ async def test_networks_and_interfaces_in_xml(client):
     assert template.json["networkInterfaces"][0]["state"] == "ACTIVE"  # the schema needs one; ACTIVE by default
     assert (await client.get(template.headers["Location"], fmt="xml")).xml is not None
     assert (await client.post(interface["addresses"]["href"], {})).status == 405
+
+
+async def test_a_forwarding_group_template_names_networks_only(client):
+    network = await make_network(client)
+    r = await client.post("forwardingGroupTemplates", {"name": "t", "networks": [{"href": network}]})
+    assert r.status == 201 and r.json["networks"] == [{"href": network}]
+    before = await client.rows()
+    for href in (client.base + "addressTemplates/x", client.base + "networks/nope"):
+        assert_error(await client.post("forwardingGroupTemplates", {"networks": [{"href": href}]}), 400)
+        assert_error(await client.put(r.headers["Location"], {"networks": [{"href": href}]}), 400)
+    assert await client.rows() == before
+    r = await client.post("forwardingGroups", {"forwardingGroupTemplate": {"href": r.headers["Location"]}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(network)).json["forwardingGroup"]["href"] == r.headers["Location"]
