@@ -148,24 +148,26 @@ NetworkPortCreate = ResourceType(
 )
 
 
-def _address_attributes() -> list[Attribute]:
+def _address_attributes(mutable: bool) -> list[Attribute]:
+    """An Address keeps what it was made with (its DHCP reservation stands on it); its template may change."""
     return [
         *common_attributes(),
-        Attribute("ip", "string", max_length=64, description="static: the IPv4 address to take; dynamic: absent"),
-        Attribute("hostname", "string", max_length=63),
-        Attribute("allocation", "string", enum=ALLOCATIONS,
+        Attribute("ip", "string", mutable=mutable, max_length=64,
+                  description="static: the IPv4 address to take; dynamic: absent"),
+        Attribute("hostname", "string", mutable=mutable, max_length=63),
+        Attribute("allocation", "string", mutable=mutable, enum=ALLOCATIONS,
                   description="static: the given ip; dynamic (default): the next free one, handed out by DHCP"),
         read_only("defaultGateway", "string"),
         read_only("dns", "string", description="the network's DNS servers, comma-separated"),
         read_only("protocol", "string"),
         read_only("mask", "string"),
-        Attribute("network", "ref", target="Network", mutable=False, consumer_mandatory=True),
+        Attribute("network", "ref", target="Network", mutable=mutable, consumer_mandatory=True),
     ]
 
 
 AddressTemplate = ResourceType(
     "AddressTemplate",
-    _address_attributes(),
+    _address_attributes(True),
     collection="addressTemplates",
     items="addressTemplates",
     shareable=True,
@@ -174,7 +176,7 @@ AddressTemplate = ResourceType(
 
 Address = ResourceType(
     "Address",
-    [*_address_attributes(), read_only("resource", "ref", description="what holds it: a machine's interface")],
+    [*_address_attributes(False), read_only("resource", "ref", description="what holds it: a machine's interface")],
     collection="addresses",
     items="addresses",
     create_wrapper="AddressCreate",

@@ -569,22 +569,24 @@ class Networks(ResourceService):
         port = await tx.get(NetworkPort.name, job.internal["port"])
         if port is None or outcome == "STEP":
             return
-        op = job.internal["steps"][0]["op"]
-        if (op == "port-create") != (outcome == "SUCCESS") or (op == "port-create" and outcome == "STOPPED"):
-            if op == "port-create" or outcome == "SUCCESS":
-                await tx.delete(NetworkPort.name, port.id)
-                tx.emit(model_changed(NetworkPort, port, "deleted", job.owner,
-                                      "NetworkPort deleted" if outcome == "SUCCESS" else f"NetworkPort not made: {message}"))
-                if op == "port-create" and job.internal.get("begun"):
-                    try:
-                        await self.driver.delete_port(port.id)
-                    except DriverError as exc:
-                        log.warning("port %s: could not be removed after a failed create: %s", port.id, exc)
-                return
+        step = job.internal["steps"][0]
         previous = port.state
-        if op == "port-create":
-            port.attrs["host"] = {k: {"value": v} for k, v in job.internal["steps"][0]["result"].items()}
+        if step["op"] == "port-create" and outcome == "SUCCESS":
+            port.attrs["host"] = {k: {"value": v} for k, v in step["result"].items()}
             port.attrs["state"] = "STARTED"
+        elif step["op"] == "port-create":  # failed, cut short or stopped: nothing half-made stays
+            await tx.delete(NetworkPort.name, port.id)
+            tx.emit(model_changed(NetworkPort, port, "deleted", job.owner, f"NetworkPort not made: {message}"))
+            if job.internal.get("begun"):
+                try:
+                    await self.driver.delete_port(port.id)
+                except DriverError as exc:
+                    log.warning("port %s: could not be removed after a failed create: %s", port.id, exc)
+            return
+        elif outcome == "SUCCESS":
+            await tx.delete(NetworkPort.name, port.id)
+            tx.emit(model_changed(NetworkPort, port, "deleted", job.owner))
+            return
         else:  # a delete that failed or was stopped: the port is still there
             port.attrs["state"] = job.internal.get("prior", "STARTED")
         await tx.update(port)

@@ -605,3 +605,11 @@ async def test_a_forwarding_group_template_names_networks_only(client):
     r = await client.post("forwardingGroups", {"forwardingGroupTemplate": {"href": r.headers["Location"]}})
     assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
     assert (await client.get(network)).json["forwardingGroup"]["href"] == r.headers["Location"]
+
+
+async def test_an_address_keeps_what_it_was_made_with(client):
+    network = await make_network(client)
+    address = (await client.post("addresses", {"addressTemplate": {"network": {"href": network},
+                                                                   "ip": "10.0.7.20"}})).json
+    r = await client.put(address["id"], {"name": "db", "ip": "10.0.7.21", "allocation": "dynamic"})
+    assert r.status == 200 and (r.json["name"], r.json["ip"], r.json["allocation"]) == ("db", "10.0.7.20", "static")
