@@ -992,7 +992,9 @@ class Networks(ResourceService):
                                                     hostname or machine_id, {})
             path = path_of(MachineNetworkInterface, row.id, machine_id)
             job = await self.jobs.queue(tx, KIND, action="add", target=f"machines/{machine_id}/networkInterfaces",
-                                        affected=[path, f"networks/{row.internal['network']}"],
+                                        # the machine first: a failure's alarm goes to its EventLog
+                                        affected=[f"machines/{machine_id}", path,
+                                                  f"networks/{row.internal['network']}"],
                                         steps=[{"op": "attach", "iface": asdict(iface)}],
                                         success="interface added", owner=ctx.user, interface=row.id,
                                         machine=machine_id, network=row.internal["network"])
@@ -1012,7 +1014,8 @@ class Networks(ResourceService):
             interface.attrs["state"] = "DELETING"
             await tx.update(interface)
             path = path_of(MachineNetworkInterface, id, machine_id)
-            job = await self.jobs.queue(tx, KIND, action="delete", target=path, affected=[path],
+            job = await self.jobs.queue(tx, KIND, action="delete", target=path,
+                                        affected=[f"machines/{machine_id}", path],
                                         steps=[{"op": "detach", "mac": interface.attrs["macAddress"]}],
                                         success="interface removed", owner=ctx.user, interface=id,
                                         machine=machine_id, network=interface.internal["network"])

@@ -330,6 +330,9 @@ async def test_a_hot_add_the_hypervisor_refuses_leaves_nothing(client):
     assert (await client.get("addresses")).json["count"] == 1
     assert {r.mac for r in driver(client).spec(last(network)).reservations} == {first["macAddress"]}
     assert compute(client).nics(last(machine)).keys() == before_nics.keys() - {"52:54:00:aa:bb:cc"}
+    log = (await client.get(machine)).json["eventLog"]["href"]  # the failure is an alarm on the machine
+    alarms = [e for e in (await client.get(log + "/events")).json["events"] if e["type"].endswith("alarm")]
+    assert len(alarms) == 1 and "already has an interface" in alarms[0]["content"]["detail"]
 
 
 # ---------------------------------------------------------------- ports and forwarding groups
@@ -613,3 +616,19 @@ async def test_an_address_keeps_what_it_was_made_with(client):
                                                                    "ip": "10.0.7.20"}})).json
     r = await client.put(address["id"], {"name": "db", "ip": "10.0.7.21", "allocation": "dynamic"})
     assert r.status == 200 and (r.json["name"], r.json["ip"], r.json["allocation"]) == ("db", "10.0.7.20", "static")
+
+
+async def test_public_networks_reach_the_configured_uplink_and_private_ones_do_not(tmp_path):
+    client = await make_client(tmp_path, {"network": {"uplink": "eth9", "bridged": True, "dns": ["192.0.2.53"],
+                                                      "default_network": ""}})
+    try:
+        r = await client.post("networks", {"networkTemplate": {"networkConfig": {"networkType": "PUBLIC"}}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        public = driver(client).spec(last(r.headers["Location"]))
+        assert (public.uplink, public.bridged, public.dns) == ("eth9", True, ("192.0.2.53",))
+        private = driver(client).spec(last(await make_network(client)))
+        assert (private.uplink, private.bridged) == (None, False)
+        machine = await make_machine(client)  # no default network: no interface
+        assert await interfaces_of(client, machine) == []
+    finally:
+        await client.client.close()
