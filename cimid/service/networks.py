@@ -39,6 +39,7 @@ MTU_MIN, MTU_MAX = 68, 65535
 BRIDGE_PREFIX = "cimid"  # + 10 characters of the id: 15, the longest link name
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 STABLE_MACHINE = ("STARTED", "STOPPED", "PAUSED", "SUSPENDED")
+DEFAULT_RECORD = "default-network-made"  # Meta row: made once; an admin who deletes it means it
 
 
 def bridge_name(network_id: str) -> str:
@@ -92,7 +93,7 @@ class Networks(ResourceService):
 
     async def start(self) -> None:
         """Rebuild what the host lacks from the store, resume or settle Jobs, and make the default network
-        the first time (network.create_default)."""
+        on the first start (network.create_default)."""
         try:
             await self.ensure_driver()
         except Unavailable as exc:
@@ -115,6 +116,9 @@ class Networks(ResourceService):
         if not settings["create_default"] or not name:
             return
         async with self.store.write() as tx:
+            if await tx.get("Meta", DEFAULT_RECORD) is not None:
+                return
+            await tx.insert(Row("Meta", DEFAULT_RECORD, "", {"created": now()}))
             if await self._default_network(tx) is not None:
                 return
             cidr, gateway, dns = await self._subnet(tx, {}, "the default network")

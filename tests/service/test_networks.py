@@ -429,8 +429,20 @@ async def test_the_default_network_is_made_once_and_machines_without_interfaces_
         spec = driver(again).spec(last(default["id"]))  # rebuilt on the fresh (memory) host, up, reserved
         assert spec is not None and (await driver(again).network(last(default["id"])))["link"] == "up"
         assert [r.mac for r in spec.reservations] == [interface["macAddress"]]
+        r = await again.delete("machines/" + last(machine))
+        assert r.status == 202, r
+        await again.wait_job(r.headers["CIMI-Job-URI"])
+        r = await again.delete("networks/" + last(default["id"]))  # the admin does not want it
+        assert r.status == 202, r
+        assert (await again.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
     finally:
         await again.client.close()
+    third = await make_client(tmp_path, {"network": {"create_default": True}})
+    try:
+        await third.app[PROVIDER].jobs.drain()
+        assert (await third.get("networks")).json["count"] == 0  # made on the first start only
+    finally:
+        await third.client.close()
 
 
 async def test_a_restart_rebuilds_networks_ports_and_groups(tmp_path):
