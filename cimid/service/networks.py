@@ -311,8 +311,10 @@ class Networks(ResourceService):
             steps = [{"op": "create", "transitional": "CREATING"}]
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
-            if group is not None:
-                steps.append({"op": "join", "group": group.id, "transitional": "CREATING"})
+            if group is not None:  # the group waits for it (no other change meanwhile)
+                steps.append({"op": "join", "group": group.id})
+                group.internal["busy"] = True
+                await tx.update(group)
             job = await self._queue(tx, ctx.user, network, "add", steps, target=Network.collection,
                                     success=f"Network created, {initial}")
         return job_result(ctx, job, 202, location=f"networks/{network.id}")
@@ -455,6 +457,7 @@ class Networks(ResourceService):
                 tx.emit(state_changed(Network, network, previous, "its Job began a step", job.owner))
             return
         succeeded = outcome == "SUCCESS"
+        group = await self._release_group(tx, steps)
         if steps[0]["op"] == "create" and not (succeeded or (observed is not None and job.internal.get("step", 0) > 0)):
             await self._remove_network(tx, network, job.owner, f"Network not made: {message}")
             try:
@@ -464,10 +467,8 @@ class Networks(ResourceService):
             return
         if steps[-1]["op"] == "delete" and (succeeded or observed is None):
             return await self._remove_network(tx, network, job.owner)
-        join = next((s for s in steps if s["op"] == "join"), None)
-        if join is not None and succeeded:
-            group = await tx.get(ForwardingGroup.name, join["group"])
-            if group is not None and network.id not in group.internal["networks"]:
+        if group is not None and succeeded:
+            if network.id not in group.internal["networks"]:
                 group.internal["networks"].append(network.id)
                 group.internal["realised"] = True
                 group.attrs["networks"] = [{"href": f"networks/{n}"} for n in group.internal["networks"]]
@@ -477,6 +478,16 @@ class Networks(ResourceService):
         network.attrs["state"] = "ERROR" if observed is None else "STARTED" if observed.get("link") == "up" else "STOPPED"
         await tx.update(network)
         tx.emit(state_changed(Network, network, previous, message, job.owner))
+
+    @staticmethod
+    async def _release_group(tx: Transaction, steps: list[dict]) -> Row | None:
+        """The ForwardingGroup a new network was to join waits no more; returned for the caller to settle."""
+        join = next((s for s in steps if s["op"] == "join"), None)
+        group = await tx.get(ForwardingGroup.name, join["group"]) if join else None
+        if group is not None:
+            group.internal.pop("busy", None)
+            await tx.update(group)
+        return group
 
     async def _remove_network(self, tx: Transaction, network: Row, owner: str, detail: str = "") -> None:
         """The network is gone: its row, its free Addresses, and its place in forwarding groups."""
@@ -499,6 +510,7 @@ class Networks(ResourceService):
             return await self._finish_group(tx, job, "STOPPED", "its Job was stopped before it began")
         if "interface" in job.internal:
             return await self._finish_interface(tx, job, "STOPPED", "its Job was stopped before it began")
+        await self._release_group(tx, job.internal["steps"])
         network = await tx.get(Network.name, job.internal["network"])
         if network is None:
             return
