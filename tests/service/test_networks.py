@@ -644,3 +644,31 @@ async def test_public_networks_reach_the_configured_uplink_and_private_ones_do_n
         assert await interfaces_of(client, machine) == []
     finally:
         await client.client.close()
+
+
+async def test_without_a_network_driver_networks_are_not_served(tmp_path):
+    client = await make_client(tmp_path, {"network": {"driver": ""}})
+    try:
+        assert "networks" not in (await client.get("cloudEntryPoint")).json
+        assert (await client.get("networks")).status == 404
+        machine = await make_machine(client, state="STOPPED")
+        assert (await client.get(machine + "/networkInterfaces")).status == 404
+        before = await client.rows()
+        r = await client.post("machines", {"machineTemplate": {"href": client.base + TEMPLATE, "networkInterfaces": [
+            {"network": {"href": client.base + "networks/x"}}]}})
+        assert "serves no Networks" in assert_error(r, 400)
+        assert await client.rows() == before
+    finally:
+        await client.client.close()
+
+
+async def test_a_forwarding_group_in_xml(client):
+    a, b = await make_network(client, "10.0.1.0/24"), await make_network(client, "10.0.2.0/24")
+    r = await client.post("forwardingGroups", '<ForwardingGroupCreate xmlns="http://schemas.dmtf.org/cimi/1">'
+                                              f'<forwardingGroupTemplate><network href="{a}"/><network href="{b}"/>'
+                                              '</forwardingGroupTemplate></ForwardingGroupCreate>', fmt="xml")
+    assert r.status == 202, r
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert driver(client).routes(last(a), last(b))
+    got = (await client.get(r.headers["Location"], fmt="xml")).xml
+    assert [n.get("href") for n in got.findall("{http://schemas.dmtf.org/cimi/1}network")] == [a, b]
