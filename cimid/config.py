@@ -40,7 +40,9 @@ DEFAULTS: dict[str, dict] = {
     # Named storage pools (see etc/cimid.toml): [storage.pools.<name>] driver = "memory" | "dir" | "lvm", and
     # the driver's keys; a VolumeConfiguration picks one by its type, else the default pool.
     "storage": {"default_pool": "default", "pools": {}},
-    "network": {"driver": ""},
+    # Networks (see etc/cimid.toml): the driver, where PUBLIC networks reach the outside, the default network
+    "network": {"driver": "", "uplink": "", "bridged": False, "subnet_pool": "10.213.0.0/16", "dns": [],
+                "default_network": "default", "create_default": False},
     "catalogue": {"seed": True},
     # EventLogs: how long a new log keeps its Events (daily, weekly, monthly, yearly), and the contact an
     # Event names when no consumer caused it (empty: none).
@@ -73,6 +75,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
                 "storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 100}}},
                 "network": {"driver": "memory"}},
     "host": {"compute": {"driver": "libvirt"}, "images": {"driver": "dir"}, "catalogue": {"seed": False},
+             "network": {"create_default": True},
              "storage": {"pools": {"default": {"driver": "dir", "path": ""}}}},
 }
 
@@ -161,6 +164,7 @@ def _check(config: Config) -> None:
     _check_tls(config)
     _check_meters(config["meters"])
     _check_cluster(config)
+    _check_network(config["network"])
     auth = config["auth"]
     if auth["kdf_threads"] < 1:
         raise ConfigError("auth.kdf_threads must be at least 1")
@@ -175,7 +179,21 @@ def _check(config: Config) -> None:
     _check_exposure(config)
 
 
-# Each pool driver's keys and their types.
+def _check_network(section: dict) -> None:
+    try:
+        pool = ipaddress.IPv4Network(section["subnet_pool"])
+    except ValueError as exc:
+        raise ConfigError(f"network.subnet_pool must be an IPv4 subnet: {exc}") from None
+    if pool.prefixlen > 30:
+        raise ConfigError("network.subnet_pool must hold at least a /30")
+    for server in section["dns"]:
+        try:
+            ipaddress.IPv4Address(server)
+        except ValueError:
+            raise ConfigError(f"network.dns: '{server}' is not an IPv4 address") from None
+
+
+# Each pool driver's keys and their types ("lvm" belongs to its own plugin, which checks the rest).
 POOL_KEYS = {"memory": {"capacity_gb": int, "shareable": bool},
              "dir": {"path": str, "shareable": bool, "reserve_mb": int},
              "lvm": {"volume_group": str, "thin_pool": str, "thin_fill_limit": int, "shareable": bool,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import pluggy
 
@@ -25,6 +25,20 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("cimid")
 hookimpl = pluggy.HookimplMarker("cimid")
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    """One network interface of a machine: a virtio NIC on a cimid bridge."""
+
+    mac: str  # "52:54:00:xx:xx:xx", chosen by cimid and reserved in the network's DHCP server
+    bridge: str  # the Linux bridge it joins (NetworkSpec.bridge)
+    mtu: int | None = None  # None: the bridge's
+    # Static addressing, written to the cloud-init `network-config` of the seed (create) or ignored by a
+    # hot-add (the guest asks DHCP, which answers the same address from its reservation). None: DHCP.
+    address: str | None = None  # "10.0.7.5/24"
+    gateway: str | None = None
+    dns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -42,6 +56,12 @@ class MachineSpec:
     boot_volume: bool = False  # the boot disk (vda) is a Volume, attached after create: make no disk from an image
     user_data: str | None = None  # Base64, as the consumer gave it
     credential: dict | None = None  # {"userName", "password", "key"}
+    interfaces: list[InterfaceSpec] = field(default_factory=list)  # in the guest's order (eth0, eth1 ...)
+
+    def __post_init__(self) -> None:
+        # A spec read back from the store (dataclasses.asdict, then JSON) holds its interfaces as dicts.
+        self.interfaces = [InterfaceSpec(**{**i, "dns": tuple(i.get("dns") or ())}) if isinstance(i, dict) else i
+                           for i in self.interfaces]
 
 
 class ComputeDriver(Protocol):
@@ -116,6 +136,17 @@ class ComputeDriver(Protocol):
 
     async def devices(self, machine_id: str) -> list[str]:
         """The guest device names in use by the machine's disks (vda, vdb ...)."""
+
+    async def attach_interface(self, machine_id: str, iface: InterfaceSpec) -> None:
+        """Add a NIC with `iface.mac` on `iface.bridge`: a running guest sees a new link at once
+        (hot-plug) and keeps it across restarts; a stopped one at its next start. DriverError if the
+        machine already has that MAC."""
+
+    async def detach_interface(self, machine_id: str, mac: str) -> None:
+        """Remove the NIC with that MAC (from a running guest too); one the machine lacks is not an error."""
+
+    async def interfaces(self, machine_id: str) -> list[str]:
+        """The MACs of the machine's NICs as the host has them (asked after an attach that was cut short)."""
 
     async def forget(self) -> None:
         """Remove every machine this driver made, at once: the test-control extension's reset (the
@@ -237,26 +268,109 @@ class StorageDriver(Protocol):
         """Remove every volume and image of the pool (the test-control extension's reset)."""
 
 
+class Reservation(NamedTuple):
+    """A DHCP host reservation: the network's DHCP server gives `ip` (and `hostname`) to `mac` only."""
+
+    mac: str
+    ip: str
+    hostname: str | None = None
+
+
+NETWORK_TYPES = ("PRIVATE", "PUBLIC")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything a network driver needs to realise one Network as a Linux bridge cimid owns."""
+
+    network_id: str
+    bridge: str  # the link name, derived by the service ("cimid" + 10 hex of the id, <= 15) and stored
+    network_type: str = "PRIVATE"  # PRIVATE: guests reach each other only; PUBLIC: and the uplink
+    cidr: str | None = None  # the IPv4 subnet, "10.0.7.0/24"; None: a bare L2 bridge, no address, no DHCP
+    gateway: str | None = None  # the host's address on the bridge, inside cidr (None: the host has none)
+    dns: tuple[str, ...] = ()  # DNS servers the DHCP server announces (empty: the gateway, if dnsmasq serves DNS)
+    mtu: int | None = None  # 68..65535; None: the kernel's default
+    uplink: str | None = None  # PUBLIC: the host link to masquerade to, or (bridged) to enslave
+    bridged: bool = False  # PUBLIC: the uplink joins the bridge (no NAT) instead of a masquerade
+    dhcp: bool = True  # run a DHCP server (dnsmasq) on the bridge, answering only `reservations`
+    # Every Address of the network: cimid allocates the ip of dynamic addresses too and reserves it here,
+    # so the lease a guest gets and its Address resource always agree.
+    reservations: tuple[Reservation, ...] = ()
+
+
 class NetworkDriver(Protocol):
-    """Provides Networks (Linux bridges). Served once a network driver is configured."""
+    """Provides Networks as Linux bridges (with a DHCP server and nftables rules cimid owns), their
+    operator ports and the forwarding between them. Every method returns when the host has done the work,
+    or raises DriverError having left nothing half-made. Clashes raise DriverError with a message a
+    consumer can act on: a bridge name taken by a link cimid did not make, a subnet overlapping another
+    network's (or a host route's), an MTU the link refuses."""
 
     name: str
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Get ready; raise DriverError(unavailable=True) if the host cannot be driven (no privileges)."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop watching; networks, DHCP servers and rules stay up (they outlive the daemon)."""
 
-    async def health(self) -> dict[str, str]: ...
+    async def health(self) -> dict[str, str]:
+        """Human-readable facts for `cimid check` (driver, uplink, the nftables table)."""
 
-    async def create_network(self, network_id: str, options: dict) -> None:
-        """Make a network. `options`: "cidr" (the subnet, e.g. "10.0.7.0/24"), "mtu" (68..65535), both
-        optional; DriverError if the id is taken, an option is invalid or the subnet overlaps another's."""
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        """Call `callback(network_id, message)` from the event loop when the driver had to repair a
+        network by itself (its DHCP server died and was restarted; the bridge vanished and was remade)."""
 
-    async def network(self, network_id: str) -> dict | None:
-        """{"cidr", "mtu"} of the network as made (None where not given); None if there is none."""
+    async def adopt(self, networks: list[tuple[NetworkSpec, bool]], ports: dict[str, str],
+                    groups: dict[str, tuple[str, ...]]) -> None:
+        """Called once at start-up with every stored network (and whether it is STARTED), every NetworkPort
+        (port id -> network id) and every ForwardingGroup (group id -> member network ids): rebuild what is
+        missing (a host reboot), remove links, processes and rules that cimid made for nothing stored (a
+        Job killed half-way), never touch anything cimid did not make."""
+
+    async def create_network(self, spec: NetworkSpec) -> None:
+        """Make the bridge (down), its addresses and rules, and record the spec; DriverError on a clash."""
+
+    async def start_network(self, network_id: str) -> None:
+        """Bring the bridge up and start its DHCP server (if spec.dhcp and it has a cidr)."""
+
+    async def stop_network(self, network_id: str) -> None:
+        """Stop its DHCP server and bring the bridge down (guests on it lose their link)."""
 
     async def delete_network(self, network_id: str) -> None:
-        """Remove the network; an unknown id is not an error."""
+        """Remove the bridge, its DHCP server, leases and rules; an unknown id is not an error."""
+
+    async def network(self, network_id: str) -> dict[str, str] | None:
+        """What the host has for the network, for `cimid check` and after a Job: {"bridge": "present" |
+        "missing", "dhcp": "present" | "missing" | "off", "rules": "present" | "missing" | "none",
+        "link": "up" | "down"}; None if the driver knows no such network. `cimid check` asks it from a
+        process of its own, with the driver opened but not adopted: a host driver answers from the host
+        and its own records (the memory driver, whose networks live in the daemon, answers None)."""
+
+    async def set_reservations(self, network_id: str, reservations: tuple[Reservation, ...]) -> None:
+        """Replace the network's DHCP reservations (a running DHCP server rereads them without restarting)."""
+
+    async def leases(self, network_id: str) -> dict[str, str]:
+        """The addresses the DHCP server has handed out now: {mac: ip}."""
+
+    async def create_port(self, network_id: str, port_id: str) -> dict[str, str]:
+        """Make a port for something that is not a machine: a veth pair, one end enslaved to the bridge,
+        the other left to the operator.
+
+        :return: {"peer": the operator's end's link name}
+        """
+
+    async def delete_port(self, port_id: str) -> None:
+        """Remove the port's veth pair; an unknown id is not an error."""
+
+    async def set_forwarding_group(self, group_id: str, network_ids: tuple[str, ...]) -> None:
+        """Let the member networks route to each other (nftables forward rules), replacing the group's
+        previous members; networks in no common group cannot."""
+
+    async def delete_forwarding_group(self, group_id: str) -> None:
+        """Remove the group's rules; an unknown id is not an error."""
+
+    async def forget(self) -> None:
+        """Remove every network, port and group this driver made (the test-control extension's reset)."""
 
 
 @dataclass(frozen=True)
@@ -364,7 +478,7 @@ class CimidSpec:
     def cimid_network_driver(self, config: Config) -> NetworkDriver | None:
         """Return the network driver named by `config["network"]["driver"]`, if this plugin provides it.
 
-        :param config: the loaded configuration
+        :param config: the loaded configuration (`[network]`: driver, uplink, bridged)
         :return: a driver, or None
         """
 

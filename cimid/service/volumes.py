@@ -10,6 +10,7 @@ import logging
 import re
 
 from ..errors import BadRequest, Conflict, DriverError, Unavailable
+from ..hookspecs import MachineSpec
 from ..model import Action, Attribute, ResourceType
 from ..model.machines import Machine
 from ..model.volumes import (POOL_TYPE_PREFIX, MachineVolume, Volume, VolumeConfiguration, VolumeCreate,
@@ -229,12 +230,17 @@ class Volumes(ResourceService):
 
     # ---------------------------------------------------------------- volumes of a MachineTemplate
 
-    async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, attach: list[dict],
-                               make: list[dict], own_disks: int, boot: bool = False) -> None:
+    async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, template: dict,
+                               spec: MachineSpec) -> bool:
         """Check, before any work, the volumes a new machine's template attaches (`volumes`) and makes
         (`volumeTemplates`), and record them: new Volumes CREATING, a MachineVolume for each, pending
         until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine).
-        With `boot`, the first bootable one (made from a bootable VolumeImage) is the machine's vda."""
+        A machine without a machineImage (`spec.boot_volume`) boots from the first bootable one, as vda."""
+        attach, make = template.get("volumes") or [], template.get("volumeTemplates") or []
+        boot = spec.boot_volume
+        if not attach and not make:
+            return False
+        own_disks = len(spec.disks)
         # The machine's own disks come first (vda, then its configuration's other disks).
         devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
         chosen: list[tuple[Row, str | None]] = []
@@ -257,13 +263,13 @@ class Volumes(ResourceService):
         made: list[tuple[dict, str | None, str, Row | None]] = []
         for index, item in enumerate(make):
             where = f"machineTemplate.volumeTemplates[{index}]"
-            template = {k: v for k, v in item.items() if k != "initialLocation"}
-            if "href" in template:
-                template = await self.references.resolve(tx, VOLUME_TEMPLATE_REF, template,
-                                                         ctx.scope)
-            if not template.get("volumeConfig"):
+            volume_template = {k: v for k, v in item.items() if k != "initialLocation"}
+            if "href" in volume_template:
+                volume_template = await self.references.resolve(tx, VOLUME_TEMPLATE_REF, volume_template, ctx.scope)
+            if not volume_template.get("volumeConfig"):
                 raise BadRequest(f"{where}: needs a volumeConfig (or an href to a VolumeTemplate)")
-            config, capacity, name, _pool, image = await self._plan(tx, ctx, template, f"{where}.volumeConfig")
+            config, capacity, name, _pool, image = await self._plan(tx, ctx, volume_template,
+                                                                    f"{where}.volumeConfig")
             needed[name] = needed.get(name, 0) + capacity
             made.append(({"capacity": capacity, "type": config.get("type")}, item.get("initialLocation"), name,
                          image))
@@ -309,6 +315,7 @@ class Volumes(ResourceService):
                               "volume": {"href": f"volumes/{volume.id}"}}, owner=ctx.user,
                              internal={"device": device, "volume": volume.id, "pending_for": machine_id})
             await tx.insert(attachment)
+        return True
 
     async def realise_for_machine(self, machine_id: str) -> None:
         """In the new machine's Job, after its domain is defined: make its template's new volumes, and
