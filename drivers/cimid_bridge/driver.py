@@ -1,0 +1,330 @@
+"""The `bridge` network driver: a Network is a Linux bridge cimid owns (pyroute2), with one supervised
+dnsmasq for DHCP, and its share of cimid's nftables table (isolation, NAT, forwarding groups).
+
+State the host forgets on reboot (links, processes, rules) is rebuilt by `adopt` from the specs the
+service keeps in the store; what the driver keeps itself is only a directory per network (dnsmasq's
+configuration, reservations and leases) under `<state_dir>/networks`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from cimid.errors import DriverError
+
+from . import dnsmasq, links, rules
+
+Alarm = Callable[[str, str], None]  # (network id, what happened)
+RESTART_BACKOFF = 1.0  # seconds between restarts of a dnsmasq that keeps dying
+
+
+class BridgeNetwork:
+    name = "bridge"
+
+    def __init__(self, config):
+        self.run_dir = Path(config.state_dir) / "networks"
+        self.dnsmasq = "dnsmasq"
+        self.nft = "nft"
+        self._specs: dict = {}  # network id -> NetworkSpec
+        self._running: set[str] = set()
+        self._ports: dict[str, str] = {}  # port id -> network id
+        self._groups: dict[str, list[str]] = {}
+        self._daemons: dict[str, asyncio.subprocess.Process] = {}
+        self._supervisors: dict[str, asyncio.Task] = {}
+        self._watchers: list[Alarm] = []
+        self._lock = asyncio.Lock()  # one change of links, processes and rules at a time
+
+    # ---------------------------------------------------------------- lifecycle of the driver
+
+    async def open(self) -> None:
+        for binary in (self.dnsmasq, self.nft):
+            if shutil.which(binary) is None:
+                raise DriverError(f"the bridge network driver needs {binary} (Debian: dnsmasq-base, nftables)",
+                                  unavailable=True)
+        try:
+            await asyncio.to_thread(links.owned_links)
+        except OSError as exc:
+            raise DriverError(f"netlink refused: {exc} (the bridge driver needs CAP_NET_ADMIN)", unavailable=True) from None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        """Stop supervising; bridges, rules and dnsmasq stay up for the guests (adopt takes them back)."""
+        for task in self._supervisors.values():
+            task.cancel()
+        self._supervisors.clear()
+
+    async def health(self) -> dict[str, str]:
+        owned = await asyncio.to_thread(links.owned_links)
+        found = await rules.comments(self.nft)
+        return {"bridges": f"{sum(1 for a in owned.values() if a.startswith('cimid:net:'))} made by cimid",
+                "dnsmasq": f"{sum(1 for p in self._daemons.values() if p.returncode is None)} running",
+                "nftables": f"table inet cimid, {len(found)} rules" if found else "table inet cimid absent"}
+
+    def watch(self, callback: Alarm) -> None:
+        self._watchers.append(callback)
+
+    # ---------------------------------------------------------------- networks
+
+    def _dir(self, network_id: str) -> Path:
+        return self.run_dir / network_id
+
+    def _spec(self, network_id: str):
+        spec = self._specs.get(network_id)
+        if spec is None:
+            raise DriverError(f"there is no network {network_id}")
+        return spec
+
+    async def create_network(self, spec) -> None:
+        """Make the bridge (down) and dnsmasq's files; refuses a clashing link name, leaving nothing."""
+        async with self._lock:
+            if spec.network_id in self._specs:
+                raise DriverError(f"there is already a network {spec.network_id}")
+            clash = next((s for s in self._specs.values() if s.bridge == spec.bridge), None)
+            if clash is not None:
+                raise DriverError(f"the bridge name {spec.bridge} is taken by network {clash.network_id}")
+            await self._make(spec)
+            self._specs[spec.network_id] = spec
+
+    async def _make(self, spec) -> None:
+        mark = links.alias("net", spec.network_id)
+        existed = await asyncio.to_thread(links.link_alias, spec.bridge) == mark
+        await asyncio.to_thread(links.make_bridge, spec.bridge, mark, spec.mtu, spec.gateway, spec.cidr)
+        try:
+            if spec.bridged and spec.uplink:
+                await asyncio.to_thread(links.enslave, spec.uplink, spec.bridge)
+            if _serves_dhcp(spec):
+                await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id))
+        except BaseException:
+            if not existed:
+                await asyncio.to_thread(links.delete, spec.bridge)
+            raise
+
+    async def start_network(self, network_id: str) -> None:
+        async with self._lock:
+            spec = self._spec(network_id)
+            await asyncio.to_thread(links.set_up, spec.bridge, True)
+            self._running.add(network_id)
+            try:
+                if _serves_dhcp(spec):
+                    await self._start_dnsmasq(spec)
+                await self._apply_rules()
+            except BaseException:
+                self._running.discard(network_id)
+                await self._stop_dnsmasq(network_id)
+                await asyncio.to_thread(links.set_up, spec.bridge, False)
+                raise
+
+    async def stop_network(self, network_id: str) -> None:
+        async with self._lock:
+            spec = self._spec(network_id)
+            self._running.discard(network_id)
+            await self._stop_dnsmasq(network_id)
+            await self._apply_rules()
+            await asyncio.to_thread(links.set_up, spec.bridge, False)
+
+    async def delete_network(self, network_id: str) -> None:
+        """Remove the bridge, its dnsmasq, its rules and its ports; an unknown id is not an error."""
+        async with self._lock:
+            spec = self._specs.pop(network_id, None)
+            self._running.discard(network_id)
+            await self._stop_dnsmasq(network_id)
+            for port_id in [p for p, n in self._ports.items() if n == network_id]:
+                del self._ports[port_id]
+                await asyncio.to_thread(links.delete, links.port_names(port_id)[0])
+            await self._apply_rules()
+            if spec is not None:
+                if spec.bridged and spec.uplink:
+                    await asyncio.to_thread(links.enslave, spec.uplink, None)
+                await self._delete_own_bridge(spec.bridge, network_id)
+            await asyncio.to_thread(shutil.rmtree, self._dir(network_id), True)
+
+    async def _delete_own_bridge(self, bridge: str, network_id: str) -> None:
+        if await asyncio.to_thread(links.link_alias, bridge) == links.alias("net", network_id):
+            await asyncio.to_thread(links.delete, bridge)
+
+    async def network(self, network_id: str) -> dict | None:
+        """What the host has of the network, for `cimid check`: each part "present" or "missing"."""
+        spec = self._specs.get(network_id)
+        if spec is None:
+            return None
+        state = await asyncio.to_thread(links.link_state, spec.bridge)
+        mark = await asyncio.to_thread(links.link_alias, spec.bridge)
+        ours = state is not None and mark == links.alias("net", network_id)
+        daemon = self._daemons.get(network_id)
+        found = await rules.comments(self.nft)
+        wanted = network_id in self._running
+        return {
+            "bridge": "present" if ours else "missing",
+            "link": "up" if ours and state["up"] else "down",
+            "dhcp": ("present" if daemon is not None and daemon.returncode is None else "missing")
+            if _serves_dhcp(spec) and wanted else "off",
+            "rules": ("present" if f"net:{network_id}" in found else "missing") if wanted else "none",
+        }
+
+    # ---------------------------------------------------------------- addresses
+
+    async def set_reservations(self, network_id: str, reservations) -> None:
+        """Replace the network's host reservations ((mac, ip, hostname) ...); dnsmasq re-reads them."""
+        async with self._lock:
+            spec = self._spec(network_id)
+            spec = replace(spec, reservations=tuple(reservations))
+            self._specs[network_id] = spec
+            if _serves_dhcp(spec):
+                await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(network_id))
+                dnsmasq.reload_hosts(self._daemons.get(network_id))
+
+    async def leases(self, network_id: str) -> dict[str, str]:
+        self._spec(network_id)
+        return await asyncio.to_thread(dnsmasq.leases, self._dir(network_id))
+
+    # ---------------------------------------------------------------- ports
+
+    async def create_port(self, network_id: str, port_id: str) -> dict:
+        """A veth pair: one end on the network's bridge, the other ({"peer"}) for the operator."""
+        async with self._lock:
+            spec = self._spec(network_id)
+            if port_id in self._ports:
+                raise DriverError(f"there is already a port {port_id}")
+            names = links.port_names(port_id)
+            await asyncio.to_thread(links.make_veth, spec.bridge, names, links.alias("port", port_id), spec.mtu)
+            self._ports[port_id] = network_id
+            return {"peer": names[1]}
+
+    async def delete_port(self, port_id: str) -> None:
+        async with self._lock:
+            self._ports.pop(port_id, None)
+            inside = links.port_names(port_id)[0]
+            if await asyncio.to_thread(links.link_alias, inside) == links.alias("port", port_id):
+                await asyncio.to_thread(links.delete, inside)
+
+    # ---------------------------------------------------------------- forwarding groups
+
+    async def set_forwarding_group(self, group_id: str, network_ids) -> None:
+        async with self._lock:
+            unknown = [n for n in network_ids if n not in self._specs]
+            if unknown:
+                raise DriverError(f"no such network(s): {', '.join(unknown)}")
+            previous = self._groups.get(group_id)
+            self._groups[group_id] = list(network_ids)
+            try:
+                await self._apply_rules()
+            except BaseException:
+                if previous is None:
+                    self._groups.pop(group_id, None)
+                else:
+                    self._groups[group_id] = previous
+                raise
+
+    async def delete_forwarding_group(self, group_id: str) -> None:
+        async with self._lock:
+            if self._groups.pop(group_id, None) is not None:
+                await self._apply_rules()
+
+    async def _apply_rules(self) -> None:
+        running = [self._specs[n] for n in sorted(self._running) if n in self._specs]
+        groups = {g: [m for m in members if m in self._specs] for g, members in self._groups.items()}
+        await rules.apply(self.nft, running, groups)
+
+    # ---------------------------------------------------------------- dnsmasq, supervised
+
+    async def _start_dnsmasq(self, spec) -> None:
+        conf = await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id))
+        proc = await dnsmasq.start(self.dnsmasq, conf)
+        self._daemons[spec.network_id] = proc
+        self._supervisors[spec.network_id] = asyncio.create_task(self._supervise(spec.network_id, proc),
+                                                                 name=f"dnsmasq {spec.network_id}")
+
+    async def _stop_dnsmasq(self, network_id: str) -> None:
+        task = self._supervisors.pop(network_id, None)
+        if task is not None:
+            task.cancel()
+        proc = self._daemons.pop(network_id, None)
+        if proc is not None:
+            await dnsmasq.stop(proc)
+
+    async def _supervise(self, network_id: str, proc) -> None:
+        """Restart the network's dnsmasq whenever it dies, and raise an alarm each time."""
+        while True:
+            status = await proc.wait()
+            await asyncio.sleep(0)  # a stop in progress cancels us here
+            spec = self._specs.get(network_id)
+            if spec is None or network_id not in self._running:
+                return
+            try:
+                proc = await dnsmasq.start(self.dnsmasq, self._dir(network_id) / "dnsmasq.conf")
+            except DriverError as exc:
+                self._alarm(network_id, f"dnsmasq exited with status {status} and could not be restarted: {exc}")
+                await asyncio.sleep(RESTART_BACKOFF)
+                continue
+            self._daemons[network_id] = proc
+            self._alarm(network_id, f"dnsmasq exited with status {status}; restarted (pid {proc.pid})")
+
+    def _alarm(self, network_id: str, message: str) -> None:
+        for callback in self._watchers:
+            callback(network_id, message)
+
+    # ---------------------------------------------------------------- after a restart
+
+    async def adopt(self, specs, ports=None, groups=None) -> None:
+        """Rebuild from the store after a restart or a reboot: every network in `specs` (with its STARTED
+        flag: `spec, started` pairs) gets its bridge, dnsmasq and rules back; ports {port id: network id}
+        and groups {group id: [network ids]} likewise. Links and dnsmasq processes cimid made for
+        anything else are removed (orphans of an interrupted Job); nothing cimid did not make is touched."""
+        async with self._lock:
+            self._specs = {spec.network_id: spec for spec, _ in specs}
+            self._running = {spec.network_id for spec, started in specs if started}
+            self._ports = dict(ports or {})
+            self._groups = {g: list(m) for g, m in (groups or {}).items()}
+            # dnsmasq processes an earlier cimid left (its children outlive it): end them all; the wanted
+            # ones are started again below as children of this process, with the same lease files.
+            for pid in await asyncio.to_thread(dnsmasq.running_under, self.run_dir):
+                await dnsmasq.kill(pid)
+            wanted_links = {s.bridge: links.alias("net", s.network_id) for s in self._specs.values()}
+            for port_id in self._ports:
+                inside, outside = links.port_names(port_id)
+                wanted_links[inside] = wanted_links[outside] = links.alias("port", port_id)
+            for ifname, mark in (await asyncio.to_thread(links.owned_links)).items():
+                if wanted_links.get(ifname) != mark:
+                    await asyncio.to_thread(links.delete, ifname)
+            for directory in self.run_dir.iterdir() if self.run_dir.exists() else ():
+                if directory.name not in self._specs:
+                    await asyncio.to_thread(shutil.rmtree, directory, True)
+            problems = []
+            for spec in self._specs.values():
+                try:
+                    await self._make(spec)
+                    if spec.network_id in self._running:
+                        await asyncio.to_thread(links.set_up, spec.bridge, True)
+                        if _serves_dhcp(spec):
+                            await self._start_dnsmasq(spec)
+                except DriverError as exc:
+                    self._running.discard(spec.network_id)
+                    problems.append(f"network {spec.network_id}: {exc}")
+            owned = await asyncio.to_thread(links.owned_links)
+            for port_id, network_id in list(self._ports.items()):
+                if links.port_names(port_id)[0] not in owned and network_id in self._specs:
+                    try:
+                        names = links.port_names(port_id)
+                        await asyncio.to_thread(links.make_veth, self._specs[network_id].bridge, names,
+                                                links.alias("port", port_id), self._specs[network_id].mtu)
+                    except DriverError as exc:
+                        problems.append(f"port {port_id}: {exc}")
+            await self._apply_rules()
+            for problem in problems:
+                self._alarm(problem.split(":", 1)[0].split()[-1], problem)
+
+    async def forget(self) -> None:
+        """Remove every network, port and group this driver made (the test-control reset)."""
+        for network_id in list(self._specs):
+            await self.delete_network(network_id)
+        async with self._lock:
+            self._groups.clear()
+            self._ports.clear()
+            await self._apply_rules()
+
+
+def _serves_dhcp(spec) -> bool:
+    return spec.dhcp and spec.cidr is not None
