@@ -55,13 +55,69 @@ def write_files(spec, directory: Path) -> Path:
     return conf
 
 
+def configured_as(spec, directory: Path) -> bool:
+    """The network's dnsmasq configuration file says what `spec` asks (reservations apart)."""
+    try:
+        return (directory / "dnsmasq.conf").read_text() == config_text(spec, directory)
+    except FileNotFoundError:
+        return False
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
 
 
-async def start(binary: str, conf: Path) -> asyncio.subprocess.Process:
+class Daemon:
+    """One network's dnsmasq: a child started here, or one an earlier cimid started and this one took
+    over (a restart of cimid does not interrupt DHCP). Its end is seen through a pidfd either way."""
+
+    def __init__(self, pid: int, child: asyncio.subprocess.Process | None = None):
+        self.pid, self.child = pid, child
+
+    def alive(self) -> bool:
+        if self.child is not None:
+            return self.child.returncode is None
+        return Path(f"/proc/{self.pid}").exists() and not _zombie(self.pid)
+
+    async def wait(self) -> str:
+        """Return, saying how, when the process has ended."""
+        if self.child is not None:
+            return f"exited with status {await self.child.wait()}"
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return "was gone"
+        ended = loop.create_future()
+        loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return "exited"
+
+    def reload(self) -> None:
+        """Make it re-read the reservations (dhcp-hostsfile)."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGHUP)
+
+    async def stop(self) -> None:
+        if self.child is not None:
+            if self.child.returncode is None:
+                self.child.terminate()
+                try:
+                    await asyncio.wait_for(self.child.wait(), 5)
+                except asyncio.TimeoutError:
+                    self.child.kill()
+                    await self.child.wait()
+        else:
+            await kill(self.pid)
+
+
+async def start(binary: str, conf: Path) -> Daemon:
     """Start dnsmasq in the foreground (a child cimid can wait on) and return once it serves DHCP (it
     writes its pid file after binding), or raise DriverError with what it said."""
     pid_file = conf.parent / "dnsmasq.pid"
@@ -75,32 +131,17 @@ async def start(binary: str, conf: Path) -> asyncio.subprocess.Process:
         raise DriverError(f"cannot run {binary}: {exc}") from None
     finally:
         log.close()
-    for _ in range(500):
+    for _ in range(1000):
         if proc.returncode is not None:
             break
         if pid_file.exists() and pid_file.read_text().strip():
-            return proc
+            return Daemon(proc.pid, proc)
         await asyncio.sleep(0.002)
     if proc.returncode is None:
         proc.kill()
     await proc.wait()
     said = (conf.parent / "dnsmasq.log").read_text(errors="replace").strip().splitlines()[-3:]
     raise DriverError(f"dnsmasq did not start for {conf.parent.name}: {' '.join(said) or 'no message'}")
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-def reload_hosts(proc: asyncio.subprocess.Process | None) -> None:
-    if proc is not None and proc.returncode is None:
-        proc.send_signal(signal.SIGHUP)
 
 
 def leases(directory: Path) -> dict[str, str]:
@@ -142,10 +183,10 @@ async def kill(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    for _ in range(250):
+    for _ in range(1000):
         if not Path(f"/proc/{pid}").exists() or _zombie(pid):
             return
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -60,7 +60,7 @@ class BridgeNetwork:
         owned = await asyncio.to_thread(links.owned_links)
         found = await rules.comments(self.nft)
         return {"bridges": f"{sum(1 for a in owned.values() if a.startswith('cimid:net:'))} made by cimid",
-                "dnsmasq": f"{sum(1 for p in self._daemons.values() if p.returncode is None)} running",
+                "dnsmasq": f"{sum(1 for d in self._daemons.values() if d.alive())} running",
                 "nftables": f"table inet cimid, {len(found)} rules" if found else "table inet cimid absent"}
 
     def watch(self, callback: Alarm) -> None:
@@ -78,27 +78,38 @@ class BridgeNetwork:
         return spec
 
     async def create_network(self, spec) -> None:
-        """Make the bridge (down) and dnsmasq's files; refuses a clashing link name, leaving nothing."""
+        """Make the bridge (down), dnsmasq's files and the network's rules; refuses a clashing link name,
+        leaving nothing."""
         async with self._lock:
+            if self._specs.get(spec.network_id) == spec:  # a Job run again after a restart
+                await self._make(spec)
+                return
             if spec.network_id in self._specs:
                 raise DriverError(f"there is already a network {spec.network_id}")
             clash = next((s for s in self._specs.values() if s.bridge == spec.bridge), None)
             if clash is not None:
                 raise DriverError(f"the bridge name {spec.bridge} is taken by network {clash.network_id}")
-            await self._make(spec)
             self._specs[spec.network_id] = spec
+            # The rules name the bridge, not its index: nft runs beside the netlink calls, not after them.
+            made, ruled = await asyncio.gather(self._make(spec), self._apply_rules(), return_exceptions=True)
+            if isinstance(made, BaseException) or isinstance(ruled, BaseException):
+                del self._specs[spec.network_id]
+                if not isinstance(made, BaseException):
+                    await self._delete_own_bridge(spec.bridge, spec.network_id)
+                    await asyncio.to_thread(shutil.rmtree, self._dir(spec.network_id), True)
+                await self._apply_rules()
+                raise made if isinstance(made, BaseException) else ruled
 
     async def _make(self, spec) -> None:
-        mark = links.alias("net", spec.network_id)
-        existed = await asyncio.to_thread(links.link_alias, spec.bridge) == mark
-        await asyncio.to_thread(links.make_bridge, spec.bridge, mark, spec.mtu, spec.gateway, spec.cidr)
+        made = await asyncio.to_thread(links.make_bridge, spec.bridge, links.alias("net", spec.network_id),
+                                       spec.mtu, spec.gateway, spec.cidr)
         try:
             if spec.bridged and spec.uplink:
                 await asyncio.to_thread(links.enslave, spec.uplink, spec.bridge)
             if _serves_dhcp(spec):
                 await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id))
         except BaseException:
-            if not existed:
+            if made:
                 await asyncio.to_thread(links.delete, spec.bridge)
             raise
 
@@ -110,10 +121,8 @@ class BridgeNetwork:
             try:
                 if _serves_dhcp(spec):
                     await self._start_dnsmasq(spec)
-                await self._apply_rules()
             except BaseException:
                 self._running.discard(network_id)
-                await self._stop_dnsmasq(network_id)
                 await asyncio.to_thread(links.set_up, spec.bridge, False)
                 raise
 
@@ -122,7 +131,6 @@ class BridgeNetwork:
             spec = self._spec(network_id)
             self._running.discard(network_id)
             await self._stop_dnsmasq(network_id)
-            await self._apply_rules()
             await asyncio.to_thread(links.set_up, spec.bridge, False)
 
     async def delete_network(self, network_id: str) -> None:
@@ -155,13 +163,12 @@ class BridgeNetwork:
         ours = state is not None and mark == links.alias("net", network_id)
         daemon = self._daemons.get(network_id)
         found = await rules.comments(self.nft)
-        wanted = network_id in self._running
         return {
             "bridge": "present" if ours else "missing",
             "link": "up" if ours and state["up"] else "down",
-            "dhcp": ("present" if daemon is not None and daemon.returncode is None else "missing")
-            if _serves_dhcp(spec) and wanted else "off",
-            "rules": ("present" if f"net:{network_id}" in found else "missing") if wanted else "none",
+            "dhcp": ("present" if daemon is not None and daemon.alive() else "missing")
+            if _serves_dhcp(spec) and network_id in self._running else "off",
+            "rules": "present" if f"net:{network_id}" in found else "missing",
         }
 
     # ---------------------------------------------------------------- addresses
@@ -174,7 +181,9 @@ class BridgeNetwork:
             self._specs[network_id] = spec
             if _serves_dhcp(spec):
                 await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(network_id))
-                dnsmasq.reload_hosts(self._daemons.get(network_id))
+                daemon = self._daemons.get(network_id)
+                if daemon is not None:
+                    daemon.reload()
 
     async def leases(self, network_id: str) -> dict[str, str]:
         self._spec(network_id)
@@ -224,43 +233,45 @@ class BridgeNetwork:
                 await self._apply_rules()
 
     async def _apply_rules(self) -> None:
-        running = [self._specs[n] for n in sorted(self._running) if n in self._specs]
+        """Every network's rules, started or not (a stopped network's bridge is down: its rules are idle)."""
+        networks = [self._specs[n] for n in sorted(self._specs)]
         groups = {g: [m for m in members if m in self._specs] for g, members in self._groups.items()}
-        await rules.apply(self.nft, running, groups)
+        await rules.apply(self.nft, networks, groups)
 
     # ---------------------------------------------------------------- dnsmasq, supervised
 
     async def _start_dnsmasq(self, spec) -> None:
         conf = await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id))
-        proc = await dnsmasq.start(self.dnsmasq, conf)
-        self._daemons[spec.network_id] = proc
-        self._supervisors[spec.network_id] = asyncio.create_task(self._supervise(spec.network_id, proc),
-                                                                 name=f"dnsmasq {spec.network_id}")
+        self._supervise(spec.network_id, await dnsmasq.start(self.dnsmasq, conf))
+
+    def _supervise(self, network_id: str, daemon: dnsmasq.Daemon) -> None:
+        self._daemons[network_id] = daemon
+        self._supervisors[network_id] = asyncio.create_task(self._restart_when_dead(network_id, daemon),
+                                                            name=f"dnsmasq {network_id}")
 
     async def _stop_dnsmasq(self, network_id: str) -> None:
         task = self._supervisors.pop(network_id, None)
         if task is not None:
             task.cancel()
-        proc = self._daemons.pop(network_id, None)
-        if proc is not None:
-            await dnsmasq.stop(proc)
+        daemon = self._daemons.pop(network_id, None)
+        if daemon is not None:
+            await daemon.stop()
 
-    async def _supervise(self, network_id: str, proc) -> None:
+    async def _restart_when_dead(self, network_id: str, daemon: dnsmasq.Daemon) -> None:
         """Restart the network's dnsmasq whenever it dies, and raise an alarm each time."""
         while True:
-            status = await proc.wait()
+            how = await daemon.wait()
             await asyncio.sleep(0)  # a stop in progress cancels us here
-            spec = self._specs.get(network_id)
-            if spec is None or network_id not in self._running:
+            if network_id not in self._running:
                 return
             try:
-                proc = await dnsmasq.start(self.dnsmasq, self._dir(network_id) / "dnsmasq.conf")
+                daemon = await dnsmasq.start(self.dnsmasq, self._dir(network_id) / "dnsmasq.conf")
             except DriverError as exc:
-                self._alarm(network_id, f"dnsmasq exited with status {status} and could not be restarted: {exc}")
+                self._alarm(network_id, f"dnsmasq {how} and could not be restarted: {exc}")
                 await asyncio.sleep(RESTART_BACKOFF)
                 continue
-            self._daemons[network_id] = proc
-            self._alarm(network_id, f"dnsmasq exited with status {status}; restarted (pid {proc.pid})")
+            self._daemons[network_id] = daemon
+            self._alarm(network_id, f"dnsmasq {how}; restarted (pid {daemon.pid})")
 
     def _alarm(self, network_id: str, message: str) -> None:
         for callback in self._watchers:
@@ -268,53 +279,80 @@ class BridgeNetwork:
 
     # ---------------------------------------------------------------- after a restart
 
-    async def adopt(self, specs, ports=None, groups=None) -> None:
-        """Rebuild from the store after a restart or a reboot: every network in `specs` (with its STARTED
-        flag: `spec, started` pairs) gets its bridge, dnsmasq and rules back; ports {port id: network id}
-        and groups {group id: [network ids]} likewise. Links and dnsmasq processes cimid made for
-        anything else are removed (orphans of an interrupted Job); nothing cimid did not make is touched."""
+    async def adopt(self, networks, ports, groups) -> None:
+        """Rebuild from the store after a restart or a reboot: every network in `networks` ((spec,
+        started) pairs) gets its bridge, dnsmasq and rules back; ports {port id: network id} and groups
+        {group id: member ids} likewise. A dnsmasq an earlier cimid left serving a network as it is now
+        is taken over (DHCP goes on); every other link, process and directory cimid made for anything
+        else is removed (orphans of an interrupted Job); nothing cimid did not make is touched."""
         async with self._lock:
-            self._specs = {spec.network_id: spec for spec, _ in specs}
-            self._running = {spec.network_id for spec, started in specs if started}
-            self._ports = dict(ports or {})
-            self._groups = {g: list(m) for g, m in (groups or {}).items()}
-            # dnsmasq processes an earlier cimid left (its children outlive it): end them all; the wanted
-            # ones are started again below as children of this process, with the same lease files.
-            for pid in await asyncio.to_thread(dnsmasq.running_under, self.run_dir):
-                await dnsmasq.kill(pid)
-            wanted_links = {s.bridge: links.alias("net", s.network_id) for s in self._specs.values()}
-            for port_id in self._ports:
-                inside, outside = links.port_names(port_id)
-                wanted_links[inside] = wanted_links[outside] = links.alias("port", port_id)
-            for ifname, mark in (await asyncio.to_thread(links.owned_links)).items():
-                if wanted_links.get(ifname) != mark:
-                    await asyncio.to_thread(links.delete, ifname)
+            self._specs = {spec.network_id: spec for spec, _ in networks}
+            self._running = {spec.network_id for spec, started in networks if started}
+            self._ports = dict(ports)
+            self._groups = {g: list(m) for g, m in groups.items()}
+            kept = await self._take_over_dnsmasq()
+            await self._remove_orphan_links()
             for directory in self.run_dir.iterdir() if self.run_dir.exists() else ():
                 if directory.name not in self._specs:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
-            problems = []
+            problems = await asyncio.to_thread(links.make_bridges, [
+                (s.bridge, links.alias("net", s.network_id), s.mtu, s.gateway, s.cidr, s.network_id in self._running)
+                for s in self._specs.values()])
+            failed = {s.network_id: problems[s.bridge] for s in self._specs.values() if s.bridge in problems}
+            self._running -= set(failed)
             for spec in self._specs.values():
-                try:
-                    await self._make(spec)
-                    if spec.network_id in self._running:
-                        await asyncio.to_thread(links.set_up, spec.bridge, True)
-                        if _serves_dhcp(spec):
-                            await self._start_dnsmasq(spec)
-                except DriverError as exc:
-                    self._running.discard(spec.network_id)
-                    problems.append(f"network {spec.network_id}: {exc}")
-            owned = await asyncio.to_thread(links.owned_links)
-            for port_id, network_id in list(self._ports.items()):
-                if links.port_names(port_id)[0] not in owned and network_id in self._specs:
-                    try:
-                        names = links.port_names(port_id)
-                        await asyncio.to_thread(links.make_veth, self._specs[network_id].bridge, names,
-                                                links.alias("port", port_id), self._specs[network_id].mtu)
-                    except DriverError as exc:
-                        problems.append(f"port {port_id}: {exc}")
+                if spec.bridged and spec.uplink and spec.network_id not in failed:
+                    await asyncio.to_thread(links.enslave, spec.uplink, spec.bridge)
+            starts = [self._start_dnsmasq(self._specs[n]) for n in sorted(self._running)
+                      if _serves_dhcp(self._specs[n]) and n not in kept]
+            for network_id, outcome in zip([n for n in sorted(self._running) if _serves_dhcp(self._specs[n])
+                                            and n not in kept], await asyncio.gather(*starts, return_exceptions=True)):
+                if isinstance(outcome, BaseException):
+                    failed[network_id] = str(outcome)
+            await self._restore_ports(failed)
             await self._apply_rules()
-            for problem in problems:
-                self._alarm(problem.split(":", 1)[0].split()[-1], problem)
+            for network_id, problem in failed.items():
+                self._alarm(network_id, f"could not be rebuilt after a restart: {problem}")
+
+    async def _take_over_dnsmasq(self) -> set[str]:
+        """Keep each dnsmasq an earlier cimid left that serves a started network with today's
+        configuration (its reservations are rewritten and re-read); end all others. :return: the kept."""
+        kept, ending = set(), []
+        for pid, directory in (await asyncio.to_thread(dnsmasq.running_under, self.run_dir)).items():
+            spec = self._specs.get(directory.name)
+            current = spec is not None and spec.network_id in self._running and _serves_dhcp(spec) \
+                and spec.network_id not in kept and await asyncio.to_thread(dnsmasq.configured_as, spec, directory)
+            if current:
+                await asyncio.to_thread(dnsmasq.write_files, spec, directory)
+                daemon = dnsmasq.Daemon(pid)
+                daemon.reload()
+                self._supervise(spec.network_id, daemon)
+                kept.add(spec.network_id)
+            else:
+                ending.append(dnsmasq.kill(pid))
+        await asyncio.gather(*ending)
+        return kept
+
+    async def _remove_orphan_links(self) -> None:
+        wanted = {s.bridge: links.alias("net", s.network_id) for s in self._specs.values()}
+        for port_id in self._ports:
+            for name in links.port_names(port_id):
+                wanted[name] = links.alias("port", port_id)
+        for ifname, mark in (await asyncio.to_thread(links.owned_links)).items():
+            if wanted.get(ifname) != mark:
+                await asyncio.to_thread(links.delete, ifname)
+
+    async def _restore_ports(self, failed: dict[str, str]) -> None:
+        owned = await asyncio.to_thread(links.owned_links)
+        for port_id, network_id in self._ports.items():
+            spec = self._specs.get(network_id)
+            names = links.port_names(port_id)
+            if spec is None or network_id in failed or names[0] in owned:
+                continue
+            try:
+                await asyncio.to_thread(links.make_veth, spec.bridge, names, links.alias("port", port_id), spec.mtu)
+            except DriverError as exc:
+                failed[network_id] = f"port {port_id}: {exc}"
 
     async def forget(self) -> None:
         """Remove every network, port and group this driver made (the test-control reset)."""

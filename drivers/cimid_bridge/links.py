@@ -69,33 +69,77 @@ def link_state(ifname: str) -> dict | None:
                 "master": _attr(ipr.get_links(master)[0], "IFLA_IFNAME") if master else None}
 
 
-def make_bridge(ifname: str, mark: str, mtu: int | None, gateway: str | None, cidr: str | None) -> None:
-    """The bridge `ifname`, down, with its alias, MTU and host address; a bridge of ours with that name
-    is brought to that shape; any other link of that name is a clash (DriverError, nothing changed)."""
+def make_bridge(ifname: str, mark: str, mtu: int | None, gateway: str | None, cidr: str | None,
+                up: bool = False, ipr: IPRoute | None = None) -> bool:
+    """The bridge `ifname` with its alias, MTU and host address, up or down; a bridge of ours with that
+    name is brought to that shape; any other link of that name is a clash (DriverError, nothing changed).
+
+    :return: whether the bridge was made now (not there before)
+    """
     if len(ifname) > IFNAME_MAX:
         raise DriverError(f"bridge name {ifname!r} is longer than {IFNAME_MAX} characters")
-    with IPRoute() as ipr:
+    if ipr is None:
+        with IPRoute() as own:
+            return make_bridge(ifname, mark, mtu, gateway, cidr, up, own)
+    index = _index(ipr, ifname)
+    made = index is None
+    if not made:
+        existing = _attr(ipr.get_links(index)[0], "IFLA_IFALIAS") or ""
+        if existing != mark:
+            raise DriverError(f"a link named {ifname} already exists and cimid did not make it for this "
+                              f"network ({'its alias is ' + repr(existing) if existing else 'no cimid alias'}); "
+                              "choose another network or remove that link")
+    else:
+        try:
+            ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        except NetlinkError as exc:
+            raise DriverError(f"cannot make bridge {ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
         index = _index(ipr, ifname)
-        if index is not None:
-            existing = _attr(ipr.get_links(index)[0], "IFLA_IFALIAS") or ""
-            if existing != mark:
-                raise DriverError(f"a link named {ifname} already exists and cimid did not make it for this "
-                                  f"network ({'its alias is ' + repr(existing) if existing else 'no cimid alias'}); "
-                                  "choose another network or remove that link")
-        else:
-            try:
-                ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_forward_delay=0)
-            except NetlinkError as exc:
-                raise DriverError(f"cannot make bridge {ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
-            index = _index(ipr, ifname)
-            ipr.link("set", index=index, ifalias=mark)
+    try:
+        settings = {"ifalias": mark} if made else {}
         if mtu is not None:
-            ipr.link("set", index=index, mtu=mtu)
+            settings["mtu"] = mtu
+        if settings:
+            ipr.link("set", index=index, **settings)
         if gateway and cidr:
             prefix = ipaddress.ip_network(cidr).prefixlen
             present = {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
             if (gateway, prefix) not in present:
                 ipr.addr("add", index=index, address=gateway, prefixlen=prefix)
+        if up:
+            ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        if made:
+            ipr.link("del", index=index)
+        raise DriverError(f"cannot set up bridge {ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+    return made
+
+
+def make_bridges(wanted: list[tuple]) -> dict[str, str]:
+    """make_bridge for each tuple of its arguments, in one netlink session that reads every link and
+    address once, and changes only the bridges not already as wanted (adoption of many networks).
+
+    :return: {ifname: problem} of the bridges that could not be made
+    """
+    problems = {}
+    with IPRoute() as ipr:
+        found = {_attr(link, "IFLA_IFNAME"): link for link in ipr.get_links()}
+        addresses: dict[int, set] = {}
+        for a in ipr.get_addr(family=2):
+            addresses.setdefault(a["index"], set()).add((_attr(a, "IFA_ADDRESS"), a["prefixlen"]))
+        for args in wanted:
+            ifname, mark, mtu, gateway, cidr, up = args
+            link = found.get(ifname)
+            if link is not None and _attr(link, "IFLA_IFALIAS") == mark \
+                    and (mtu is None or _attr(link, "IFLA_MTU") == mtu) and bool(link["flags"] & 1) == up \
+                    and (not (gateway and cidr) or (gateway, ipaddress.ip_network(cidr).prefixlen)
+                         in addresses.get(link["index"], set())):
+                continue
+            try:
+                make_bridge(*args, ipr=ipr)
+            except DriverError as exc:
+                problems[ifname] = str(exc)
+    return problems
 
 
 def set_up(ifname: str, up: bool) -> None:

@@ -36,7 +36,7 @@ DHCP = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "
 
 
 def ruleset(networks: list, groups: dict[str, list[str]]) -> dict:
-    """The whole table for the running `networks` (NetworkSpecs) and forwarding `groups` {id: [network
+    """The whole table for the `networks` (NetworkSpecs) and forwarding `groups` {id: [network
     ids]}: guests on one bridge reach each other; a group's members route to each other; a NATed network
     reaches its uplink (masqueraded) and gets the answers; everything else to or from a cimid bridge is
     dropped, and a PRIVATE network's guests reach nothing on the host but DHCP."""
@@ -52,7 +52,7 @@ def ruleset(networks: list, groups: dict[str, list[str]]) -> dict:
     for n in networks:  # bridged traffic (br_netfilter shows it with the bridge as in and out link)
         cmds.append(_rule("forward", f"net:{n.network_id}", _is("iifname", n.bridge), _is("oifname", n.bridge), ACCEPT))
     for group_id, members in sorted(groups.items()):
-        present = [by_id[m] for m in members if m in by_id]
+        present = [by_id[m] for m in members if m in by_id]  # a member deleted meanwhile has no bridge
         for a in present:
             for b in present:
                 if a is not b:

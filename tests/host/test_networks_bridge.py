@@ -8,7 +8,6 @@ setup-host.sh makes): no address used here exists in the root namespace."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import signal
 import subprocess
@@ -19,42 +18,12 @@ import uuid
 import pytest
 from pyroute2 import IPRoute, netns
 
-from cimid import config as cimid_config
 from cimid.errors import DriverError
 from cimid.hookspecs import NetworkSpec, Reservation
 from cimid_bridge import BridgeNetwork, dnsmasq, links, rules
 
 from .conftest import fresh_dir
-
-UDHCPC_SCRIPT = "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\" && " \
-                "{ [ -z \"$router\" ] || ip route add default via \"$router\"; } && echo \"mtu=$mtu\" > \"$0.$interface\"\nexit 0\n"
-
-
-def off_loop(fn, *args):
-    """Run a blocking pyroute2 call on a thread: its synchronous API refuses a thread with a running loop."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def in_named_netns() -> bool:
-    """This process runs in a namespace made with `ip netns add` (never the host's own)."""
-    here = os.stat("/proc/self/ns/net")
-    return any((os.stat(f"/run/netns/{name}").st_dev, os.stat(f"/run/netns/{name}").st_ino)
-               == (here.st_dev, here.st_ino) for name in netns.listnetns())
-
-
-@pytest.fixture(autouse=True)
-def test_netns():
-    if not in_named_netns():
-        pytest.fail("the network tests make bridges with addresses: run them inside a test network namespace "
-                    "(`make test`, or `ip netns exec cimid-test .venv/bin/pytest ...` after setup-host.sh)")
-
-
-def config(state_dir):
-    cfg = cimid_config.load(None, profile="host", state_dir=state_dir)
-    cfg.sections["network"]["driver"] = "bridge"
-    return cfg
-
+from .netns import clients, config, in_test_netns, off_loop, spec, uplink  # noqa: F401 (fixtures)
 
 @pytest.fixture
 async def state_dir():
@@ -72,67 +41,6 @@ async def driver(state_dir):
     await made.close()
     assert not [n for n, a in off_loop(links.owned_links).items()], "the driver left links"
     assert not dnsmasq.running_under(made.run_dir), "the driver left dnsmasq running"
-
-
-class Client:
-    """A namespace holding the operator's end of a port: `run(cmd...)` runs there."""
-
-    def __init__(self, name: str, ifname: str):
-        self.name, self.ifname = name, ifname
-
-    def run(self, *cmd: str, check=True, timeout=30) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
-                              check=check, timeout=timeout)
-
-    def ping(self, address: str) -> bool:
-        return self.run("busybox", "ping", "-c", "1", "-W", "1", address, check=False).returncode == 0
-
-    def dhcp(self, script_dir) -> str | None:
-        script = script_dir / "udhcpc.sh"
-        script.write_text(UDHCPC_SCRIPT)
-        script.chmod(0o755)
-        self.run("busybox", "udhcpc", "-i", self.ifname, "-q", "-n", "-t", "6", "-T", "1", "-O", "mtu", "-s", str(script),
-                 check=False)
-        for addr in self.run("ip", "-4", "-o", "addr", "show", "dev", self.ifname).stdout.split():
-            if "/" in addr and addr[0].isdigit():
-                return addr.split("/")[0]
-        return None
-
-
-@pytest.fixture
-def clients():
-    made: list[str] = []
-
-    def client(peer: str, mac: str | None = None, address: str | None = None, route_via: str | None = None):
-        return off_loop(make, peer, mac, address, route_via)
-
-    def make(peer, mac, address, route_via):
-        name = f"cimid-t-{uuid.uuid4().hex[:8]}"
-        netns.create(name)
-        made.append(name)
-        with IPRoute() as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname=peer)[0], net_ns_fd=name)
-        with IPRoute(netns=name) as ipr:
-            index = ipr.link_lookup(ifname=peer)[0]
-            if mac:
-                ipr.link("set", index=index, address=mac)
-            ipr.link("set", index=index, state="up")
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            if address:
-                ip, prefix = address.split("/")
-                ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
-            if route_via:
-                ipr.route("add", dst="default", gateway=route_via)
-        return Client(name, peer)
-
-    yield client
-    for name in made:
-        off_loop(netns.remove, name)
-
-
-def spec(network_id, bridge, cidr, **kw) -> NetworkSpec:
-    gateway = cidr.rsplit(".", 1)[0] + ".1"
-    return NetworkSpec(network_id=network_id, bridge=bridge, cidr=cidr, gateway=gateway, **kw)
 
 
 async def test_private_network_dhcp_matches_reservations_and_guests_reach_only_each_other(driver, clients, state_dir):
@@ -191,22 +99,6 @@ async def test_networks_are_isolated_until_a_forwarding_group_joins_them(driver,
         await driver.set_forwarding_group("g3", ("n62", "nope"))
 
 
-@pytest.fixture
-async def uplink(clients):
-    """A veth pair standing in for the host's uplink: "cimidup0" here (192.0.2.2), its peer in a namespace
-    (192.0.2.1) that has no route back to any cimid network."""
-    def make():
-        with IPRoute() as ipr:
-            ipr.link("add", ifname="cimidup0", kind="veth", peer="cimidup0p")
-            index = ipr.link_lookup(ifname="cimidup0")[0]
-            ipr.addr("add", index=index, address="192.0.2.2", prefixlen=24)
-            ipr.link("set", index=index, state="up")
-    off_loop(make)
-    far = clients("cimidup0p", address="192.0.2.1/24")
-    yield far
-    off_loop(links.delete, "cimidup0")
-
-
 async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(driver, clients, uplink, state_dir):
     mac = "52:54:00:64:00:0a"
     await driver.create_network(spec("n64", "cimidt64", "10.64.0.0/24", network_type="PUBLIC", uplink="cimidup0",
@@ -224,7 +116,7 @@ async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(dr
     assert not private.ping("192.0.2.1")
     await driver.stop_network("n64")
     assert not guest.ping("192.0.2.1")
-    assert await driver.network("n64") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "none"}
+    assert await driver.network("n64") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "present"}
 
 
 async def test_a_killed_dnsmasq_is_restarted_with_an_alarm(driver, clients, state_dir):
@@ -250,34 +142,62 @@ async def test_a_new_driver_adopts_networks_ports_and_groups_after_a_restart_or_
     await first.open()
     mac = "52:54:00:68:00:0a"
     nets = [spec("n68", "cimidt68", "10.68.0.0/24", reservations=(Reservation(mac, "10.68.0.10"),)),
-            spec("n69", "cimidt69", "10.69.0.0/24", dhcp=False)]
+            spec("n69", "cimidt69", "10.69.0.0/24"),
+            spec("n6a", "cimidt6a", "10.106.0.0/24")]
     for n in nets:
         await first.create_network(n)
         await first.start_network(n.network_id)
     peer = (await first.create_port("n68", "p68"))["peer"]
     await first.set_forwarding_group("g68", ("n68", "n69"))
-    old_pid = first._daemons["n68"].pid
-    await first.close()  # a restart: the daemon goes, its dnsmasq stays
-    # A reboot on top: the bridge of n69 and the whole table are gone.
+    old = {n: first._daemons[n].pid for n in ("n68", "n69", "n6a")}
+    await first.close()  # a restart: the daemon goes, its dnsmasq processes stay
+    # A reboot of part of it: the bridge of n69 and the whole table are gone; and n6a's spec changed.
     off_loop(links.delete, "cimidt69")
     subprocess.run(["nft", "delete", "table", "inet", "cimid"], check=True)
+    nets[2] = spec("n6a", "cimidt6a", "10.106.0.0/24", mtu=1400)
     second = BridgeNetwork(config(state_dir))
     await second.open()
+    alarms = []
+    second.watch(lambda network_id, message: alarms.append((network_id, message)))
     try:
         await second.adopt([(n, True) for n in nets], {"p68": "n68"}, {"g68": ("n68", "n69")})
         for n in nets:
             assert await second.network(n.network_id) == {
-                "bridge": "present", "link": "up", "dhcp": "present" if n.dhcp else "off", "rules": "present"}
+                "bridge": "present", "link": "up", "dhcp": "present", "rules": "present"}
         assert "group:g68" in await rules.comments("nft")
-        assert not os.path.exists(f"/proc/{old_pid}") or dnsmasq._zombie(old_pid)
-        assert list(dnsmasq.running_under(second.run_dir).values()) == [second.run_dir / "n68"]
+        # n68's dnsmasq serves on without a break; n6a's, configured otherwise now, was replaced.
+        assert second._daemons["n68"].pid == old["n68"]
+        assert second._daemons["n6a"].pid != old["n6a"] and not dnsmasq.Daemon(old["n6a"]).alive()
+        assert sorted(p.name for p in dnsmasq.running_under(second.run_dir).values()) == ["n68", "n69", "n6a"]
         assert off_loop(links.link_state, peer)["master"] is None
         assert off_loop(links.link_state, links.port_names("p68")[0])["master"] == "cimidt68"
+        assert off_loop(links.link_state, "cimidt6a")["mtu"] == 1400
         client = clients(peer, mac=mac)
         assert client.dhcp(state_dir) == "10.68.0.10"
+        # The dnsmasq taken over is supervised like a child: killed, it is restarted, with an alarm.
+        os.kill(old["n68"], signal.SIGKILL)
+        for _ in range(100):
+            if alarms:
+                break
+            await asyncio.sleep(0.05)
+        assert alarms and alarms[0][0] == "n68" and "restarted" in alarms[0][1]
+        assert second._daemons["n68"].alive() and second._daemons["n68"].pid != old["n68"]
     finally:
         await second.forget()
         await second.close()
+
+
+async def test_a_bridged_public_network_puts_its_guests_on_the_uplinks_segment(driver, clients, uplink):
+    # The host has no address on it: the segment's addresses are the uplink network's.
+    await driver.create_network(NetworkSpec("n6b", "cimidt6b", "PUBLIC", "192.0.2.0/24", uplink="cimidup0",
+                                            bridged=True, dhcp=False))
+    await driver.start_network("n6b")
+    assert off_loop(links.link_state, "cimidup0")["master"] == "cimidt6b"
+    guest = clients((await driver.create_port("n6b", "p6b"))["peer"], address="192.0.2.50/24")
+    assert guest.ping("192.0.2.1") and uplink.ping("192.0.2.50")  # one segment: no NAT, both ways
+    assert not any("masquerade" in str(r) for r in rules.ruleset([driver._specs["n6b"]], {})["nftables"])
+    await driver.delete_network("n6b")
+    assert off_loop(links.link_state, "cimidup0")["master"] is None  # the uplink is the operator's: kept
 
 
 async def test_a_bridge_name_clashing_with_a_link_cimid_did_not_make_is_refused(driver):

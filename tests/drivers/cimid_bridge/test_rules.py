@@ -58,9 +58,9 @@ def test_a_bridged_public_network_is_not_masqueraded():
     assert not any("eth9" in ends for _, _, ends, _ in got)
 
 
-def test_a_forwarding_group_joins_each_pair_of_its_running_members_both_ways():
+def test_a_forwarding_group_joins_each_pair_of_its_members_both_ways():
     nets = [net("a", "cimida", "10.1.0.0/24"), net("b", "cimidb", "10.2.0.0/24"), net("c", "cimidc", "10.3.0.0/24")]
-    got = summary(rules.ruleset(nets[:2], {"g": ["a", "b", "c"]}))  # c is not running: no rule names it
+    got = summary(rules.ruleset(nets[:2], {"g": ["a", "b", "c"]}))  # c was deleted: no rule names it
     group = [ends for _, comment, ends, _ in got if comment == "group:g"]
     assert sorted(group) == [("cimida", "cimidb"), ("cimidb", "cimida")]
     first_drop = next(i for i, (_, _, _, v) in enumerate(got) if v == "drop")
