@@ -216,6 +216,9 @@ async def inner(quick: bool) -> dict:
         return {"driver_s": median(by_driver), "plain_s": median(by_hand), "adopt_restart_s": restart,
                 "adopt_reboot_s": reboot, "rtt_bridge_ms": rtt_bridge, "rtt_veth_ms": rtt_veth}
     finally:
+        from cimid_bridge import dnsmasq
+        for pid in dnsmasq.running_under(state_dir):  # what an error left running (the namespace goes anyway)
+            await dnsmasq.kill(pid)
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

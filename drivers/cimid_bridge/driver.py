@@ -117,6 +117,9 @@ class BridgeNetwork:
         async with self._lock:
             spec = self._spec(network_id)
             await asyncio.to_thread(links.set_up, spec.bridge, True)
+            daemon = self._daemons.get(network_id)
+            if network_id in self._running and (daemon is not None and daemon.alive() or not _serves_dhcp(spec)):
+                return  # started already (a Job run again after a restart)
             self._running.add(network_id)
             try:
                 if _serves_dhcp(spec):

@@ -50,7 +50,8 @@ class Client:
                               check=check, timeout=timeout)
 
     def ping(self, address: str) -> bool:
-        return self.run("busybox", "ping", "-c", "1", "-W", "1", address, check=False).returncode == 0
+        """Any answer to three echo requests within 2 s (one lost to ARP does not decide)."""
+        return self.run("busybox", "ping", "-c", "3", "-i", "0.2", "-w", "2", address, check=False).returncode == 0
 
     def dhcp(self, script_dir) -> str | None:
         script = script_dir / "udhcpc.sh"

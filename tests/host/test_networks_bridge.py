@@ -258,3 +258,21 @@ async def test_sigkill_during_a_network_job_leaves_no_orphan_after_restart(state
         await restarted.close()
     finally:
         off_loop(links.delete, "cimidforeign0")
+
+
+async def test_steps_run_again_by_a_resumed_job_change_nothing(driver):
+    net = spec("n74", "cimidt74", "10.74.0.0/24")
+    await driver.create_network(net)
+    await driver.create_network(net)  # the same spec again: a create step resumed after a restart
+    with pytest.raises(DriverError, match="already a network n74"):
+        await driver.create_network(spec("n74", "cimidt74", "10.75.0.0/24"))
+    await driver.start_network("n74")
+    pid = driver._daemons["n74"].pid
+    await driver.start_network("n74")
+    assert driver._daemons["n74"].pid == pid and len(dnsmasq.running_under(driver.run_dir)) == 1
+    await driver.stop_network("n74")
+    await driver.stop_network("n74")
+    assert await driver.network("n74") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "present"}
+    await driver.delete_network("n74")
+    await driver.delete_network("n74")
+    assert await driver.network("n74") is None and "net:n74" not in await rules.comments("nft")

@@ -62,6 +62,12 @@ async def host(guest_image):
     await asyncio.to_thread(remove_domains, [f"cimid-{m}" for m in made])
     await network.forget()
     await network.close()
+    # A test may have swapped in a driver of its own (a restart): a last one adopting nothing removes
+    # whatever any of them left, as a restarted cimid with an empty store would.
+    sweep = BridgeNetwork(cfg)
+    await sweep.open()
+    await sweep.adopt([], {}, {})
+    await sweep.close()
     await compute.close()
     await asyncio.to_thread(shutil.rmtree, root, True)
 
@@ -206,3 +212,45 @@ async def test_a_public_networks_guest_reaches_the_uplink_masqueraded(host, upli
     await console.until(r"HVTEST: dhcp eth0 10\.84\.0\.10/")
     await console.until(r"HVTEST: ping 192\.0\.2\.1 ok")  # the far side has no route back: masqueraded
     assert not uplink.ping("10.84.0.10")
+
+
+async def test_a_restarted_daemon_takes_everything_back_while_guests_keep_talking(host):
+    compute, network, _ = host
+    macs = ("52:54:00:85:00:0a", "52:54:00:85:00:0b")
+    await network.create_network(spec("g85", "cimidg85", "10.85.0.0/24", reservations=(
+        Reservation(macs[0], "10.85.0.10"), Reservation(macs[1], "10.85.0.11"))))
+    await network.start_network("g85")
+    a = await boot(host, "net-ra", [InterfaceSpec(macs[0], "cimidg85")], peers=("10.85.0.11",))
+    b = await boot(host, "net-rb", [InterfaceSpec(macs[1], "cimidg85")], peers=("10.85.0.10",))
+    consoles = [Console(compute, m) for m in (a, b)]
+    await consoles[0].until(r"HVTEST: ping 10\.85\.0\.11 ok")
+    await consoles[1].until(r"HVTEST: ping 10\.85\.0\.10 ok")
+    serving = network._daemons["g85"].pid
+    # The daemon restarts: a new driver adopts what the store knows (every network of this module).
+    await network.close()
+    restarted = BridgeNetwork(network_config(network))
+    await restarted.open()
+    alarms = []
+    restarted.watch(lambda network_id, message: alarms.append(network_id))
+    try:
+        await restarted.adopt([(s, n in network._running) for n, s in network._specs.items()], {}, {})
+        assert restarted._daemons["g85"].pid == serving  # DHCP was never interrupted
+        assert await restarted.network("g85") == {"bridge": "present", "link": "up", "dhcp": "present",
+                                                  "rules": "present"}
+        os.kill(serving, 9)
+        for _ in range(100):
+            if "g85" in alarms:
+                break
+            await asyncio.sleep(0.05)
+        assert "g85" in alarms and restarted._daemons["g85"].alive()
+        for console, peer in zip(consoles, ("10.85.0.11", "10.85.0.10"), strict=True):
+            console.mark()
+            await console.until(f"HVTEST: ping {re.escape(peer)} ok")
+    finally:
+        await restarted.close()
+
+
+def network_config(driver: BridgeNetwork):
+    cfg = cimid_config.load(None, profile="host", state_dir=driver.run_dir.parent)
+    cfg.sections["network"]["driver"] = "bridge"
+    return cfg
