@@ -18,7 +18,7 @@ from .store import consumers
 from .store.consumers import ROLES, ConsumerError
 from .store.db import Store
 
-QUOTAS = ("machines", "cpu", "memory", "volume_capacity")  # memory in KiB, like a MachineConfiguration's;
+QUOTAS = ("machines", "cpu", "memory", "volume_capacity", "networks")  # memory in KiB, like a MachineConfiguration's;
 # volume_capacity in KB, the sum of a consumer's Volumes' capacities
 
 

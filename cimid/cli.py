@@ -183,6 +183,8 @@ def check(args) -> int:
                 print(f"{kind}: {driver.name}: ok")
                 for key, value in facts.items():
                     print(f"  {key}: {value}")
+                if kind == "network":
+                    healthy = await _check_networks(config, driver) and healthy
             except Exception as exc:  # report every driver, whatever failed
                 healthy = False
                 print(f"{kind}: {driver.name}: FAILED: {exc}")
@@ -194,6 +196,30 @@ def check(args) -> int:
         print(f"state dir: {usage.free // 2**20} MiB free")
     asyncio.run(report())
     return 0 if healthy else 1
+
+
+async def _check_networks(config, driver) -> bool:
+    """Each stored network's bridge, DHCP server and rules as the driver finds them; False if one is
+    missing (a reboot the daemon has not repaired yet)."""
+    if not config.database.exists():
+        return True
+    from .store.db import Store
+    store = Store(config.database, config["store"]["synchronous"].upper())
+    await store.open()
+    try:
+        networks = await store.all_of("Network")
+    finally:
+        await store.close()
+    complete = True
+    for network in networks:
+        found = await driver.network(network.id)
+        label = f"  network {network.attrs.get('name') or network.id} ({network.id}, {network.state})"
+        if found is None:  # the memory driver's networks live in the daemon's process, not in this one
+            print(f"{label}: not known to this driver here")
+            continue
+        print(f"{label}: " + ", ".join(f"{key} {value}" for key, value in found.items()))
+        complete = complete and "missing" not in found.values()
+    return complete
 
 
 def _check_tls(config) -> bool:

@@ -41,9 +41,8 @@ DEFAULTS: dict[str, dict] = {
     # the driver's keys; a VolumeConfiguration picks one by its type, else the default pool.
     "storage": {"default_pool": "default", "pools": {}},
     # Networks (see etc/cimid.toml): the driver, where PUBLIC networks reach the outside, the default network
-    "network": {"driver": "", "uplink": "", "bridged": False, "default_network": "default",
-                "create_default": False, "default_cidr": "10.213.0.0/24", "default_type": "PUBLIC",
-                "default_mtu": 0, "dns": []},
+    "network": {"driver": "", "uplink": "", "bridged": False, "subnet_pool": "10.213.0.0/16", "dns": [],
+                "default_network": "default", "create_default": False},
     "catalogue": {"seed": True},
     # EventLogs: how long a new log keeps its Events (daily, weekly, monthly, yearly), and the contact an
     # Event names when no consumer caused it (empty: none).
@@ -70,6 +69,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
                 "storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 100}}},
                 "network": {"driver": "memory"}},
     "host": {"compute": {"driver": "libvirt"}, "images": {"driver": "dir"}, "catalogue": {"seed": False},
+             "network": {"create_default": True},
              "storage": {"pools": {"default": {"driver": "dir", "path": ""}}}},
 }
 
@@ -157,6 +157,7 @@ def _check(config: Config) -> None:
         raise ConfigError("server.idempotency_minutes must be at least 1")
     _check_tls(config)
     _check_meters(config["meters"])
+    _check_network(config["network"])
     auth = config["auth"]
     if auth["kdf_threads"] < 1:
         raise ConfigError("auth.kdf_threads must be at least 1")
@@ -169,6 +170,20 @@ def _check(config: Config) -> None:
         if user["role"] not in ("admin", "user", "reader"):
             raise ConfigError(f"auth user {user['name']}: role must be admin, user or reader")
     _check_exposure(config)
+
+
+def _check_network(section: dict) -> None:
+    try:
+        pool = ipaddress.IPv4Network(section["subnet_pool"])
+    except ValueError as exc:
+        raise ConfigError(f"network.subnet_pool must be an IPv4 subnet: {exc}") from None
+    if pool.prefixlen > 30:
+        raise ConfigError("network.subnet_pool must hold at least a /30")
+    for server in section["dns"]:
+        try:
+            ipaddress.IPv4Address(server)
+        except ValueError:
+            raise ConfigError(f"network.dns: '{server}' is not an IPv4 address") from None
 
 
 # Each pool driver's keys and their types ("lvm" belongs to its own plugin, which checks the rest).

@@ -57,6 +57,11 @@ class MachineSpec:
     credential: dict | None = None  # {"userName", "password", "key"}
     interfaces: list[InterfaceSpec] = field(default_factory=list)  # in the guest's order (eth0, eth1 ...)
 
+    def __post_init__(self) -> None:
+        # A spec read back from the store (dataclasses.asdict, then JSON) holds its interfaces as dicts.
+        self.interfaces = [InterfaceSpec(**{**i, "dns": tuple(i.get("dns") or ())}) if isinstance(i, dict) else i
+                           for i in self.interfaces]
+
 
 class ComputeDriver(Protocol):
     """Runs Machines. Every method returns when the host has done the work (or raises DriverError).
@@ -333,7 +338,9 @@ class NetworkDriver(Protocol):
     async def network(self, network_id: str) -> dict[str, str] | None:
         """What the host has for the network, for `cimid check` and after a Job: {"bridge": "present" |
         "missing", "dhcp": "present" | "missing" | "off", "rules": "present" | "missing" | "none",
-        "link": "up" | "down"}; None if the driver knows no such network."""
+        "link": "up" | "down"}; None if the driver knows no such network. `cimid check` asks it from a
+        process of its own, with the driver opened but not adopted: a host driver answers from the host
+        and its own records (the memory driver, whose networks live in the daemon, answers None)."""
 
     async def set_reservations(self, network_id: str, reservations: tuple[Reservation, ...]) -> None:
         """Replace the network's DHCP reservations (a running DHCP server rereads them without restarting)."""

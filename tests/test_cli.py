@@ -89,3 +89,38 @@ def test_every_subcommand_help_has_a_description_and_only_its_options():
     assert "standard input" in helps["hash-password"].stdout
     for name in ("serve", "check"):
         assert "etc/cimid.toml" not in helps[name].stdout.replace("/etc/cimid/cimid.toml", "")
+
+
+async def test_check_lists_each_network_as_the_driver_finds_it(tmp_path, capsys):
+    """`cimid check` reads the stored networks and asks the driver about each: a bridge, DHCP server or
+    rules missing (a reboot the daemon has not repaired yet) makes the check fail."""
+    from cimid_memory import MemoryNetwork
+    from conftest import make_client
+
+    from cimid.cli import _check_networks
+    from cimid.config import load
+    from cimid.hookspecs import NetworkSpec
+    from cimid.http.keys import PROVIDER
+
+    client = await make_client(tmp_path)
+    r = await client.post("networks", {"name": "db", "networkTemplate": {"networkConfig": {
+        "networkType": "PRIVATE", "properties": {"cidr": "10.0.7.0/24"}}}})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    network_id = r.headers["Location"].rsplit("/", 1)[1]
+    bridge = client.app[PROVIDER].drivers.network.spec(network_id).bridge
+    await client.client.close()
+    config = load(profile="sandbox", state_dir=tmp_path / "state")
+
+    elsewhere = MemoryNetwork()  # another process's memory driver knows none of the daemon's networks
+    assert await _check_networks(config, elsewhere) is True
+    assert f"network db ({network_id}, STARTED): not known to this driver here" in capsys.readouterr().out
+
+    host = MemoryNetwork()  # a driver that finds the bridge, but down and without its DHCP server
+    await host.create_network(NetworkSpec(network_id=network_id, bridge=bridge, cidr="10.0.7.0/24",
+                                          gateway="10.0.7.1"))
+    assert await _check_networks(config, host) is False
+    assert (f"network db ({network_id}, STARTED): bridge present, link down, dhcp missing, rules none"
+            in capsys.readouterr().out)
+    await host.start_network(network_id)
+    assert await _check_networks(config, host) is True
+    assert "bridge present, link up, dhcp present, rules none" in capsys.readouterr().out

@@ -106,6 +106,21 @@ async def sub_resource(request: web.Request) -> web.Response:
     return respond(request, await provider.delete(ctx, part, item, request.headers.get("If-Match"), parent=parent))
 
 
+async def nested(request: web.Request) -> web.Response:
+    """{collection}/{id}/{sub}/{item}/{part}[/{part_item}]: the sub-collection of a sub-collection's item (a
+    machine interface's addresses), read only."""
+    provider = request.app[PROVIDER]
+    rtype = provider.type_of(request.match_info["collection"])
+    owner = provider.part_type(rtype, request.match_info["sub"])
+    part = provider.part_type(owner, request.match_info["part"])
+    _allow(request, ["GET"], f"a {owner.name}'s {part.collection}")
+    parent, ctx = (owner, f"{request.match_info['id']}/{request.match_info['item']}"), context(request)
+    if "part_item" in request.match_info:
+        return respond(request, await provider.get(ctx, part, request.match_info["part_item"], query_params(request),
+                                                   parent=parent))
+    return respond(request, await provider.query(ctx, part, query_params(request), parent=parent))
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition: the sampler's latest readings and cimid's own figures, from memory and the
     store (never the hypervisor)."""
@@ -135,6 +150,8 @@ def make_app(config: Config, provider: Provider, extensions: tuple = ()) -> web.
     app.router.add_route("*", "/cimi/{collection}/{id}", resource)
     app.router.add_route("*", "/cimi/{collection}/{id}/{op}", operation)
     app.router.add_route("*", "/cimi/{collection}/{id}/{sub}/{item}", sub_resource)
+    app.router.add_route("*", "/cimi/{collection}/{id}/{sub}/{item}/{part}", nested)
+    app.router.add_route("*", "/cimi/{collection}/{id}/{sub}/{item}/{part}/{part_item}", nested)
     app.router.add_route("*", "/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", not_found)
 

@@ -107,6 +107,9 @@ MachineTemplate = ResourceType(
                   description="existing Volumes attached to the machine when it is made"),
         Attribute("volumeTemplates", "array", target="MachineTemplateVolumeTemplate",
                   description="Volumes made with the machine and attached to it; they outlive it"),
+        Attribute("networkInterfaces", "array", target="MachineTemplateNetworkInterface",
+                  description="the machine's interfaces, each on a Network (none: one on the provider's default "
+                              "network, if it has one)"),
         Attribute("userData", "string", max_length=65536, base64=True, description="Base64-encoded user data"),
         Attribute("eventLogTemplate", "ref", target="EventLogTemplate", by_value=True,
                   description="the persistence of the machine's EventLog"),

@@ -82,6 +82,8 @@ Machine = ResourceType(
         read_only("cpuSpeed", "integer"),
         read_only("volumes", "collection", target="MachineVolume",
                   description="the Volumes attached to it: POST a MachineVolume to attach, DELETE it to detach"),
+        read_only("networkInterfaces", "collection", target="MachineNetworkInterface",
+                  description="its network interfaces: POST a MachineNetworkInterface to add, DELETE it to remove"),
         read_only("latestSnapshot", "ref", target="MachineImage"),
         read_only("snapshots", "collection", target="MachineSnapshot"),
         read_only("eventLog", "ref", target="EventLog"),

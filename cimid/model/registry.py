@@ -3,7 +3,7 @@ CloudEntryPoint, the collections and sub-collections, the request documents a bo
 
 from __future__ import annotations
 
-from . import catalogue, events, images, jobs, machines, metadata, meters, volumes
+from . import catalogue, events, images, jobs, machines, metadata, meters, networks, volumes
 from .types import Attribute, Family, ResourceType, common_attributes, read_only
 
 # One line per family: adding a family is its own files plus a line here.
@@ -16,6 +16,7 @@ FAMILIES: tuple[Family, ...] = (
     events.FAMILY,
     meters.FAMILY,
     volumes.FAMILY,
+    networks.FAMILY,
 )
 
 # The CloudEntryPoint's collections in DSP8009 1.0.2's element order (the schema fixes it), whichever

@@ -37,6 +37,7 @@ class Attribute:
     max_length: int = 4096
     description: str = ""
     write_only: bool = False  # a secret: stored and used, never returned (not in $select or $expand either)
+    default: object = None  # what a new structure holds when the consumer leaves it out (the schema needs it)
 
     @property
     def writable(self) -> bool:
@@ -158,3 +159,6 @@ class Family:
     requires: str | None = None  # a Drivers attribute ("compute"): without it the family is not served
     # Provider extensions the family serves at /cimi/{name}, listed as operations of the CloudEntryPoint.
     entry_point_extensions: tuple[Extension, ...] = ()
+    # MachineTemplate attributes this family realises when a Machine is made: its service takes part in
+    # the machine's create (ResourceService.plan_for_machine ...), so the machines service knows none of them.
+    machine_template_parts: tuple[str, ...] = ()

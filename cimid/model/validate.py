@@ -71,6 +71,10 @@ def validate(rtype: ResourceType, doc: dict, *, creating: bool, allow_href: bool
                 out[key] = None
             continue
         out[key] = check_value(attr, value, where, creating=creating)
+    if creating and not allow_href:  # a template's override leaves out what it does not change
+        for attr in rtype.attributes:
+            if attr.default is not None and attr.name not in out:
+                out[attr.name] = attr.default
     return out
 
 

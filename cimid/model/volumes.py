@@ -130,4 +130,5 @@ FAMILY = Family(
     (VolumeConfiguration, VolumeImage, VolumeTemplate, VolumeVolumeImage, Volume, VolumeCreate, MachineVolume),
     service="volumes:Volumes",
     requires="storage",
+    machine_template_parts=("volumes", "volumeTemplates"),
 )

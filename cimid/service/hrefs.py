@@ -45,9 +45,15 @@ def new_id() -> str:
 
 
 def path_of(rtype: ResourceType, id: str, parent: str = "") -> str:
-    """`machineConfigs/small`, or for an item of a sub-collection `machines/{parent}/disks/{id}`."""
+    """`machineConfigs/small`, or for an item of a sub-collection `machines/{parent}/disks/{id}`; an item
+    of a sub-collection's item has `{grandparent}/{parent}` as its parent (machines/m/networkInterfaces/i/
+    addresses/a)."""
     if rtype.parent:
-        return f"{TYPES[rtype.parent].collection}/{parent}/{rtype.collection}/{id}"
+        owner = TYPES[rtype.parent]
+        if owner.parent:
+            grandparent, _, parent = parent.partition("/")
+            return f"{path_of(owner, parent, grandparent)}/{rtype.collection}/{id}"
+        return f"{owner.collection}/{parent}/{rtype.collection}/{id}"
     return f"{rtype.collection}/{id}"
 
 

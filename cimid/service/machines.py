@@ -8,12 +8,12 @@ from dataclasses import asdict
 
 from ..errors import BadRequest, Conflict, DriverError, Unavailable
 from ..hookspecs import MachineSpec
-from ..model import Action, Extension, ResourceType
+from ..model import Action, Extension, Family, ResourceType
 from ..model.images import MachineImage
 from ..model.machines import Disk, Machine, MachineCreate, MachineSnapshot
 from ..model.catalogue import MachineTemplate
 from ..model.events import EventLog
-from ..model.volumes import Volume
+from ..model.registry import FAMILIES
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
 from .events import Alarm, model_changed, state_changed
@@ -24,6 +24,8 @@ from .runner import JobKind, job_result
 
 log = logging.getLogger("cimid.machines")
 KIND = "machine"  # the Job kind
+# The families that take part in a machine's create (volumes, networks), by name.
+TEMPLATE_PARTS: dict[str, Family] = {f.name: f for f in FAMILIES if f.machine_template_parts}
 
 
 def record_state(tx: Transaction, machine: Row, previous: str | None, reason: str, initiator: str = "") -> None:
@@ -113,6 +115,17 @@ class Machines(ResourceService):
                 credential={k: credential[k] for k in ("userName", "password", "key") if k in credential}
                 if credential else None,
             )
+            part_steps = []  # what the other families (volumes, networks) make with the machine
+            for family in TEMPLATE_PARTS.values():
+                service = self.parts.service_of(family.types[0])
+                asked = [name for name in family.machine_template_parts if template.get(name)]
+                if service is None:
+                    if asked:
+                        raise BadRequest(f"this provider serves no {family.name.capitalize()}: the machineTemplate cannot name "
+                                         f"{' or '.join(asked)}")
+                    continue
+                if await service.plan_for_machine(tx, ctx, machine_id, template, spec):
+                    part_steps.append({"op": "part", "family": family.name, "transitional": "CREATING"})
             machine = Row(Machine.name, machine_id, "", attrs, owner=ctx.user,
                           internal={"spec": asdict(spec), "stable": None, "image": image.get("_href")})
             await tx.insert(machine)
@@ -124,15 +137,7 @@ class Machines(ResourceService):
                 if disk.get("initialLocation"):
                     disk_attrs["initialLocation"] = disk["initialLocation"]
                 await tx.insert(Row(Disk.name, new_id(), machine_id, disk_attrs, owner=ctx.user))
-            steps = [{"op": "create", "transitional": "CREATING"}]
-            if template.get("volumes") or template.get("volumeTemplates"):
-                volumes = self.parts.service_of(Volume)
-                if volumes is None:
-                    raise BadRequest("this provider serves no Volumes: the machineTemplate cannot name volumes "
-                                     "or volumeTemplates")
-                await volumes.plan_for_machine(tx, ctx, machine_id, template.get("volumes") or [],
-                                               template.get("volumeTemplates") or [], len(spec.disks))
-                steps.append({"op": "volumes", "transitional": "CREATING"})
+            steps = [{"op": "create", "transitional": "CREATING"}, *part_steps]
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
             job = await self._queue(tx, ctx, machine, "add", steps, target=Machine.collection,
@@ -239,10 +244,19 @@ class Machines(ResourceService):
             return await self.driver.capture(machine_id, step["image"])
         elif op == "restore":
             await self.driver.restore(machine_id, step["image"])
-        elif op == "volumes":  # the volumes its template names: made where needed, attached before it starts
-            await self.parts.service_of(Volume).realise_for_machine(machine_id)
+        elif op in ("part", "volumes"):  # what another family makes with it, before it first starts
+            await self._part_service(step).realise_for_machine(machine_id)
         else:
             raise DriverError(f"unknown step '{op}'")
+
+    def _part_service(self, step: dict) -> ResourceService:
+        # "volumes": the op of a Job stored before the families took part through machine_template_parts
+        return self.parts.service_of(TEMPLATE_PARTS[step.get("family", "volumes")].types[0])
+
+    async def _settle_parts(self, tx: Transaction, job: Row, machine_id: str, succeeded: bool) -> None:
+        for step in job.internal["steps"]:
+            if step["op"] in ("part", "volumes"):
+                await self._part_service(step).settle_for_machine(tx, machine_id, succeeded, job.owner)
 
     async def observe(self, job: Row) -> tuple[str | None, str | None] | None:
         """(the state the host reports, for a restore the image the boot disk now stands on)."""
@@ -276,11 +290,13 @@ class Machines(ResourceService):
             return
         observed, boot_image = observed or (None, None)
         last = job.internal["steps"][-1]
-        if any(step["op"] == "volumes" for step in job.internal["steps"]):
-            await self.parts.service_of(Volume).settle_for_machine(tx, machine.id, outcome == "SUCCESS",
-                                                                   job.owner)
+        await self._settle_parts(tx, job, machine.id, outcome == "SUCCESS")
         if last["op"] == "delete" and (outcome == "SUCCESS" or observed is None):
             await tx.delete(Machine.name, machine.id)  # deleted, or gone from the host already
+            for family in TEMPLATE_PARTS.values():
+                service = self.parts.service_of(family.types[0])
+                if service is not None:
+                    await service.machine_deleted(tx, machine.id, job.owner)
             if outcome != "SUCCESS":
                 # A delete cut short once the domain was gone has not removed the disks yet (the driver's
                 # delete is idempotent: no domain, so only what is left goes).
@@ -331,8 +347,7 @@ class Machines(ResourceService):
         if machine is None:
             return
         first = job.internal["steps"][0]
-        if any(step["op"] == "volumes" for step in job.internal["steps"]):
-            await self.parts.service_of(Volume).settle_for_machine(tx, machine.id, False, job.owner)
+        await self._settle_parts(tx, job, machine.id, False)
         if first["op"] == "create":
             await tx.delete(Machine.name, machine.id)
             tx.emit(model_changed(Machine, machine, "deleted", job.owner, "Machine not made: its Job was stopped"))

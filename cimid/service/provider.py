@@ -180,6 +180,12 @@ class Provider:
         return [*families, *self.requests.families()]
 
     async def _parent(self, ctx: Context, rtype: ResourceType, id: str) -> None:
+        """The parent must be visible to the caller; a sub-collection's item as parent is `{its parent}/{id}`."""
+        if rtype.parent:
+            grandparent, _, own = id.partition("/")
+            await self._parent(ctx, registry.TYPES[rtype.parent], grandparent)
+            await self.service_of(rtype).load(ctx, rtype, own, parent=grandparent)
+            return
         await self.service_of(rtype).load(ctx, rtype, id)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, NotImplementedByProvider
+from ..hookspecs import MachineSpec
 from ..model import ACTION_BASE, TYPES, Action, Extension, Family, ResourceType, collection_type
 from ..model.registry import ActionRequest
 from ..model.validate import require, validate
@@ -213,10 +214,10 @@ class ResourceService:
             return await self.insert(tx, ctx, rtype, attrs, parent)
 
     async def insert(self, tx: Transaction, ctx: Context, rtype: ResourceType, attrs: dict,
-                     parent: str = "") -> Result:
+                     parent: str = "", internal: dict | None = None) -> Result:
         """Store a new resource made at once (201), with the finished Job that records it."""
         stamp = now()
-        row = Row(rtype.name, new_id(), parent, {**attrs, "created": stamp, "updated": stamp},
+        row = Row(rtype.name, new_id(), parent, {**attrs, "created": stamp, "updated": stamp}, internal,
                   **self.ownership(ctx, rtype))
         await tx.insert(row)
         tx.emit(model_changed(rtype, row, "created", ctx.user))
@@ -295,6 +296,24 @@ class ResourceService:
 
     async def after_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         """Remove what the host kept for the row, inside the transaction (a failure rolls it back)."""
+
+    # ------------------------------------------------- taking part in a Machine's create (Family.machine_template_parts)
+
+    async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, template: dict,
+                               spec: MachineSpec) -> bool:
+        """Check and record, before any work, what the new machine's template asks of this family (400/409
+        on bad input, nothing written); add to `spec` what the compute driver must know. True: the
+        machine's Job must call realise_for_machine and settle_for_machine."""
+        return False
+
+    async def realise_for_machine(self, machine_id: str) -> None:
+        """In the new machine's Job, after its domain is defined and before it first starts."""
+
+    async def settle_for_machine(self, tx: Transaction, machine_id: str, succeeded: bool, owner: str) -> None:
+        """The new machine's Job ended (or was stopped): keep what was planned, or remove all of it."""
+
+    async def machine_deleted(self, tx: Transaction, machine_id: str, owner: str) -> None:
+        """The machine is gone (its sub-collections went with it): release what this family held for it."""
 
     async def action(self, ctx: Context, rtype: ResourceType, id: str, operation: str, root: str | None,
                      body: dict, if_match: str | None) -> Result:

@@ -10,6 +10,7 @@ import logging
 import re
 
 from ..errors import BadRequest, Conflict, DriverError, Unavailable
+from ..hookspecs import MachineSpec
 from ..model import Action, Attribute, ResourceType
 from ..model.machines import Machine
 from ..model.volumes import (POOL_TYPE_PREFIX, MachineVolume, Volume, VolumeConfiguration, VolumeCreate,
@@ -226,11 +227,15 @@ class Volumes(ResourceService):
 
     # ---------------------------------------------------------------- volumes of a MachineTemplate
 
-    async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, attach: list[dict],
-                               make: list[dict], own_disks: int) -> None:
+    async def plan_for_machine(self, tx: Transaction, ctx: Context, machine_id: str, template: dict,
+                               spec: MachineSpec) -> bool:
         """Check, before any work, the volumes a new machine's template attaches (`volumes`) and makes
         (`volumeTemplates`), and record them: new Volumes CREATING, a MachineVolume for each, pending
         until the machine's Job realises them (realise_for_machine) and settles them (settle_for_machine)."""
+        attach, make = template.get("volumes") or [], template.get("volumeTemplates") or []
+        if not attach and not make:
+            return False
+        own_disks = len(spec.disks)
         # The machine's own disks come first (vda, then its configuration's other disks).
         devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
         chosen: list[tuple[Row, str | None]] = []
@@ -296,6 +301,7 @@ class Volumes(ResourceService):
                               "volume": {"href": f"volumes/{volume.id}"}}, owner=ctx.user,
                              internal={"device": device, "volume": volume.id, "pending_for": machine_id})
             await tx.insert(attachment)
+        return True
 
     async def realise_for_machine(self, machine_id: str) -> None:
         """In the new machine's Job, after its domain is defined: make its template's new volumes, and

@@ -155,6 +155,11 @@ class Transaction:
             _SELECT + " WHERE kind = ? AND json_extract(internal, '$.' || ?) = ?", (kind, key, value))
         return [_row(r) for r in rows]
 
+    async def all_of(self, kind: str) -> list[Row]:
+        """Every `kind` row, oldest first (a few: the networks whose subnets a new one must not overlap)."""
+        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? ORDER BY seq", (kind,))
+        return [_row(r) for r in rows]
+
     async def children(self, kind: str, parent: str) -> list[Row]:
         """The `kind` rows of the sub-collection of `parent`."""
         rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND parent = ?", (kind, parent))

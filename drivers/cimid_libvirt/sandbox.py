@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 
 from cimid.errors import DriverError
-from cimid.hookspecs import MachineSpec
+from cimid.hookspecs import InterfaceSpec, MachineSpec
 
 from .domains import ARCHES, DOMAIN_PREFIX, LibvirtDomains
 
@@ -33,6 +33,7 @@ class SandboxCompute(LibvirtDomains):
         self.state_dir = config.state_dir
         self.delay = config["compute"]["operation_delay"]
         self._volumes: dict[str, dict[str, dict]] = {}  # machine id -> device -> StorageDriver.attachment()
+        self._interfaces: dict[str, dict[str, InterfaceSpec]] = {}  # machine id -> MAC -> its NIC
 
     async def _before_operation(self) -> None:
         if self.delay:
@@ -59,6 +60,7 @@ class SandboxCompute(LibvirtDomains):
         def rebuild():
             conn = self._connection()
             for spec, state in machines:
+                self._interfaces.setdefault(spec.id, {i.mac: i for i in spec.interfaces})
                 if self._domain(spec.id) is not None:
                     continue
                 dom = conn.defineXML(self.domain_xml(spec))
@@ -73,6 +75,7 @@ class SandboxCompute(LibvirtDomains):
     async def create(self, spec: MachineSpec) -> None:
         await self._before_operation()
         await self._call(lambda: self._connection().defineXML(self.domain_xml(spec)))
+        self._interfaces[spec.id] = {i.mac: i for i in spec.interfaces}
 
     async def capture(self, machine_id: str, image_id: str) -> dict:
         """A diskless machine yields an image with no data: a catalogue entry, as the sandbox's images are."""
@@ -109,12 +112,35 @@ class SandboxCompute(LibvirtDomains):
         """The volumes the fake host has attached to the machine, by device (for the fast tier's checks)."""
         return dict(self._volumes.get(machine_id, {}))
 
+    # ... and so are network interfaces (NICs), by MAC.
+
+    async def attach_interface(self, machine_id: str, iface: InterfaceSpec) -> None:
+        await self._before_operation()
+        await self._call(self._require, machine_id)
+        nics = self._interfaces.setdefault(machine_id, {})
+        if iface.mac in nics:
+            raise DriverError(f"machine {machine_id} already has an interface {iface.mac}")
+        nics[iface.mac] = iface
+
+    async def detach_interface(self, machine_id: str, mac: str) -> None:
+        await self._before_operation()
+        self._interfaces.get(machine_id, {}).pop(mac, None)
+
+    async def interfaces(self, machine_id: str) -> list[str]:
+        return list(self._interfaces.get(machine_id, {}))
+
+    def nics(self, machine_id: str) -> dict[str, InterfaceSpec]:
+        """The NICs the fake host gave the machine, by MAC (for the fast tier's checks)."""
+        return dict(self._interfaces.get(machine_id, {}))
+
     async def delete(self, machine_id: str) -> None:
         await super().delete(machine_id)
         self._volumes.pop(machine_id, None)
+        self._interfaces.pop(machine_id, None)
 
     async def forget(self) -> None:
         self._volumes.clear()
+        self._interfaces.clear()
         await self._forget_domains()
 
     async def _forget_domains(self) -> None:

@@ -1,56 +1,183 @@
-"""Networks in memory: the sandbox's network driver. It checks what a bridge driver must check too:
-a valid subnet and MTU, and no subnet overlapping another network's."""
+"""Networks in memory: the sandbox's network driver, the whole NetworkDriver contract with no root.
+
+It keeps what a bridge driver would make (bridges, their DHCP servers' reservations, operator ports,
+forwarding groups) and checks what a bridge driver must check too: a valid bridge name not taken by a link
+cimid did not make (`foreign_links`, the fake host's other links), a valid subnet overlapping no other
+network's, an MTU a link takes. A DHCP client is played by `lease`: a guest asking for an address gets its
+reservation, as dnsmasq answers it."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from dataclasses import replace
 
 from cimid.errors import DriverError
+from cimid.hookspecs import NetworkSpec, Reservation
 
-MTU_RANGE = range(68, 65536)  # 68: the IPv4 minimum; 65535: the largest a link can state
+MTU_RANGE = range(68, 65536)  # 68: the IPv4 minimum; 65535: the largest a bridge takes
+MAX_LINK_NAME = 15  # IFNAMSIZ less its NUL
 
 
 class MemoryNetwork:
     name = "memory"
 
-    def __init__(self):
-        self._networks: dict[str, dict] = {}
+    def __init__(self, foreign_links: tuple[str, ...] = ("lo", "eth0")):
+        self.foreign_links = set(foreign_links)  # links of the fake host that cimid did not make
+        self._networks: dict[str, dict] = {}  # id -> {"spec", "up", "leases"}
+        self._ports: dict[str, dict] = {}  # port id -> {"network", "peer"}
+        self._groups: dict[str, tuple[str, ...]] = {}
+        self._callback: Callable[[str, str], None] | None = None
 
     async def open(self) -> None:
         """Always ready."""
 
     async def close(self) -> None:
-        self._networks.clear()
+        """The networks outlive the daemon on a real host; here they live as long as the process."""
 
     async def health(self) -> dict[str, str]:
-        return {"networks": f"{len(self._networks)} in memory"}
+        return {"networks": f"{len(self._networks)} in memory", "ports": str(len(self._ports)),
+                "forwarding groups": str(len(self._groups))}
 
-    async def create_network(self, network_id: str, options: dict) -> None:
-        if network_id in self._networks:
-            raise DriverError(f"there is already a network {network_id}")
-        unknown = set(options) - {"cidr", "mtu"}
-        if unknown:
-            raise DriverError(f"unknown network option(s): {', '.join(sorted(unknown))}")
-        subnet = None
-        if options.get("cidr") is not None:
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        self._callback = callback
+
+    async def adopt(self, networks: list[tuple[NetworkSpec, bool]], ports: dict[str, str],
+                    groups: dict[str, tuple[str, ...]]) -> None:
+        """The process started empty: rebuild everything stored."""
+        for spec, started in networks:
+            if spec.network_id not in self._networks:
+                await self.create_network(spec)
+            self._networks[spec.network_id]["up"] = started
+        for port_id, network_id in ports.items():
+            if port_id not in self._ports and network_id in self._networks:
+                await self.create_port(network_id, port_id)
+        for group_id, members in groups.items():
+            await self.set_forwarding_group(group_id, members)
+
+    # ---------------------------------------------------------------- networks
+
+    async def create_network(self, spec: NetworkSpec) -> None:
+        if spec.network_id in self._networks:
+            raise DriverError(f"there is already a network {spec.network_id}")
+        if not spec.bridge or len(spec.bridge) > MAX_LINK_NAME or "/" in spec.bridge or " " in spec.bridge:
+            raise DriverError(f"'{spec.bridge}' is not a valid link name (at most {MAX_LINK_NAME} characters)")
+        if spec.bridge in self.foreign_links:
+            raise DriverError(f"the host already has a link named {spec.bridge} that cimid did not make")
+        if any(n["spec"].bridge == spec.bridge for n in self._networks.values()):
+            raise DriverError(f"the bridge {spec.bridge} belongs to another network")
+        if spec.mtu is not None and spec.mtu not in MTU_RANGE:
+            raise DriverError(f"mtu must be from {MTU_RANGE.start} to {MTU_RANGE.stop - 1}, not {spec.mtu}")
+        if spec.network_type not in ("PRIVATE", "PUBLIC"):
+            raise DriverError(f"unknown network type {spec.network_type}")
+        if spec.cidr is not None:
             try:
-                subnet = ipaddress.ip_network(options["cidr"])
+                subnet = ipaddress.ip_network(spec.cidr)
             except ValueError as exc:
                 raise DriverError(f"cidr: {exc}") from None
             for other_id, other in self._networks.items():
-                if other["subnet"] is not None and other["subnet"].version == subnet.version \
-                        and other["subnet"].overlaps(subnet):
-                    raise DriverError(f"{subnet} overlaps {other['subnet']} of network {other_id}")
-        mtu = options.get("mtu")
-        if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool) or mtu not in MTU_RANGE):
-            raise DriverError(f"mtu must be an integer from {MTU_RANGE.start} to {MTU_RANGE.stop - 1}, not {mtu!r}")
-        self._networks[network_id] = {"subnet": subnet, "mtu": mtu}
+                theirs = other["spec"].cidr and ipaddress.ip_network(other["spec"].cidr)
+                if theirs and theirs.version == subnet.version and theirs.overlaps(subnet):
+                    raise DriverError(f"{subnet} overlaps {theirs} of network {other_id}")
+            if spec.gateway is not None and ipaddress.ip_address(spec.gateway) not in subnet:
+                raise DriverError(f"the gateway {spec.gateway} is outside {subnet}")
+        self._networks[spec.network_id] = {"spec": spec, "up": False, "leases": {}}
 
-    async def network(self, network_id: str) -> dict | None:
+    def _network(self, network_id: str) -> dict:
         found = self._networks.get(network_id)
         if found is None:
-            return None
-        return {"cidr": str(found["subnet"]) if found["subnet"] else None, "mtu": found["mtu"]}
+            raise DriverError(f"there is no network {network_id}")
+        return found
+
+    async def start_network(self, network_id: str) -> None:
+        self._network(network_id)["up"] = True
+
+    async def stop_network(self, network_id: str) -> None:
+        found = self._network(network_id)
+        found["up"] = False
+        found["leases"].clear()  # dnsmasq stopped: its leases go with it
 
     async def delete_network(self, network_id: str) -> None:
         self._networks.pop(network_id, None)
+        for port_id in [p for p, port in self._ports.items() if port["network"] == network_id]:
+            del self._ports[port_id]
+        for group_id, members in self._groups.items():  # its forward rules go with it
+            self._groups[group_id] = tuple(m for m in members if m != network_id)
+
+    async def network(self, network_id: str) -> dict[str, str] | None:
+        found = self._networks.get(network_id)
+        if found is None:
+            return None
+        spec = found["spec"]
+        serves_dhcp = spec.dhcp and spec.cidr is not None
+        return {"bridge": "present", "link": "up" if found["up"] else "down",
+                "dhcp": ("present" if found["up"] else "missing") if serves_dhcp else "off",
+                "rules": "present" if spec.network_type == "PUBLIC" and not spec.bridged else "none"}
+
+    def spec(self, network_id: str) -> NetworkSpec | None:
+        """The spec the network was made with, reservations as now (for the fast tier's checks)."""
+        found = self._networks.get(network_id)
+        return found["spec"] if found else None
+
+    # ---------------------------------------------------------------- addresses
+
+    async def set_reservations(self, network_id: str, reservations: tuple[Reservation, ...]) -> None:
+        found = self._network(network_id)
+        found["spec"] = replace(found["spec"], reservations=tuple(reservations))
+        kept = {r.mac for r in reservations}
+        found["leases"] = {mac: ip for mac, ip in found["leases"].items() if mac in kept}
+
+    async def leases(self, network_id: str) -> dict[str, str]:
+        return dict(self._network(network_id)["leases"])
+
+    def lease(self, network_id: str, mac: str) -> str | None:
+        """A guest's DHCP request: its reserved address while the network is up, else nothing."""
+        found = self._network(network_id)
+        if not found["up"]:
+            return None
+        for reservation in found["spec"].reservations:
+            if reservation.mac == mac:
+                found["leases"][mac] = reservation.ip
+                return reservation.ip
+        return None
+
+    def dhcp_died(self, network_id: str) -> None:
+        """The fake host's dnsmasq died: the driver restarts it and says so, as a bridge driver's supervisor."""
+        if self._callback is not None and network_id in self._networks:
+            self._callback(network_id, "dnsmasq died and was restarted")
+
+    # ---------------------------------------------------------------- ports
+
+    async def create_port(self, network_id: str, port_id: str) -> dict[str, str]:
+        self._network(network_id)
+        if port_id in self._ports:
+            raise DriverError(f"there is already a port {port_id}")
+        peer = "cimidp" + port_id[:9]
+        self._ports[port_id] = {"network": network_id, "peer": peer}
+        return {"peer": peer}
+
+    async def delete_port(self, port_id: str) -> None:
+        self._ports.pop(port_id, None)
+
+    def ports(self) -> dict[str, str]:
+        """port id -> network id (for the fast tier's checks)."""
+        return {port_id: port["network"] for port_id, port in self._ports.items()}
+
+    # ---------------------------------------------------------------- forwarding
+
+    async def set_forwarding_group(self, group_id: str, network_ids: tuple[str, ...]) -> None:
+        for network_id in network_ids:
+            self._network(network_id)
+        self._groups[group_id] = tuple(network_ids)
+
+    async def delete_forwarding_group(self, group_id: str) -> None:
+        self._groups.pop(group_id, None)
+
+    def routes(self, a: str, b: str) -> bool:
+        """Whether traffic may pass from network a to network b: both in one group."""
+        return any(a in members and b in members for members in self._groups.values())
+
+    async def forget(self) -> None:
+        self._networks.clear()
+        self._ports.clear()
+        self._groups.clear()

@@ -109,7 +109,7 @@ async def test_unknown_resource_and_path_are_404(app_client):
     assert_error(await app_client.get("machineConfigs/nope"), 404)
     assert_error(await app_client.get("nothing"), 404)
     assert_error(await app_client.get("/elsewhere"), 404)
-    assert_error(await app_client.get("resourceMetadata/Network"), 404)  # a family not served yet
+    assert_error(await app_client.get("resourceMetadata/System"), 404)  # a family not served yet
 
 
 async def test_wrong_method_is_405(app_client):

@@ -6,7 +6,9 @@ from conftest import NS
 CIMI = "http://schemas.dmtf.org/cimi/1"
 COLLECTIONS = ["resourceMetadata", "machines", "machineTemplates", "machineConfigs", "machineImages",
                "credentials", "credentialTemplates", "volumes", "volumeTemplates", "volumeConfigs",
-               "volumeImages", "jobs", "meters", "meterTemplates", "meterConfigs",
+               "volumeImages", "networks", "networkTemplates", "networkConfigs", "networkPorts",
+               "networkPortTemplates", "networkPortConfigs", "addresses", "addressTemplates", "forwardingGroups",
+               "forwardingGroupTemplates", "jobs", "meters", "meterTemplates", "meterConfigs",
                "eventLogs", "eventLogTemplates"]
 
 
@@ -21,7 +23,7 @@ async def test_cloud_entry_point_json(app_client):
     for name in COLLECTIONS:
         assert cep[name]["href"] == app_client.base + name
     assert cep["usage"] == {"machines": {"used": 0}, "cpu": {"used": 0}, "memory": {"used": 0},
-                            "volume_capacity": {"used": 0}}  # an extension
+                            "volume_capacity": {"used": 0}, "networks": {"used": 0}}  # an extension
 
 
 async def test_cloud_entry_point_xml_validates(app_client):
@@ -179,8 +181,27 @@ async def test_every_resource_of_every_collection_in_both_formats(app_client):
     await app_client.wait_job(r.headers["CIMI-Job-URI"])
     r = await app_client.post(machine["id"] + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
     await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    net_config = (await app_client.post("networkConfigs", {"name": "private", "networkType": "PRIVATE",
+                                                           "properties": {"cidr": "10.0.7.0/24"}})).headers["Location"]
+    await app_client.post("networkTemplates", {"name": "nt", "networkConfig": {"href": net_config}})
+    r = await app_client.post("networks", {"networkTemplate": {"networkConfig": {"href": net_config}}})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    network = r.headers["Location"]
+    await app_client.post("networkPortConfigs", {"name": "access", "portType": "ACCESS"})
+    await app_client.post("networkPortTemplates", {"name": "pt", "network": {"href": network}})
+    r = await app_client.post("networkPorts", {"networkPortTemplate": {"network": {"href": network}}})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    await app_client.post("addressTemplates", {"name": "at", "network": {"href": network}})
+    await app_client.post("forwardingGroupTemplates", {"name": "ft", "networks": [{"href": network}]})
+    r = await app_client.post("forwardingGroups", {"forwardingGroupTemplate": {"networks": [{"href": network}]}})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    r = await app_client.post(machine["id"] + "/networkInterfaces", {"network": {"href": network}})
+    await app_client.wait_job(r.headers["CIMI-Job-URI"])
+    interface = (await app_client.get(r.headers["Location"])).json
     seen = 0
     for name in COLLECTIONS + [app_client.url(machine["disks"]["href"]), app_client.url(machine["volumes"]["href"]),
+                               app_client.url(machine["id"] + "/networkInterfaces"),
+                               app_client.url(interface["addresses"]["href"]),
                                app_client.url(volume + "/images"),
                                app_client.url(machine["eventLog"]["href"]) + "/events"]:
         listing = (await app_client.get(name, params={"$expand": "*"})).json
