@@ -1,5 +1,5 @@
-"""One dnsmasq per network, a child of cimid: DHCP on the bridge (no DNS server: clients get the
-network's DNS servers), host reservations in a dhcp-hostsfile that dnsmasq re-reads on SIGHUP, leases
+"""One dnsmasq per network, a child of cimid: DHCP on the bridge (and DNS on its gateway unless the network
+names DNS servers), host reservations in a dhcp-hostsfile that dnsmasq re-reads on SIGHUP, leases
 in a file of the network's directory. The directory is the process's mark: a dnsmasq whose command line
 names a directory under cimid's run directory is cimid's, and any other is never touched."""
 
@@ -18,13 +18,15 @@ LEASE_TIME = "1h"
 
 def config_text(spec, directory: Path) -> str:
     """DHCP for the reservations only (a "static" range): cimid allocates every address itself, so a
-    lease always matches an Address resource."""
+    lease always matches an Address resource. DNS: the network's servers if it names some; else dnsmasq
+    answers on the gateway, with the guests' names, forwarding the rest to the host's resolvers on a
+    PUBLIC network and nowhere on a PRIVATE one."""
     subnet = ipaddress.ip_network(spec.cidr)
     lines = [
         f"interface={spec.bridge}",
         "bind-interfaces",
         "except-interface=lo",
-        "port=0",  # no DNS service: DHCP only
+        "no-hosts",  # the host's /etc/hosts is not the guests' business
         "dhcp-authoritative",
         "dhcp-no-override",
         f"dhcp-range={subnet.network_address},static,{subnet.netmask},{LEASE_TIME}",
@@ -36,7 +38,11 @@ def config_text(spec, directory: Path) -> str:
         else "dhcp-option=option:router",
     ]
     if spec.dns:
-        lines.append(f"dhcp-option=option:dns-server,{','.join(spec.dns)}")
+        lines += ["port=0", f"dhcp-option=option:dns-server,{','.join(spec.dns)}"]
+    elif not spec.gateway:
+        lines.append("port=0")  # nowhere to answer DNS on
+    elif spec.network_type == "PRIVATE":
+        lines.append("no-resolv")  # the guests' own names only: a PRIVATE network reaches nothing else
     if spec.mtu:
         lines.append(f"dhcp-option=option:mtu,{spec.mtu}")
     return "\n".join(lines) + "\n"

@@ -32,15 +32,24 @@ def _rule(chain: str, comment: str, *expr) -> dict:
 
 ACCEPT, DROP = {"accept": None}, {"drop": None}
 RETURN_TRAFFIC = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
-DHCP = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 67}}
+
+
+def _port(protocol: str, port: int) -> dict:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": "dport"}}, "right": port}}
+
+
+def _not_in(key: str, names: list[str]) -> dict:
+    return {"match": {"op": "!=", "left": {"meta": {"key": key}}, "right": {"set": names}}}
 
 
 def ruleset(networks: list, groups: dict[str, list[str]]) -> dict:
-    """The whole table for the `networks` (NetworkSpecs) and forwarding `groups` {id: [network
-    ids]}: guests on one bridge reach each other; a group's members route to each other; a NATed network
-    reaches its uplink (masqueraded) and gets the answers; everything else to or from a cimid bridge is
-    dropped, and a PRIVATE network's guests reach nothing on the host but DHCP."""
+    """The whole table for the `networks` (NetworkSpecs) and forwarding `groups` {id: [network ids]}:
+    guests on one bridge reach each other; a group's members route to each other; a NATed network reaches
+    its uplink (or, with none named, any link that is not a cimid bridge: the default route's) masqueraded
+    and gets the answers; everything else to or from a cimid bridge is dropped, and a PRIVATE network's
+    guests reach nothing on the host but its DHCP and DNS."""
     by_id = {n.network_id: n for n in networks}
+    bridges = sorted(n.bridge for n in networks)
     cmds: list[dict] = [{"add": {"table": TABLE}}, {"delete": {"table": TABLE}}]
     if not networks:
         return {"nftables": cmds}
@@ -49,6 +58,7 @@ def ruleset(networks: list, groups: dict[str, list[str]]) -> dict:
                                    ("postrouting", "postrouting", "nat", 100)):
         cmds.append({"add": {"chain": {"family": FAMILY, "table": NAME, "name": name, "type": kind,
                                        "hook": hook, "prio": prio, "policy": "accept"}}})
+    # Order matters: every accept comes before the drops that would otherwise catch it.
     for n in networks:  # bridged traffic (br_netfilter shows it with the bridge as in and out link)
         cmds.append(_rule("forward", f"net:{n.network_id}", _is("iifname", n.bridge), _is("oifname", n.bridge), ACCEPT))
     for group_id, members in sorted(groups.items()):
@@ -58,28 +68,31 @@ def ruleset(networks: list, groups: dict[str, list[str]]) -> dict:
                 if a is not b:
                     cmds.append(_rule("forward", f"group:{group_id}", _is("iifname", a.bridge),
                                       _is("oifname", b.bridge), ACCEPT))
+    for n in filter(nat, networks):  # answers from outside, never from another cimid network
+        outside = _is("iifname", n.uplink) if n.uplink else _not_in("iifname", bridges)
+        cmds.append(_rule("forward", f"net:{n.network_id}", outside, _is("oifname", n.bridge), RETURN_TRAFFIC, ACCEPT))
     for n in networks:
-        if nat(n):
-            cmds.append(_rule("forward", f"net:{n.network_id}", _is("iifname", n.bridge), _is("oifname", n.uplink), ACCEPT))
-            cmds.append(_rule("forward", f"net:{n.network_id}", _is("iifname", n.uplink), _is("oifname", n.bridge),
-                              RETURN_TRAFFIC, ACCEPT))
-            subnet = ipaddress.ip_network(n.cidr)
-            cmds.append(_rule("postrouting", f"net:{n.network_id}",
-                              {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                                         "right": {"prefix": {"addr": str(subnet.network_address),
-                                                              "len": subnet.prefixlen}}}},
-                              _is("oifname", n.uplink), {"masquerade": None}))
+        cmds.append(_rule("forward", f"net:{n.network_id}", _is("oifname", n.bridge), DROP))
+    for n in filter(nat, networks):  # out (any other cimid bridge was dropped just above)
+        out = [_is("oifname", n.uplink)] if n.uplink else []
+        cmds.append(_rule("forward", f"net:{n.network_id}", _is("iifname", n.bridge), *out, ACCEPT))
+        subnet = ipaddress.ip_network(n.cidr)
+        source = {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                            "right": {"prefix": {"addr": str(subnet.network_address), "len": subnet.prefixlen}}}}
+        out = _is("oifname", n.uplink) if n.uplink else _not_in("oifname", bridges)
+        cmds.append(_rule("postrouting", f"net:{n.network_id}", source, out, {"masquerade": None}))
     for n in networks:
         cmds.append(_rule("forward", f"net:{n.network_id}", _is("iifname", n.bridge), DROP))
-        cmds.append(_rule("forward", f"net:{n.network_id}", _is("oifname", n.bridge), DROP))
         if n.network_type == "PRIVATE":
-            cmds.append(_rule("input", f"net:{n.network_id}", _is("iifname", n.bridge), DHCP, ACCEPT))
+            for protocol, port in (("udp", 67), ("udp", 53), ("tcp", 53)):
+                cmds.append(_rule("input", f"net:{n.network_id}", _is("iifname", n.bridge), _port(protocol, port), ACCEPT))
             cmds.append(_rule("input", f"net:{n.network_id}", _is("iifname", n.bridge), DROP))
     return {"nftables": cmds}
 
 
 def nat(spec) -> bool:
-    return spec.network_type == "PUBLIC" and bool(spec.uplink) and not spec.bridged and bool(spec.cidr)
+    """A PUBLIC network routed out through the host: masqueraded to its uplink, or the default route's."""
+    return spec.network_type == "PUBLIC" and not spec.bridged and bool(spec.cidr)
 
 
 async def _nft(binary: str, *args: str, stdin: bytes | None = None) -> bytes:

@@ -55,6 +55,10 @@ async def test_private_network_dhcp_matches_reservations_and_guests_reach_only_e
     assert await driver.leases("n61") == {macs[0]: "10.61.0.10", macs[1]: "10.61.0.11"}
     assert a.ping("10.61.0.11") and b.ping("10.61.0.10")
     assert not a.ping("10.61.0.1"), "a PRIVATE network's guests must not reach the host"
+    # DNS on the gateway knows the guests by the names of their reservations (and nothing outside).
+    # (busybox's nslookup also asks AAAA, which dnsmasq refuses: its exit status says nothing here)
+    assert "Address: 10.61.0.11" in a.run("busybox", "nslookup", "b", "10.61.0.1", check=False).stdout
+    assert "Name:" not in a.run("busybox", "nslookup", "example.org", "10.61.0.1", check=False).stdout
     # A MAC without a reservation gets nothing: every lease is an Address cimid allocated.
     stranger = clients((await driver.create_port("n61", "p61c"))["peer"], mac="52:54:00:61:00:0c")
     assert stranger.dhcp(state_dir) is None
@@ -116,6 +120,14 @@ async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(dr
     assert not private.ping("192.0.2.1")
     await driver.stop_network("n64")
     assert not guest.ping("192.0.2.1")
+    # With no uplink named, a PUBLIC network goes out by any link that is not a cimid bridge.
+    mac = "52:54:00:6c:00:0a"
+    await driver.create_network(spec("n6c", "cimidt6c", "10.108.0.0/24", network_type="PUBLIC",
+                                     reservations=(Reservation(mac, "10.108.0.10"),)))
+    await driver.start_network("n6c")
+    other = clients((await driver.create_port("n6c", "p6c"))["peer"], mac=mac)
+    assert other.dhcp(state_dir) == "10.108.0.10"
+    assert other.ping("192.0.2.1") and not other.ping("10.65.0.10")  # out, but not into another network
     assert await driver.network("n64") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "present"}
 
 

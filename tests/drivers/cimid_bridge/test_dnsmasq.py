@@ -22,10 +22,20 @@ def test_the_configuration_serves_only_reservations_and_dnsmasq_accepts_it(tmp_p
     assert checked.returncode == 0, checked.stderr
 
 
-def test_a_private_network_announces_no_route():
+def test_a_private_network_announces_no_route_and_its_dns_forwards_nowhere(tmp_path):
     spec = NetworkSpec("n2", "cimidn2", "PRIVATE", "10.8.0.0/24", "10.8.0.1")
     lines = dnsmasq.config_text(spec, Path("/nonexistent")).splitlines()
     assert "dhcp-option=option:router" in lines and not any(l.startswith("dhcp-option=option:router,") for l in lines)
+    assert "no-resolv" in lines and "port=0" not in lines  # DNS on the gateway: the guests' names only
+    conf = dnsmasq.write_files(spec, tmp_path / "n2")
+    checked = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_public_network_without_dns_servers_gets_dnsmasqs_forwarding_dns_on_its_gateway():
+    lines = dnsmasq.config_text(NetworkSpec("n3", "cimidn3", "PUBLIC", "10.7.0.0/24", "10.7.0.1"),
+                                Path("/nonexistent")).splitlines()
+    assert "port=0" not in lines and "no-resolv" not in lines
 
 
 def test_leases_are_read_from_dnsmasqs_lease_file(tmp_path):

@@ -29,26 +29,42 @@ def test_no_network_means_no_table():
     assert cmds == [{"add": {"table": rules.TABLE}}, {"delete": {"table": rules.TABLE}}]
 
 
-def test_a_private_network_forwards_only_within_its_bridge_and_reaches_only_dhcp_on_the_host():
+def test_a_private_network_forwards_only_within_its_bridge_and_reaches_only_dhcp_and_dns_on_the_host():
     got = summary(rules.ruleset([net("a", "cimida", "10.1.0.0/24")], {}))
     assert got == [
         ("forward", "net:a", ("cimida", "cimida"), "accept"),
-        ("forward", "net:a", ("cimida", None), "drop"),
         ("forward", "net:a", (None, "cimida"), "drop"),
-        ("input", "net:a", ("cimida", None), "accept"),  # udp dport 67
+        ("forward", "net:a", ("cimida", None), "drop"),
+        ("input", "net:a", ("cimida", None), "accept"),  # udp 67
+        ("input", "net:a", ("cimida", None), "accept"),  # udp 53
+        ("input", "net:a", ("cimida", None), "accept"),  # tcp 53
         ("input", "net:a", ("cimida", None), "drop"),
     ]
 
 
 def test_a_nat_network_reaches_its_uplink_masqueraded_and_gets_only_answers_back():
-    got = summary(rules.ruleset([net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC", uplink="eth9")], {}))
+    got = summary(rules.ruleset([net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC", uplink="eth9"),
+                                 net("q", "cimidq", "10.3.0.0/24")], {}))
     assert ("forward", "net:p", ("cimidp", "eth9"), "accept") in got
     assert ("forward", "net:p", ("eth9", "cimidp"), "accept") in got
     assert ("postrouting", "net:p", (None, "eth9"), "masquerade") in got
-    assert not any(chain == "input" for chain, *_ in got)  # a PUBLIC network's guests may use the host
-    # Every accept comes before the drops that would otherwise catch it.
-    verdicts = [v for chain, _, _, v in got if chain == "forward"]
-    assert verdicts.index("drop") > max(i for i, v in enumerate(verdicts) if v == "accept")
+    assert not any(chain == "input" and comment == "net:p" for chain, comment, *_ in got)  # PUBLIC may use the host
+    # Nothing is accepted into a bridge after the drops into bridges (answers come first).
+    forward = [(ends, v) for chain, _, ends, v in got if chain == "forward"]
+    first_drop = forward.index(((None, "cimidp"), "drop"))
+    assert not [ends for ends, v in forward[first_drop:] if v == "accept" and ends[1] in ("cimidp", "cimidq")]
+
+
+def test_a_nat_network_without_an_uplink_goes_out_by_any_link_but_a_cimid_bridge():
+    ruleset = rules.ruleset([net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC"),
+                             net("q", "cimidq", "10.3.0.0/24")], {})
+    masquerade = next(c["add"]["rule"] for c in ruleset["nftables"]
+                      if c.get("add", {}).get("rule", {}).get("chain") == "postrouting")
+    assert {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["cimidp", "cimidq"]}}} \
+        in masquerade["expr"]
+    got = summary(ruleset)
+    # out by anything left once the drops into every cimid bridge have run
+    assert got.index(("forward", "net:p", ("cimidp", None), "accept")) > got.index(("forward", "net:q", (None, "cimidq"), "drop"))
 
 
 def test_a_bridged_public_network_is_not_masqueraded():
