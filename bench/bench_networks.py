@@ -127,9 +127,9 @@ async def reconcile(state_dir: Path, count: int) -> tuple[float, float]:
     # A reboot: nothing of it is left but the store (and the driver's files).
     for pid in dnsmasq.running_under(second.run_dir):
         await dnsmasq.kill(pid)
-    for ifname in await asyncio.to_thread(links.owned_links):
+    for ifname in await asyncio.to_thread(links.owned_links, second.owner):
         await asyncio.to_thread(links.delete, ifname)
-    subprocess.run(["nft", "delete", "table", "inet", "cimid"], check=True)
+    subprocess.run(["nft", "delete", "table", "inet", second.table], check=True)
     third = BridgeNetwork(config(state_dir))
     await third.open()
     started = time.perf_counter()

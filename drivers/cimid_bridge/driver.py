@@ -8,6 +8,7 @@ configuration, reservations and leases) under `<state_dir>/networks`."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,7 +26,12 @@ class BridgeNetwork:
     name = "bridge"
 
     def __init__(self, config):
-        self.run_dir = Path(config.state_dir) / "networks"
+        self.run_dir = Path(config.state_dir).resolve() / "networks"
+        # What this cimid makes is marked with its instance (its state directory), so two cimids on one
+        # host (tests, a second daemon) never take each other's links or rules for orphans of their own.
+        instance = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:8]
+        self.owner = f"cimid:{instance}:"  # the alias prefix of its links
+        self.table = f"cimid_{instance}"  # its nftables table (inet)
         self.dnsmasq = "dnsmasq"
         self.nft = "nft"
         self._specs: dict = {}  # network id -> NetworkSpec
@@ -45,7 +51,7 @@ class BridgeNetwork:
                 raise DriverError(f"the bridge network driver needs {binary} (Debian: dnsmasq-base, nftables)",
                                   unavailable=True)
         try:
-            await asyncio.to_thread(links.owned_links)
+            await asyncio.to_thread(links.owned_links, self.owner)
         except OSError as exc:
             raise DriverError(f"netlink refused: {exc} (the bridge driver needs CAP_NET_ADMIN)", unavailable=True) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,11 +63,11 @@ class BridgeNetwork:
         self._supervisors.clear()
 
     async def health(self) -> dict[str, str]:
-        owned = await asyncio.to_thread(links.owned_links)
-        found = await rules.comments(self.nft)
-        return {"bridges": f"{sum(1 for a in owned.values() if a.startswith('cimid:net:'))} made by cimid",
+        owned = await asyncio.to_thread(links.owned_links, self.owner)
+        found = await rules.comments(self.nft, self.table)
+        return {"bridges": f"{sum(1 for a in owned.values() if a.startswith(self.owner + 'net:'))} made by cimid",
                 "dnsmasq": f"{sum(1 for d in self._daemons.values() if d.alive())} running",
-                "nftables": f"table inet cimid, {len(found)} rules" if found else "table inet cimid absent"}
+                "nftables": f"table inet {self.table}, {len(found)} rules" if found else f"table inet {self.table} absent"}
 
     def watch(self, callback: Alarm) -> None:
         self._watchers.append(callback)
@@ -101,7 +107,7 @@ class BridgeNetwork:
                 raise made if isinstance(made, BaseException) else ruled
 
     async def _make(self, spec) -> None:
-        made = await asyncio.to_thread(links.make_bridge, spec.bridge, links.alias("net", spec.network_id),
+        made = await asyncio.to_thread(links.make_bridge, spec.bridge, links.alias(self.owner, "net", spec.network_id),
                                        spec.mtu, spec.gateway, spec.cidr)
         try:
             if spec.bridged and spec.uplink:
@@ -153,24 +159,34 @@ class BridgeNetwork:
             await asyncio.to_thread(shutil.rmtree, self._dir(network_id), True)
 
     async def _delete_own_bridge(self, bridge: str, network_id: str) -> None:
-        if await asyncio.to_thread(links.link_alias, bridge) == links.alias("net", network_id):
+        if await asyncio.to_thread(links.link_alias, bridge) == links.alias(self.owner, "net", network_id):
             await asyncio.to_thread(links.delete, bridge)
 
     async def network(self, network_id: str) -> dict | None:
-        """What the host has of the network, for `cimid check`: each part "present" or "missing"."""
+        """What the host has of the network, for `cimid check` and after a Job: each part "present" or
+        "missing". Read from the host alone when this driver was not told of the network (`cimid check`
+        runs in a process of its own): then a bridge that is down means a stopped network."""
         spec = self._specs.get(network_id)
-        if spec is None:
+        mark = links.alias(self.owner, "net", network_id)
+        owned = await asyncio.to_thread(links.owned_links, self.owner)
+        bridge = next((name for name, alias in owned.items() if alias == mark), None)
+        directory = self._dir(network_id)
+        if spec is None and bridge is None and not directory.exists():
             return None
-        state = await asyncio.to_thread(links.link_state, spec.bridge)
-        mark = await asyncio.to_thread(links.link_alias, spec.bridge)
-        ours = state is not None and mark == links.alias("net", network_id)
-        daemon = self._daemons.get(network_id)
-        found = await rules.comments(self.nft)
+        state = await asyncio.to_thread(links.link_state, bridge) if bridge else None
+        up = bool(state and state["up"])
+        if spec is not None:
+            wanted = _serves_dhcp(spec) and network_id in self._running
+            daemon = self._daemons.get(network_id)
+            serving = daemon is not None and daemon.alive()
+        else:
+            wanted = up and (directory / "dnsmasq.conf").exists()
+            serving = directory in (await asyncio.to_thread(dnsmasq.running_under, self.run_dir)).values()
+        found = await rules.comments(self.nft, self.table)
         return {
-            "bridge": "present" if ours else "missing",
-            "link": "up" if ours and state["up"] else "down",
-            "dhcp": ("present" if daemon is not None and daemon.alive() else "missing")
-            if _serves_dhcp(spec) and network_id in self._running else "off",
+            "bridge": "present" if bridge else "missing",
+            "link": "up" if up else "down",
+            "dhcp": ("present" if serving else "missing") if wanted else "off",
             "rules": "present" if f"net:{network_id}" in found else "missing",
         }
 
@@ -201,7 +217,7 @@ class BridgeNetwork:
             if port_id in self._ports:
                 raise DriverError(f"there is already a port {port_id}")
             names = links.port_names(port_id)
-            await asyncio.to_thread(links.make_veth, spec.bridge, names, links.alias("port", port_id), spec.mtu)
+            await asyncio.to_thread(links.make_veth, spec.bridge, names, links.alias(self.owner, "port", port_id), spec.mtu)
             self._ports[port_id] = network_id
             return {"peer": names[1]}
 
@@ -209,7 +225,7 @@ class BridgeNetwork:
         async with self._lock:
             self._ports.pop(port_id, None)
             inside = links.port_names(port_id)[0]
-            if await asyncio.to_thread(links.link_alias, inside) == links.alias("port", port_id):
+            if await asyncio.to_thread(links.link_alias, inside) == links.alias(self.owner, "port", port_id):
                 await asyncio.to_thread(links.delete, inside)
 
     # ---------------------------------------------------------------- forwarding groups
@@ -239,7 +255,7 @@ class BridgeNetwork:
         """Every network's rules, started or not (a stopped network's bridge is down: its rules are idle)."""
         networks = [self._specs[n] for n in sorted(self._specs)]
         groups = {g: [m for m in members if m in self._specs] for g, members in self._groups.items()}
-        await rules.apply(self.nft, networks, groups)
+        await rules.apply(self.nft, self.table, networks, groups)
 
     # ---------------------------------------------------------------- dnsmasq, supervised
 
@@ -299,7 +315,7 @@ class BridgeNetwork:
                 if directory.name not in self._specs:
                     await asyncio.to_thread(shutil.rmtree, directory, True)
             problems = await asyncio.to_thread(links.make_bridges, [
-                (s.bridge, links.alias("net", s.network_id), s.mtu, s.gateway, s.cidr, s.network_id in self._running)
+                (s.bridge, links.alias(self.owner, "net", s.network_id), s.mtu, s.gateway, s.cidr, s.network_id in self._running)
                 for s in self._specs.values()])
             failed = {s.network_id: problems[s.bridge] for s in self._specs.values() if s.bridge in problems}
             self._running -= set(failed)
@@ -337,23 +353,23 @@ class BridgeNetwork:
         return kept
 
     async def _remove_orphan_links(self) -> None:
-        wanted = {s.bridge: links.alias("net", s.network_id) for s in self._specs.values()}
+        wanted = {s.bridge: links.alias(self.owner, "net", s.network_id) for s in self._specs.values()}
         for port_id in self._ports:
             for name in links.port_names(port_id):
-                wanted[name] = links.alias("port", port_id)
-        for ifname, mark in (await asyncio.to_thread(links.owned_links)).items():
+                wanted[name] = links.alias(self.owner, "port", port_id)
+        for ifname, mark in (await asyncio.to_thread(links.owned_links, self.owner)).items():
             if wanted.get(ifname) != mark:
                 await asyncio.to_thread(links.delete, ifname)
 
     async def _restore_ports(self, failed: dict[str, str]) -> None:
-        owned = await asyncio.to_thread(links.owned_links)
+        owned = await asyncio.to_thread(links.owned_links, self.owner)
         for port_id, network_id in self._ports.items():
             spec = self._specs.get(network_id)
             names = links.port_names(port_id)
             if spec is None or network_id in failed or names[0] in owned:
                 continue
             try:
-                await asyncio.to_thread(links.make_veth, spec.bridge, names, links.alias("port", port_id), spec.mtu)
+                await asyncio.to_thread(links.make_veth, spec.bridge, names, links.alias(self.owner, "port", port_id), spec.mtu)
             except DriverError as exc:
                 failed[network_id] = f"port {port_id}: {exc}"
 

@@ -1,6 +1,7 @@
 """Links through pyroute2 (netlink), never `ip` or `brctl`: the bridges, the veth pairs of ports, and
-the uplink a bridged network takes. Every link cimid makes carries an alias ("cimid:<kind>:<id>"), so
-that cimid can tell its own links, orphans included, from anything else on the host."""
+the uplink a bridged network takes. Every link cimid makes carries an alias ("cimid:<instance>:<kind>:<id>",
+the instance naming the cimid that made it: its state directory), so that a cimid can tell its own links,
+orphans included, from anything else on the host, another cimid's too."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cimid.errors import DriverError
 
-ALIAS_PREFIX = "cimid:"
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 
 
-def alias(kind: str, object_id: str) -> str:
-    return f"{ALIAS_PREFIX}{kind}:{object_id}"
+def alias(owner: str, kind: str, object_id: str) -> str:
+    """The mark of a link made by the cimid `owner` ("cimid:<instance>:") for a network or port."""
+    return f"{owner}{kind}:{object_id}"
 
 
 def port_names(port_id: str) -> tuple[str, str]:
@@ -35,13 +36,13 @@ def _attr(link, name: str):
     return link.get_attr(name) if hasattr(link, "get_attr") else link.get(name)
 
 
-def owned_links() -> dict[str, str]:
-    """{ifname: alias} of every link cimid made (its alias says so)."""
+def owned_links(owner: str) -> dict[str, str]:
+    """{ifname: alias} of every link the cimid `owner` made (its alias says so)."""
     with IPRoute() as ipr:
         found = {}
         for link in ipr.get_links():
             name, mark = _attr(link, "IFLA_IFNAME"), _attr(link, "IFLA_IFALIAS")
-            if mark and mark.startswith(ALIAS_PREFIX):
+            if mark and mark.startswith(owner):
                 found[name] = mark
         return found
 

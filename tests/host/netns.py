@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from pathlib import Path
 import subprocess
 import uuid
 
@@ -37,6 +38,19 @@ def in_test_netns():
     if not in_named_netns():
         pytest.fail("the network tests make bridges with addresses: run them inside a test network namespace "
                     "(`make test`, or `ip netns exec cimid-test .venv/bin/pytest ...` after setup-host.sh)")
+
+
+def libvirtd_in_our_netns() -> bool:
+    """A libvirtd runs in this network namespace (its taps could never join our bridges otherwise)."""
+    ours = os.readlink("/proc/self/ns/net")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "libvirtd" \
+                    and os.readlink(proc / "ns/net") == ours:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class Client:

@@ -39,7 +39,7 @@ async def driver(state_dir):
     yield made
     await made.forget()
     await made.close()
-    assert not [n for n, a in off_loop(links.owned_links).items()], "the driver left links"
+    assert not off_loop(links.owned_links, made.owner), "the driver left links"
     assert not dnsmasq.running_under(made.run_dir), "the driver left dnsmasq running"
 
 
@@ -91,14 +91,14 @@ async def test_networks_are_isolated_until_a_forwarding_group_joins_them(driver,
     assert not a.ping("10.63.0.10") and not b.ping("10.62.0.10")
     await driver.set_forwarding_group("g1", ("n62", "n63"))
     assert a.ping("10.63.0.10") and b.ping("10.62.0.10")
-    assert "group:g1" in await rules.comments("nft")
+    assert "group:g1" in await rules.comments("nft", driver.table)
     await driver.delete_forwarding_group("g1")
     assert not a.ping("10.63.0.10") and not b.ping("10.62.0.10")
-    assert "group:g1" not in await rules.comments("nft")
+    assert "group:g1" not in await rules.comments("nft", driver.table)
     # A member that goes takes its part of the group's rules with it.
     await driver.set_forwarding_group("g2", ("n62", "n63"))
     await driver.delete_network("n63")
-    assert "group:g2" not in await rules.comments("nft")
+    assert "group:g2" not in await rules.comments("nft", driver.table)
     with pytest.raises(DriverError, match="no such network"):
         await driver.set_forwarding_group("g3", ("n62", "nope"))
 
@@ -165,7 +165,7 @@ async def test_a_new_driver_adopts_networks_ports_and_groups_after_a_restart_or_
     await first.close()  # a restart: the daemon goes, its dnsmasq processes stay
     # A reboot of part of it: the bridge of n69 and the whole table are gone; and n6a's spec changed.
     off_loop(links.delete, "cimidt69")
-    subprocess.run(["nft", "delete", "table", "inet", "cimid"], check=True)
+    subprocess.run(["nft", "delete", "table", "inet", first.table], check=True)
     nets[2] = spec("n6a", "cimidt6a", "10.106.0.0/24", mtu=1400)
     second = BridgeNetwork(config(state_dir))
     await second.open()
@@ -176,7 +176,7 @@ async def test_a_new_driver_adopts_networks_ports_and_groups_after_a_restart_or_
         for n in nets:
             assert await second.network(n.network_id) == {
                 "bridge": "present", "link": "up", "dhcp": "present", "rules": "present"}
-        assert "group:g68" in await rules.comments("nft")
+        assert "group:g68" in await rules.comments("nft", second.table)
         # n68's dnsmasq serves on without a break; n6a's, configured otherwise now, was replaced.
         assert second._daemons["n68"].pid == old["n68"]
         assert second._daemons["n6a"].pid != old["n6a"] and not dnsmasq.Daemon(old["n6a"]).alive()
@@ -207,7 +207,7 @@ async def test_a_bridged_public_network_puts_its_guests_on_the_uplinks_segment(d
     assert off_loop(links.link_state, "cimidup0")["master"] == "cimidt6b"
     guest = clients((await driver.create_port("n6b", "p6b"))["peer"], address="192.0.2.50/24")
     assert guest.ping("192.0.2.1") and uplink.ping("192.0.2.50")  # one segment: no NAT, both ways
-    assert not any("masquerade" in str(r) for r in rules.ruleset([driver._specs["n6b"]], {})["nftables"])
+    assert not any("masquerade" in str(r) for r in rules.ruleset(driver.table, [driver._specs["n6b"]], {})["nftables"])
     await driver.delete_network("n6b")
     assert off_loop(links.link_state, "cimidup0")["master"] is None  # the uplink is the operator's: kept
 
@@ -253,23 +253,34 @@ CRASHING_JOB = textwrap.dedent("""
 
 async def test_sigkill_during_a_network_job_leaves_no_orphan_after_restart(state_dir):
     off_loop(foreign_bridge, "cimidforeign0")  # not cimid's: must survive the clean-up
+    # Another cimid's network (another state directory) on the same host: not this one's orphan either.
+    other_dir = fresh_dir("net")
+    other = BridgeNetwork(config(other_dir))
+    await other.open()
+    await other.create_network(spec("n76", "cimidt76", "10.76.0.0/24"))
+    await other.start_network("n76")
     try:
         job = subprocess.Popen([sys.executable, "-c", CRASHING_JOB, str(state_dir)], stdout=subprocess.PIPE, text=True)
         assert job.stdout.readline().strip() == "made"
         job.send_signal(signal.SIGKILL)
         job.wait()
-        assert "cimidt73" in off_loop(links.owned_links) and dnsmasq.running_under(state_dir / "networks")
         restarted = BridgeNetwork(config(state_dir))
+        assert "cimidt73" in off_loop(links.owned_links, restarted.owner)
+        assert dnsmasq.running_under(state_dir / "networks")
         await restarted.open()
         await restarted.adopt([], {}, {})  # the store never recorded the network (its Job was cut short)
-        assert off_loop(links.owned_links) == {}
+        assert off_loop(links.owned_links, restarted.owner) == {}
         assert dnsmasq.running_under(state_dir / "networks") == {}
-        assert await rules.comments("nft") == []
+        assert await rules.comments("nft", restarted.table) == []
         assert not (state_dir / "networks" / "n73").exists()
         assert off_loop(links.link_alias, "cimidforeign0") == ""
+        assert await other.network("n76") == {"bridge": "present", "link": "up", "dhcp": "present", "rules": "present"}
         await restarted.close()
     finally:
         off_loop(links.delete, "cimidforeign0")
+        await other.forget()
+        await other.close()
+        subprocess.run(["rm", "-rf", str(other_dir)], check=False)
 
 
 async def test_steps_run_again_by_a_resumed_job_change_nothing(driver):
@@ -287,4 +298,19 @@ async def test_steps_run_again_by_a_resumed_job_change_nothing(driver):
     assert await driver.network("n74") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "present"}
     await driver.delete_network("n74")
     await driver.delete_network("n74")
-    assert await driver.network("n74") is None and "net:n74" not in await rules.comments("nft")
+    assert await driver.network("n74") is None and "net:n74" not in await rules.comments("nft", driver.table)
+
+
+async def test_a_driver_that_was_told_nothing_reads_a_network_from_the_host(driver, state_dir):
+    """What `cimid check` sees, in a process of its own beside the daemon."""
+    await driver.create_network(spec("n77", "cimidt77", "10.77.0.0/24"))
+    await driver.create_network(spec("n78", "cimidt78", "10.78.0.0/24"))
+    await driver.start_network("n77")
+    checker = BridgeNetwork(config(state_dir))
+    await checker.open()
+    assert await checker.network("n77") == {"bridge": "present", "link": "up", "dhcp": "present", "rules": "present"}
+    assert await checker.network("n78") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "present"}
+    assert await checker.network("n79") is None
+    off_loop(links.delete, "cimidt78")  # a reboot the daemon has not repaired yet
+    assert (await checker.network("n78"))["bridge"] == "missing"
+    await checker.close()

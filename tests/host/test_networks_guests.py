@@ -13,7 +13,6 @@ import base64
 import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from cimid_bridge import BridgeNetwork, links
@@ -25,22 +24,9 @@ from cimid import config as cimid_config
 from cimid.hookspecs import InterfaceSpec, MachineSpec, Reservation
 
 from .conftest import URI, fresh_dir, remove_domains
-from .netns import clients, in_test_netns, off_loop, spec, uplink  # noqa: F401 (fixtures)
+from .netns import clients, in_test_netns, libvirtd_in_our_netns, off_loop, spec, uplink  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("libvirt_host")
-
-
-def libvirtd_in_our_netns() -> bool:
-    """A libvirtd runs in this network namespace (its taps could never join our bridges otherwise)."""
-    ours = os.readlink("/proc/self/ns/net")
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "libvirtd" \
-                    and os.readlink(proc / "ns/net") == ours:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 @pytest.fixture(scope="module")

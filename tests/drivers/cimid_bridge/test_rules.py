@@ -25,12 +25,13 @@ def summary(ruleset):
 
 
 def test_no_network_means_no_table():
-    cmds = rules.ruleset([], {})["nftables"]
-    assert cmds == [{"add": {"table": rules.TABLE}}, {"delete": {"table": rules.TABLE}}]
+    cmds = rules.ruleset("cimid_t", [], {})["nftables"]
+    table = {"family": "inet", "name": "cimid_t"}
+    assert cmds == [{"add": {"table": table}}, {"delete": {"table": table}}]
 
 
 def test_a_private_network_forwards_only_within_its_bridge_and_reaches_only_dhcp_and_dns_on_the_host():
-    got = summary(rules.ruleset([net("a", "cimida", "10.1.0.0/24")], {}))
+    got = summary(rules.ruleset("cimid_t", [net("a", "cimida", "10.1.0.0/24")], {}))
     assert got == [
         ("forward", "net:a", ("cimida", "cimida"), "accept"),
         ("forward", "net:a", (None, "cimida"), "drop"),
@@ -43,7 +44,7 @@ def test_a_private_network_forwards_only_within_its_bridge_and_reaches_only_dhcp
 
 
 def test_a_nat_network_reaches_its_uplink_masqueraded_and_gets_only_answers_back():
-    got = summary(rules.ruleset([net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC", uplink="eth9"),
+    got = summary(rules.ruleset("cimid_t", [net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC", uplink="eth9"),
                                  net("q", "cimidq", "10.3.0.0/24")], {}))
     assert ("forward", "net:p", ("cimidp", "eth9"), "accept") in got
     assert ("forward", "net:p", ("eth9", "cimidp"), "accept") in got
@@ -56,7 +57,7 @@ def test_a_nat_network_reaches_its_uplink_masqueraded_and_gets_only_answers_back
 
 
 def test_a_nat_network_without_an_uplink_goes_out_by_any_link_but_a_cimid_bridge():
-    ruleset = rules.ruleset([net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC"),
+    ruleset = rules.ruleset("cimid_t", [net("p", "cimidp", "10.2.0.0/24", network_type="PUBLIC"),
                              net("q", "cimidq", "10.3.0.0/24")], {})
     masquerade = next(c["add"]["rule"] for c in ruleset["nftables"]
                       if c.get("add", {}).get("rule", {}).get("chain") == "postrouting")
@@ -68,7 +69,7 @@ def test_a_nat_network_without_an_uplink_goes_out_by_any_link_but_a_cimid_bridge
 
 
 def test_a_bridged_public_network_is_not_masqueraded():
-    got = summary(rules.ruleset([net("b", "cimidb", "10.3.0.0/24", network_type="PUBLIC", uplink="eth9",
+    got = summary(rules.ruleset("cimid_t", [net("b", "cimidb", "10.3.0.0/24", network_type="PUBLIC", uplink="eth9",
                                      bridged=True)], {}))
     assert not any(v == "masquerade" for *_, v in got)
     assert not any("eth9" in ends for _, _, ends, _ in got)
@@ -76,7 +77,7 @@ def test_a_bridged_public_network_is_not_masqueraded():
 
 def test_a_forwarding_group_joins_each_pair_of_its_members_both_ways():
     nets = [net("a", "cimida", "10.1.0.0/24"), net("b", "cimidb", "10.2.0.0/24"), net("c", "cimidc", "10.3.0.0/24")]
-    got = summary(rules.ruleset(nets[:2], {"g": ["a", "b", "c"]}))  # c was deleted: no rule names it
+    got = summary(rules.ruleset("cimid_t", nets[:2], {"g": ["a", "b", "c"]}))  # c was deleted: no rule names it
     group = [ends for _, comment, ends, _ in got if comment == "group:g"]
     assert sorted(group) == [("cimida", "cimidb"), ("cimidb", "cimida")]
     first_drop = next(i for i, (_, _, _, v) in enumerate(got) if v == "drop")
