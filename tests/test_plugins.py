@@ -88,7 +88,7 @@ def test_builtin_drivers_register_through_the_entry_point_group():
     assert [impl.plugin_name for impl in pm.hook.cimid_compute_driver.get_hookimpls()] == ["libvirt"]
     assert sorted(impl.plugin_name for impl in pm.hook.cimid_image_store.get_hookimpls()) == ["dir", "memory"]
     assert sorted(impl.plugin_name for impl in pm.hook.cimid_storage_pool.get_hookimpls()) == ["dir", "memory"]
-    assert [impl.plugin_name for impl in pm.hook.cimid_network_driver.get_hookimpls()] == ["memory"]
+    assert sorted(impl.plugin_name for impl in pm.hook.cimid_network_driver.get_hookimpls()) == ["bridge", "memory"]
 
 
 async def test_no_compute_driver_means_no_machines(bare_app):
