@@ -19,8 +19,6 @@ PORT_STATES = ("CREATING", "STARTED", "DELETING", "ERROR")
 PORT_TYPES = ("ACCESS", "TRUNK")
 INTERFACE_STATES = ("CREATING", "ACTIVE", "DELETING", "ERROR")
 ALLOCATIONS = ("dynamic", "static")
-# The properties of a NetworkConfiguration that place the network's IPv4 subnet (cimid's own).
-SUBNET_PROPERTIES = ("cidr", "gateway", "dns")
 
 NetworkConfiguration = ResourceType(
     "NetworkConfiguration",
@@ -74,6 +72,8 @@ Network = ResourceType(
         read_only("classOfService", "string"),
         read_only("forwardingGroup", "ref", target="ForwardingGroup"),
         read_only("eventLog", "ref", target="EventLog"),
+        read_only("host", "extension", description="Provider extension: how the host realises it: bridge (the "
+                  "link's name), cidr, gateway, dns, each as {\"value\": ...}"),
     ],
     collection="networks",
     items="networks",
@@ -82,8 +82,8 @@ Network = ResourceType(
     actions=NETWORK_ACTIONS,
     create_wrapper="NetworkCreate",
     template_attribute="networkTemplate",
-    description="A Linux bridge cimid owns, with a DHCP server answering its Addresses. Its properties show "
-                "what the provider chose: bridge, cidr, gateway, dns.",
+    description="A Linux bridge cimid owns, with a DHCP server answering its Addresses; `host` shows what the "
+                "provider chose: its bridge, cidr, gateway, dns.",
 )
 
 NetworkCreate = ResourceType(
@@ -127,6 +127,8 @@ NetworkPort = ResourceType(
         read_only("network", "ref", target="Network"),
         read_only("portType", "string", enum=PORT_TYPES),
         read_only("classOfService", "string"),
+        read_only("host", "extension", description="Provider extension: peer, the link name of the operator's "
+                  "end of a port made for something that is not a machine, as {\"value\": ...}"),
     ],
     collection="networkPorts",
     items="networkPorts",
@@ -135,7 +137,7 @@ NetworkPort = ResourceType(
     create_wrapper="NetworkPortCreate",
     template_attribute="networkPortTemplate",
     description="A port of a Network's bridge: a machine interface's, or a veth pair made for something that "
-                "is not a machine (its properties name the operator's end: peer).",
+                "is not a machine (`host` names the operator's end: peer).",
 )
 
 NetworkPortCreate = ResourceType(
@@ -146,24 +148,26 @@ NetworkPortCreate = ResourceType(
 )
 
 
-def _address_attributes() -> list[Attribute]:
+def _address_attributes(mutable: bool) -> list[Attribute]:
+    """An Address keeps what it was made with (its DHCP reservation stands on it); its template may change."""
     return [
         *common_attributes(),
-        Attribute("ip", "string", max_length=64, description="static: the IPv4 address to take; dynamic: absent"),
-        Attribute("hostname", "string", max_length=63),
-        Attribute("allocation", "string", enum=ALLOCATIONS,
+        Attribute("ip", "string", mutable=mutable, max_length=64,
+                  description="static: the IPv4 address to take; dynamic: absent"),
+        Attribute("hostname", "string", mutable=mutable, max_length=63),
+        Attribute("allocation", "string", mutable=mutable, enum=ALLOCATIONS,
                   description="static: the given ip; dynamic (default): the next free one, handed out by DHCP"),
         read_only("defaultGateway", "string"),
         read_only("dns", "string", description="the network's DNS servers, comma-separated"),
         read_only("protocol", "string"),
         read_only("mask", "string"),
-        Attribute("network", "ref", target="Network", mutable=False, consumer_mandatory=True),
+        Attribute("network", "ref", target="Network", mutable=mutable, consumer_mandatory=True),
     ]
 
 
 AddressTemplate = ResourceType(
     "AddressTemplate",
-    _address_attributes(),
+    _address_attributes(True),
     collection="addressTemplates",
     items="addressTemplates",
     shareable=True,
@@ -172,7 +176,7 @@ AddressTemplate = ResourceType(
 
 Address = ResourceType(
     "Address",
-    [*_address_attributes(), read_only("resource", "ref", description="what holds it: a machine's interface")],
+    [*_address_attributes(False), read_only("resource", "ref", description="what holds it: a machine's interface")],
     collection="addresses",
     items="addresses",
     create_wrapper="AddressCreate",
@@ -191,7 +195,8 @@ AddressCreate = ResourceType(
 
 def _group_attributes() -> list[Attribute]:
     return [*common_attributes(),
-            Attribute("networks", "array", target="ref", description="the Networks that route to each other")]
+            Attribute("networks", "array", target="ref",
+                      description="the Networks that route to each other (hrefs of Networks)")]
 
 
 ForwardingGroupTemplate = ResourceType(

@@ -21,8 +21,8 @@ from ..hookspecs import InterfaceSpec, MachineSpec, NetworkSpec, Reservation
 from ..model import Action, ResourceType
 from ..model.events import EventLog
 from ..model.machines import Machine
-from ..model.networks import (SUBNET_PROPERTIES, Address, AddressCreate, AddressTemplate, ForwardingGroup,
-                              ForwardingGroupCreate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
+from ..model.networks import (Address, AddressCreate, AddressTemplate, ForwardingGroup,
+                              ForwardingGroupCreate, ForwardingGroupTemplate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
                               Network, NetworkConfiguration, NetworkCreate, NetworkPort, NetworkPortCreate,
                               NetworkPortTemplate, NetworkTemplate)
 from ..model.validate import require, validate
@@ -39,6 +39,7 @@ MTU_MIN, MTU_MAX = 68, 65535
 BRIDGE_PREFIX = "cimid"  # + 10 characters of the id: 15, the longest link name
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 STABLE_MACHINE = ("STARTED", "STOPPED", "PAUSED", "SUSPENDED")
+DEFAULT_RECORD = "default-network-made"  # Meta row: made once; an admin who deletes it means it
 
 
 def bridge_name(network_id: str) -> str:
@@ -92,7 +93,7 @@ class Networks(ResourceService):
 
     async def start(self) -> None:
         """Rebuild what the host lacks from the store, resume or settle Jobs, and make the default network
-        the first time (network.create_default)."""
+        on the first start (network.create_default)."""
         try:
             await self.ensure_driver()
         except Unavailable as exc:
@@ -115,6 +116,9 @@ class Networks(ResourceService):
         if not settings["create_default"] or not name:
             return
         async with self.store.write() as tx:
+            if await tx.get("Meta", DEFAULT_RECORD) is not None:
+                return
+            await tx.insert(Row("Meta", DEFAULT_RECORD, "", {"created": now()}))
             if await self._default_network(tx) is not None:
                 return
             cidr, gateway, dns = await self._subnet(tx, {}, "the default network")
@@ -187,7 +191,19 @@ class Networks(ResourceService):
             self._check_configuration(attrs["networkConfig"], "networkConfig.")
         if rtype is AddressTemplate:
             self._check_address_template(attrs)
+        if rtype is ForwardingGroupTemplate:
+            body = await self._group_template(ctx, body, attrs)
         return await super().create(ctx, rtype, body, parent)
+
+    async def _group_template(self, ctx: Context, body: dict, attrs: dict) -> dict:
+        """A ForwardingGroupTemplate names Networks the caller sees; kept as relative hrefs, as references are."""
+        refs = []
+        for index, ref in enumerate(attrs.get("networks") or []):
+            network_id = href_to_id(ref["href"], Network, f"networks[{index}]")
+            if await self.store.get(Network.name, network_id, scope=ctx.scope) is None:
+                raise BadRequest(f"networks[{index}]: '{ref['href']}' does not name an existing Network")
+            refs.append({"href": f"networks/{network_id}"})
+        return {**body, "networks": refs} if "networks" in attrs else body
 
     @staticmethod
     def _check_configuration(config: dict, where: str) -> None:
@@ -257,9 +273,11 @@ class Networks(ResourceService):
             attrs["mtu"] = mtu
         if config.get("classOfService"):
             attrs["classOfService"] = config["classOfService"]
+        if request.get("properties"):
+            attrs["properties"] = request["properties"]
         # What the provider chose, for the consumer to read (the store's spec is what counts).
-        attrs["properties"] = {**(request.get("properties") or {}), "bridge": spec.bridge, "cidr": cidr,
-                               "gateway": gateway, **({"dns": ",".join(dns)} if dns else {})}
+        attrs["host"] = {"bridge": {"value": spec.bridge}, "cidr": {"value": cidr}, "gateway": {"value": gateway},
+                         **({"dns": {"value": ",".join(dns)}} if dns else {})}
         network = Row(Network.name, network_id, "", attrs, owner=owner, internal={"spec": asdict(spec)})
         await tx.insert(network)
         tx.emit(model_changed(Network, network, "created", owner))
@@ -293,8 +311,10 @@ class Networks(ResourceService):
             steps = [{"op": "create", "transitional": "CREATING"}]
             if initial == "STARTED":
                 steps.append({"op": "start", "transitional": "STARTING"})
-            if group is not None:
-                steps.append({"op": "join", "group": group.id, "transitional": "CREATING"})
+            if group is not None:  # the group waits for it (no other change meanwhile)
+                steps.append({"op": "join", "group": group.id})
+                group.internal["busy"] = True
+                await tx.update(group)
             job = await self._queue(tx, ctx.user, network, "add", steps, target=Network.collection,
                                     success=f"Network created, {initial}")
         return job_result(ctx, job, 202, location=f"networks/{network.id}")
@@ -437,6 +457,7 @@ class Networks(ResourceService):
                 tx.emit(state_changed(Network, network, previous, "its Job began a step", job.owner))
             return
         succeeded = outcome == "SUCCESS"
+        group = await self._release_group(tx, steps)
         if steps[0]["op"] == "create" and not (succeeded or (observed is not None and job.internal.get("step", 0) > 0)):
             await self._remove_network(tx, network, job.owner, f"Network not made: {message}")
             try:
@@ -446,10 +467,8 @@ class Networks(ResourceService):
             return
         if steps[-1]["op"] == "delete" and (succeeded or observed is None):
             return await self._remove_network(tx, network, job.owner)
-        join = next((s for s in steps if s["op"] == "join"), None)
-        if join is not None and succeeded:
-            group = await tx.get(ForwardingGroup.name, join["group"])
-            if group is not None and network.id not in group.internal["networks"]:
+        if group is not None and succeeded:
+            if network.id not in group.internal["networks"]:
                 group.internal["networks"].append(network.id)
                 group.internal["realised"] = True
                 group.attrs["networks"] = [{"href": f"networks/{n}"} for n in group.internal["networks"]]
@@ -459,6 +478,16 @@ class Networks(ResourceService):
         network.attrs["state"] = "ERROR" if observed is None else "STARTED" if observed.get("link") == "up" else "STOPPED"
         await tx.update(network)
         tx.emit(state_changed(Network, network, previous, message, job.owner))
+
+    @staticmethod
+    async def _release_group(tx: Transaction, steps: list[dict]) -> Row | None:
+        """The ForwardingGroup a new network was to join waits no more; returned for the caller to settle."""
+        join = next((s for s in steps if s["op"] == "join"), None)
+        group = await tx.get(ForwardingGroup.name, join["group"]) if join else None
+        if group is not None:
+            group.internal.pop("busy", None)
+            await tx.update(group)
+        return group
 
     async def _remove_network(self, tx: Transaction, network: Row, owner: str, detail: str = "") -> None:
         """The network is gone: its row, its free Addresses, and its place in forwarding groups."""
@@ -481,6 +510,7 @@ class Networks(ResourceService):
             return await self._finish_group(tx, job, "STOPPED", "its Job was stopped before it began")
         if "interface" in job.internal:
             return await self._finish_interface(tx, job, "STOPPED", "its Job was stopped before it began")
+        await self._release_group(tx, job.internal["steps"])
         network = await tx.get(Network.name, job.internal["network"])
         if network is None:
             return
@@ -555,22 +585,24 @@ class Networks(ResourceService):
         port = await tx.get(NetworkPort.name, job.internal["port"])
         if port is None or outcome == "STEP":
             return
-        op = job.internal["steps"][0]["op"]
-        if (op == "port-create") != (outcome == "SUCCESS") or (op == "port-create" and outcome == "STOPPED"):
-            if op == "port-create" or outcome == "SUCCESS":
-                await tx.delete(NetworkPort.name, port.id)
-                tx.emit(model_changed(NetworkPort, port, "deleted", job.owner,
-                                      "NetworkPort deleted" if outcome == "SUCCESS" else f"NetworkPort not made: {message}"))
-                if op == "port-create" and job.internal.get("begun"):
-                    try:
-                        await self.driver.delete_port(port.id)
-                    except DriverError as exc:
-                        log.warning("port %s: could not be removed after a failed create: %s", port.id, exc)
-                return
+        step = job.internal["steps"][0]
         previous = port.state
-        if op == "port-create":
-            port.attrs["properties"] = {**(port.attrs.get("properties") or {}), **job.internal["steps"][0]["result"]}
+        if step["op"] == "port-create" and outcome == "SUCCESS":
+            port.attrs["host"] = {k: {"value": v} for k, v in step["result"].items()}
             port.attrs["state"] = "STARTED"
+        elif step["op"] == "port-create":  # failed, cut short or stopped: nothing half-made stays
+            await tx.delete(NetworkPort.name, port.id)
+            tx.emit(model_changed(NetworkPort, port, "deleted", job.owner, f"NetworkPort not made: {message}"))
+            if job.internal.get("begun"):
+                try:
+                    await self.driver.delete_port(port.id)
+                except DriverError as exc:
+                    log.warning("port %s: could not be removed after a failed create: %s", port.id, exc)
+            return
+        elif outcome == "SUCCESS":
+            await tx.delete(NetworkPort.name, port.id)
+            tx.emit(model_changed(NetworkPort, port, "deleted", job.owner))
+            return
         else:  # a delete that failed or was stopped: the port is still there
             port.attrs["state"] = job.internal.get("prior", "STARTED")
         await tx.update(port)
@@ -616,6 +648,8 @@ class Networks(ResourceService):
             self._check_configuration(validate(rtype, body, creating=False), "")
         if rtype is AddressTemplate:
             self._check_address_template(validate(rtype, body, creating=False))
+        if rtype is ForwardingGroupTemplate:
+            body = await self._group_template(ctx, body, validate(rtype, body, creating=False))
         if rtype is not ForwardingGroup:
             return await super().update(ctx, rtype, id, body, select, if_match)
         changes = validate(ForwardingGroup, body, creating=False)
@@ -696,6 +730,11 @@ class Networks(ResourceService):
         elif step["op"] == "group-set":
             members = step["networks"]
             group.internal["realised"] = True
+            for network_id in members:  # a network shows the (last) group it joined
+                network = await tx.get(Network.name, network_id)
+                if network is not None:
+                    network.attrs["forwardingGroup"] = {"href": f"forwardingGroups/{group.id}"}
+                    await tx.update(network)
             tx.emit(model_changed(ForwardingGroup, group, "changed", job.owner, message))
         else:
             members = group.internal["networks"]
@@ -870,7 +909,7 @@ class Networks(ResourceService):
 
     async def realise_for_machine(self, machine_id: str) -> None:
         """In the new machine's Job, after its domain is defined with its NICs: reserve their addresses."""
-        await self.ensure_driver()
+        await self.drivers.open("network")  # DriverError fails the Job with the driver's reason
         networks = {i.internal["network"]
                     for i in await self.store.referring(MachineNetworkInterface.name, "pending_for", machine_id)}
         for network_id in networks:
@@ -910,10 +949,16 @@ class Networks(ResourceService):
         except DriverError as exc:
             log.warning("network %s: its DHCP reservations could not be updated: %s", network_id, exc)
 
-    async def _activate(self, tx: Transaction, interface: Row) -> None:
+    async def _activate(self, tx: Transaction, interface: Row, iface: dict | None = None) -> None:
+        """The interface is on the guest; a hot-added one joins the machine's spec (a volatile backend
+        rebuilds the machine from it)."""
         interface.attrs["state"] = "ACTIVE"
         interface.internal.pop("pending_for", None)
         await tx.update(interface)
+        machine = await tx.get(Machine.name, interface.parent)
+        if iface is not None and machine is not None:
+            machine.internal["spec"].setdefault("interfaces", []).append(iface)
+            await tx.update(machine)
         port = await tx.get(NetworkPort.name, interface.internal["port"])
         if port is not None:
             port.attrs["state"] = "STARTED"
@@ -940,6 +985,13 @@ class Networks(ResourceService):
             await tx.delete(MachineNetworkInterfaceAddress.name, link.id)
         await tx.delete(MachineNetworkInterface.name, interface.id)
         tx.emit(model_changed(MachineNetworkInterface, interface, "deleted", owner))
+        machine = await tx.get(Machine.name, interface.parent)
+        if machine is not None:
+            mac = interface.attrs["macAddress"]
+            kept = [i for i in machine.internal["spec"].get("interfaces", []) if i["mac"] != mac]
+            if len(kept) != len(machine.internal["spec"].get("interfaces", [])):
+                machine.internal["spec"]["interfaces"] = kept
+                await tx.update(machine)
 
     async def _hot_add(self, ctx: Context, body: dict, machine_id: str) -> Result:
         attrs = validate(MachineNetworkInterface, body, creating=True)
@@ -956,7 +1008,9 @@ class Networks(ResourceService):
                                                     hostname or machine_id, {})
             path = path_of(MachineNetworkInterface, row.id, machine_id)
             job = await self.jobs.queue(tx, KIND, action="add", target=f"machines/{machine_id}/networkInterfaces",
-                                        affected=[path, f"networks/{row.internal['network']}"],
+                                        # the machine first: a failure's alarm goes to its EventLog
+                                        affected=[f"machines/{machine_id}", path,
+                                                  f"networks/{row.internal['network']}"],
                                         steps=[{"op": "attach", "iface": asdict(iface)}],
                                         success="interface added", owner=ctx.user, interface=row.id,
                                         machine=machine_id, network=row.internal["network"])
@@ -976,7 +1030,8 @@ class Networks(ResourceService):
             interface.attrs["state"] = "DELETING"
             await tx.update(interface)
             path = path_of(MachineNetworkInterface, id, machine_id)
-            job = await self.jobs.queue(tx, KIND, action="delete", target=path, affected=[path],
+            job = await self.jobs.queue(tx, KIND, action="delete", target=path,
+                                        affected=[f"machines/{machine_id}", path],
                                         steps=[{"op": "detach", "mac": interface.attrs["macAddress"]}],
                                         success="interface removed", owner=ctx.user, interface=id,
                                         machine=machine_id, network=interface.internal["network"])
@@ -1007,7 +1062,7 @@ class Networks(ResourceService):
             return
         step = job.internal["steps"][0]
         if step["op"] == "attach" and outcome == "SUCCESS":
-            return await self._activate(tx, interface)
+            return await self._activate(tx, interface, step["iface"])
         if step["op"] == "attach":  # failed or stopped: undo whatever reached the host
             if job.internal.get("begun") and self.drivers.compute is not None:
                 try:

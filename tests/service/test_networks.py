@@ -80,9 +80,9 @@ async def host(client) -> dict:
 async def test_a_network_by_value_is_made_started_stopped_and_deleted(client):
     network = await make_network(client, mtu=1400)
     doc = await client.assert_state(network, "STARTED")
-    bridge = doc["properties"]["bridge"]
+    bridge = doc["host"]["bridge"]["value"]
     assert doc["networkType"] == "PRIVATE" and doc["mtu"] == 1400 and len(bridge) <= 15
-    assert doc["properties"]["cidr"] == "10.0.7.0/24" and doc["properties"]["gateway"] == "10.0.7.1"
+    assert doc["host"]["cidr"] == {"value": "10.0.7.0/24"} and doc["host"]["gateway"] == {"value": "10.0.7.1"}
     spec = driver(client).spec(last(network))
     assert (spec.bridge, spec.cidr, spec.gateway, spec.mtu, spec.dhcp) == (bridge, "10.0.7.0/24", "10.0.7.1", 1400, True)
     assert await driver(client).network(last(network)) == {"bridge": "present", "link": "up", "dhcp": "present",
@@ -99,6 +99,11 @@ async def test_a_network_by_value_is_made_started_stopped_and_deleted(client):
     r = await client.post(network + "/start", {"action": ACTION + "start"})
     await client.wait_job(r.headers["CIMI-Job-URI"])
     await client.assert_state(network, "STARTED")
+
+    r = await client.put(network, {"name": "renamed", "properties": {"tier": "db"}})
+    assert r.status == 200, r
+    assert r.json["name"] == "renamed" and r.json["properties"] == {"tier": "db"}
+    assert r.json["host"] == doc["host"]  # what the provider chose is not the consumer's to change
 
     r = await client.delete(network)
     assert r.status == 202
@@ -119,12 +124,12 @@ async def test_a_network_by_reference_with_overrides_and_its_event_log(client):
     await client.wait_job(r.headers["CIMI-Job-URI"])
     doc = await client.assert_state(r.headers["Location"], "STOPPED")
     assert (doc["networkType"], doc["mtu"], doc["classOfService"]) == ("PUBLIC", 1450, "gold")
-    assert doc["properties"]["cidr"] == "10.9.0.0/16"
+    assert doc["host"]["cidr"] == {"value": "10.9.0.0/16"}
     spec = driver(client).spec(last(doc["id"]))
     assert spec.network_type == "PUBLIC" and spec.mtu == 1450
     # without a cidr the provider picks the first free /24 of its pool
     auto = (await client.get(await make_network(client, None))).json
-    assert auto["properties"]["cidr"] == "10.213.0.0/24"
+    assert auto["host"]["cidr"] == {"value": "10.213.0.0/24"}
     events = (await client.get(doc["eventLog"]["href"] + "/events")).json["events"]
     assert ("CREATING", "STOPPED") in [(e["content"]["previous"], e["content"]["state"]) for e in events
                                        if e["type"].endswith("state")]
@@ -325,6 +330,9 @@ async def test_a_hot_add_the_hypervisor_refuses_leaves_nothing(client):
     assert (await client.get("addresses")).json["count"] == 1
     assert {r.mac for r in driver(client).spec(last(network)).reservations} == {first["macAddress"]}
     assert compute(client).nics(last(machine)).keys() == before_nics.keys() - {"52:54:00:aa:bb:cc"}
+    log = (await client.get(machine)).json["eventLog"]["href"]  # the failure is an alarm on the machine
+    alarms = [e for e in (await client.get(log + "/events")).json["events"] if e["type"].endswith("alarm")]
+    assert len(alarms) == 1 and "already has an interface" in alarms[0]["content"]["detail"]
 
 
 # ---------------------------------------------------------------- ports and forwarding groups
@@ -340,7 +348,9 @@ async def test_an_operator_port_is_a_veth_end_on_the_bridge(client):
     assert r.status == 202, r
     await client.wait_job(r.headers["CIMI-Job-URI"])
     port = await client.assert_state(r.headers["Location"], "STARTED")
-    assert port["properties"]["peer"].startswith("cimidp") and port["portType"] == "ACCESS"
+    assert port["host"]["peer"]["value"].startswith("cimidp") and port["portType"] == "ACCESS"
+    xml = (await client.get(port["id"], fmt="xml")).xml
+    assert xml.find("{urn:x-cimid:xml:1}host/{urn:x-cimid:xml:1}item").get("value") == port["host"]["peer"]["value"]
     assert driver(client).ports() == {last(port["id"]): last(network)}
     assert (await client.get("networkPorts", fmt="xml")).xml is not None
     says = assert_error(await client.delete(network), 409)
@@ -419,8 +429,20 @@ async def test_the_default_network_is_made_once_and_machines_without_interfaces_
         spec = driver(again).spec(last(default["id"]))  # rebuilt on the fresh (memory) host, up, reserved
         assert spec is not None and (await driver(again).network(last(default["id"])))["link"] == "up"
         assert [r.mac for r in spec.reservations] == [interface["macAddress"]]
+        r = await again.delete("machines/" + last(machine))
+        assert r.status == 202, r
+        await again.wait_job(r.headers["CIMI-Job-URI"])
+        r = await again.delete("networks/" + last(default["id"]))  # the admin does not want it
+        assert r.status == 202, r
+        assert (await again.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
     finally:
         await again.client.close()
+    third = await make_client(tmp_path, {"network": {"create_default": True}})
+    try:
+        await third.app[PROVIDER].jobs.drain()
+        assert (await third.get("networks")).json["count"] == 0  # made on the first start only
+    finally:
+        await third.client.close()
 
 
 async def test_a_restart_rebuilds_networks_ports_and_groups(tmp_path):
@@ -431,12 +453,20 @@ async def test_a_restart_rebuilds_networks_ports_and_groups(tmp_path):
         await client.wait_job(r.headers["CIMI-Job-URI"])
         r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": a}}})
         await client.wait_job(r.headers["CIMI-Job-URI"])
+        machine = await make_machine(client, [{"network": {"href": a}}])
+        r = await client.post(machine + "/networkInterfaces", {"network": {"href": a}})  # hot-added
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        removed = await make_machine(client, [{"network": {"href": a}}], name="r")
+        r = await client.post(removed + "/networkInterfaces", {"network": {"href": a}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        await client.wait_job((await client.delete(r.headers["Location"])).headers["CIMI-Job-URI"])  # hot-removed
         on_host = await host(client)
+        assert len(on_host["nics"][last(machine)]) == 2 and len(on_host["nics"][last(removed)]) == 1
     finally:
         await client.client.close()
     again = await make_client(tmp_path)
     try:
-        assert await host(again) == {**on_host, "nics": {}}
+        assert await host(again) == on_host
     finally:
         await again.client.close()
 
@@ -576,3 +606,69 @@ async def test_networks_and_interfaces_in_xml(client):
     assert template.json["networkInterfaces"][0]["state"] == "ACTIVE"  # the schema needs one; ACTIVE by default
     assert (await client.get(template.headers["Location"], fmt="xml")).xml is not None
     assert (await client.post(interface["addresses"]["href"], {})).status == 405
+
+
+async def test_a_forwarding_group_template_names_networks_only(client):
+    network = await make_network(client)
+    r = await client.post("forwardingGroupTemplates", {"name": "t", "networks": [{"href": network}]})
+    assert r.status == 201 and r.json["networks"] == [{"href": network}]
+    before = await client.rows()
+    for href in (client.base + "addressTemplates/x", client.base + "networks/nope"):
+        assert_error(await client.post("forwardingGroupTemplates", {"networks": [{"href": href}]}), 400)
+        assert_error(await client.put(r.headers["Location"], {"networks": [{"href": href}]}), 400)
+    assert await client.rows() == before
+    r = await client.post("forwardingGroups", {"forwardingGroupTemplate": {"href": r.headers["Location"]}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(network)).json["forwardingGroup"]["href"] == r.headers["Location"]
+
+
+async def test_an_address_keeps_what_it_was_made_with(client):
+    network = await make_network(client)
+    address = (await client.post("addresses", {"addressTemplate": {"network": {"href": network},
+                                                                   "ip": "10.0.7.20"}})).json
+    r = await client.put(address["id"], {"name": "db", "ip": "10.0.7.21", "allocation": "dynamic"})
+    assert r.status == 200 and (r.json["name"], r.json["ip"], r.json["allocation"]) == ("db", "10.0.7.20", "static")
+
+
+async def test_public_networks_reach_the_configured_uplink_and_private_ones_do_not(tmp_path):
+    client = await make_client(tmp_path, {"network": {"uplink": "eth9", "bridged": True, "dns": ["192.0.2.53"],
+                                                      "default_network": ""}})
+    try:
+        r = await client.post("networks", {"networkTemplate": {"networkConfig": {"networkType": "PUBLIC"}}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        public = driver(client).spec(last(r.headers["Location"]))
+        assert (public.uplink, public.bridged, public.dns) == ("eth9", True, ("192.0.2.53",))
+        private = driver(client).spec(last(await make_network(client)))
+        assert (private.uplink, private.bridged) == (None, False)
+        machine = await make_machine(client)  # no default network: no interface
+        assert await interfaces_of(client, machine) == []
+    finally:
+        await client.client.close()
+
+
+async def test_without_a_network_driver_networks_are_not_served(tmp_path):
+    client = await make_client(tmp_path, {"network": {"driver": ""}})
+    try:
+        assert "networks" not in (await client.get("cloudEntryPoint")).json
+        assert (await client.get("networks")).status == 404
+        machine = await make_machine(client, state="STOPPED")
+        assert (await client.get(machine + "/networkInterfaces")).status == 404
+        before = await client.rows()
+        r = await client.post("machines", {"machineTemplate": {"href": client.base + TEMPLATE, "networkInterfaces": [
+            {"network": {"href": client.base + "networks/x"}}]}})
+        assert "serves no Networks" in assert_error(r, 400)
+        assert await client.rows() == before
+    finally:
+        await client.client.close()
+
+
+async def test_a_forwarding_group_in_xml(client):
+    a, b = await make_network(client, "10.0.1.0/24"), await make_network(client, "10.0.2.0/24")
+    r = await client.post("forwardingGroups", '<ForwardingGroupCreate xmlns="http://schemas.dmtf.org/cimi/1">'
+                                              f'<forwardingGroupTemplate><network href="{a}"/><network href="{b}"/>'
+                                              '</forwardingGroupTemplate></ForwardingGroupCreate>', fmt="xml")
+    assert r.status == 202, r
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert driver(client).routes(last(a), last(b))
+    got = (await client.get(r.headers["Location"], fmt="xml")).xml
+    assert [n.get("href") for n in got.findall("{http://schemas.dmtf.org/cimi/1}network")] == [a, b]
