@@ -84,8 +84,8 @@ class BridgeNetwork:
         return spec
 
     async def create_network(self, spec) -> None:
-        """Make the bridge (down), dnsmasq's files and the network's rules; refuses a clashing link name,
-        leaving nothing."""
+        """Make the bridge (down) and dnsmasq's files (its rules come with its start); refuses a clashing
+        link name, leaving nothing."""
         async with self._lock:
             if self._specs.get(spec.network_id) == spec:  # a Job run again after a restart
                 await self._make(spec)
@@ -95,16 +95,8 @@ class BridgeNetwork:
             clash = next((s for s in self._specs.values() if s.bridge == spec.bridge), None)
             if clash is not None:
                 raise DriverError(f"the bridge name {spec.bridge} is taken by network {clash.network_id}")
+            await self._make(spec)
             self._specs[spec.network_id] = spec
-            # The rules name the bridge, not its index: nft runs beside the netlink calls, not after them.
-            made, ruled = await asyncio.gather(self._make(spec), self._apply_rules(), return_exceptions=True)
-            if isinstance(made, BaseException) or isinstance(ruled, BaseException):
-                del self._specs[spec.network_id]
-                if not isinstance(made, BaseException):
-                    await self._delete_own_bridge(spec.bridge, spec.network_id)
-                    await asyncio.to_thread(shutil.rmtree, self._dir(spec.network_id), True)
-                await self._apply_rules()
-                raise made if isinstance(made, BaseException) else ruled
 
     async def _make(self, spec) -> None:
         made = await asyncio.to_thread(links.make_bridge, spec.bridge, links.alias(self.owner, "net", spec.network_id),
@@ -127,19 +119,21 @@ class BridgeNetwork:
             if network_id in self._running and (daemon is not None and daemon.alive() or not _serves_dhcp(spec)):
                 return  # started already (a Job run again after a restart)
             self._running.add(network_id)
-            try:
-                if _serves_dhcp(spec):
-                    await self._start_dnsmasq(spec)
-            except BaseException:
+            # dnsmasq and nft are processes of their own: started side by side, not one after the other.
+            jobs = [self._apply_rules()] + ([self._start_dnsmasq(spec)] if _serves_dhcp(spec) else [])
+            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+            failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failure is not None:
                 self._running.discard(network_id)
+                await asyncio.gather(self._stop_dnsmasq(network_id), self._apply_rules(), return_exceptions=True)
                 await asyncio.to_thread(links.set_up, spec.bridge, False)
-                raise
+                raise failure
 
     async def stop_network(self, network_id: str) -> None:
         async with self._lock:
             spec = self._spec(network_id)
             self._running.discard(network_id)
-            await self._stop_dnsmasq(network_id)
+            await asyncio.gather(self._stop_dnsmasq(network_id), self._apply_rules())
             await asyncio.to_thread(links.set_up, spec.bridge, False)
 
     async def delete_network(self, network_id: str) -> None:
@@ -182,12 +176,13 @@ class BridgeNetwork:
         else:
             wanted = up and (directory / "dnsmasq.conf").exists()
             serving = directory in (await asyncio.to_thread(dnsmasq.running_under, self.run_dir)).values()
+        started = network_id in self._running if spec is not None else up
         found = await rules.comments(self.nft, self.table)
         return {
             "bridge": "present" if bridge else "missing",
             "link": "up" if up else "down",
             "dhcp": ("present" if serving else "missing") if wanted else "off",
-            "rules": "present" if f"net:{network_id}" in found else "missing",
+            "rules": ("present" if f"net:{network_id}" in found else "missing") if started else "none",
         }
 
     # ---------------------------------------------------------------- addresses
@@ -252,9 +247,9 @@ class BridgeNetwork:
                 await self._apply_rules()
 
     async def _apply_rules(self) -> None:
-        """Every network's rules, started or not (a stopped network's bridge is down: its rules are idle)."""
-        networks = [self._specs[n] for n in sorted(self._specs)]
-        groups = {g: [m for m in members if m in self._specs] for g, members in self._groups.items()}
+        """The rules of the started networks (a stopped one's bridge is down: nothing to filter)."""
+        networks = [self._specs[n] for n in sorted(self._running) if n in self._specs]
+        groups = {g: [m for m in members if m in self._running] for g, members in self._groups.items()}
         await rules.apply(self.nft, self.table, networks, groups)
 
     # ---------------------------------------------------------------- dnsmasq, supervised

@@ -151,6 +151,7 @@ async def test_networks_addresses_groups_hot_add_and_a_restart_through_the_api(r
         await client.client.close()
     # The daemon restarts: everything is taken back, DHCP never stopped; a dnsmasq killed comes back.
     client = await make_client(root, copy.deepcopy(NETWORK_OVERRIDES), profile="host")
+    db, web, a, b, c = (url.split("/cimi/", 1)[1] for url in (db, web, a, b, c))  # the new server's port
     try:
         driver = client.app[PROVIDER].drivers.network
         db_id = db.rsplit("/", 1)[1]
@@ -162,9 +163,11 @@ async def test_networks_addresses_groups_hot_add_and_a_restart_through_the_api(r
         for n in (db, web):
             assert await driver.network(n.rsplit("/", 1)[1]) == {"bridge": "present", "link": "up",
                                                                   "dhcp": "present", "rules": "present"}
+        doc = (await client.get(db)).json
+        assert doc["state"] == "STARTED" and "eventLog" in doc, doc
         os.kill(serving, 9)
         for _ in range(200):
-            log = (await client.get(db)).json["eventLog"]["href"]
+            log = doc["eventLog"]["href"]
             alarms = [e for e in (await client.get(log + "/events")).json.get("events", []) if e["type"].endswith("alarm")]
             if alarms:
                 break
