@@ -49,7 +49,7 @@ def run(workdir: Path, quick: bool) -> list[Figure]:
         Figure.measured("Network create -> STARTED (driver)", result["driver_s"] * 1000, "ms", 1),
         Figure.measured("  same bridge + dnsmasq by hand (pyroute2)", result["plain_s"] * 1000, "ms", 1),
         Figure.measured("  driver / by hand", ratio, "x", 2, "<=", 1.5),
-        Figure.measured("  of which one nft transaction (the network's rules)", result["nft_s"] * 1000, "ms", 1),
+        Figure.measured("  one nft transaction alone (the network's rules)", result["nft_s"] * 1000, "ms", 1),
         Figure.measured("Reconcile 100 networks after a restart", result["adopt_restart_s"], "s", 2, "<=", 5),
         Figure.measured("Reconcile 100 networks after a reboot", result["adopt_reboot_s"], "s", 2, "<=", 5),
         Figure.measured("Ping RTT across a cimid bridge", result["rtt_bridge_ms"], "ms", 3),
