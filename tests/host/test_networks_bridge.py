@@ -13,10 +13,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import pytest
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 
 from cimid.errors import DriverError
 from cimid.hookspecs import NetworkSpec, Reservation
