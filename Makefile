@@ -21,10 +21,12 @@ BENCH_PACKAGES  := wrk etcd-server etcd-client
 # `make test` only: libvirtd + QEMU for tests/host, what tests/host/build-guest-image.sh needs to build
 # the test guest (syslinux, FAT and MBR tools, busybox; the kernel is fetched with apt-get download),
 # curl for tests/test_readme_tour.py, lvm2 for the lvm pool's tests (the host's lvm on loop devices,
-# and the binary the LVM helper guest carries: tests/host/build-lvm-guest-image.sh), and etcd (server
-# and etcdctl) for the federation tests (tests/cluster, tests/front).
-TEST_PACKAGES   := curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
-                   busybox-static syslinux syslinux-common mtools dosfstools fdisk lvm2 etcd-server etcd-client
+# and the binary the LVM helper guest carries: tests/host/build-lvm-guest-image.sh), etcd (server
+# and etcdctl) for the federation tests (tests/cluster, tests/front), iproute2 (`ip netns`) for the tests'
+# network namespace, dnsmasq-base and nftables for the bridge network driver.
+TEST_PACKAGES   := curl iproute2 dnsmasq-base nftables libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+                   qemu-system-x86 qemu-utils busybox-static syslinux syslinux-common mtools dosfstools fdisk lvm2 \
+                   etcd-server etcd-client
 
 .PHONY: run test test-packages fuzz bench system-packages check clean
 
@@ -32,12 +34,14 @@ run: $(VENV)/.installed
 	$(VENV)/bin/cimid serve --profile sandbox --state-dir $(STATE_DIR) --listen $(LISTEN)
 
 # Host set-up (users, /dev/kvm, virtlogd + libvirtd), every test, then the teardown, which always runs
-# (also when a test fails or make is interrupted). The recipe fails when pytest fails or collects no
-# test, and says pytest's status; make itself then exits 2, as it does for any failed recipe.
+# (also when a test fails or make is interrupted). pytest runs inside the network namespace cimid-test, which
+# setup-host.sh makes and runs libvirtd in, so everything the network tests make stays inside it. The
+# recipe fails when pytest fails or collects no test, and says pytest's status; make itself then exits 2,
+# as it does for any failed recipe.
 test: $(VENV)/.installed-test test-packages
 	@trap '$(SUDO) bash tests/host/teardown-host.sh' EXIT; trap 'exit 130' INT TERM; \
 	$(SUDO) bash tests/host/setup-host.sh || { echo "make test: host set-up failed"; exit 1; }; \
-	$(VENV)/bin/pytest -q; rc=$$?; \
+	$(SUDO) ip netns exec cimid-test $(VENV)/bin/pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: that is a failure"; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then echo "make test: pytest exited $$rc"; fi; \
 	exit $$rc

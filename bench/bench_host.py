@@ -44,6 +44,8 @@ uri = "qemu:///system"
 virt_type = "qemu"
 [catalogue]
 seed = true
+[network]
+create_default = false
 """
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)  # errors are raised; do not also print them

@@ -1,9 +1,9 @@
 """cimid's benchmarks: `python bench/run.py [--quick] [--host] [--only NAME]` (or `make bench`).
 
 `--host` adds the real-machine benchmarks (bench_host.py, and bench_volumes.py's hot-plug: root, libvirtd on
-qemu:///system, the test guest image); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k,
-testers, meters, volumes, volumes-host, federation) runs one benchmark alone and leaves bench/RESULTS.md as
-it was.
+qemu:///system, the test guest image; bench_networks.py: root, dnsmasq and nft, in a network namespace it
+makes); `--only host` (or get, https, 10k, memory, scoped-get, scoped-10k, testers, meters, volumes,
+volumes-host, federation, networks) runs one benchmark alone and leaves bench/RESULTS.md as it was.
 
 Prints figures, never asserts timings: the machine may be shared and noisy, so every target is judged on
 medians, and every figure that has a baseline was measured side by side with it in the same run.
@@ -35,6 +35,7 @@ import bench_tenancy
 import bench_volumes
 import bench_testers
 import bench_meters
+import bench_networks
 from common import BENCH_DIR, Figure, WrongAnswer
 
 
@@ -74,9 +75,10 @@ def main() -> int:
                         help="also benchmark real machines on qemu:///system (root, libvirtd, the test guest image)")
     default = ("get", "https", "10k", "memory", "scoped-get", "scoped-10k", "testers", "meters", "volumes",
                "federation")
-    parser.add_argument("--only", choices=(*default, "host", "volumes-host"), help="run this benchmark alone")
+    host = {"host", "volumes-host", "networks"}
+    parser.add_argument("--only", choices=(*default, *sorted(host)), help="run this benchmark alone")
     args = parser.parse_args()
-    selected = {args.only} if args.only else set(default) | ({"host", "volumes-host"} if args.host else set())
+    selected = {args.only} if args.only else set(default) | (host if args.host else set())
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the servers and temp dirs are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also through make or a pipe
@@ -160,6 +162,10 @@ def main() -> int:
         if "host" in selected:
             got = attempt("4. Real machines (host profile): create, start, concurrency", "Host machines",
                           lambda: bench_host.run(workdir, args.quick))
+            figures += got or []
+        if "networks" in selected:
+            got = attempt("11. Networks (bridge driver, in a namespace of its own): create, reconcile, ping",
+                          "Networks", lambda: bench_networks.run(workdir, args.quick))
             figures += got or []
 
     print("\n== Summary\n")

@@ -40,7 +40,7 @@ def test_check_reports_driver_health(tmp_path):
 
 def test_check_reports_families_without_a_driver(tmp_path):
     conf = tmp_path / "c.toml"
-    conf.write_text('[storage]\npools = {}\n[network]\ndriver = "bridge"\n')  # none, and one not installed
+    conf.write_text('[storage]\npools = {}\n[network]\ndriver = "nope"\n')  # none, and one not installed
     r = cimid("check", "--config", str(conf), "--state-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "storage: no driver configured (not served)" in r.stdout

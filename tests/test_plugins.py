@@ -84,11 +84,11 @@ def test_a_hook_without_specification_fails_at_start_up():
 
 def test_builtin_drivers_register_through_the_entry_point_group():
     pm = plugin_manager()
-    assert {"libvirt", "dir", "lvm", "memory"} <= set(dict(pm.list_name_plugin()))
+    assert {"libvirt", "dir", "lvm", "memory", "bridge"} <= set(dict(pm.list_name_plugin()))
     assert [impl.plugin_name for impl in pm.hook.cimid_compute_driver.get_hookimpls()] == ["libvirt"]
     assert sorted(impl.plugin_name for impl in pm.hook.cimid_image_store.get_hookimpls()) == ["dir", "memory"]
     assert sorted(impl.plugin_name for impl in pm.hook.cimid_storage_pool.get_hookimpls()) == ["dir", "lvm", "memory"]
-    assert [impl.plugin_name for impl in pm.hook.cimid_network_driver.get_hookimpls()] == ["memory"]
+    assert sorted(impl.plugin_name for impl in pm.hook.cimid_network_driver.get_hookimpls()) == ["bridge", "memory"]
 
 
 async def test_no_compute_driver_means_no_machines(bare_app):

@@ -19,7 +19,7 @@ import libvirt
 from cimid_dir import disks
 
 from cimid.errors import DriverError
-from cimid.hookspecs import ImageStore, MachineSpec
+from cimid.hookspecs import ImageStore, InterfaceSpec, MachineSpec
 
 from . import seed
 from .domains import ARCHES, DOMAIN_PREFIX, LibvirtDomains
@@ -87,6 +87,7 @@ class LibvirtCompute(LibvirtDomains):
         # The pc machine's IDE CD-ROM: cloud kernels often lack AHCI, so a SATA drive could go unseen.
         devices.append(f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
                        f"<source file={quoteattr(str(seed_iso))}/><target dev='hdc' bus='ide'/><readonly/></disk>")
+        devices.extend(interface_xml(iface) for iface in spec.interfaces)
         return (
             f"<domain type='{self.domain_type}'>"
             f"<name>{DOMAIN_PREFIX}{escape(spec.id)}</name>"
@@ -135,7 +136,8 @@ class LibvirtCompute(LibvirtDomains):
                 await disks.create_sparse(directory / f"disk{index}.qcow2", size)
             await asyncio.to_thread(seed.build_seed, directory / "seed.iso", instance_id=spec.id,
                                     hostname=seed.hostname_of(spec.name, f"cimi-{spec.id[:8]}"),
-                                    credential=spec.credential, user_data_b64=spec.user_data)
+                                    credential=spec.credential, user_data_b64=spec.user_data,
+                                    interfaces=spec.interfaces)
         except BaseException:
             disks.remove_tree(directory)
             raise
@@ -247,6 +249,47 @@ class LibvirtCompute(LibvirtDomains):
             return sorted(found)
         return await self._call(devices)
 
+    # ---------------------------------------------------------------- network interfaces
+
+    async def attach_interface(self, machine_id: str, iface: InterfaceSpec) -> None:
+        xml = interface_xml(iface)
+
+        def attach():
+            dom = self._require(machine_id)
+            if iface.mac.lower() in _macs(dom):
+                raise DriverError(f"the machine already has an interface with MAC {iface.mac}")
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG  # kept across restarts; LIVE: hot-plugged now
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.attachDeviceFlags(xml, flags)
+        await self._call(attach)
+
+    async def detach_interface(self, machine_id: str, mac: str) -> None:
+        mac = mac.lower()
+
+        def detach():
+            dom = self._domain(machine_id)
+            if dom is None:
+                return
+            for flags, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                     (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
+                if flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
+                    continue
+                nic = _interface_element(dom.XMLDesc(xml_flags), mac)
+                if nic is not None:
+                    dom.detachDeviceFlags(nic, flags)
+            # As with disks: the NIC is gone once the guest acknowledged the unplug (ACPI).
+            for _ in range(DETACH_POLLS):
+                if not dom.isActive() or _interface_element(dom.XMLDesc(0), mac) is None:
+                    return
+                time.sleep(0.1)
+            raise DriverError(f"the guest did not release the interface {mac} within {DETACH_POLLS // 10} s; "
+                              "it stays attached (is the guest's OS up and handling ACPI hot-unplug?)")
+        await self._call(detach)
+
+    async def interfaces(self, machine_id: str) -> list[str]:
+        return await self._call(lambda: sorted(_macs(self._require(machine_id))))
+
     async def console(self, machine_id: str, max_bytes: int) -> str:
         path = self.console_log(machine_id)
         if not path.exists():
@@ -254,6 +297,37 @@ class LibvirtCompute(LibvirtDomains):
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return f.read().decode("utf-8", "replace")
+
+
+def tap_name(mac: str) -> str:
+    """The host end of a NIC: "cv" and the MAC's hex digits (14 characters, under IFNAMSIZ), so that an
+    interface's tap is found by its MAC, and libvirt's own vnetN names are never taken."""
+    return "cv" + mac.lower().replace(":", "")
+
+
+def interface_xml(iface: InterfaceSpec) -> str:
+    mtu = f"<mtu size='{int(iface.mtu)}'/>" if iface.mtu else ""
+    return (f"<interface type='bridge'><mac address={quoteattr(iface.mac.lower())}/>"
+            f"<source bridge={quoteattr(iface.bridge)}/><target dev={quoteattr(tap_name(iface.mac))}/>"
+            f"<model type='virtio'/>{mtu}</interface>")
+
+
+def _macs(dom) -> set[str]:
+    """The MACs of the domain's NICs, as defined and as running."""
+    found = set()
+    for xml_flags in (libvirt.VIR_DOMAIN_XML_INACTIVE, 0):
+        root = ElementTree.fromstring(dom.XMLDesc(xml_flags))
+        found |= {m.get("address").lower() for m in root.findall("./devices/interface/mac")}
+    return found
+
+
+def _interface_element(domain_xml: str, mac: str) -> str | None:
+    """The <interface> of a domain with that MAC, as XML (libvirt matches a detach by MAC)."""
+    for nic in ElementTree.fromstring(domain_xml).findall("./devices/interface"):
+        found = nic.find("mac")
+        if found is not None and found.get("address", "").lower() == mac:
+            return ElementTree.tostring(nic, encoding="unicode")
+    return None
 
 
 def _disk_element(domain_xml: str, device: str) -> str | None:

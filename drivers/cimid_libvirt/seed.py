@@ -17,6 +17,29 @@ from pathlib import Path
 NETWORK_CONFIG = {"version": 2, "ethernets": {"all": {"match": {"name": "e*"}, "dhcp4": True}}}
 
 
+def network_config(interfaces) -> dict:
+    """cloud-init network-config (version 2) for the machine's interfaces, matched by MAC: static
+    addressing where an interface has an address, DHCP otherwise (whose server answers the address cimid
+    reserved for that MAC); DHCP on every NIC when there are none."""
+    if not interfaces:
+        return NETWORK_CONFIG
+    ethernets = {}
+    for index, iface in enumerate(interfaces):
+        entry: dict = {"match": {"macaddress": iface.mac.lower()}, "set-name": f"eth{index}"}
+        if iface.address:
+            entry["addresses"] = [iface.address]
+            if iface.gateway:
+                entry["routes"] = [{"to": "0.0.0.0/0", "via": iface.gateway}]
+            if iface.dns:
+                entry["nameservers"] = {"addresses": list(iface.dns)}
+        else:
+            entry["dhcp4"] = True
+        if iface.mtu:
+            entry["mtu"] = iface.mtu
+        ethernets[f"eth{index}"] = entry
+    return {"version": 2, "ethernets": ethernets}
+
+
 def hostname_of(name: str, fallback: str) -> str:
     """A valid host name (RFC 1123 label) from a Machine's name."""
     label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-")
@@ -59,12 +82,12 @@ def user_data(credential: dict | None, consumer_data: bytes | None) -> bytes:
 
 
 def build_seed(path: Path, *, instance_id: str, hostname: str, credential: dict | None,
-               user_data_b64: str | None) -> None:
+               user_data_b64: str | None, interfaces=()) -> None:
     consumer = base64.b64decode(user_data_b64) if user_data_b64 else None
     files = {
         "meta-data": f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n".encode(),
         "user-data": user_data(credential, consumer),
-        "network-config": (json.dumps(NETWORK_CONFIG) + "\n").encode(),
+        "network-config": (json.dumps(network_config(interfaces)) + "\n").encode(),
     }
     import pycdlib  # loaded when a machine is made: an idle daemon stays small
     iso = pycdlib.PyCdlib()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 import shutil
 import subprocess
 import uuid
@@ -32,8 +33,12 @@ from conftest import make_client  # tests/conftest.py (tests/host is a package)
 HERE = Path(__file__).resolve().parent
 TEST_ROOT = Path("/var/lib/cimid-test")
 GUEST_DIR = TEST_ROOT / "guest"
-URI = "qemu:///system"
-HOST_OVERRIDES = {"compute": {"uri": URI, "virt_type": "qemu", "stop_timeout": 30.0}, "catalogue": {"seed": True}}
+# Another libvirtd than setup-host.sh's (one in a namespace of your own, say) can be named here.
+URI = os.environ.get("CIMID_TEST_LIBVIRT_URI", "qemu:///system")
+# No default network: the host tier may run outside a test network namespace, where no bridge may get an
+# address (the network tests make theirs, inside one).
+HOST_OVERRIDES = {"compute": {"uri": URI, "virt_type": "qemu", "stop_timeout": 30.0}, "catalogue": {"seed": True},
+                  "network": {"create_default": False}}
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

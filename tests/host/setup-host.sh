@@ -3,12 +3,16 @@
 # No systemd, no udev, no libvirt-daemon-system here, so this does by hand what they would do.
 # Idempotent: safe to run twice; a daemon already running is left alone and not recorded.
 # Each daemon it starts goes into $STARTED ("name pid"), and teardown-host.sh stops only those.
+# libvirtd runs inside the network namespace $TEST_NETNS, which this script makes, and the tests run in it
+# too (`ip netns exec cimid-test pytest`, as `make test` does): the bridges, taps, dnsmasq processes and
+# nftables rules the network tests make, and every address on them, exist only in that namespace.
 # Needs root and the Makefile's TEST_PACKAGES (`make test` installs them).
 set -euo pipefail
 STARTED=/run/cimid-test-started
 URI=qemu:///system
+TEST_NETNS=cimid-test
 
-for c in libvirtd virtlogd virsh qemu-system-x86_64 qemu-img; do
+for c in libvirtd virtlogd virsh qemu-system-x86_64 qemu-img ip dnsmasq nft; do
   command -v "$c" >/dev/null || { echo "setup-host: $c missing: install the Makefile's TEST_PACKAGES" >&2; exit 1; }
 done
 
@@ -48,13 +52,33 @@ libvirtd_without_guest_namespaces() {
   mount_point /etc/libvirt && mounted_before=yes
   # A bind of /etc/libvirt onto itself, made private, is what the copy hangs under: so the copy is
   # seen in this namespace only, even where the mount holding / propagates to other namespaces.
-  unshare --mount --propagation unchanged -- sh -ec '
+  in_test_netns unshare --mount --propagation unchanged -- sh -ec '
     mount --bind /etc/libvirt /etc/libvirt
     mount --make-private /etc/libvirt
     mount --bind "$1" /etc/libvirt
     exec libvirtd -d' sh "$PRIVATE_ETC"
   # Where it does propagate, this namespace got the (harmless) self-bind: teardown-host.sh unmounts it.
   if [ "$mounted_before" = no ] && mount_point /etc/libvirt; then echo "mount /etc/libvirt" >> "$STARTED"; fi
+}
+
+# 5. The tests' network namespace (loopback up), and how libvirtd is started inside it. `ip netns exec`
+#    remounts /sys, which drops the cgroup v1 controllers libvirt needs for its guests: they are mounted
+#    again inside (the v1 ones only: with cgroup2's `unified` visible, per-CPU statistics fail).
+if ! ip netns list | grep -qx "$TEST_NETNS\( .*\)\?"; then
+  ip netns add "$TEST_NETNS" && echo "netns $TEST_NETNS" >> "$STARTED"
+fi
+ip netns exec "$TEST_NETNS" ip link set lo up
+in_test_netns() {  # in_test_netns COMMAND...: run COMMAND in $TEST_NETNS with the host's cgroup mounts
+  local cgroups
+  cgroups=$(awk '$3 == "cgroup" && $4 !~ /name=/ {print $2" "$4}' /proc/mounts)
+  ip netns exec "$TEST_NETNS" env CIMID_CGROUPS="$cgroups" sh -ec '
+    if [ -n "$CIMID_CGROUPS" ]; then
+      mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup
+      echo "$CIMID_CGROUPS" | while read -r mp opts; do mkdir -p "$mp"; mount -t cgroup -o "$opts" cgroup "$mp"; done
+    else
+      mount -t cgroup2 cgroup2 /sys/fs/cgroup
+    fi
+    exec "$@"' sh "$@"
 }
 
 alive() {  # alive PIDFILE NAME: the pid file names a live process called NAME
@@ -73,20 +97,24 @@ start() {  # start NAME [COMMAND...]: run COMMAND (default NAME -d), wait for NA
   echo "setup-host: started $1 (pid $(cat "/run/$1.pid"))"
 }
 
-# 5. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
+# 6. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
 alive /run/virtlogd.pid virtlogd || start virtlogd
 if alive /run/libvirtd.pid libvirtd || virsh -q -c "$URI" version >/dev/null 2>&1; then
   echo "setup-host: libvirtd already running"
+  [ "$(readlink "/proc/$(cat /run/libvirtd.pid 2>/dev/null)/ns/net" 2>/dev/null)" = \
+    "$(ip netns exec "$TEST_NETNS" readlink /proc/self/ns/net)" ] ||
+    echo "setup-host: that libvirtd is not in the netns $TEST_NETNS: the network tests will fail;" \
+      "stop it and run this again" >&2
   root_is_mount_point || echo "setup-host: / is not a mount point: unless that libvirtd has" \
     "\`namespaces = []' in its qemu.conf, no guest will start (\`cimid check --profile host' tells)" >&2
 elif root_is_mount_point; then
-  start libvirtd
+  start libvirtd in_test_netns libvirtd -d
 else
   echo "setup-host: / is not a mount point (a chroot?): libvirtd gets its own qemu.conf with namespaces = []"
   start libvirtd libvirtd_without_guest_namespaces
 fi
 
-# 6. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
+# 7. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
 for i in $(seq 1 300); do
   virsh -q -c "$URI" version >/dev/null 2>&1 && { echo "setup-host: $URI answers"; exit 0; }
   sleep 0.2

@@ -20,6 +20,11 @@ rm -rf /var/lib/cimid-test/run-*   # state directories of host_client fixtures t
 # still the daemon of that name.
 if [ -s "$STARTED" ]; then
   tac "$STARTED" | while read -r name pid; do
+    if [ "$name" = netns ]; then  # the tests' network namespace: its links and addresses go with it
+      for p in $(ip netns pids "$pid" 2>/dev/null); do kill "$p"; done  # a test's dnsmasq left running
+      ip netns del "$pid" && echo "teardown-host: removed netns $pid"
+      continue
+    fi
     if [ "$name" = mount ]; then  # the self-bind setup-host.sh's private namespace left here
       umount "$pid" && echo "teardown-host: unmounted $pid"
       continue

@@ -45,7 +45,7 @@ class Daemon:
         config = root / "cimid.toml"
         config.write_text('profile = "host"\n[server]\nlog_requests = false\n'
                           '[compute]\nuri = "qemu:///system"\nvirt_type = "qemu"\nstop_timeout = 30.0\n'
-                          '[jobs]\nmax_concurrent = 1\n')
+                          '[jobs]\nmax_concurrent = 1\n[network]\ncreate_default = false\n')
         port = free_port()
         self.base = f"http://127.0.0.1:{port}/cimi/"
         self.argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir",

@@ -26,7 +26,7 @@ async def test_import_interrupted_by_sigkill(guest_image):
     root = fresh_dir("restart")
     config = root / "cimid.toml"
     config.write_text('profile = "host"\n[server]\nlog_requests = false\n'
-                      '[compute]\nuri = "qemu:///system"\nvirt_type = "qemu"\n')
+                      '[compute]\nuri = "qemu:///system"\nvirt_type = "qemu"\n[network]\ncreate_default = false\n')
     port = free_port()
     base = f"http://127.0.0.1:{port}/cimi/"
     argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir",
@@ -90,7 +90,8 @@ async def test_stopping_a_queued_import_leaves_nothing(guest_image):
     from conftest import make_client
     root = fresh_dir("queue")
     client = await make_client(root, {"compute": {"uri": "qemu:///system", "virt_type": "qemu"},
-                                      "jobs": {"max_concurrent": 1}}, profile="host")
+                                      "jobs": {"max_concurrent": 1}, "network": {"create_default": False}},
+                             profile="host")
     try:
         async with serve_bytes(guest_image.read_bytes(), "slow.qcow2", chunk=1 << 18, pause=0.1) as url:
             first = await client.post("machineImages", {"imageLocation": url})
