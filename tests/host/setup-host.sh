@@ -97,7 +97,16 @@ start() {  # start NAME [COMMAND...]: run COMMAND (default NAME -d), wait for NA
   echo "setup-host: started $1 (pid $(cat "/run/$1.pid"))"
 }
 
-# 6. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
+# 6. The guest images the host tier boots. Their builds download a kernel .deb, so they run here, before
+#    the tests enter $TEST_NETNS, whose only network is what the tests make in it. Kept between runs.
+HOST_TESTS=$(cd "$(dirname "$0")" && pwd)
+[ -e /var/lib/cimid-test/guest/disk.qcow2 ] || bash "$HOST_TESTS/build-guest-image.sh" /var/lib/cimid-test/guest >/dev/null ||
+  { echo "setup-host: build-guest-image.sh failed" >&2; exit 1; }
+[ -e /var/lib/cimid-test/lvm-guest/initrd.gz ] ||
+  bash "$HOST_TESTS/build-lvm-guest-image.sh" /var/lib/cimid-test/lvm-guest >/dev/null ||
+  { echo "setup-host: build-lvm-guest-image.sh failed" >&2; exit 1; }
+
+# 7. virtlogd first (libvirtd hands it the guests' serial logs), then libvirtd.
 alive /run/virtlogd.pid virtlogd || start virtlogd
 if alive /run/libvirtd.pid libvirtd || virsh -q -c "$URI" version >/dev/null 2>&1; then
   echo "setup-host: libvirtd already running"
@@ -114,7 +123,7 @@ else
   start libvirtd libvirtd_without_guest_namespaces
 fi
 
-# 7. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
+# 8. The first start probes QEMU's capabilities (about 8 s); later ones answer at once.
 for i in $(seq 1 300); do
   virsh -q -c "$URI" version >/dev/null 2>&1 && { echo "setup-host: $URI answers"; exit 0; }
   sleep 0.2
