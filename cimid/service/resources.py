@@ -5,8 +5,8 @@ types do differently (a Machine is made by a Job; a Job is stopped)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from ..config import Config
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, NotImplementedByProvider
@@ -39,6 +39,10 @@ class Collaborators:
     # The service of another type, for the rare request one family hands to another (an image whose
     # location is a Machine is made by capturing that Machine).
     service_of: Callable[[ResourceType], ResourceService]
+    # Called with (who asks, type, operation kind, id or None) before a create or delete that is done at
+    # once, without a host Job (a catalogue entry): where the test-control extension's faults reach them.
+    at_once_hooks: list[Callable[[Context, ResourceType, str, str | None], Awaitable[None]]] = field(
+        default_factory=list)
 
 
 class ResourceService:
@@ -200,6 +204,7 @@ class ResourceService:
             wrapper = TYPES[rtype.create_wrapper]
             request = validate(wrapper, body, creating=True)
             require(wrapper, request)
+            await self.at_once(ctx, rtype, "create", None)
             async with self.store.write() as tx:
                 template = await self.references.resolve(tx, wrapper.attribute(rtype.template_attribute),
                                                          request[rtype.template_attribute], ctx.scope)
@@ -208,6 +213,7 @@ class ResourceService:
                 return await self.insert(tx, ctx, rtype, attrs, parent)
         attrs = validate(rtype, body, creating=True)
         require(rtype, attrs)
+        await self.at_once(ctx, rtype, "create", None)
         async with self.store.write() as tx:
             await self.references.check(tx, rtype, attrs, ctx.scope)
             return await self.insert(tx, ctx, rtype, attrs, parent)
@@ -276,6 +282,7 @@ class ResourceService:
 
     async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
                      parent: str | None = None) -> Result:
+        await self.at_once(ctx, rtype, "delete", id)
         async with self.store.write() as tx:
             row = await self.changeable(tx, ctx, rtype, id, parent)
             check_if_match(row, if_match)
@@ -289,6 +296,11 @@ class ResourceService:
                           state="SUCCESS", message=f"{rtype.name} deleted", owner=ctx.user)
             await tx.insert(job)
         return job_result(ctx, job, 200)
+
+    async def at_once(self, ctx: Context, rtype: ResourceType, kind: str, id: str | None) -> None:
+        """Before an operation done at once (no host Job): the hooks may fail it (nothing is changed)."""
+        for hook in self.parts.at_once_hooks:
+            await hook(ctx, rtype, kind, id)
 
     async def before_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         """Refuse (raise) a deletion this row does not allow."""
