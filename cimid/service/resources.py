@@ -158,13 +158,26 @@ class ResourceService:
 
     async def query(self, ctx: Context, rtype: ResourceType, params: QueryParams, parent: str = "") -> Result:
         """A collection, or with `parent` the sub-collection of that resource."""
+        href = ctx.base + (path_of(rtype, "", parent).rstrip("/") if parent else rtype.collection)
+        return await self._listed(ctx, rtype, params, href, parent=parent)
+
+    async def query_targeting(self, ctx: Context, rtype: ResourceType, params: QueryParams, target: str) -> Result:
+        """The `rtype` resources whose targetResource is `target` (a relative path such as machines/abc):
+        the TARGETING collection at {target}/{collection}, read-only (they are made at their own
+        collection)."""
+        result = await self._listed(ctx, rtype, params, f"{ctx.base}{target}/{rtype.collection}",
+                                    refers=("targetResource", target))
+        result.doc.pop("operations", None)
+        return result
+
+    async def _listed(self, ctx: Context, rtype: ResourceType, params: QueryParams, href: str, *, parent: str = "",
+                      refers: tuple[str, str] | None = None) -> Result:
         try:
             count, rows = await self.store.page(rtype.name, parent, rtype.columns, scope=ctx.scope,
                                                 filters=params.filters, orderby=params.orderby, first=params.first,
-                                                last=params.last)
+                                                last=params.last, refers=refers)
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
-        href = ctx.base + (path_of(rtype, "", parent).rstrip("/") if parent else rtype.collection)
         items = []
         for row in rows:
             item = await self.render(rtype, row, ctx, QueryParams(expand=params.expand))

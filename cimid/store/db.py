@@ -354,14 +354,18 @@ class Store:
 
     async def page(self, kind: str, parent: str, columns: dict[str, str], *, scope: str | None,
                    filters: list[str] = (), orderby: list[str] = (), first: int | None = None,
-                   last: int | None = None) -> tuple[int, list[Row]]:
+                   last: int | None = None, refers: tuple[str, str] | None = None) -> tuple[int, list[Row]]:
         """One page of a collection (`parent`: the owner of a sub-collection, or ""), with the count after
         filtering, all of it done by SQLite and limited to `scope` (a consumer's name; None: everything).
         `columns` maps the attributes $filter and $orderby may name to their type; a bad expression
-        raises query.QueryError."""
+        raises query.QueryError. `refers`: (a ref attribute, a stored href): only the rows whose attribute
+        refers to that href (the Meters of one Machine)."""
         where, order, params = query.compile_query(filters, orderby, lambda name: _resolve(columns, name))
         if scope is not None:
             where, params = " AND ".join(w for w in (_IN_SCOPE, where) if w), [scope, *params]
+        if refers is not None:
+            where = " AND ".join(w for w in ("json_extract(doc, '$.' || ? || '.href') = ?", where) if w)
+            params = [*refers, *params]
         return await self._page(kind, parent, where, params, order, first, last)
 
     async def _page(self, kind: str, parent: str, where: str, params: list, order: str,

@@ -6,9 +6,9 @@ from cimid.hookspecs import hookimpl
 
 from .compute import LibvirtCompute
 from .sandbox import SandboxCompute
-from .stats import MachineStats, SandboxMachineStats
+from .stats import MachineStats, SandboxMachineStats, VolumeStats
 
-__all__ = ["LibvirtCompute", "MachineStats", "SandboxCompute", "SandboxMachineStats"]
+__all__ = ["LibvirtCompute", "MachineStats", "SandboxCompute", "SandboxMachineStats", "VolumeStats"]
 
 
 @hookimpl
@@ -22,9 +22,10 @@ def cimid_compute_driver(config, images):
 
 
 @hookimpl
-def cimid_meter_sources(config, compute):
+def cimid_meter_sources(config, compute, pools):
+    volumes = [VolumeStats(compute, pools)] if pools and isinstance(compute, (SandboxCompute, LibvirtCompute)) else []
     if isinstance(compute, SandboxCompute):
-        return [SandboxMachineStats(compute)]
+        return [SandboxMachineStats(compute), *volumes]
     if isinstance(compute, LibvirtCompute):
-        return [MachineStats(compute)]
+        return [MachineStats(compute), *volumes]
     return []
