@@ -181,7 +181,7 @@ class TestControl:
             self.jobs.stop_requested.clear()
             self._to_error.clear()
             self._determinism(seed, clock)
-            async with self.store.write() as tx:
+            async with self.store.write() as tx, reset_queries.throwaway_deletes(tx):
                 for service in services:
                     await service.forget_host(tx)
                 await reset_queries.wipe(tx)
