@@ -96,6 +96,8 @@ class Meters(ResourceService):
     async def start(self) -> None:
         await seed_meter_catalogue(self.store, self.meters_config["default_sample_interval"])
         if self.meters_config["sampling"]:
+            async with self.store.write() as tx:  # there as soon as cimid answers; the rest of the
+                await self._host_defaults(tx)  # reconciliation runs with the sampler's first round
             self.sampler.start()
 
     async def stop(self) -> None:
@@ -324,15 +326,7 @@ class Meters(ResourceService):
             for meter in stale:
                 await tx.delete(Meter.name, meter.id)
                 await sample_queries.delete_meter(tx, meter.id)
-            record = await tx.get("Meta", DEFAULTS_RECORD)
-            if HOST in self.kinds and not (record and record.attrs.get("host")):
-                for config in await self._default_templates(tx, "host_templates"):
-                    await self._insert_meter(tx, config, HOST, ENTRY_POINT, "", "", {})
-                if record is None:
-                    await tx.insert(Row("Meta", DEFAULTS_RECORD, "", {"created": stamp, "host": True}))
-                else:
-                    record.attrs["host"] = True
-                    await tx.update(record)
+            await self._host_defaults(tx)
         metered = {m.internal.get("target") for m in meters}
         for target in TARGETS.values():
             if target.kind not in self.kinds:
@@ -348,6 +342,18 @@ class Meters(ResourceService):
                             await self._insert_meter(tx, config, target.kind, f"{target.collection}/{row.id}",
                                                      row.id, row.owner, {})
                 await asyncio.sleep(0)  # let requests and Jobs write between two batches
+
+    async def _host_defaults(self, tx: Transaction) -> None:
+        """The host's default Meters, once (what an admin deletes stays deleted)."""
+        record = await tx.get("Meta", DEFAULTS_RECORD)
+        if HOST in self.kinds and not (record and record.attrs.get("host")):
+            for config in await self._default_templates(tx, "host_templates"):
+                await self._insert_meter(tx, config, HOST, ENTRY_POINT, "", "", {})
+            if record is None:
+                await tx.insert(Row("Meta", DEFAULTS_RECORD, "", {"created": now(), "host": True}))
+            else:
+                record.attrs["host"] = True
+                await tx.update(record)
 
     async def _default_templates(self, tx: Transaction, key: str) -> list[dict]:
         """The configurations of the MeterTemplates named by meters.{key}, resolved."""

@@ -202,8 +202,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
         await self._migrate()
-        self._reader = await self._connect()
-        self._pager = await self._connect()
+        self._reader, self._pager = await asyncio.gather(self._connect(), self._connect())
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)  # we issue BEGIN ourselves
@@ -214,18 +213,22 @@ class Store:
         return conn
 
     async def _migrate(self) -> None:
+        """Every pending migration in one transaction (a fresh store is made in one commit, not one per
+        migration; an upgrade is all or nothing)."""
         (version,), = await self._writer.execute_fetchall("PRAGMA user_version")
-        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
+        if version >= len(MIGRATIONS):
+            return
+        await self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            for statements in MIGRATIONS[version:]:
                 for statement in statements:
                     await self._writer.execute(statement)
-                await self._writer.execute(f"PRAGMA user_version = {number}")
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            log.info("store migrated to schema version %d", number)
+            await self._writer.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            await self._writer.execute("COMMIT")
+        except BaseException:
+            await self._writer.execute("ROLLBACK")
+            raise
+        log.info("store migrated from schema version %d to %d", version, len(MIGRATIONS))
 
     @property
     def is_open(self) -> bool:
