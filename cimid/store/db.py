@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -188,6 +189,7 @@ class Store:
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
         self._subscribers: list[Callable[[object], None]] = []
         self._before_commit: list[Callable[[Transaction], Awaitable[None]]] = []
+        self._watch: sqlite3.Connection | None = None  # asks PRAGMA data_version, nothing else
 
     def before_commit(self, hook: Callable[[Transaction], Awaitable[None]]) -> None:
         """Await `hook(tx)` at the end of every write transaction, just before COMMIT: what it writes (the
@@ -203,6 +205,7 @@ class Store:
         self._writer = await self._connect()
         await self._migrate()
         self._reader, self._pager = await asyncio.gather(self._connect(), self._connect())
+        self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)  # we issue BEGIN ourselves
@@ -234,7 +237,18 @@ class Store:
     def is_open(self) -> bool:
         return self._writer is not None
 
+    def data_version(self) -> int:
+        """A number that changes whenever a change is committed to the database, by this process or by
+        another (`cimid consumer`, `cimid token`): what a cache of rows other processes write is keyed by.
+        Asked on the caller's thread: SQLite reads it from the WAL index in shared memory (microseconds,
+        where a query through the reader's thread costs a thread hop each way)."""
+        (version,), = self._watch.execute("PRAGMA data_version").fetchall()
+        return version
+
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for conn in (self._pager, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
