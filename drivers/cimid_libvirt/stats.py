@@ -7,14 +7,17 @@ reading; levels (memory, disk allocation) are reported as read.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import libvirt
 
+from cimid.errors import DriverError
 from cimid.hookspecs import MACHINE, VOLUME
 
 from .domains import DOMAIN_PREFIX, LibvirtDomains
 
+log = logging.getLogger("cimid.stats")
 KB = 1024
 _GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
            | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
@@ -125,12 +128,24 @@ class VolumeStats:
 
     async def read(self) -> dict[str, dict[str, float]]:
         readings: dict[str, dict[str, float]] = {}
-        for pool in self.pools.values():
-            for volume_id, taken_kb in (await pool.usage()).items():
+        for name, pool in self.pools.items():
+            if not hasattr(pool, "usage"):  # a third-party pool written before StorageDriver.usage existed
+                continue
+            try:
+                taken = await pool.usage()
+            except DriverError as exc:  # one pool that cannot answer leaves the others' volumes measured
+                log.warning("storage pool '%s' did not say what its volumes take: %s", name, exc)
+                continue
+            for volume_id, taken_kb in taken.items():
                 readings[volume_id] = {"disk": float(taken_kb)}
                 if volume_id not in self._paths:
-                    self._paths[volume_id] = (await pool.attachment(volume_id))["path"]
+                    try:
+                        self._paths[volume_id] = (await pool.attachment(volume_id))["path"]
+                    except DriverError:
+                        pass  # deleted since `usage` listed it
         self._paths = {v: p for v, p in self._paths.items() if v in readings}  # deleted ones are forgotten
+        if not self._paths:
+            return readings  # no volume: no hypervisor call
         await self.compute.open()
         by_path = {path: volume_id for volume_id, path in self._paths.items()}
         records = await self.compute._call(self._bulk)
