@@ -39,7 +39,8 @@ DEFAULTS: dict[str, dict] = {
     "images": {"driver": "", "dir": ""},
     # Named storage pools (see etc/cimid.toml): [storage.pools.<name>] driver = "memory" | "dir" | "lvm", and
     # the driver's keys; a VolumeConfiguration picks one by its type, else the default pool.
-    "storage": {"default_pool": "default", "pools": {}},
+    "storage": {"default_pool": "default", "pools": {}, "full_alarm_percent": 90.0,
+                "space_check_seconds": 60.0},
     # Networks (see etc/cimid.toml): the driver, where PUBLIC networks reach the outside, the default network
     "network": {"driver": "", "uplink": "", "bridged": False, "subnet_pool": "10.213.0.0/16", "dns": [],
                 "default_network": "default", "create_default": False},
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, dict] = {
         "min_sample_interval": 1,
         "machine_templates": ["machine-cpu", "machine-memory", "machine-disk", "machine-diskio",
                               "machine-input", "machine-output"],
+        "volume_templates": ["volume-disk", "volume-diskio"],
         "host_templates": ["host-cpu", "host-memory", "host-disk", "host-diskio", "host-input", "host-output"],
         "host_disk_path": "",
         "retention_hours": 168,
@@ -221,6 +223,9 @@ def _check_pools(storage: dict) -> None:
             raise ConfigError(f"storage.pools.{name}.volume_group: an lvm pool needs its volume group")
         if pool["driver"] == "lvm" and not 1 <= pool.get("thin_fill_limit", 90) <= 100:
             raise ConfigError(f"storage.pools.{name}.thin_fill_limit must be a percentage from 1 to 100")
+    if not 0 < storage["full_alarm_percent"] <= 100 or storage["space_check_seconds"] <= 0:
+        raise ConfigError("storage.full_alarm_percent must be from 1 to 100 and storage.space_check_seconds "
+                          "more than 0")
     if pools and storage["default_pool"] not in pools:
         raise ConfigError(f"storage.default_pool '{storage['default_pool']}' is not one of the pools: "
                           f"{', '.join(pools)}")
@@ -234,7 +239,7 @@ def _check_meters(meters: dict) -> None:
         raise ConfigError("meters.retention_hours and meters.max_database_mb must be at least 1")
     if meters["metrics_access"] not in ("admin", "reader", "user"):
         raise ConfigError("meters.metrics_access must be admin, reader or user")
-    for key in ("machine_templates", "host_templates"):
+    for key in ("machine_templates", "volume_templates", "host_templates"):
         if not all(isinstance(name, str) for name in meters[key]):
             raise ConfigError(f"meters.{key} must be a list of MeterTemplate ids")
 

@@ -218,9 +218,15 @@ class StorageDriver(Protocol):
         """Human-readable facts for `cimid check`: driver, free and used space (thin pools: fill)."""
 
     async def space(self) -> dict:
-        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work). A
+        """{"total_kb", "free_kb"}: what a new volume or a grow may still take (asked before any work, and
+        every storage.space_check_seconds for the alarm of a pool over storage.full_alarm_percent full). A
         pool with a fill limit (an LVM thin pool) adds "fill_percent" and "fill_limit_percent": over its
         limit, new volumes are refused whatever their size."""
+
+    async def usage(self) -> dict[str, int]:
+        """{volume id: KiB the volume takes in the pool now} for every volume of the pool, in one call (a
+        sampling round asks it for the volumes' disk Meters): a sparse file's blocks, a thin LV's data,
+        a thick LV's size."""
 
     async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
         """Called once at start-up with every stored volume and image of the pool (id -> capacity_kb), so a
@@ -399,8 +405,9 @@ ASPECTS: dict[str, Aspect] = {a.name: a for a in (
 
 HOST = "host"  # MeterSource.kind of a source that measures the host itself
 MACHINE = "machine"  # ... that measures Machines, by machine id
-# A source of Volume or Network counters would declare kind "volume" or "network"; the Meter service maps
-# kinds to resource types (cimid.service.meters.TARGET_KINDS).
+VOLUME = "volume"  # ... that measures Volumes, by volume id
+# A source of Network counters would declare kind "network"; the Meter service maps kinds to resource
+# types (cimid.service.meters.TARGETS).
 
 
 class MeterSource(Protocol):
@@ -411,7 +418,7 @@ class MeterSource(Protocol):
     has only Point aspects. Readings are plain numbers in the units of ASPECTS."""
 
     name: str
-    kind: str  # HOST or MACHINE (later volume, network)
+    kind: str  # HOST, MACHINE or VOLUME (later network)
     aspects: tuple[str, ...]  # the ASPECTS it reports
 
     async def read(self) -> dict[str, dict[str, float]]:
@@ -483,13 +490,16 @@ class CimidSpec:
         """
 
     @hookspec
-    def cimid_meter_sources(self, config: Config, compute: ComputeDriver | None) -> list[MeterSource]:
+    def cimid_meter_sources(self, config: Config, compute: ComputeDriver | None,
+                            pools: dict[str, StorageDriver]) -> list[MeterSource]:
         """Return the meter sources this plugin offers; every plugin's lists are combined. Called once at
-        start-up, after `cimid_compute_driver`.
+        start-up, after `cimid_compute_driver` and `cimid_storage_pool`.
 
         :param config: the loaded configuration
         :param compute: the configured compute driver (None if none is), so that a source of machine
             statistics shares its hypervisor connection; an implementation may leave this parameter out
+        :param pools: the storage pools by name (empty without any), for a source of volume statistics;
+            an implementation may leave this parameter out
         :return: a list, possibly empty
         """
 

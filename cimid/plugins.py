@@ -88,8 +88,9 @@ class Drivers:
     def load(cls, pm: pluggy.PluginManager, config: Config) -> Drivers:
         images = load_image_store(pm, config)
         compute = load_compute(pm, config, images)
-        return cls(compute=compute, images=images, storage=load_storage(pm, config),
-                   network=load_network(pm, config), meters=load_meter_sources(pm, config, compute))
+        storage = load_storage(pm, config)
+        return cls(compute=compute, images=images, storage=storage, network=load_network(pm, config),
+                   meters=load_meter_sources(pm, config, compute, storage.pools if storage else {}))
 
 
 # One loader per family: the plugin that knows the configured name answers (firstresult), else None.
@@ -118,9 +119,9 @@ def load_network(pm: pluggy.PluginManager, config: Config) -> NetworkDriver | No
     return pm.hook.cimid_network_driver(config=config)
 
 
-def load_meter_sources(pm: pluggy.PluginManager, config: Config,
-                       compute: ComputeDriver | None) -> list[MeterSource]:
-    return [source for sources in pm.hook.cimid_meter_sources(config=config, compute=compute)
+def load_meter_sources(pm: pluggy.PluginManager, config: Config, compute: ComputeDriver | None,
+                       pools: dict[str, StorageDriver]) -> list[MeterSource]:
+    return [source for sources in pm.hook.cimid_meter_sources(config=config, compute=compute, pools=pools)
             for source in sources]
 
 

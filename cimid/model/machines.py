@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .types import Action, Attribute, Extension, Family, ResourceType, common_attributes, read_only
+from .types import OWN_LOG, TARGETING, Action, Attribute, Extension, Family, ResourceType, common_attributes, read_only
 
 MACHINE_STATES = (
     "CREATING", "STARTING", "STARTED", "STOPPING", "STOPPED", "PAUSING", "PAUSED",
@@ -86,7 +86,9 @@ Machine = ResourceType(
                   description="its network interfaces: POST a MachineNetworkInterface to add, DELETE it to remove"),
         read_only("latestSnapshot", "ref", target="MachineImage"),
         read_only("snapshots", "collection", target="MachineSnapshot"),
-        read_only("eventLog", "ref", target="EventLog"),
+        read_only("meters", "collection", target="Meter", derived=TARGETING,
+                  description="the Meters whose targetResource is this Machine"),
+        read_only("eventLog", "ref", target="EventLog", derived=OWN_LOG),
     ],
     collection="machines",
     items="machines",

@@ -39,8 +39,9 @@ MeterTemplate = ResourceType(
     [
         *common_attributes(),
         Attribute("targetResource", "ref",
-                  description="the metered resource: a Machine, or the CloudEntryPoint for the host itself; "
-                              "absent in a provider template applied to every new Machine (meters.machine_templates)"),
+                  description="the metered resource: a Machine, a Volume, or the CloudEntryPoint for the host "
+                              "itself; absent in a provider template applied to every new Machine or Volume "
+                              "(meters.machine_templates, meters.volume_templates)"),
         Attribute("meterConfig", "ref", target="MeterConfiguration", by_value=True, consumer_mandatory=True),
     ],
     collection="meterTemplates",
@@ -71,7 +72,7 @@ Meter = ResourceType(
     actions=METER_ACTIONS,
     create_wrapper="MeterCreate",
     template_attribute="meterTemplate",
-    description="Samples of one aspect of a Machine or of the host.",
+    description="Samples of one aspect of a Machine, a Volume or the host.",
 )
 
 MeterCreate = ResourceType(

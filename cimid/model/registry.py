@@ -87,3 +87,9 @@ def collection_type(collection: str) -> ResourceType | None:
 
 def sub_collection(parent: ResourceType, segment: str) -> ResourceType | None:
     return SUB_COLLECTIONS.get(parent.name, {}).get(segment)
+
+
+def targeting(parent: ResourceType, segment: str) -> ResourceType | None:
+    """The type listed at {parent's href}/{segment} when that is a TARGETING collection (a Machine's meters)."""
+    name = parent.targeting.get(segment)
+    return TYPES[name] if name else None

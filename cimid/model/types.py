@@ -12,6 +12,10 @@ ACTION_BASE = CIMI_NS + "/action/"
 CAPABILITY_BASE = CIMI_NS + "/capability/"
 
 REF = "ref"  # Attribute.target of an array whose items are plain references
+# Derived links (Attribute.derived): attributes the provider makes from the resource itself, never stored.
+OWN_LOG = "own log"  # a ref to the resource's own EventLog, whose id is derived from the resource's path
+TARGETING = "targeting"  # the collection, at {href}/{name}, of the `target` resources whose targetResource
+# is this resource (a Machine's meters): read-only, served by the target type's family
 # Attribute types that $filter and $orderby can reach, and the SQL-side type each is compared as.
 FILTERABLE = {"string": "string", "URI": "string", "integer": "integer", "boolean": "boolean",
               "dateTime": "dateTime"}
@@ -38,6 +42,7 @@ class Attribute:
     description: str = ""
     write_only: bool = False  # a secret: stored and used, never returned (not in $select or $expand either)
     default: object = None  # what a new structure holds when the consumer leaves it out (the schema needs it)
+    derived: str | None = None  # OWN_LOG or TARGETING: a link the provider derives (see above)
 
     @property
     def writable(self) -> bool:
@@ -135,6 +140,7 @@ class ResourceType:
                         if a.type in FILTERABLE and not a.write_only}  # a secret cannot be probed by $filter
         if "properties" in self.by_name:
             self.columns["properties"] = "map"
+        self.targeting = {a.name: a.target for a in self.attributes if a.derived == TARGETING}
 
     @property
     def type_uri(self) -> str:

@@ -4,7 +4,7 @@ Attributes in DSP8009 1.0.2 (CIMI 1.1) element order."""
 
 from __future__ import annotations
 
-from .types import Action, Attribute, Family, ResourceType, common_attributes, read_only
+from .types import OWN_LOG, TARGETING, Action, Attribute, Family, ResourceType, common_attributes, read_only
 
 VOLUME_STATES = ("CREATING", "AVAILABLE", "CAPTURING", "RESTORING", "DELETING", "ERROR")
 VOLUME_TRANSITIONAL = ("CREATING", "CAPTURING", "RESTORING", "DELETING")
@@ -91,6 +91,9 @@ Volume = ResourceType(
                   description="kilobytes; an update grows the volume (also while attached), never shrinks it"),
         read_only("bootable", "boolean"),
         read_only("images", "collection", target="VolumeVolumeImage"),
+        read_only("meters", "collection", target="Meter", derived=TARGETING,
+                  description="the Meters whose targetResource is this Volume"),
+        read_only("eventLog", "ref", target="EventLog", derived=OWN_LOG),
     ],
     collection="volumes",
     items="volumes",

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import BadRequest, NotImplementedByProvider
-from ..model import CIMI_NS, TYPES, Extension, ResourceType
+from ..model import CIMI_NS, OWN_LOG, TYPES, Extension, ResourceType
 from ..model.events import EVENT_STREAM, EVENT_TYPE_BASE, PERSISTENCE_DAYS, SEVERITIES, Event, EventLog
 from ..store import events as event_queries
 from ..store.db import Row, Transaction
@@ -27,10 +27,10 @@ PROVIDER_LOG = event_queries.PROVIDER_LOG
 
 
 def has_own_log(type_name: str) -> bool:
-    """Whether resources of this type keep their own EventLog (they declare an `eventLog` attribute: a
-    Machine today; a Volume or a Network declares one too and is covered with no change here)."""
+    """Whether resources of this type keep their own EventLog (they declare an OWN_LOG attribute, eventLog:
+    Machines and Volumes; a Network declares one too and is covered with no change here)."""
     rtype = TYPES.get(type_name)
-    return rtype is not None and rtype.attribute("eventLog") is not None
+    return rtype is not None and any(a.derived == OWN_LOG for a in rtype.attributes)
 
 
 @dataclass(frozen=True)

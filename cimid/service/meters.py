@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
-from ..hookspecs import ASPECTS, HOST, MACHINE
+from ..hookspecs import ASPECTS, HOST, MACHINE, VOLUME
 from ..model import Action, ResourceType
 from ..model.meters import ASPECT_BASE, Meter, MeterConfiguration, MeterCreate, MeterTemplate, Sample
 from ..model.validate import require, validate
@@ -32,13 +33,30 @@ log = logging.getLogger("cimid.meters")
 # Aspects of cimid's own beyond DSP0263's (which live under ASPECT_BASE).
 EXTENSION_ASPECTS = {"diskIO": "urn:x-cimid:aspect:diskIO"}
 ENTRY_POINT = "cloudEntryPoint"  # a host Meter's targetResource
-# Which resources Meters measure: a targetResource's collection -> (the kind of meter source that measures
-# it, its type). Volumes and Networks join here ("volumes": ("volume", "Volume"), "networks": ...) once
-# their families exist and a driver offers a MeterSource of that kind (cimid.hookspecs.MeterSource.kind).
-TARGET_KINDS = {"machines": (MACHINE, "Machine")}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A kind of resource Meters measure: its collection, the kind of meter source that measures it
+    (cimid.hookspecs.MeterSource.kind), and the meters.* key naming the MeterTemplates each new one gets
+    Meters from."""
+
+    type: str
+    collection: str
+    kind: str
+    templates: str
+
+
+# Networks join here ("Network": Target("Network", "networks", "network", "network_templates")) once a
+# driver offers a MeterSource of that kind.
+TARGETS = {t.type: t for t in (Target("Machine", "machines", MACHINE, "machine_templates"),
+                               Target("Volume", "volumes", VOLUME, "volume_templates"))}
+TARGET_BY_COLLECTION = {t.collection: t for t in TARGETS.values()}
 DEFAULTS_RECORD = "meters-defaults"  # Meta row: whether the host got its default Meters
 RECONCILE_BATCH = 100  # machines given their default Meters per transaction at start-up
 SEED_RECORD = "meters-seeded"
+VOLUME_SEED_RECORD = "meters-seeded-volumes"  # volume templates came later: a store seeded before gets them
+VOLUME_ASPECTS = ("disk", "diskIO")  # what a volume source measures (cimid_libvirt.VolumeStats)
 # /metrics names: an aspect -> (metric name after cimid_{host|machine}_, factor to its base unit, help)
 EXPORTED = {
     "cpu": ("cpu_percent", 1, "CPU time used, percent of all the target's cores"),
@@ -78,6 +96,8 @@ class Meters(ResourceService):
     async def start(self) -> None:
         await seed_meter_catalogue(self.store, self.meters_config["default_sample_interval"])
         if self.meters_config["sampling"]:
+            async with self.store.write() as tx:  # there as soon as cimid answers; the rest of the
+                await self._host_defaults(tx)  # reconciliation runs with the sampler's first round
             self.sampler.start()
 
     async def stop(self) -> None:
@@ -186,14 +206,14 @@ class Meters(ResourceService):
                 raise Forbidden("only an admin may meter the host (targetResource: the CloudEntryPoint)")
             return HOST, ENTRY_POINT, "", ""
         collection, id = split_href(href)
-        if collection not in TARGET_KINDS:
-            raise BadRequest(f"targetResource: '{href}' is not something cimid meters (a Machine, or the "
-                             "CloudEntryPoint for the host)")
-        kind, type_name = TARGET_KINDS[collection]
-        target = await tx.get(type_name, id, ctx.scope)
+        if collection not in TARGET_BY_COLLECTION:
+            raise BadRequest(f"targetResource: '{href}' is not something cimid meters (a Machine, a Volume, or "
+                             "the CloudEntryPoint for the host)")
+        known = TARGET_BY_COLLECTION[collection]
+        target = await tx.get(known.type, id, ctx.scope)
         if target is None:
-            raise BadRequest(f"targetResource: '{href}' does not name an existing {type_name}")
-        return kind, f"{collection}/{id}", id, target.owner
+            raise BadRequest(f"targetResource: '{href}' does not name an existing {known.type}")
+        return known.kind, f"{collection}/{id}", id, target.owner
 
     async def _insert_meter(self, tx: Transaction, config: dict, kind: str, path: str, target_id: str,
                             owner: str, extra: dict) -> Row:
@@ -269,63 +289,71 @@ class Meters(ResourceService):
     # ---------------------------------------------------------------- default Meters, gone targets
 
     async def _follow_targets(self, tx: Transaction) -> None:
-        """Before `tx` commits: default Meters for each Machine it made, and none left for one it deleted."""
-        if MACHINE not in self.kinds or not self.meters_config["sampling"]:
+        """Before `tx` commits: default Meters for each Machine or Volume it made, and none left for one it
+        deleted."""
+        if not self.meters_config["sampling"]:
             return
-        templates = None
-        machine_type = TARGET_KINDS["machines"][1]
-        for record in [r for r in tx.events if isinstance(r, ModelChanged) and r.type == machine_type]:
-            machine_id = record.resource.rsplit("/", 1)[1]
+        templates: dict[str, list[dict]] = {}
+        for record in tx.events:
+            target = TARGETS.get(record.type) if isinstance(record, ModelChanged) else None
+            if target is None or target.kind not in self.kinds:
+                continue
+            target_id = record.resource.rsplit("/", 1)[1]
             if record.change == "created":
-                templates = templates if templates is not None else await self._default_templates(
-                    tx, "machine_templates")
-                for config in templates:
-                    await self._insert_meter(tx, config, MACHINE, record.resource, machine_id, record.owner, {})
+                if target.type not in templates:
+                    templates[target.type] = await self._default_templates(tx, target.templates)
+                for config in templates[target.type]:
+                    await self._insert_meter(tx, config, target.kind, record.resource, target_id, record.owner, {})
             elif record.change == "deleted":
-                for meter in await sample_queries.meters_targeting(tx, machine_id):
+                for meter in await sample_queries.meters_targeting(tx, target_id):
                     await tx.delete(Meter.name, meter)
                     await sample_queries.delete_meter(tx, meter)
-        if templates is not None:
+        if templates:
             self.sampler.wake()
 
     async def reconcile(self) -> None:
         """At start-up and with each retention round: delete the Meters whose target is gone or whose
-        expiresTime has passed; give the host, and every Machine that has no Meter (made while Meters were
-        off, or before they existed), the Meters of the provider's templates. Machines are done in small
-        transactions, so a store of 10,000 unmetered machines never holds the writer for long."""
-        machines = {m.id: m for m in await self.store.all_of("Machine")}
+        expiresTime has passed; give the host, and every Machine and Volume that has no Meter (made while
+        Meters were off, or before they existed), the Meters of the provider's templates. Targets are done
+        in small transactions, so a store of 10,000 unmetered machines never holds the writer for long."""
+        targets = {t.kind: {row.id: row for row in await self.store.all_of(t.type)} for t in TARGETS.values()}
         meters = await self.store.all_of(Meter.name)
         stamp = now()
         stale = [m for m in meters
-                 if (m.internal.get("kind") == MACHINE and m.internal.get("target") not in machines)
+                 if (m.internal.get("kind") in targets and m.internal.get("target") not in targets[m.internal["kind"]])
                  or (m.attrs.get("expiresTime") is not None and m.attrs["expiresTime"] <= stamp)]
         async with self.store.write() as tx:
             for meter in stale:
                 await tx.delete(Meter.name, meter.id)
                 await sample_queries.delete_meter(tx, meter.id)
-            record = await tx.get("Meta", DEFAULTS_RECORD)
-            if HOST in self.kinds and not (record and record.attrs.get("host")):
-                for config in await self._default_templates(tx, "host_templates"):
-                    await self._insert_meter(tx, config, HOST, ENTRY_POINT, "", "", {})
-                if record is None:
-                    await tx.insert(Row("Meta", DEFAULTS_RECORD, "", {"created": stamp, "host": True}))
-                else:
-                    record.attrs["host"] = True
-                    await tx.update(record)
-        if MACHINE not in self.kinds:
-            return
-        metered = {m.internal.get("target") for m in meters if m.internal.get("kind") == MACHINE}
-        unmetered = [m for m in machines.values() if m.id not in metered]
-        for start in range(0, len(unmetered), RECONCILE_BATCH):
-            async with self.store.write() as tx:
-                templates = await self._default_templates(tx, "machine_templates")
-                for machine in unmetered[start:start + RECONCILE_BATCH]:
-                    if await tx.get(TARGET_KINDS["machines"][1], machine.id) is None:
-                        continue  # deleted meanwhile
-                    for config in templates:
-                        await self._insert_meter(tx, config, MACHINE, f"machines/{machine.id}", machine.id,
-                                                 machine.owner, {})
-            await asyncio.sleep(0)  # let requests and Jobs write between two batches
+            await self._host_defaults(tx)
+        metered = {m.internal.get("target") for m in meters}
+        for target in TARGETS.values():
+            if target.kind not in self.kinds:
+                continue
+            unmetered = [row for row in targets[target.kind].values() if row.id not in metered]
+            for start in range(0, len(unmetered), RECONCILE_BATCH):
+                async with self.store.write() as tx:
+                    templates = await self._default_templates(tx, target.templates)
+                    for row in unmetered[start:start + RECONCILE_BATCH]:
+                        if await tx.get(target.type, row.id) is None:
+                            continue  # deleted meanwhile
+                        for config in templates:
+                            await self._insert_meter(tx, config, target.kind, f"{target.collection}/{row.id}",
+                                                     row.id, row.owner, {})
+                await asyncio.sleep(0)  # let requests and Jobs write between two batches
+
+    async def _host_defaults(self, tx: Transaction) -> None:
+        """The host's default Meters, once (what an admin deletes stays deleted)."""
+        record = await tx.get("Meta", DEFAULTS_RECORD)
+        if HOST in self.kinds and not (record and record.attrs.get("host")):
+            for config in await self._default_templates(tx, "host_templates"):
+                await self._insert_meter(tx, config, HOST, ENTRY_POINT, "", "", {})
+            if record is None:
+                await tx.insert(Row("Meta", DEFAULTS_RECORD, "", {"created": now(), "host": True}))
+            else:
+                record.attrs["host"] = True
+                await tx.update(record)
 
     async def _default_templates(self, tx: Transaction, key: str) -> list[dict]:
         """The configurations of the MeterTemplates named by meters.{key}, resolved."""
@@ -353,7 +381,7 @@ class Meters(ResourceService):
                 suffix, factor, text = EXPORTED[aspect]
                 name = f"cimid_{kind}_{suffix}"
                 family = families.setdefault(name, MetricFamily(name, "gauge", f"{text} ({kind})"))
-                family.samples.append((name, {"machine": target} if kind == MACHINE else {}, value * factor))
+                family.samples.append((name, {} if kind == HOST else {kind: target}, value * factor))
         read = MetricFamily("cimid_meter_source_last_read_timestamp_seconds", "gauge",
                             "when each meter source was last read (Unix time)")
         read.samples = [(read.name, {"source": name}, at) for name, at in sorted(self.sampler.latest.read_at.items())]
@@ -383,12 +411,21 @@ def complete_configuration(config: dict, *, fill: bool = True) -> None:
 
 async def seed_meter_catalogue(store: Store, interval: int) -> None:
     """The provider's MeterConfigurations (one per aspect) and MeterTemplates (machine-<aspect> for every
-    Machine, host-<aspect> for the host), public, made once: what an admin deletes stays deleted."""
+    Machine, volume-disk and volume-diskio for every Volume, host-<aspect> for the host), public, made
+    once: what an admin deletes stays deleted."""
     short = {"diskIO": "diskio", "inputBandwidth": "input", "outputBandwidth": "output"}
     async with store.write() as tx:
+        stamp = now()
+        if not await tx.get("Meta", VOLUME_SEED_RECORD):
+            for aspect in VOLUME_ASPECTS:
+                key = short.get(aspect, aspect)
+                await tx.insert(Row(MeterTemplate.name, f"volume-{key}", "", {
+                    "name": f"volume-{key}", "description": f"{aspect} of every Volume (meters.volume_templates)",
+                    "created": stamp, "updated": stamp, "meterConfig": {"href": f"meterConfigs/{key}"}},
+                    public=True))
+            await tx.insert(Row("Meta", VOLUME_SEED_RECORD, "", {"created": stamp}))
         if await tx.get("Meta", SEED_RECORD):
             return
-        stamp = now()
         for aspect, measure in ASPECTS.items():
             key = short.get(aspect, aspect)
             await tx.insert(Row(MeterConfiguration.name, key, "", {

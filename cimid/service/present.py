@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..errors import PreconditionFailed
-from ..model import Action, ResourceType
+from ..model import OWN_LOG, Action, ResourceType
 from ..store.db import Row
 from .hrefs import absolute, event_log_id, path_of
 
@@ -106,9 +106,9 @@ def present(rtype: ResourceType, row: Row, ctx: Context,
     for attr in rtype.attributes:
         if attr.name in attrs:
             doc[attr.name] = attrs[attr.name]
-        elif attr.type == "collection":
+        elif attr.type == "collection":  # a sub-collection, or a TARGETING one: at {href}/{name} alike
             doc[attr.name] = {"href": f"{href}/{attr.name}"}
-        elif attr.name == "eventLog":  # every resource that declares one has its log under a derived id
+        elif attr.derived == OWN_LOG:
             doc[attr.name] = {"href": f"{ctx.base}eventLogs/{event_log_id(path)}"}
     ops = operations(href) if operations else []
     if ops:

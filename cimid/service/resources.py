@@ -5,8 +5,8 @@ types do differently (a Machine is made by a Job; a Job is stopped)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from ..config import Config
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, NotImplementedByProvider
@@ -40,6 +40,10 @@ class Collaborators:
     # The service of another type, for the rare request one family hands to another (an image whose
     # location is a Machine is made by capturing that Machine).
     service_of: Callable[[ResourceType], ResourceService]
+    # Called with (who asks, type, operation kind, id or None) before a create or delete that is done at
+    # once, without a host Job (a catalogue entry): where the test-control extension's faults reach them.
+    at_once_hooks: list[Callable[[Context, ResourceType, str, str | None], Awaitable[None]]] = field(
+        default_factory=list)
 
 
 class ResourceService:
@@ -155,13 +159,26 @@ class ResourceService:
 
     async def query(self, ctx: Context, rtype: ResourceType, params: QueryParams, parent: str = "") -> Result:
         """A collection, or with `parent` the sub-collection of that resource."""
+        href = ctx.base + (path_of(rtype, "", parent).rstrip("/") if parent else rtype.collection)
+        return await self._listed(ctx, rtype, params, href, parent=parent)
+
+    async def query_targeting(self, ctx: Context, rtype: ResourceType, params: QueryParams, target: str) -> Result:
+        """The `rtype` resources whose targetResource is `target` (a relative path such as machines/abc):
+        the TARGETING collection at {target}/{collection}, read-only (they are made at their own
+        collection)."""
+        result = await self._listed(ctx, rtype, params, f"{ctx.base}{target}/{rtype.collection}",
+                                    refers=("targetResource", target))
+        result.doc.pop("operations", None)
+        return result
+
+    async def _listed(self, ctx: Context, rtype: ResourceType, params: QueryParams, href: str, *, parent: str = "",
+                      refers: tuple[str, str] | None = None) -> Result:
         try:
             count, rows = await self.store.page(rtype.name, parent, rtype.columns, scope=ctx.scope,
                                                 filters=params.filters, orderby=params.orderby, first=params.first,
-                                                last=params.last)
+                                                last=params.last, refers=refers)
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
-        href = ctx.base + (path_of(rtype, "", parent).rstrip("/") if parent else rtype.collection)
         items = []
         for row in rows:
             item = await self.render(rtype, row, ctx, QueryParams(expand=params.expand))
@@ -201,6 +218,7 @@ class ResourceService:
             wrapper = TYPES[rtype.create_wrapper]
             request = validate(wrapper, body, creating=True)
             require(wrapper, request)
+            await self.at_once(ctx, rtype, "create", None)
             async with self.store.write() as tx:
                 template = await self.references.resolve(tx, wrapper.attribute(rtype.template_attribute),
                                                          request[rtype.template_attribute], ctx.scope)
@@ -209,6 +227,7 @@ class ResourceService:
                 return await self.insert(tx, ctx, rtype, attrs, parent)
         attrs = validate(rtype, body, creating=True)
         require(rtype, attrs)
+        await self.at_once(ctx, rtype, "create", None)
         async with self.store.write() as tx:
             await self.references.check(tx, rtype, attrs, ctx.scope)
             return await self.insert(tx, ctx, rtype, attrs, parent)
@@ -277,6 +296,7 @@ class ResourceService:
 
     async def delete(self, ctx: Context, rtype: ResourceType, id: str, if_match: str | None,
                      parent: str | None = None) -> Result:
+        await self.at_once(ctx, rtype, "delete", id)
         async with self.store.write() as tx:
             row = await self.changeable(tx, ctx, rtype, id, parent)
             check_if_match(row, if_match)
@@ -290,6 +310,11 @@ class ResourceService:
                           state="SUCCESS", message=f"{rtype.name} deleted", owner=ctx.user)
             await tx.insert(job)
         return job_result(ctx, job, 200)
+
+    async def at_once(self, ctx: Context, rtype: ResourceType, kind: str, id: str | None) -> None:
+        """Before an operation done at once (no host Job): the hooks may fail it (nothing is changed)."""
+        for hook in self.parts.at_once_hooks:
+            await hook(ctx, rtype, kind, id)
 
     async def before_delete(self, tx: Transaction, rtype: ResourceType, row: Row) -> None:
         """Refuse (raise) a deletion this row does not allow."""

@@ -97,6 +97,9 @@ class Sampler:
 
     async def _sampling_loop(self) -> None:
         tick = self.config["min_sample_interval"]
+        # The first round (the host's default Meters, psutil loaded, every source read) waits one tick:
+        # nothing a client asks right after start-up needs it, and a sandbox answers sooner without it.
+        await asyncio.sleep(tick)
         while True:
             try:
                 await self.sample_once()
@@ -170,6 +173,7 @@ class Sampler:
     # ---------------------------------------------------------------- retention
 
     async def _retention_loop(self) -> None:
+        await asyncio.sleep(self.config["min_sample_interval"])  # as the first sampling round
         while True:
             try:
                 if self._reconciled:

@@ -3,9 +3,16 @@ determinism. Production code carries no test branch for it:
 
 - Faults wrap the JobRunner's kinds (`JobRunner.register` with a wrapped `JobKind`), so every operation
   that reaches the host, of every family that runs its work as Jobs, passes one place that knows the
-  operation kind (the step's op, or the Job's action), the resource (the Job's first affected resource,
-  its type from the registry) and can match the rule's $filter against the stored row. Without
-  --test-api the kinds are the families' own, untouched.
+  operation kind (`operation_kind`: the action asked for, or the first step's op: create, import ...), the
+  resource (the Job's first affected resource, its type from the registry) and can match the rule's
+  $filter against the stored row. A rule hits a Job once, at its first step. Without --test-api the kinds
+  are the families' own, untouched.
+- A catalogue entry (a configuration, template, credential, image ...) is made or deleted at once,
+  without a host Job (201/200). A tester expects a "fail" rule on such a create or delete to fail all the
+  same, so the generic create and delete call `Collaborators.at_once_hooks` once the body is valid and
+  before the store changes: "fail" answers 500 with the rule's message and changes nothing, "slow" waits
+  first; "error" fails it like "fail" (there is no Job whose end could set the state). A rule's $filter
+  is matched against the stored resource, so it never matches a create (there is none yet).
 - Reset walks the provider's services (the registry's families): each stops, forgets what it made on the
   host, the store is wiped in the same transaction, and each starts again, as at a fresh start-up (which
   seeds the catalogue). Families added later are covered by the same path.
@@ -23,7 +30,7 @@ import logging
 import math
 import re
 
-from ..errors import BadRequest, Conflict, DriverError, NotFound
+from ..errors import BadRequest, Conflict, DriverError, InternalError, NotFound
 from ..model import collection_type
 from ..model.registry import TOP_LEVEL
 from ..model.types import SHARING
@@ -33,6 +40,7 @@ from ..store.query import QueryError
 from . import hrefs
 from .events import FaultApplied
 from .hrefs import new_id, now, split_href
+from .present import Context
 from .provider import Provider
 from .runner import JobKind
 
@@ -82,6 +90,17 @@ def seeded_ids(seed: str):
     return lambda: hashlib.sha256(f"{seed}:{next(counter)}".encode()).hexdigest()[:32]
 
 
+def operation_kind(job: Row) -> str:
+    """The operation a Job does, as fault rules name it: the action asked for (restart, capture, snapshot
+    ...: a restart is not its stop step), or for a plain add, delete or edit its first step (create,
+    import, attach, detach, delete, grow)."""
+    action = str(job.attrs.get("action", ""))
+    if "/" in action or ":" in action:
+        return re.split(r"[/:]", action)[-1]
+    steps = job.internal.get("steps") or [{}]
+    return steps[0].get("op") or action
+
+
 class TestControl:
     __test__ = False  # a class named Test*: not a test for pytest
 
@@ -95,6 +114,7 @@ class TestControl:
         self._resetting = asyncio.Lock()
         for name, kind in list(self.jobs.kinds.items()):
             self.jobs.register(name, self._faulty(kind))
+        provider.at_once_hooks.append(self._at_once)
         provider.metadata.extensions[PATH] = {
             "uri": EXTENSION_URI, "path": PATH,
             "operations": [{"name": name, "uri": f"{EXTENSION_URI}/{name}", "method": method,
@@ -161,7 +181,7 @@ class TestControl:
             self.jobs.stop_requested.clear()
             self._to_error.clear()
             self._determinism(seed, clock)
-            async with self.store.write() as tx:
+            async with self.store.write() as tx, reset_queries.throwaway_deletes(tx):
                 for service in services:
                     await service.forget_host(tx)
                 await reset_queries.wipe(tx)
@@ -269,9 +289,9 @@ class TestControl:
 
     # ---------------------------------------------------------------- faults where operations happen
 
-    async def take(self, job: Row, step: dict) -> dict | None:
-        """The first live rule that matches this step of `job`, spent by one (and recorded as an Event in
-        the same commit); None when no rule does."""
+    async def take(self, job: Row) -> dict | None:
+        """The first live rule that matches `job`, spent by one (and recorded as an Event in the same
+        commit); None when no rule does."""
         affected = job.attrs.get("affectedResources") or []
         if not affected:
             return None
@@ -282,13 +302,15 @@ class TestControl:
         rtype = collection_type(collection)
         if rtype is None:
             return None
-        kinds = {step.get("op"), str(job.attrs.get("action", "")).rsplit("/", 1)[-1]}
+        return await self._spend(rtype, operation_kind(job), f"{collection}/{id}", id, job.owner)
+
+    async def _spend(self, rtype, kind: str, path: str, id: str | None, owner: str) -> dict | None:
         for rule in await self.store.all_of(RULE_KIND):
             attrs = rule.attrs
-            if attrs["remaining"] < 1 or attrs["resourceType"] != rtype.name \
-                    or not kinds & set(attrs["operationKinds"]):
+            if attrs["remaining"] < 1 or attrs["resourceType"] != rtype.name or kind not in attrs["operationKinds"]:
                 continue
-            if attrs.get("filter") and not await self.store.matches(rtype.name, id, rtype.columns, [attrs["filter"]]):
+            if attrs.get("filter") and (id is None or not await self.store.matches(rtype.name, id, rtype.columns,
+                                                                                   [attrs["filter"]])):
                 continue
             async with self.store.write() as tx:
                 current = await tx.get(RULE_KIND, rule.id)
@@ -297,14 +319,27 @@ class TestControl:
                 current.attrs["remaining"] -= 1
                 current.attrs["updated"] = now()
                 await tx.update(current)
-                tx.emit(FaultApplied(rtype.name, f"{collection}/{id}", f"{RULES}/{rule.id}", step.get("op", ""),
-                                     attrs["effect"], attrs["message"], owner=job.owner))
+                tx.emit(FaultApplied(rtype.name, path, f"{RULES}/{rule.id}", kind, attrs["effect"],
+                                     attrs["message"], owner=owner))
             return {**current.attrs, "target": (rtype.name, id)}
         return None
 
+    async def _at_once(self, ctx: Context, rtype, kind: str, id: str | None) -> None:
+        """Before a create or delete done at once (no Job): a matching "fail" rule answers 500 with its
+        message and nothing is changed; a "slow" one waits first."""
+        fault = await self._spend(rtype, kind, f"{rtype.collection}/{id}" if id else rtype.collection, id,
+                                  ctx.user)
+        if fault is None:
+            return
+        if fault["effect"] == "slow":
+            await asyncio.sleep(fault["seconds"])
+            return
+        raise InternalError(fault["message"])
+
     def _faulty(self, kind: JobKind) -> JobKind:
         async def run_step(job: Row, step: dict):
-            fault = await self.take(job, step)
+            first = job.internal.get("step", 0) == 0  # a rule hits a Job once, before its first step
+            fault = await self.take(job) if first else None
             if fault is None:
                 return await kind.run_step(job, step)
             if fault["effect"] == "slow":

@@ -6,6 +6,7 @@ row, file or attachment behind."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -17,11 +18,12 @@ from ..model.volumes import (POOL_TYPE_PREFIX, MachineVolume, Volume, VolumeConf
                              VolumeImage, VolumeTemplate, VolumeVolumeImage)
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
-from .events import model_changed, state_changed
+from .events import Alarm, model_changed, state_changed
 from .hrefs import href_to_id, new_id, now, path_of, split_href
 from .present import Context, Result, check_if_match
 from .resources import ResourceService
 from .runner import JobKind, job_result
+from .sweeps import start_sweep
 
 log = logging.getLogger("cimid.volumes")
 KIND = "volume"  # the Job kind
@@ -46,6 +48,10 @@ class Volumes(ResourceService):
         super().__init__(family, parts)
         self.pools = self.drivers.storage
         self.jobs.register(KIND, JobKind(self.run_step, self.observe, self.finish, self.abandon))
+        self._full: set[str] = set()  # pools over storage.full_alarm_percent, alarmed once
+        self._space_lock = asyncio.Lock()
+        self._space_watch: asyncio.Task | None = None
+        self._looks: set[asyncio.Task] = set()  # looks at the space after a Job, ended by stop()
 
     async def ensure_storage(self) -> None:
         try:
@@ -77,6 +83,53 @@ class Volumes(ResourceService):
         for name, (volumes, images) in held.items():
             await self.pools.pool(name).adopt(volumes, images)
         await self.jobs.recover(KIND)
+        self._full = set()
+        self._space_watch = await start_sweep("storage pool space", self.check_space,
+                                              self.config["storage"]["space_check_seconds"])
+
+    async def stop(self) -> None:
+        for task in [self._space_watch, *self._looks]:
+            if task is not None:
+                task.cancel()
+        self._space_watch, self._looks = None, set()
+
+    async def check_space(self) -> None:
+        """An alarm Event in the provider's log when a pool gets fuller than storage.full_alarm_percent:
+        once when it crosses, not at every look; it is armed again once the pool is below the mark. Looked
+        at every storage.space_check_seconds (the guests' writes fill a pool too) and after each volume Job."""
+        limit = self.config["storage"]["full_alarm_percent"]
+        async with self._space_lock:  # two looks at once would both see the crossing
+            for name, pool in self.pools.pools.items():
+                try:
+                    space = await pool.space()
+                except DriverError as exc:
+                    log.warning("cannot read the space of storage pool '%s': %s", name, exc)
+                    continue
+                total, free = space["total_kb"], space["free_kb"]
+                full = 100 * (total - free) / total if total > 0 else 0
+                if full <= limit:
+                    self._full.discard(name)
+                    continue
+                if name in self._full:
+                    continue
+                async with self.store.write() as tx:
+                    tx.emit(Alarm("CloudEntryPoint", "cloudEntryPoint", 1,
+                                  f"storage pool '{name}' is {full:.1f} % full, over storage.full_alarm_percent "
+                                  f"({limit} %): {free} of {total} KiB free", name=f"storage pool {name}"))
+                self._full.add(name)
+                log.warning("storage pool '%s' is %.1f %% full (%d of %d KiB free)", name, full, free, total)
+
+    def _look_at_space(self) -> None:
+        """After a volume Job's commit: look at the pools' space without waiting for the next round."""
+        task = asyncio.get_running_loop().create_task(self._look(), name="storage pool space")
+        self._looks.add(task)
+        task.add_done_callback(self._looks.discard)
+
+    async def _look(self) -> None:
+        try:
+            await self.check_space()
+        except Exception:  # the next round looks again
+            log.exception("looking at the storage pools' space failed")
 
     async def usage(self, reader, owner: str) -> dict[str, int]:
         _count, totals = await reader.usage(Volume.name, owner, ("capacity",))
@@ -628,6 +681,8 @@ class Volumes(ResourceService):
             return None
 
     async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
+        if outcome != "STEP":
+            tx.after_commit.append(self._look_at_space)
         step = job.internal["steps"][-1]
         op = step["op"]
         if op == "import":

@@ -45,6 +45,11 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def unexpired(expires: str | None) -> bool:
+    """Whether a token with this `expires` may still be used (by the wall clock, as the query checks)."""
+    return expires is None or expires > _now()
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -138,10 +143,11 @@ async def revoke_token(store: Store, token_id: str) -> None:
         await tx.execute("UPDATE tokens SET revoked = ? WHERE id = ?", (_now(), token_id))
 
 
-async def holder_of(store: Store, token: str) -> Consumer | None:
-    """The consumer a presented token belongs to, if the token is known, not revoked and not expired."""
+async def holder_of(store: Store, token: str) -> tuple[Consumer, str | None] | None:
+    """The consumer a presented token belongs to and when the token expires (None: never), if the token
+    is known, not revoked and not expired."""
     rows = await store.fetch(
-        "SELECT c.name, c.role, c.password_hash, c.quotas, c.created FROM tokens t JOIN consumers c"
+        "SELECT c.name, c.role, c.password_hash, c.quotas, c.created, t.expires FROM tokens t JOIN consumers c"
         " ON c.name = t.consumer WHERE t.digest = ? AND t.revoked IS NULL AND (t.expires IS NULL OR"
         " t.expires > ?)", (digest(token), _now()))
-    return _consumer(rows[0]) if rows else None
+    return (_consumer(rows[0]), rows[0][5]) if rows else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -193,6 +194,7 @@ class Store:
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
         self._subscribers: list[Callable[[object], None]] = []
         self._before_commit: list[Callable[[Transaction], Awaitable[None]]] = []
+        self._watch: sqlite3.Connection | None = None  # asks PRAGMA data_version, nothing else
 
     def before_commit(self, hook: Callable[[Transaction], Awaitable[None]]) -> None:
         """Await `hook(tx)` at the end of every write transaction, just before COMMIT: what it writes (the
@@ -207,8 +209,8 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
         await self._migrate()
-        self._reader = await self._connect()
-        self._pager = await self._connect()
+        self._reader, self._pager = await asyncio.gather(self._connect(), self._connect())
+        self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)  # we issue BEGIN ourselves
@@ -219,24 +221,39 @@ class Store:
         return conn
 
     async def _migrate(self) -> None:
+        """Every pending migration in one transaction (a fresh store is made in one commit, not one per
+        migration; an upgrade is all or nothing)."""
         (version,), = await self._writer.execute_fetchall("PRAGMA user_version")
-        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
+        if version >= len(MIGRATIONS):
+            return
+        await self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            for statements in MIGRATIONS[version:]:
                 for statement in statements:
                     await self._writer.execute(statement)
-                await self._writer.execute(f"PRAGMA user_version = {number}")
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            log.info("store migrated to schema version %d", number)
+            await self._writer.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            await self._writer.execute("COMMIT")
+        except BaseException:
+            await self._writer.execute("ROLLBACK")
+            raise
+        log.info("store migrated from schema version %d to %d", version, len(MIGRATIONS))
 
     @property
     def is_open(self) -> bool:
         return self._writer is not None
 
+    def data_version(self) -> int:
+        """A number that changes whenever a change is committed to the database, by this process or by
+        another (`cimid consumer`, `cimid token`): what a cache of rows other processes write is keyed by.
+        Asked on the caller's thread: SQLite reads it from the WAL index in shared memory (microseconds,
+        where a query through the reader's thread costs a thread hop each way)."""
+        (version,), = self._watch.execute("PRAGMA data_version").fetchall()
+        return version
+
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for conn in (self._pager, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -366,14 +383,18 @@ class Store:
 
     async def page(self, kind: str, parent: str, columns: dict[str, str], *, scope: str | None,
                    filters: list[str] = (), orderby: list[str] = (), first: int | None = None,
-                   last: int | None = None) -> tuple[int, list[Row]]:
+                   last: int | None = None, refers: tuple[str, str] | None = None) -> tuple[int, list[Row]]:
         """One page of a collection (`parent`: the owner of a sub-collection, or ""), with the count after
         filtering, all of it done by SQLite and limited to `scope` (a consumer's name; None: everything).
         `columns` maps the attributes $filter and $orderby may name to their type; a bad expression
-        raises query.QueryError."""
+        raises query.QueryError. `refers`: (a ref attribute, a stored href): only the rows whose attribute
+        refers to that href (the Meters of one Machine)."""
         where, order, params = query.compile_query(filters, orderby, lambda name: _resolve(columns, name))
         if scope is not None:
             where, params = " AND ".join(w for w in (_IN_SCOPE, where) if w), [scope, *params]
+        if refers is not None:
+            where = " AND ".join(w for w in ("json_extract(doc, '$.' || ? || '.href') = ?", where) if w)
+            params = [*refers, *params]
         return await self._page(kind, parent, where, params, order, first, last)
 
     async def _page(self, kind: str, parent: str, where: str, params: list, order: str,

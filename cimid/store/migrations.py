@@ -1,6 +1,7 @@
 """The schema, as versioned migrations: PRAGMA user_version counts those applied."""
 
-# Each migration is a list of statements, applied in one transaction; PRAGMA user_version counts them.
+# Each migration is a list of statements; every pending one is applied in one transaction (a fresh store in one
+# commit), and PRAGMA user_version counts them.
 MIGRATIONS: list[list[str]] = [
     [
         """

@@ -52,6 +52,16 @@ class DirVolumes:
         usage = shutil.disk_usage(self._existing())
         return {"total_kb": usage.total // KB, "free_kb": max(0, usage.free // KB - self.reserve_kb)}
 
+    async def usage(self) -> dict[str, int]:
+        """What each volume's sparse file takes on disk (its allocated blocks), not its capacity."""
+        taken = {}
+        for path in self.path.glob("*.qcow2") if self.path.exists() else ():
+            try:
+                taken[path.stem] = path.stat().st_blocks * 512 // KB
+            except FileNotFoundError:
+                pass  # deleted while we looked
+        return taken
+
     async def health(self) -> dict[str, str]:
         count = sum(1 for _ in self.path.glob("*.qcow2")) if self.path.exists() else 0
         used = sum(p.stat().st_blocks * 512 for p in self.path.rglob("*") if p.is_file()) if self.path.exists() else 0

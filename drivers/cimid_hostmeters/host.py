@@ -6,8 +6,6 @@ import asyncio
 import os
 import time
 
-import psutil
-
 from cimid.hookspecs import HOST
 
 KIB = 1024
@@ -29,6 +27,8 @@ class HostStats:
         return {"": await asyncio.to_thread(self._read)}
 
     def _read(self) -> dict[str, float]:
+        import psutil  # here, on the sampler's thread: a start-up that answers first need not load it
+
         stamp = time.monotonic()
         memory = psutil.virtual_memory()
         values = {"memory": (memory.total - memory.available) / KIB,

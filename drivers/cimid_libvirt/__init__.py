@@ -4,17 +4,27 @@ statistics of their machines for Meters (stats)."""
 
 from cimid.hookspecs import hookimpl
 
-from .compute import LibvirtCompute
+from .domains import LibvirtDomains
 from .sandbox import SandboxCompute
-from .stats import MachineStats, SandboxMachineStats
+from .stats import MachineStats, SandboxMachineStats, VolumeStats
 
-__all__ = ["LibvirtCompute", "MachineStats", "SandboxCompute", "SandboxMachineStats"]
+__all__ = ["LibvirtCompute", "MachineStats", "SandboxCompute", "SandboxMachineStats", "VolumeStats"]
+
+
+def __getattr__(name: str):
+    """LibvirtCompute (and the disk, seed and namespace helpers it brings) is loaded when asked for: the
+    sandbox, whose start-up testers wait on, never needs it."""
+    if name == "LibvirtCompute":
+        from .compute import LibvirtCompute
+        return LibvirtCompute
+    raise AttributeError(name)
 
 
 @hookimpl
 def cimid_compute_driver(config, images):
     driver = config["compute"]["driver"]
     if driver == "libvirt":
+        from .compute import LibvirtCompute
         return LibvirtCompute(config, images)
     if driver == "libvirt-test":
         return SandboxCompute(config)
@@ -22,9 +32,10 @@ def cimid_compute_driver(config, images):
 
 
 @hookimpl
-def cimid_meter_sources(config, compute):
+def cimid_meter_sources(config, compute, pools):
+    if not isinstance(compute, LibvirtDomains):
+        return []
+    volumes = [VolumeStats(compute, pools)] if pools else []
     if isinstance(compute, SandboxCompute):
-        return [SandboxMachineStats(compute)]
-    if isinstance(compute, LibvirtCompute):
-        return [MachineStats(compute)]
-    return []
+        return [SandboxMachineStats(compute), *volumes]
+    return [MachineStats(compute), *volumes]

@@ -1,5 +1,5 @@
-"""Machine statistics for Meters: one `getAllDomainStats` call per reading for every machine at once,
-through the compute driver's own connection and threads.
+"""Machine and Volume statistics for Meters: one `getAllDomainStats` call per reading for every machine at
+once (and one for the volumes' block devices), through the compute driver's own connection and threads.
 
 Counters (CPU time, bytes read, written, received, sent) become rates over the time since the previous
 reading; levels (memory, disk allocation) are reported as read.
@@ -7,14 +7,17 @@ reading; levels (memory, disk allocation) are reported as read.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import libvirt
 
-from cimid.hookspecs import MACHINE
+from cimid.errors import DriverError
+from cimid.hookspecs import MACHINE, VOLUME
 
 from .domains import DOMAIN_PREFIX, LibvirtDomains
 
+log = logging.getLogger("cimid.stats")
 KB = 1024
 _GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
            | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
@@ -105,3 +108,67 @@ class SandboxMachineStats(MachineStats):
             _state, _max_memory, memory, vcpus, cpu_time = dom.info()
             record = {**record, "cpu.time": cpu_time, "balloon.current": memory, "vcpu.current": vcpus}
         return record
+
+
+class VolumeStats:
+    """A MeterSource of every Volume of the storage pools: the space each takes in its pool (the pool's own
+    `usage`, one call per pool) and, while attached to running machines, its I/O from one bulk
+    `getAllDomainStats` call (block devices only), matched to the volume by the path the pool gives a
+    hypervisor."""
+
+    kind = VOLUME
+    aspects = ("disk", "diskIO")
+
+    def __init__(self, compute: LibvirtDomains, pools: dict):
+        self.compute = compute
+        self.pools = pools
+        self.name = f"{compute.name}-volume-stats"
+        self._paths: dict[str, str] = {}  # volume id -> its path on the host (fixed for a volume's life)
+        self._previous: tuple[float, dict[str, float]] | None = None  # (time, volume id -> bytes read+written)
+
+    async def read(self) -> dict[str, dict[str, float]]:
+        readings: dict[str, dict[str, float]] = {}
+        for name, pool in self.pools.items():
+            if not hasattr(pool, "usage"):  # a third-party pool written before StorageDriver.usage existed
+                continue
+            try:
+                taken = await pool.usage()
+            except DriverError as exc:  # one pool that cannot answer leaves the others' volumes measured
+                log.warning("storage pool '%s' did not say what its volumes take: %s", name, exc)
+                continue
+            for volume_id, taken_kb in taken.items():
+                readings[volume_id] = {"disk": float(taken_kb)}
+                if volume_id not in self._paths:
+                    try:
+                        self._paths[volume_id] = (await pool.attachment(volume_id))["path"]
+                    except DriverError:
+                        pass  # deleted since `usage` listed it
+        self._paths = {v: p for v, p in self._paths.items() if v in readings}  # deleted ones are forgotten
+        if not self._paths:
+            return readings  # no volume: no hypervisor call
+        await self.compute.open()
+        by_path = {path: volume_id for volume_id, path in self._paths.items()}
+        records = await self.compute._call(self._bulk)
+        stamp = time.monotonic()
+        counters: dict[str, float] = {}
+        for record in records:
+            for n in range(record.get("block.count", 0)):
+                volume_id = by_path.get(record.get(f"block.{n}.path"))
+                if volume_id is not None:  # a shareable volume's I/O is summed over its machines
+                    counters[volume_id] = counters.get(volume_id, 0.0) + record.get(f"block.{n}.rd.bytes", 0) \
+                        + record.get(f"block.{n}.wr.bytes", 0)
+        if self._previous is not None and stamp > self._previous[0]:
+            seconds = stamp - self._previous[0]
+            for volume_id, total in counters.items():
+                before = self._previous[1].get(volume_id)
+                if before is not None and total >= before and volume_id in readings:
+                    readings[volume_id]["diskIO"] = (total - before) / seconds
+        self._previous = (stamp, counters)  # a volume detached (or its machine stopped) starts again
+        return readings
+
+    def _bulk(self) -> list[dict]:
+        stats = self.compute._connection().getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BLOCK, _ACTIVE)
+        return [record for dom, record in stats if dom.name().startswith(DOMAIN_PREFIX)]
+
+    async def close(self) -> None:
+        """The connection is the compute driver's, closed with it."""

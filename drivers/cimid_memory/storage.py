@@ -32,6 +32,10 @@ class MemoryStorage:
     async def space(self) -> dict[str, int]:
         return {"total_kb": self.capacity_kb, "free_kb": self.capacity_kb - self.used_kb}
 
+    async def usage(self) -> dict[str, int]:
+        """A memory volume takes its whole capacity of the pool."""
+        return {volume_id: found["capacity_kb"] for volume_id, found in self._volumes.items()}
+
     async def adopt(self, volumes: dict[str, int], images: dict[str, int]) -> None:
         """After a restart: the stored volumes and images again, at their sizes; their data was in memory."""
         for volume_id, capacity_kb in volumes.items():

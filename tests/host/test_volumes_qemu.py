@@ -15,6 +15,8 @@ from pathlib import Path
 
 from conftest import assert_state
 
+from cimid.http.keys import PROVIDER
+
 from .test_machines_qemu import console_until, import_image
 
 WATCH_DISKS = b"""#!/bin/sh
@@ -79,6 +81,15 @@ async def test_attach_grow_detach_snapshot_restore_on_a_running_guest(host_clien
     attachment = await done(client, await client.post(machine + "/volumes", {
         "volume": {"href": volume}, "initialLocation": "vdb"}))
     assert "vdb=1024 " in await partitions_until(client, machine, lambda p: "vdb=" in p)
+    # Its Meters' source: the space it takes in the dir pool, and its I/O found among the guest's block
+    # devices by the path the pool gave libvirt (a rate, so from the second reading on).
+    (source,) = [s for s in client.app[PROVIDER].drivers.meters if s.kind == "volume"]
+    volume_id = volume.rsplit("/", 1)[1]
+    first = (await source.read())[volume_id]
+    assert first["disk"] == file.stat().st_blocks * 512 // 1024 > 0 and "diskIO" not in first
+    await asyncio.sleep(0.2)
+    second = (await source.read())[volume_id]
+    assert second["diskIO"] >= 0  # only there when the volume was found attached in both readings
     r = await client.delete(volume)
     assert r.status == 409 and "attached to Machine" in r.json["statusMessage"]
 

@@ -4,6 +4,9 @@ a reader sees everything and changes nothing; Bearer tokens, revoked and expired
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 
 import pytest
 from conftest import who
@@ -218,3 +221,33 @@ async def test_quotas_are_checked_before_any_host_work_and_shown_on_the_entry_po
     await client.assert_state(await client.wait_job(r.headers["CIMI-Job-URI"]), "SUCCESS")
     r = await client.post("machines", {"name": "a3", "machineTemplate": small}, headers=alice)
     assert r.status == 202
+
+
+async def test_consumers_are_read_once_until_the_database_changes_even_from_another_process(client):
+    """A steady client costs no store query per request; `cimid token revoke` and `cimid consumer role`,
+    run as their own processes, still take effect at the next request."""
+    store = client.app[PROVIDER].store
+    token, secret = await consumers.create_token(store, "alice")
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert (await client.get("cloudEntryPoint", headers=bearer)).status == 200
+    assert (await client.get("cloudEntryPoint", headers=who("bob"))).status == 200
+    queries = []
+    real_fetch = store.fetch
+
+    async def counted(sql, params=()):
+        queries.append(sql)
+        return await real_fetch(sql, params)
+    store.fetch = counted  # the real store, its queries counted
+    for _ in range(3):
+        assert (await client.get("cloudEntryPoint", headers=bearer)).status == 200
+        assert (await client.get("cloudEntryPoint", headers=who("bob"))).status == 200
+    assert not [q for q in queries if "consumers" in q or "tokens" in q], queries
+
+    def cimid(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "cimid.cli", *args, "--state-dir", str(client.state_dir)],
+                       check=True, capture_output=True, timeout=60)
+    await asyncio.to_thread(cimid, "token", "revoke", token.id)
+    assert (await client.get("cloudEntryPoint", headers=bearer)).status == 401
+    await asyncio.to_thread(cimid, "consumer", "role", "bob", "reader")
+    r = await client.post("machineConfigs", {"name": "c", "cpu": 1, "memory": 1}, headers=who("bob"))
+    assert r.status == 403

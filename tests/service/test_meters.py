@@ -291,3 +291,24 @@ async def test_a_consumer_sees_only_the_meters_of_its_own_machines(client):
     assert (await client.get("meters", headers=alice, params={"$filter": "units = 'percent'"})).json["count"] == 1
     own = (await meters_of(client, mine, headers=alice))["cpu"]
     assert (await client.post(own["id"] + "/stop", headers=alice)).status == 200
+
+
+async def test_a_machine_lists_its_meters_at_its_meters_link(client):
+    machine, other = await make_machine(client), await make_machine(client)
+    doc = (await client.get(machine)).json
+    assert doc["meters"] == {"href": machine + "/meters"}
+    listing = (await client.get(doc["meters"]["href"])).json
+    assert listing["id"] == machine + "/meters" and listing["count"] == 6
+    assert {m["id"] for m in listing["meters"]} == {m["id"] for m in (await meters_of(client, machine)).values()}
+    assert "operations" not in listing  # made at /meters, not here
+    percent = await client.get(doc["meters"]["href"], params={"$filter": "units = 'percent'", "$select": "aspect"})
+    assert percent.json["count"] == 1 and set(percent.json["meters"][0]) == {"resourceURI", "aspect"}
+    r = await client.get(doc["meters"]["href"], fmt="xml")  # validated against DSP8009 by the client
+    assert r.status == 200 and len(r.xml.findall("c:Meter", NS)) == 6
+    assert (await client.get(machine, fmt="xml")).xml.find("c:meters", NS).get("href") == machine + "/meters"
+    before = await client.rows()
+    r = await client.post(doc["meters"]["href"], {"meterTemplate": {"href": client.base + "meterTemplates/host-cpu"}})
+    assert r.status == 405 and r.headers["Allow"] == "GET"
+    assert await client.rows() == before
+    assert (await client.get(client.base + "machines/nothing/meters")).status == 404
+    assert (await client.get(other + "/meters")).json["count"] == 6

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import DATABASE, assert_state, make_client
@@ -113,7 +117,7 @@ async def test_reset_restores_exactly_the_seeded_catalogue(control):
 
 
 async def test_reset_ends_running_jobs(control):
-    await rule(control, resourceType="Machine", operationKinds=["start"], effect="slow", seconds=3600)
+    await rule(control, resourceType="Machine", operationKinds=["create"], effect="slow", seconds=3600)
     r = await control.post("machines", {"name": "slow", "machineTemplate": {"href": control.base + TEMPLATE}})
     job_url = r.headers["CIMI-Job-URI"]
     for _ in range(500):
@@ -127,7 +131,9 @@ async def test_reset_ends_running_jobs(control):
 
 
 # The machine lifecycle, every Job-run operation kind once or more, in an order each one allows.
-LIFECYCLE = ["create", "start", "pause", "start", "suspend", "start", "stop", "capture", "restore", "delete"]
+# A restart is its own kind: a stop or start rule does not hit its steps.
+LIFECYCLE = ["create", "start", "restart", "pause", "start", "suspend", "start", "stop", "capture", "snapshot",
+             "restore", "delete"]
 
 
 @pytest.mark.parametrize("kind", sorted(set(LIFECYCLE)))
@@ -152,6 +158,8 @@ async def test_a_fail_rule_fails_the_first_operation_of_its_kind_and_no_other(co
                 assert r.status == 202, (op, r)
                 if op == "capture":
                     image = r.headers["Location"]
+                if op == "snapshot":  # a snapshot is a MachineImage too: made, and only the capture restored
+                    assert r.headers["Location"] != image
                 job = await control.wait_job(r.headers["CIMI-Job-URI"])
             outcomes.append((op, job["state"], job.get("statusMessage", "")))
             if job["state"] == "SUCCESS":
@@ -173,6 +181,71 @@ async def test_a_fail_rule_fails_the_first_operation_of_its_kind_and_no_other(co
             "events", [])
     assert [e["content"]["operation"] for e in alarms if e["content"].get("rule") == control.url(spent["id"])] \
         == [kind]
+
+
+@pytest.fixture
+async def importing(tmp_path):
+    """A provider that imports images (the `dir` image store, qemu-img), and a small qcow2 to import."""
+    directory = Path(tempfile.mkdtemp(prefix="cimid-fault-test-"))
+    directory.chmod(0o755)  # as QEMU's user needs
+    source = directory / "source.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "1M"], check=True)
+    client = await make_client(tmp_path, {"server": {"test_api": True},
+                                          "images": {"driver": "dir", "dir": str(directory / "images")}})
+    yield client, source.as_uri()
+    await client.client.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["import", "delete"])
+async def test_a_fail_rule_on_images_hits_its_kind_only(importing, kind):
+    """An import is a Job; an image's delete is done at once (200, no Job) and fails all the same: 500 with
+    the rule's message, the image still there."""
+    control, location = importing
+    await rule(control, resourceType="MachineImage", operationKinds=[kind], message=f"no {kind} today")
+    outcomes = []
+    for attempt in (1, 2):
+        r = await control.post("machineImages", {"name": f"img{attempt}", "imageLocation": location})
+        assert r.status == 202, r
+        job = await control.wait_job(r.headers["CIMI-Job-URI"])
+        outcomes.append(("import", job["state"], job.get("statusMessage", "")))
+        if job["state"] == "SUCCESS":
+            image = r.headers["Location"]
+            break
+        assert (await control.get(r.headers["Location"])).status == 404  # a failed import leaves nothing
+    for attempt in (1, 2):
+        before = await control.rows()
+        r = await control.delete(image)
+        # a 5xx's message ends with the request id it is logged under
+        outcomes.append(("delete", r.status, r.json["statusMessage"].split(" (request id")[0] if r.status != 200
+                         else ""))
+        if r.status == 200:
+            break
+        spent = ("FaultRule", "Event", "EventLog")  # what the applied rule changes, and nothing else
+        assert [row for row in await control.rows() if row[0] not in spent] == \
+            [row for row in before if row[0] not in spent]
+    assert (await control.get(image)).status == 404
+    failed = [o for o in outcomes if o[1] not in ("SUCCESS", 200)]
+    assert failed == [(kind, "FAILED" if kind == "import" else 500, f"no {kind} today")], outcomes
+
+
+async def test_a_fail_rule_on_a_catalogue_create_answers_500_and_changes_nothing(control):
+    await rule(control, resourceType="MachineConfiguration", operationKinds=["create"], message="catalogue down")
+    body = {"name": "big", "cpu": 4, "memory": 4096000, "disks": [{"capacity": 1000000, "format": "qcow2"}]}
+    r = await control.post("machineConfigs", {"name": "bad", "cpu": -1})
+    assert r.status == 400  # bad input is refused first, and does not spend the rule
+    before = (await control.get("machineConfigs")).json["count"]
+    r = await control.post("machineConfigs", body)
+    assert r.status == 500 and r.json["statusMessage"].startswith("catalogue down (request id ")
+    assert (await control.get("machineConfigs")).json["count"] == before
+    assert (await control.get("testControl/faultRules")).json["faultRules"][0]["remaining"] == 0
+    r = await control.post("machineConfigs", body)  # spent: the next one is made
+    assert r.status == 201, r
+    # other kinds and types are not hit
+    await rule(control, resourceType="MachineConfiguration", operationKinds=["delete"], count=5)
+    r = await control.post("machineTemplates", {"name": "t", "machineConfig": {"href": r.headers["Location"]},
+                                                "machineImage": {"href": control.base + "machineImages/tiny-linux"}})
+    assert r.status == 201, r
 
 
 async def test_a_fail_rule_leaves_the_host_untouched(control):

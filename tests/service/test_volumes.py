@@ -4,6 +4,7 @@ detached from Machines. Every refused request changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import shutil
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import make_client
+from conftest import NS, make_client
 
 from cimid.http.auth import hash_password
 from cimid.http.keys import PROVIDER
@@ -429,5 +430,88 @@ async def test_without_a_storage_pool_volumes_are_not_served(tmp_path):
             "href": client.base + "machineTemplates/small-tiny-linux", "volumeTemplates": [
                 {"volumeConfig": {"capacity": 1}}]}})
         assert r.status == 400 and "serves no Volumes" in r.json["statusMessage"]
+    finally:
+        await client.client.close()
+
+
+async def test_a_volume_has_its_own_event_log(client):
+    volume = await make_volume(client, 1024)
+    doc = (await client.get(volume)).json
+    log = doc["eventLog"]["href"]
+    assert (await client.get(volume, fmt="xml")).xml.find("c:eventLog", NS).get("href") == log
+    r = await client.put(volume, {"name": "v", "capacity": 2048})
+    await client.wait_job(r.headers["CIMI-Job-URI"])
+    events = (await client.get(log + "/events")).json["events"]
+    assert (await client.get(log)).json["targetResource"]["href"] == volume
+    assert [e["content"]["change"] for e in events if e["name"] == "model"] == ["created", "changed"]
+    states = [(e["content"]["previous"], e["content"]["state"]) for e in events if e["name"] == "state"]
+    assert states == [("CREATING", "AVAILABLE")], states  # a grow keeps the volume AVAILABLE
+    # none of them went to the provider's log
+    provider = (await client.get("eventLogs/provider/events", params={"$filter": "name='state'"})).json
+    assert all(e["content"]["resource"]["href"] != volume for e in provider.get("events", []))
+
+
+async def test_every_volume_gets_a_disk_and_a_disk_io_meter(tmp_path):
+    client = await make_client(tmp_path, {"meters": {"sampling": True, "default_sample_interval": 1},
+                                          "storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 2}}}})
+    try:
+        volume = await make_volume(client, 3000)
+        listing = (await client.get(volume + "/meters")).json
+        aspects = {m["aspect"].rsplit("/", 1)[-1].rsplit(":", 1)[-1]: m for m in listing["meters"]}
+        assert set(aspects) == {"disk", "diskIO"} and listing["count"] == 2
+        disk = aspects["disk"]
+        assert disk["targetResource"]["href"] == volume and disk["units"] == "kilobyte"
+        for _ in range(400):  # the sampler's first rounds: until the disk Meter has a sample
+            samples = (await client.get(disk["samples"]["href"])).json
+            if samples["count"]:
+                break
+            await asyncio.sleep(0.05)
+        assert samples["samples"][0]["value"] == "3000"  # what it takes of the memory pool: its capacity
+        r = await client.delete(volume)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert (await client.get(disk["id"])).status == 404  # Meters go with their Volume
+        assert (await client.get("meters", params={"$filter": "name='volumes'"})).json["count"] == 0
+    finally:
+        await client.client.close()
+
+
+async def test_a_pool_fuller_than_the_mark_raises_one_alarm_until_it_drops_below(tmp_path):
+    # A 2 GiB pool, the mark at 50 %, the periodic look far away: the looks after each Job are what counts.
+    client = await make_client(tmp_path, {"storage": {
+        "full_alarm_percent": 50, "space_check_seconds": 3600,
+        "pools": {"default": {"driver": "memory", "capacity_gb": 2}}}})
+
+    async def alarms() -> list[dict]:
+        events = (await client.get("eventLogs/provider/events", params={"$filter": "name='alarm'"})).json
+        return [e for e in events.get("events", []) if "storage pool 'default'" in e["content"]["detail"]]
+
+    async def after_the_job(count: int) -> list[dict]:
+        """The alarms once the look after the last Job has run: it raises the `count`-th by itself, and
+        a look of our own (which waits for any look still going) proves nothing more comes."""
+        for _ in range(400):
+            if len(await alarms()) >= count:
+                break
+            await asyncio.sleep(0.02)
+        await volumes.check_space()
+        return await alarms()
+
+    volumes = client.app[PROVIDER].services["volumes"]
+    try:
+        small = await make_volume(client, GIB_KB // 2)  # 25 %
+        assert await after_the_job(0) == []
+        big = await make_volume(client, GIB_KB // 2)  # 50 %: at the mark, not over it
+        assert await after_the_job(0) == []
+        await make_volume(client, 1024)  # just over
+        (alarm,) = await after_the_job(1)
+        assert alarm["severity"] == "high" and alarm["content"]["resource"]["href"] == client.base + "cloudEntryPoint"
+        assert "is 50.0 % full" in alarm["content"]["detail"] and "(50" in alarm["content"]["detail"]
+        await make_volume(client, 1024)  # fuller still: no second alarm, nor from the periodic look
+        assert len(await after_the_job(1)) == 1
+        r = await client.delete(big)  # below the mark: armed again
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert len(await after_the_job(1)) == 1
+        await make_volume(client, GIB_KB // 2)  # over it once more
+        assert len(await after_the_job(2)) == 2
+        assert (await client.get(small)).json["state"] == "AVAILABLE"
     finally:
         await client.client.close()

@@ -94,3 +94,17 @@ async def test_import_refuses_a_disk_with_a_backing_file(pool, reachable, tmp_pa
         await pool.import_image("bad", overlay.as_uri(), None, progress)
     assert await pool.import_image("good", base.as_uri(), None, progress) == {"capacity_kb": 1024}
     assert sorted(p.name for p in (reachable / "pool" / "images").iterdir()) == ["good.qcow2"]
+
+
+async def test_usage_is_what_each_volume_takes_on_disk(pool, reachable):
+    assert await pool.usage() == {}  # no directory yet
+    await pool.create_volume("v", 8 * 1024)
+    empty = (await pool.usage())["v"]
+    assert 0 < empty < 1024  # a sparse qcow2: its header, not its 8 MiB
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 7 0 2M", str(reachable / "pool" / "v.qcow2")],
+                   check=True, capture_output=True)
+    assert (await pool.usage())["v"] >= empty + 2048  # the 2 MiB written now take room
+    await pool.snapshot_volume("v", "img")  # images are not volumes
+    assert set(await pool.usage()) == {"v"}
+    await pool.delete_volume("v")
+    assert await pool.usage() == {}

@@ -13,8 +13,10 @@ async def test_a_volume_is_made_read_back_and_removed():
     assert await storage.volume("v1") == {"capacity_kb": 256, "format": "raw"}
     assert await storage.space() == {"total_kb": 1024, "free_kb": 768}
     assert "256 of 1024 KiB used" in (await storage.health())["volumes"]
+    assert await storage.usage() == {"v1": 256}  # a memory volume takes its whole capacity
     await storage.delete_volume("v1")
     assert await storage.volume("v1") is None
+    assert await storage.usage() == {}
     await storage.delete_volume("v1")  # an unknown id is not an error
 
 
