@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_state, assert_valid_xml
+from ports import free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CIMI = "http://schemas.dmtf.org/cimi/1"
@@ -73,11 +73,6 @@ class Answer:
     def json(self) -> dict:
         return json.loads(self.body)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -24,15 +24,11 @@ from pathlib import Path
 import pytest
 
 from cimid.systemd import ServiceManager
+from ports import free_port
 
 WAIT = 60.0  # generous: a loaded CI machine may start slowly; nothing here measures time
 LOG_LINE = re.compile(r"^(<\d>)?(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NotifyListener:

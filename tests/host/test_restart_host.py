@@ -6,20 +6,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
 import aiohttp
 from conftest import assert_state
 
+from ports import free_port
+
 from .conftest import fresh_dir, serve_bytes
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_import_interrupted_by_sigkill(guest_image):

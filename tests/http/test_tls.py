@@ -28,6 +28,7 @@ from cimid.config import ConfigError, load
 from cimid.daemon import build_app
 from cimid.http.auth import hash_password
 from cimid.http.tls import ensure_certificate, server_context
+from ports import free_port
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 
@@ -196,11 +197,6 @@ async def test_a_client_certificate_from_another_ca_fails_the_handshake(https, t
 
 
 # --- `cimid serve` as a process: the self-signed certificate, the refusal to listen in clear ---
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cimid(*args: str) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,14 +10,10 @@ from pathlib import Path
 
 import aiohttp
 from conftest import assert_state
+from ports import free_port
 
 CIMI = "http://schemas.dmtf.org/cimi/1"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Daemon:
