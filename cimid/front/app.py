@@ -27,6 +27,7 @@ import pluggy
 from aiohttp import web
 from yarl import URL
 
+from ..cluster.certs import client_context
 from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
 from ..config import Config, ConfigError, is_loopback
@@ -440,7 +441,10 @@ def make_front_app(config: Config) -> web.Application:
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
                      "idempotency_seconds": config["server"]["idempotency_minutes"] * 60,
                      "timeout": aiohttp.ClientTimeout(total=front["node_timeout"])}
-    etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
+    etcd = Etcd.from_config(cluster)
+    # mTLS towards the nodes: their certificates checked against the federation CA, ours shown
+    node_tls = client_context(cluster["tls_ca"], cluster["tls_certificate"], cluster["tls_key"]) \
+        if cluster["tls_ca"] else None
     directory = Directory(etcd, cluster["prefix"])
     app[DIRECTORY] = directory
     app[LEDGER] = Ledger(etcd, directory.prefix, front["reservation_seconds"])
@@ -455,7 +459,7 @@ def make_front_app(config: Config) -> web.Application:
     async def start(_app) -> None:
         # No compression between front and node: both are on one network, and the bytes are rewritten.
         app[SESSION] = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                                             connector=aiohttp.TCPConnector(limit=0))
+                                             connector=aiohttp.TCPConnector(limit=0, ssl=node_tls))
         await directory.start()
         if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
             log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
