@@ -40,6 +40,7 @@ from ..plugins import plugin_manager
 from ..wire import dialect_for
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
+from .nodeclient import NodeClient, NodeHttpError
 from .placement import BuiltinPlacement, Ledger
 from .reconciler import Reconciler, parse_ids
 
@@ -51,6 +52,7 @@ PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 RECONCILER = web.AppKey("reconciler", asyncio.Task)
 SETTINGS = web.AppKey("settings", dict)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+NODE_CLIENT = web.AppKey("node_client", NodeClient)
 
 # The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
 TARGET = "cimid:target"
@@ -114,6 +116,14 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
     """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
     answer within front.node_timeout. `raw`: `path` is the client's, already encoded, query included."""
     settings = request.app[SETTINGS]
+    if method == "GET":  # most of what a front asks: the lean client
+        target = path if raw else str(URL(path).with_query(query)) if query else path
+        try:
+            return await request.app[NODE_CLIENT].get(node.url, target, {**headers, FRONT_HEADER: settings["name"]},
+                                                      settings["node_timeout"])
+        except (NodeHttpError, TimeoutError, OSError, ValueError) as exc:
+            raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
+                              headers={"Retry-After": "5"}) from None
     url = URL(f"{node.url}{path}", encoded=raw)
     try:
         async with request.app[SESSION].request(method, url, params=query, data=body,
@@ -460,6 +470,7 @@ def make_front_app(config: Config) -> web.Application:
         # No compression between front and node: both are on one network, and the bytes are rewritten.
         app[SESSION] = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
                                              connector=aiohttp.TCPConnector(limit=0, ssl=node_tls))
+        app[NODE_CLIENT] = NodeClient(node_tls)
         await directory.start()
         if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
             log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
@@ -470,6 +481,7 @@ def make_front_app(config: Config) -> web.Application:
         await asyncio.gather(app[RECONCILER], return_exceptions=True)  # gives the election up
         await directory.stop()
         await app[SESSION].close()
+        await app[NODE_CLIENT].close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
