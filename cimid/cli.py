@@ -198,7 +198,9 @@ def front(args) -> int:
     host, port = front_listen(config)
     logging.getLogger("cimid").info("cimid %s front on http://%s:%d/cimi/cloudEntryPoint (etcd %s)", __version__,
                                     host, port, ", ".join(config["cluster"]["endpoints"]))
-    asyncio.run(_serve(web, make_front_app(config), host, port))
+    # uvloop: a front does little but move bytes between sockets, where it halves the event loop's cost
+    import uvloop
+    asyncio.run(_serve(web, make_front_app(config), host, port), loop_factory=uvloop.new_event_loop)
     return 0
 
 
