@@ -200,7 +200,8 @@ def front(args) -> int:
                                     host, port, ", ".join(config["cluster"]["endpoints"]))
     # uvloop: a front does little but move bytes between sockets, where it halves the event loop's cost
     import uvloop
-    asyncio.run(_serve(web, make_front_app(config), host, port), loop_factory=uvloop.new_event_loop)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(web, make_front_app(config), host, port))
     return 0
 
 
