@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import defaultdict
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from multidict import CIMultiDict
 
@@ -26,12 +26,13 @@ class NodeClient:
     def __init__(self, ssl_context: ssl.SSLContext | None = None):
         self._ssl = ssl_context
         self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = defaultdict(list)
+        self._parts: dict[str, SplitResult] = {}
 
     async def get(self, base_url: str, target: str, headers: dict[str, str],
                   timeout: float) -> tuple[int, CIMultiDict, bytes]:
         """GET `target` (path and query, already encoded) from the node at `base_url`: (status, headers,
         body)."""
-        parts = urlsplit(base_url)
+        parts = self._parts.get(base_url) or self._parts.setdefault(base_url, urlsplit(base_url))
         head = (f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
                 + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode("latin-1")
         async with asyncio.timeout(timeout):
