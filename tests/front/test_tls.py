@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -186,3 +188,14 @@ async def test_the_front_refuses_a_node_whose_certificate_the_federation_ca_did_
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_cluster_status_speaks_tls_to_etcd(federation):
+    fed = federation
+    config = fed.front.command[fed.front.command.index("--config") + 1]
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cimid.cli", "cluster", "status",
+                                                    "--config", config], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ", leader, version 3." in done.stdout
+    for node in fed.nodes:
+        assert f"  {node.name}: ready, {node.url}, api_level 1" in done.stdout
