@@ -24,7 +24,7 @@ class NodeHttpError(Exception):
 
 class NodeClient:
     def __init__(self, ssl_context: ssl.SSLContext | None = None):
-        self._ssl = ssl_context
+        self._ssl = ssl_context  # made on first https use when None: the system's CAs
         self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = defaultdict(list)
         self._parts: dict[str, SplitResult] = {}
 
@@ -55,9 +55,11 @@ class NodeClient:
 
     async def _connect(self, parts):
         secure = parts.scheme == "https"
+        if secure and self._ssl is None:
+            self._ssl = ssl.create_default_context()
         try:
             return await asyncio.open_connection(parts.hostname, parts.port or (443 if secure else 80),
-                                                 ssl=(self._ssl or ssl.create_default_context()) if secure else None)
+                                                 ssl=self._ssl if secure else None)
         except (OSError, ssl.SSLError) as exc:
             raise NodeHttpError(f"cannot connect ({exc})") from None
 
