@@ -196,12 +196,20 @@ def front(args) -> int:
                           "pip install 'cimid[federation]'") from None
     config = load(args.config, overrides={"front": {"listen": args.listen}} if args.listen else None)
     host, port = front_listen(config)
-    logging.getLogger("cimid").info("cimid %s front on http://%s:%d/cimi/cloudEntryPoint (etcd %s)", __version__,
-                                    host, port, ", ".join(config["cluster"]["endpoints"]))
+    ssl_context = None
+    if config["server"]["tls"]:  # HTTPS towards clients; a front has no state directory to make a certificate in
+        if not config["server"]["tls_certificate"] or config["server"]["tls_client_ca"]:
+            raise ConfigError("a front serves HTTPS with server.tls_certificate and server.tls_key (e.g. its "
+                              "`cimid cluster certificate`); server.tls_client_ca is for nodes (a front passes "
+                              "the client's Authorization on; it cannot pass a certificate on)")
+        ssl_context = _tls(config, logging.getLogger("cimid"))
+    logging.getLogger("cimid").info("cimid %s front on %s://%s:%d/cimi/cloudEntryPoint (etcd %s)", __version__,
+                                    "https" if ssl_context else "http", host, port,
+                                    ", ".join(config["cluster"]["endpoints"]))
     # uvloop: a front does little but move bytes between sockets, where it halves the event loop's cost
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(web, make_front_app(config), host, port))
+        runner.run(_serve(web, make_front_app(config), host, port, ssl_context))
     return 0
 
 

@@ -493,8 +493,9 @@ def make_front_app(config: Config) -> web.Application:
 def front_listen(config: Config) -> tuple[str, int]:
     host, _, port = config["front"]["listen"].rpartition(":")
     host = host.strip("[]")
-    if not is_loopback(host) and not config["server"]["insecure"]:
-        raise ConfigError(f"refusing to serve the front on {host}, which is not a loopback address: the front "
-                         "has no TLS or login of its own yet (set server.insecure = true only if something "
-                         "else protects the port)")
+    if not is_loopback(host) and not config["server"]["insecure"] and not config["server"]["tls"]:
+        raise ConfigError(f"refusing to serve the front on {host}, which is not a loopback address, in clear: "
+                          "set server.tls = true with server.tls_certificate and server.tls_key (the nodes check "
+                          "each client's Authorization), or server.insecure = true only if something else "
+                          "protects the port")
     return host, int(port)

@@ -100,7 +100,7 @@ class Front(Process):
                  node_timeout: float = 2.0, public_base_url: str = "", reconcile_seconds: float = 30.0,
                  lease_ttl: int = 10, reservation_seconds: float = 60.0, ca: Path | None = None):
         self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         config = base / f"{name}.toml"
         config.write_text(f"""[cluster]
 endpoints = {_toml(endpoints)}
@@ -114,4 +114,7 @@ public_base_url = {_toml(public_base_url)}
 reconcile_seconds = {reconcile_seconds}
 reservation_seconds = {reservation_seconds}
 """.replace("[front]\n", f"{_cluster_tls(ca, name)}[front]\n"))
+        if ca:  # HTTPS towards clients too, with the same certificate
+            config.write_text(config.read_text() + f"[server]\ntls = true\ntls_certificate = "
+                              f"{_toml(str(ca / f'{name}.crt'))}\ntls_key = {_toml(str(ca / f'{name}.key'))}\n")
         super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")

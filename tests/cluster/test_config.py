@@ -76,3 +76,16 @@ def test_a_node_of_a_tls_federation_must_serve_https(tmp_path, capsys):
                       f'tls_key = "{tmp_path}/ca/n1.key"\n')
     assert main(["serve", "--config", str(config), "--state-dir", str(tmp_path / "state")]) == 2
     assert "cluster.tls_ca set but server.tls is false" in capsys.readouterr().err
+
+
+def test_a_front_serves_https_only_with_a_certificate_of_its_own(tmp_path, capsys):
+    issue(tmp_path / "ca", "front1", ["127.0.0.1"])
+    config = tmp_path / "front.toml"
+    config.write_text('[cluster]\nendpoints = ["http://127.0.0.1:2379"]\n[front]\nlisten = "0.0.0.0:8090"\n'
+                      '[server]\ntls = true\n')
+    assert main(["front", "--config", str(config)]) == 2
+    assert "a front serves HTTPS with server.tls_certificate" in capsys.readouterr().err
+    config.write_text(config.read_text() + f'tls_certificate = "{tmp_path}/ca/front1.crt"\n'
+                      f'tls_key = "{tmp_path}/ca/front1.key"\ntls_client_ca = "{tmp_path}/ca/ca.crt"\n')
+    assert main(["front", "--config", str(config)]) == 2
+    assert "server.tls_client_ca is for nodes" in capsys.readouterr().err
