@@ -56,10 +56,19 @@ def _parser() -> argparse.ArgumentParser:
                           "`cimid cluster status --config FILE`: each etcd member of [cluster] endpoints (leader, "
                           "version, size), then every node ever registered: live or down, its lease and what is "
                           "left of it, its capacity and the reservations placement holds on it. Exit status 1 if "
-                          "no etcd member answers with a leader.")
-    cluster_cmd.add_argument("action", choices=("status",))
-    cluster_cmd.add_argument("--config", type=Path, metavar="FILE", required=True,
-                             help="TOML configuration with [cluster] endpoints")
+                          "no etcd member answers with a leader.\n"
+                          "`cimid cluster certificate --dir DIR NAME [ADDRESS ...]`: the federation CA "
+                          "(DIR/ca.crt, ca.key; made on first use) signs DIR/NAME.crt and NAME.key, for a node, "
+                          "a front or an etcd member or client, good as server and as client, naming ADDRESS "
+                          "(IP addresses or DNS names) as its subjectAltNames.")
+    actions = cluster_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("status", help="members, nodes, leases, capacity").add_argument(
+        "--config", type=Path, metavar="FILE", required=True, help="TOML configuration with [cluster] endpoints")
+    issuing = actions.add_parser("certificate", help="issue a certificate of the federation CA")
+    issuing.add_argument("--dir", type=Path, metavar="DIR", required=True, help="the federation CA's directory")
+    issuing.add_argument("name", help="the holder, e.g. n1, front1, etcd1")
+    issuing.add_argument("addresses", nargs="*", metavar="ADDRESS",
+                         help="IP addresses and DNS names the holder is reached at")
     config_options(command("check", "validate the config and report driver health",
                            "Validate the configuration, print the TLS certificate's SHA-256 fingerprint, open "
                            "each configured driver and report its health "
@@ -187,13 +196,26 @@ def front(args) -> int:
                           "pip install 'cimid[federation]'") from None
     config = load(args.config, overrides={"front": {"listen": args.listen}} if args.listen else None)
     host, port = front_listen(config)
-    logging.getLogger("cimid").info("cimid %s front on http://%s:%d/cimi/cloudEntryPoint (etcd %s)", __version__,
-                                    host, port, ", ".join(config["cluster"]["endpoints"]))
-    asyncio.run(_serve(web, make_front_app(config), host, port))
+    ssl_context = None
+    if config["server"]["tls"]:  # HTTPS towards clients; a front has no state directory to make a certificate in
+        if not config["server"]["tls_certificate"] or config["server"]["tls_client_ca"]:
+            raise ConfigError("a front serves HTTPS with server.tls_certificate and server.tls_key (e.g. its "
+                              "`cimid cluster certificate`); server.tls_client_ca is for nodes (a front passes "
+                              "the client's Authorization on; it cannot pass a certificate on)")
+        ssl_context = _tls(config, logging.getLogger("cimid"))
+    logging.getLogger("cimid").info("cimid %s front on %s://%s:%d/cimi/cloudEntryPoint (etcd %s)", __version__,
+                                    "https" if ssl_context else "http", host, port,
+                                    ", ".join(config["cluster"]["endpoints"]))
+    # uvloop: a front does little but move bytes between sockets, where it halves the event loop's cost
+    import uvloop
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(web, make_front_app(config), host, port, ssl_context))
     return 0
 
 
 def cluster(args) -> int:
+    if args.action == "certificate":
+        return certificate(args)
     config = load(args.config)
     if not config["cluster"]["endpoints"]:
         raise ConfigError("[cluster] endpoints is empty: this configuration is of a standalone node")
@@ -205,6 +227,16 @@ def cluster(args) -> int:
     lines, healthy = asyncio.run(report(config))
     print("\n".join(lines))
     return 0 if healthy else 1
+
+
+def certificate(args) -> int:
+    from .cluster.certs import issue
+    name, addresses = args.name, args.addresses
+    cert, key, made_ca = issue(args.dir, name, addresses)
+    if made_ca:
+        print(f"made the federation CA {args.dir / 'ca.crt'} (its key ca.key stays here)")
+    print(f"issued {cert} and {key} for {name}" + (f" ({', '.join(addresses)})" if addresses else ""))
+    return 0
 
 
 def check(args) -> int:

@@ -65,7 +65,9 @@ DEFAULTS: dict[str, dict] = {
     # Federation (see etc/cimid.toml): a node registers in etcd when endpoints are given; `cimid front`
     # reads the same endpoints and its own [front] keys.
     "cluster": {"endpoints": [], "node": "", "advertise_url": "", "lease_ttl": 10, "etcd_timeout": 2.0,
-                "prefix": "/cimid/v1/", "cpu_allocation_ratio": 4.0, "memory_allocation_ratio": 1.0},
+                "prefix": "/cimid/v1/", "cpu_allocation_ratio": 4.0, "memory_allocation_ratio": 1.0,
+                # mTLS between fronts and nodes, TLS to etcd: one CA (`cimid cluster certificate`)
+                "tls_ca": "", "tls_certificate": "", "tls_key": "", "etcd_server_name": "etcd"},
     "front": {"listen": "127.0.0.1:8090", "public_base_url": "", "strict": False, "node_timeout": 3.0,
               "reconcile_seconds": 30.0, "reservation_seconds": 60.0},
 }
@@ -246,8 +248,18 @@ def _check_meters(meters: dict) -> None:
 
 def _check_cluster(config: Config) -> None:
     cluster, front = config["cluster"], config["front"]
-    if not all(isinstance(e, str) and e.startswith("http://") and ":" in e[7:] for e in cluster["endpoints"]):
-        raise ConfigError("cluster.endpoints must be etcd client URLs such as \"http://10.0.0.1:2379\"")
+    tls_keys = ("tls_ca", "tls_certificate", "tls_key")
+    if any(cluster[k] for k in tls_keys) and not all(cluster[k] for k in tls_keys):
+        raise ConfigError("cluster.tls_ca, cluster.tls_certificate and cluster.tls_key go together "
+                          "(make them with `cimid cluster certificate`)")
+    scheme = "https://" if cluster["tls_ca"] else "http://"
+    if not all(isinstance(e, str) and e.startswith(scheme) and ":" in e[len(scheme):] for e in cluster["endpoints"]):
+        raise ConfigError(f"cluster.endpoints must be etcd client URLs such as \"{scheme}10.0.0.1:2379\" "
+                          "(https exactly when cluster.tls_ca is set)")
+    if cluster["tls_ca"] and config["server"]["tls_client_ca"] and \
+            Path(cluster["tls_ca"]).absolute() == Path(config["server"]["tls_client_ca"]).absolute():
+        raise ConfigError("server.tls_client_ca must not be cluster.tls_ca: a certificate of the federation CA "
+                          "is a front's, never a user's")
     if cluster["lease_ttl"] < 3:
         raise ConfigError("cluster.lease_ttl must be at least 3 seconds (the design asks for 10 or more)")
     if not 0 < cluster["etcd_timeout"] <= cluster["lease_ttl"] / 3:

@@ -8,6 +8,7 @@ from aiohttp import web
 from . import __version__
 from .config import Config, ConfigError, exposed, exposure_error, is_loopback
 from .http.app import make_app
+from .http.tls import from_front
 from .plugins import Drivers, plugin_manager
 from .service.provider import Provider
 from .store.db import Store
@@ -58,10 +59,14 @@ def _join_federation(app: web.Application, config: Config, provider: Provider) -
     except ImportError as exc:
         raise ConfigError(f"[cluster] needs the federation extra ({exc.name} is missing): "
                           "pip install 'cimid[federation]'") from None
+    if config["cluster"]["tls_ca"] and not config["server"]["tls"]:
+        raise ConfigError("cluster.tls_ca set but server.tls is false: fronts reach a node of a TLS federation "
+                          "over HTTPS (server.tls_certificate: the node's `cimid cluster certificate`)")
     ratios = config["cluster"]["cpu_allocation_ratio"], config["cluster"]["memory_allocation_ratio"]
     membership = NodeMembership(config, lambda: node_capacity(provider),
                                 lambda ids: node_usage(provider, *ratios, ids), __version__)
-    app.middlewares.append(fence_middleware(membership))
+    ca = config["cluster"]["tls_ca"]
+    app.middlewares.append(fence_middleware(membership, (lambda request: from_front(request, ca)) if ca else None))
 
     async def start(_app) -> None:
         await membership.start()

@@ -20,9 +20,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import aetcd
-from aetcd import rpc
+import grpc
+from aetcd import rpc, watcher
 from aetcd.exceptions import ClientError, RevisionCompactedError
+
+from ..config import ConfigError
 
 log = logging.getLogger("cimid.cluster")
 
@@ -61,24 +66,65 @@ def _prefix_end(prefix: bytes) -> bytes:
 def target(endpoints: list[str]) -> tuple[str, int]:
     """aetcd joins host and port into one gRPC target: the `ipv4:` resolver takes a list of addresses,
     so every member goes in and the last port is passed as aetcd's port."""
-    addresses = [e.removeprefix("http://").rstrip("/") for e in endpoints]
+    addresses = [e.removeprefix("http://").removeprefix("https://").rstrip("/") for e in endpoints]
     if not addresses or any(":" not in a for a in addresses):
-        raise ValueError(f"etcd endpoints must be http://HOST:PORT, got {endpoints!r}")
+        raise ValueError(f"etcd endpoints must be http(s)://HOST:PORT, got {endpoints!r}")
     head, _, last_port = ",".join(addresses).rpartition(":")
     return f"ipv4:{head}", int(last_port)
 
 
-class Etcd:
-    """A connected client over every member of one etcd cluster; `timeout` bounds every call."""
+class _TlsClient(aetcd.Client):
+    """aetcd opens only plain channels: the same stubs over a TLS channel with a client certificate."""
 
-    def __init__(self, endpoints: list[str], timeout: float = 2.0):
+    def __init__(self, credentials: grpc.ChannelCredentials, **kwargs):
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = rpc.secure_channel(f"{self._host}:{self._port}", self._credentials,
+                                          options=self._options.items())
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
+
+
+class Etcd:
+    """A connected client over every member of one etcd cluster; `timeout` bounds every call. With `tls`
+    (CA, certificate, key: PEM files), https endpoints are reached with that client certificate, and
+    every member's certificate must name `server_name` (one gRPC channel checks all members against one
+    name)."""
+
+    def __init__(self, endpoints: list[str], timeout: float = 2.0, tls: tuple[str, str, str] | None = None,
+                 server_name: str = "etcd"):
         host, port = target(endpoints)
         self.timeout = timeout
-        self._client = aetcd.Client(host=host, port=port, timeout=timeout,
-                                    options={"grpc.lb_policy_name": "round_robin",
-                                             # a dead member is retried soon, not after gRPC's 20 s default
-                                             "grpc.initial_reconnect_backoff_ms": 200,
-                                             "grpc.max_reconnect_backoff_ms": 2000})
+        options = {"grpc.lb_policy_name": "round_robin",
+                   # a dead member is retried soon, not after gRPC's 20 s default
+                   "grpc.initial_reconnect_backoff_ms": 200,
+                   "grpc.max_reconnect_backoff_ms": 2000}
+        if tls is None:
+            self._client = aetcd.Client(host=host, port=port, timeout=timeout, options=options)
+            return
+        try:
+            ca, certificate, key = (Path(p).read_bytes() for p in tls)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the etcd TLS files: {exc.strerror} ({exc.filename})") from None
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                   certificate_chain=certificate)
+        options["grpc.ssl_target_name_override"] = server_name
+        self._client = _TlsClient(credentials, host=host, port=port, timeout=timeout, options=options)
+
+    @classmethod
+    def from_config(cls, cluster: dict) -> Etcd:
+        """The client [cluster] describes."""
+        tls = (cluster["tls_ca"], cluster["tls_certificate"], cluster["tls_key"]) if cluster["tls_ca"] else None
+        return cls(cluster["endpoints"], timeout=cluster["etcd_timeout"], tls=tls,
+                   server_name=cluster["etcd_server_name"])
 
     async def connect(self) -> None:
         await self._client.connect()

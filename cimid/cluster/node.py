@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..config import Config
-from ..errors import Unavailable
+from ..errors import Forbidden, Unavailable
 from .etcd import Etcd, EtcdUnavailable, LeaseKeeper
 
 log = logging.getLogger("cimid.cluster")
@@ -67,7 +67,7 @@ class NodeMembership:
         self.version = version
         self.name, self.url = node_name(config), node_url(config)
         self.prefix = cluster["prefix"].rstrip("/") + "/"
-        self.etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
+        self.etcd = Etcd.from_config(cluster)
         self.keeper = LeaseKeeper(self.etcd, cluster["lease_ttl"], self._register)
         self._capacity, self._capacity_seconds = capacity, capacity_seconds
         self._usage, self._ledger_seconds = usage, ledger_seconds
@@ -161,12 +161,17 @@ class NodeMembership:
                     log.info("could not update the placement ledger: %s", exc)
 
 
-def fence_middleware(membership: NodeMembership):
+def fence_middleware(membership: NodeMembership, from_front: Callable[[web.Request], bool] | None = None):
     """Refuses a front's mutations while the node is fenced (reads, and the node's own clients, pass),
-    and tells the ledger which reserved create made which machine."""
+    and tells the ledger which reserved create made which machine. With `from_front` (cluster.tls_ca), only a
+    connection that showed a front's certificate may speak as a front."""
 
     @web.middleware
     async def fence(request: web.Request, handler):
+        if from_front and (FRONT_HEADER in request.headers or RESERVATION_HEADER in request.headers) \
+                and not from_front(request):
+            raise Forbidden(f"{FRONT_HEADER} and {RESERVATION_HEADER} are for fronts, which connect with a "
+                            "certificate of the federation CA (cluster.tls_ca)")
         if request.method not in ("GET", "HEAD") and FRONT_HEADER in request.headers and membership.fenced:
             raise Unavailable(f"node {membership.name} cannot reach the federation's etcd quorum, so it takes "
                               "no federated changes now; retry through the front later",

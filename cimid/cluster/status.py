@@ -15,7 +15,7 @@ async def report(config: Config) -> tuple[list[str], bool]:
     prefix = cluster["prefix"].rstrip("/") + "/"
     lines, healthy = ["etcd:"], False
     for endpoint in cluster["endpoints"]:
-        one = Etcd([endpoint], timeout=cluster["etcd_timeout"])
+        one = Etcd.from_config({**cluster, "endpoints": [endpoint]})
         try:
             await one.connect()
             status = await one.member_status()
@@ -29,7 +29,7 @@ async def report(config: Config) -> tuple[list[str], bool]:
             await one.close()
     if not healthy:
         return lines + ["nodes: unknown (no etcd member answers with a leader)"], False
-    etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
+    etcd = Etcd.from_config(cluster)
     try:
         await etcd.connect()
         live = {e.key[len(prefix) + len("nodes/"):]: e for e in (await etcd.get_prefix(f"{prefix}nodes/"))[0]}

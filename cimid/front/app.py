@@ -10,6 +10,8 @@
 - Every node address in ids, hrefs and headers is rewritten to the front's own base URL.
 - A node without a lease answers 503 for its resources; collections leave it out with a `Warning`
   header, or answer 503 when front.strict is set.
+- GETs to nodes go through a lean keep-alive client (nodeclient.py), everything else through aiohttp;
+  both with the federation's client certificate when cluster.tls_ca is set.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pluggy
 from aiohttp import web
 from yarl import URL
 
+from ..cluster.certs import client_context
 from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
 from ..config import Config, ConfigError, is_loopback
@@ -39,6 +42,7 @@ from ..plugins import plugin_manager
 from ..wire import dialect_for
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
+from .nodeclient import NodeClient, NodeHttpError
 from .placement import BuiltinPlacement, Ledger
 from .reconciler import Reconciler, parse_ids
 
@@ -50,6 +54,7 @@ PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 RECONCILER = web.AppKey("reconciler", asyncio.Task)
 SETTINGS = web.AppKey("settings", dict)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+NODE_CLIENT = web.AppKey("node_client", NodeClient)
 
 # The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
 TARGET = "cimid:target"
@@ -113,6 +118,14 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
     """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
     answer within front.node_timeout. `raw`: `path` is the client's, already encoded, query included."""
     settings = request.app[SETTINGS]
+    if method == "GET":  # most of what a front asks: the lean client
+        target = path if raw else str(URL(path).with_query(query)) if query else path
+        try:
+            return await request.app[NODE_CLIENT].get(node.url, target, {**headers, FRONT_HEADER: settings["name"]},
+                                                      settings["node_timeout"])
+        except (NodeHttpError, TimeoutError, OSError, ValueError) as exc:
+            raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
+                              headers={"Retry-After": "5"}) from None
     url = URL(f"{node.url}{path}", encoded=raw)
     try:
         async with request.app[SESSION].request(method, url, params=query, data=body,
@@ -440,7 +453,10 @@ def make_front_app(config: Config) -> web.Application:
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
                      "idempotency_seconds": config["server"]["idempotency_minutes"] * 60,
                      "timeout": aiohttp.ClientTimeout(total=front["node_timeout"])}
-    etcd = Etcd(cluster["endpoints"], timeout=cluster["etcd_timeout"])
+    etcd = Etcd.from_config(cluster)
+    # mTLS towards the nodes: their certificates checked against the federation CA, ours shown
+    node_tls = client_context(cluster["tls_ca"], cluster["tls_certificate"], cluster["tls_key"]) \
+        if cluster["tls_ca"] else None
     directory = Directory(etcd, cluster["prefix"])
     app[DIRECTORY] = directory
     app[LEDGER] = Ledger(etcd, directory.prefix, front["reservation_seconds"])
@@ -455,7 +471,8 @@ def make_front_app(config: Config) -> web.Application:
     async def start(_app) -> None:
         # No compression between front and node: both are on one network, and the bytes are rewritten.
         app[SESSION] = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                                             connector=aiohttp.TCPConnector(limit=0))
+                                             connector=aiohttp.TCPConnector(limit=0, ssl=node_tls))
+        app[NODE_CLIENT] = NodeClient(node_tls)
         await directory.start()
         if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
             log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
@@ -466,6 +483,7 @@ def make_front_app(config: Config) -> web.Application:
         await asyncio.gather(app[RECONCILER], return_exceptions=True)  # gives the election up
         await directory.stop()
         await app[SESSION].close()
+        await app[NODE_CLIENT].close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
@@ -475,8 +493,9 @@ def make_front_app(config: Config) -> web.Application:
 def front_listen(config: Config) -> tuple[str, int]:
     host, _, port = config["front"]["listen"].rpartition(":")
     host = host.strip("[]")
-    if not is_loopback(host) and not config["server"]["insecure"]:
-        raise ConfigError(f"refusing to serve the front on {host}, which is not a loopback address: the front "
-                         "has no TLS or login of its own yet (set server.insecure = true only if something "
-                         "else protects the port)")
+    if not is_loopback(host) and not config["server"]["insecure"] and not config["server"]["tls"]:
+        raise ConfigError(f"refusing to serve the front on {host}, which is not a loopback address, in clear: "
+                          "set server.tls = true with server.tls_certificate and server.tls_key (the nodes check "
+                          "each client's Authorization), or server.insecure = true only if something else "
+                          "protects the port")
     return host, int(port)

@@ -16,7 +16,7 @@ from .auth import Identity
 from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY, PROVIDER
 from .params import first_query
 from .render import error_response
-from .tls import client_certificate_name
+from .tls import client_certificate_name, from_front
 
 log = logging.getLogger("cimid.http")
 
@@ -72,9 +72,11 @@ async def _rendered(request: web.Request, call) -> web.Response:
 
 async def _authenticate(request: web.Request) -> Identity:
     """A verified client certificate, when the server asks for them and one was sent, decides alone;
-    otherwise the Authorization header does."""
+    otherwise the Authorization header does (a front's certificate only says a front forwards the
+    request: the client's Authorization, which it passes on, says who asks)."""
     auth = request.app[AUTH]
-    if request.app[CONFIG]["server"]["tls_client_ca"]:
+    config = request.app[CONFIG]
+    if config["server"]["tls_client_ca"] and not from_front(request, config["cluster"]["tls_ca"]):
         name = client_certificate_name(request)
         if name is not None:
             return await auth.authenticate_certificate(name)

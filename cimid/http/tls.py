@@ -16,6 +16,7 @@ SSLContext, and the name a verified client certificate stands for.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import os
@@ -152,14 +153,45 @@ def server_context(config: Config, certificate: ServerCertificate) -> ssl.SSLCon
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot read server.tls_client_ca {client_ca}: {exc}") from None
         context.verify_mode = ssl.CERT_OPTIONAL  # clients without a certificate may still use Basic auth
+    federation_ca = config["cluster"]["tls_ca"]
+    if federation_ca:  # fronts show a certificate of the federation CA (see cimid/cluster/certs.py)
+        try:
+            context.load_verify_locations(cafile=federation_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot read cluster.tls_ca {federation_ca}: {exc}") from None
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+@functools.cache
+def ca_subject(ca: str) -> tuple:
+    """A CA file's subject, in the form `getpeercert()` gives a peer's issuer."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot read {ca}: {exc}") from None
+    found = context.get_ca_certs()
+    if len(found) != 1:
+        raise ConfigError(f"{ca} must hold exactly one certificate, the CA's")
+    return found[0]["subject"]
+
+
+def _peer(request: web.Request) -> dict | None:
+    transport = request.transport
+    return transport.get_extra_info("peercert") if transport is not None else None
+
+
+def from_front(request: web.Request, federation_ca: str) -> bool:
+    """Whether this connection showed a verified certificate of the federation CA (a front's)."""
+    peer = _peer(request)
+    return bool(peer and federation_ca and peer.get("issuer") == ca_subject(federation_ca))
 
 
 def client_certificate_name(request: web.Request) -> str | None:
     """The subject CN of the client certificate the TLS layer verified for this connection; None without
     one. A verified certificate with no CN gives "" (a name no user has)."""
-    transport = request.transport
-    peer = transport.get_extra_info("peercert") if transport is not None else None
+    peer = _peer(request)
     if not peer:  # plain HTTP, or no certificate sent
         return None
     for rdn in peer.get("subject", ()):

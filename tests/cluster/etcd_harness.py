@@ -19,10 +19,13 @@ class EtcdCluster:
     """`size` members named m1..mN; `endpoints` are their client URLs. Members can be killed, stopped
     (SIGSTOP), continued and restarted with their data kept."""
 
-    def __init__(self, base: Path, size: int = 3, partitionable: bool = False):
+    def __init__(self, base: Path, size: int = 3, partitionable: bool = False, ca: Path | None = None):
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed: apt-get install etcd-server (make test-packages)")
         self.base = base
+        # ca: a federation CA directory (`cimid cluster certificate`): clients speak TLS and must show a
+        # certificate of it; each member's certificate names 127.0.0.1 and "etcd" (cluster.etcd_server_name)
+        self.ca = ca
         self.names = [f"m{i + 1}" for i in range(size)]
         self.client_ports = {n: free_port() for n in self.names}
         self.peer_ports = {n: free_port() for n in self.names}
@@ -42,7 +45,16 @@ class EtcdCluster:
         return [self.endpoint(n) for n in self.names]
 
     def endpoint(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.client_ports[name]}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.client_ports[name]}"
+
+    def _tls_flags(self, member: str) -> list[str]:
+        if self.ca is None:
+            return []
+        if not (self.ca / f"etcd-{member}.crt").exists():
+            from cimid.cluster.certs import issue
+            issue(self.ca, f"etcd-{member}", ["127.0.0.1", "etcd"])
+        return ["--cert-file", str(self.ca / f"etcd-{member}.crt"), "--key-file", str(self.ca / f"etcd-{member}.key"),
+                "--client-cert-auth", "--trusted-ca-file", str(self.ca / "ca.crt")]
 
     def start(self, name: str | None = None, state: str = "new") -> None:
         for member in [name] if name else self.names:
@@ -55,7 +67,8 @@ class EtcdCluster:
                  "--listen-client-urls", self.endpoint(member), "--advertise-client-urls", self.endpoint(member),
                  "--initial-cluster", peers, "--initial-cluster-state", state,
                  "--initial-cluster-token", "cimid-test", "--heartbeat-interval", "100",
-                 "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn"],
+                 "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn",
+                 *self._tls_flags(member)],
                 stdout=log, stderr=log)
             log.close()
             if self.proxies is not None:
@@ -68,7 +81,8 @@ class EtcdCluster:
         for member in [name] if name else self.names:
             while True:
                 try:
-                    with urllib.request.urlopen(f"{self.endpoint(member)}/health", timeout=1) as reply:
+                    with urllib.request.urlopen(f"{self.endpoint(member)}/health", timeout=1,
+                                                context=self._health_context()) as reply:
                         if b'"true"' in reply.read():
                             break
                 except OSError:
@@ -78,6 +92,17 @@ class EtcdCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd {member} not healthy after {timeout} s")
                 time.sleep(0.1)
+
+    def _health_context(self):
+        if self.ca is None:
+            return None
+        import ssl
+        context = ssl.create_default_context(cafile=str(self.ca / "ca.crt"))
+        if not (self.ca / "harness.crt").exists():
+            from cimid.cluster.certs import issue
+            issue(self.ca, "harness", [])
+        context.load_cert_chain(self.ca / "harness.crt", self.ca / "harness.key")
+        return context
 
     def leader(self) -> str:
         """The member that leads, from etcdctl's view of every live member."""

@@ -19,6 +19,17 @@ def _toml(value) -> str:
     return json.dumps(value)  # a TOML basic string, number, boolean or array of strings is JSON too
 
 
+def _cluster_tls(ca: Path | None, name: str) -> str:
+    """[cluster] keys for a member of a TLS federation; its certificate is issued on first use."""
+    if ca is None:
+        return ""
+    if not (ca / f"{name}.crt").exists():
+        from cimid.cluster.certs import issue
+        issue(ca, name, ["127.0.0.1", "localhost"])
+    return (f"tls_ca = {_toml(str(ca / 'ca.crt'))}\ntls_certificate = {_toml(str(ca / f'{name}.crt'))}\n"
+            f"tls_key = {_toml(str(ca / f'{name}.key'))}\n")
+
+
 class Process:
     def __init__(self, command: list[str], log: Path, env: dict | None = None):
         self.command, self.log, self.env = command, log, env
@@ -55,9 +66,9 @@ class Node(Process):
     """A sandbox cimid node registered in the federation as `name`."""
 
     def __init__(self, base: Path, name: str, endpoints: list[str], lease_ttl: int = 10,
-                 etcd_timeout: float = 1.0, cpu_allocation_ratio: float = 4.0):
+                 etcd_timeout: float = 1.0, cpu_allocation_ratio: float = 4.0, ca: Path | None = None):
         self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         state = base / name
         state.mkdir(parents=True, exist_ok=True)
         config = state / "cimid.toml"
@@ -75,7 +86,11 @@ node = {_toml(name)}
 lease_ttl = {lease_ttl}
 etcd_timeout = {etcd_timeout}
 cpu_allocation_ratio = {cpu_allocation_ratio}
-""")
+{_cluster_tls(ca, name)}""")
+        if ca:  # the node serves HTTPS with its certificate of the federation CA
+            config.write_text(config.read_text().replace(
+                "[server]\n", f"[server]\ntls = true\ntls_certificate = {_toml(str(ca / f'{name}.crt'))}\n"
+                              f"tls_key = {_toml(str(ca / f'{name}.key'))}\n", 1))
         super().__init__([*CIMID, "serve", "--config", str(config), "--state-dir", str(state)],
                          base / f"{name}.log")
 
@@ -83,9 +98,9 @@ cpu_allocation_ratio = {cpu_allocation_ratio}
 class Front(Process):
     def __init__(self, base: Path, name: str, endpoints: list[str], strict: bool = False,
                  node_timeout: float = 2.0, public_base_url: str = "", reconcile_seconds: float = 30.0,
-                 lease_ttl: int = 10, reservation_seconds: float = 60.0):
+                 lease_ttl: int = 10, reservation_seconds: float = 60.0, ca: Path | None = None):
         self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         config = base / f"{name}.toml"
         config.write_text(f"""[cluster]
 endpoints = {_toml(endpoints)}
@@ -98,5 +113,8 @@ node_timeout = {node_timeout}
 public_base_url = {_toml(public_base_url)}
 reconcile_seconds = {reconcile_seconds}
 reservation_seconds = {reservation_seconds}
-""")
+""".replace("[front]\n", f"{_cluster_tls(ca, name)}[front]\n"))
+        if ca:  # HTTPS towards clients too, with the same certificate
+            config.write_text(config.read_text() + f"[server]\ntls = true\ntls_certificate = "
+                              f"{_toml(str(ca / f'{name}.crt'))}\ntls_key = {_toml(str(ca / f'{name}.key'))}\n")
         super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from cimid.cli import main
+from cimid.cluster.certs import issue
 from cimid.config import ConfigError, load
 
 
@@ -21,6 +22,10 @@ from cimid.config import ConfigError, load
     ({"prefix": "cimid"}, "cluster.prefix must start with /"),
     ({"advertise_url": "node1:8080"}, "cluster.advertise_url must be an http(s) URL"),
     ({"lease_ttl": "10"}, "cluster.lease_ttl must be a int"),
+    ({"tls_ca": "/ca.crt"}, "cluster.tls_ca, cluster.tls_certificate and cluster.tls_key go together"),
+    ({"tls_ca": "/ca.crt", "tls_certificate": "/n1.crt", "tls_key": "/n1.key",
+      "endpoints": ["http://10.0.0.1:2379"]}, "(https exactly when cluster.tls_ca is set)"),
+    ({"endpoints": ["https://10.0.0.1:2379"]}, "(https exactly when cluster.tls_ca is set)"),
 ])
 def test_bad_cluster_keys_are_refused(cluster, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -36,6 +41,12 @@ def test_bad_cluster_keys_are_refused(cluster, message):
 def test_bad_front_keys_are_refused(front, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load(overrides={"front": front})
+
+
+def test_the_federation_ca_is_not_a_user_ca():
+    with pytest.raises(ConfigError, match="server.tls_client_ca must not be cluster.tls_ca"):
+        load(overrides={"server": {"tls": True, "tls_client_ca": "/etc/cimid/ca.crt"},
+                        "cluster": {"tls_ca": "/etc/cimid/ca.crt", "tls_certificate": "/n1.crt", "tls_key": "/n1.key"}})
 
 
 def test_the_defaults_are_a_standalone_node():
@@ -55,3 +66,26 @@ def test_front_and_cluster_status_need_endpoints_and_a_front_stays_on_loopback(t
     exposed.write_text('[cluster]\nendpoints = ["http://127.0.0.1:2379"]\n[front]\nlisten = "0.0.0.0:8090"\n')
     assert main(["front", "--config", str(exposed)]) == 2
     assert "refusing to serve the front on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_a_node_of_a_tls_federation_must_serve_https(tmp_path, capsys):
+    issue(tmp_path / "ca", "n1", ["127.0.0.1"])
+    config = tmp_path / "node.toml"
+    config.write_text(f'profile = "sandbox"\n[cluster]\nendpoints = ["https://127.0.0.1:2379"]\n'
+                      f'tls_ca = "{tmp_path}/ca/ca.crt"\ntls_certificate = "{tmp_path}/ca/n1.crt"\n'
+                      f'tls_key = "{tmp_path}/ca/n1.key"\n')
+    assert main(["serve", "--config", str(config), "--state-dir", str(tmp_path / "state")]) == 2
+    assert "cluster.tls_ca set but server.tls is false" in capsys.readouterr().err
+
+
+def test_a_front_serves_https_only_with_a_certificate_of_its_own(tmp_path, capsys):
+    issue(tmp_path / "ca", "front1", ["127.0.0.1"])
+    config = tmp_path / "front.toml"
+    config.write_text('[cluster]\nendpoints = ["http://127.0.0.1:2379"]\n[front]\nlisten = "0.0.0.0:8090"\n'
+                      '[server]\ntls = true\n')
+    assert main(["front", "--config", str(config)]) == 2
+    assert "a front serves HTTPS with server.tls_certificate" in capsys.readouterr().err
+    config.write_text(config.read_text() + f'tls_certificate = "{tmp_path}/ca/front1.crt"\n'
+                      f'tls_key = "{tmp_path}/ca/front1.key"\ntls_client_ca = "{tmp_path}/ca/ca.crt"\n')
+    assert main(["front", "--config", str(config)]) == 2
+    assert "server.tls_client_ca is for nodes" in capsys.readouterr().err

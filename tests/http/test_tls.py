@@ -329,3 +329,42 @@ def test_tls_settings_that_cannot_work_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="no.crt does not exist"):
         ensure_certificate(config)  # a configured file is never made
     assert not (tmp_path / "no.crt").exists()
+
+
+async def test_a_federation_certificate_is_a_fronts_and_never_logs_in_as_a_user(tmp_path):
+    """A node of a TLS federation also takes certificates of the federation CA (cluster.tls_ca), but
+    such a certificate only says a front forwards the request: the Authorization it passes on decides,
+    even when the certificate's CN names a user."""
+    from cimid.cluster.certs import issue
+    (tmp_path / "pki").mkdir()
+    ca = TestCA(tmp_path / "pki", "cimid test CA")
+    server_cert, server_key = ca.issue("localhost", server=True)
+    issue(tmp_path / "federation", "alice", [])  # a front's certificate, with a user's name as CN
+    users = [{"name": "alice", "role": "admin", "password_hash": hash_password("a-pass", iterations=1000)},
+             {"name": "bob", "role": "reader", "password_hash": hash_password("b-pass", iterations=1000)}]
+    config = load(state_dir=tmp_path / "state", overrides={
+        "server": {"tls": True, "tls_certificate": str(server_cert), "tls_key": str(server_key),
+                   "tls_client_ca": str(ca.path), "log_requests": False},
+        "cluster": {"tls_ca": str(tmp_path / "federation" / "ca.crt"),
+                    "tls_certificate": str(tmp_path / "federation" / "alice.crt"),
+                    "tls_key": str(tmp_path / "federation" / "alice.key")},
+        "auth": {"users": users}})
+    server = TestServer(build_app(config))
+    await server.start_server(ssl=server_context(config, ensure_certificate(config)))
+    try:
+        front = client_context(ca, (tmp_path / "federation" / "alice.crt", tmp_path / "federation" / "alice.key"))
+        body = {"name": "via-front", "cpu": 1, "memory": 1024}
+        status, doc = await get(server, front, "/cimi/machineConfigs", method="POST", body=body)
+        assert status == 401, doc  # no Authorization: nobody, whatever the CN says
+        status, doc = await get(server, front, "/cimi/machineConfigs", method="POST", body=body,
+                                headers={"Authorization": basic("bob", "b-pass")})
+        assert status == 403, doc  # bob, a reader
+        status, doc = await get(server, front, "/cimi/machineConfigs", method="POST", body=body,
+                                headers={"Authorization": basic("alice", "a-pass")})
+        assert status == 201, doc
+        # a user's own certificate still logs in as its CN
+        status, doc = await get(server, client_context(ca, ca.issue("alice")), "/cimi/machineConfigs",
+                                method="POST", body={**body, "name": "direct"})
+        assert status == 201, doc
+    finally:
+        await server.close()
