@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.etcd_harness import free_port
+from ports import free_port
 
 CIMID = [sys.executable, "-m", "cimid.cli"]
 
