@@ -54,6 +54,10 @@ class BridgeNetwork:
             await asyncio.to_thread(links.owned_links, self.owner)
         except OSError as exc:
             raise DriverError(f"netlink refused: {exc} (the bridge driver needs CAP_NET_ADMIN)", unavailable=True) from None
+        try:  # a kernel without nf_tables fails here, not in the middle of start-up
+            await rules.comments(self.nft, self.table)
+        except DriverError as exc:
+            raise DriverError(f"nftables does not answer: {exc}", unavailable=True) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
