@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict] = {
         "machine_templates": ["machine-cpu", "machine-memory", "machine-disk", "machine-diskio",
                               "machine-input", "machine-output"],
         "volume_templates": ["volume-disk", "volume-diskio"],
+        "network_templates": ["network-input", "network-output"],
         "host_templates": ["host-cpu", "host-memory", "host-disk", "host-diskio", "host-input", "host-output"],
         "host_disk_path": "",
         "retention_hours": 168,

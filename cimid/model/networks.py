@@ -9,7 +9,7 @@ it) names it in its properties (SUBNET_PROPERTIES), else the provider picks a fr
 
 from __future__ import annotations
 
-from .types import OWN_LOG, Action, Attribute, Family, ResourceType, common_attributes, read_only
+from .types import OWN_LOG, TARGETING, Action, Attribute, Family, ResourceType, common_attributes, read_only
 
 NETWORK_STATES = ("CREATING", "STARTING", "STARTED", "STOPPING", "STOPPED", "DELETING", "ERROR")
 NETWORK_TRANSITIONAL = ("CREATING", "STARTING", "STOPPING", "DELETING")
@@ -71,6 +71,8 @@ Network = ResourceType(
         read_only("mtu", "integer"),
         read_only("classOfService", "string"),
         read_only("forwardingGroup", "ref", target="ForwardingGroup"),
+        read_only("meters", "collection", target="Meter", derived=TARGETING,
+                  description="the Meters whose targetResource is this Network"),
         read_only("eventLog", "ref", target="EventLog", derived=OWN_LOG),
         read_only("host", "extension", description="Provider extension: how the host realises it: bridge (the "
                   "link's name), cidr, gateway, dns, each as {\"value\": ...}"),

@@ -78,6 +78,10 @@ class BridgeNetwork:
 
     # ---------------------------------------------------------------- networks
 
+    def started_bridges(self) -> dict[str, str]:
+        """{bridge name: network id} of the started networks (what BridgeTraffic measures)."""
+        return {self._specs[n].bridge: n for n in self._running if n in self._specs}
+
     def _dir(self, network_id: str) -> Path:
         return self.run_dir / network_id
 

@@ -5,6 +5,8 @@ request is a clear CIMI error that changes nothing, in the store or on the (fake
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import CONSUMERS, assert_error, make_client, who
 
@@ -672,3 +674,47 @@ async def test_a_forwarding_group_in_xml(client):
     assert driver(client).routes(last(a), last(b))
     got = (await client.get(r.headers["Location"], fmt="xml")).xml
     assert [n.get("href") for n in got.findall("{http://schemas.dmtf.org/cimi/1}network")] == [a, b]
+
+
+async def test_every_network_gets_input_and_output_meters_from_its_bridges_counters(tmp_path):
+    client = await make_client(tmp_path, {"meters": {"sampling": True, "default_sample_interval": 1}})
+    try:
+        network = await make_network(client)
+        doc = (await client.get(network)).json
+        assert doc["meters"] == {"href": network + "/meters"}
+        # In DSP8009's order (after forwardingGroup, before eventLog); the client validates the XML.
+        xml = (await client.get(network, fmt="xml")).xml
+        assert [e.tag.rsplit("}", 1)[1] for e in xml if e.tag.rsplit("}", 1)[1] in ("meters", "eventLog")] == [
+            "meters", "eventLog"]
+        listing = (await client.get(network + "/meters")).json
+        meters = {m["aspect"].rsplit("/", 1)[-1]: m for m in listing["meters"]}
+        assert set(meters) == {"inputBandwidth", "outputBandwidth"} and listing["count"] == 2
+        assert all(m["targetResource"]["href"] == network and m["units"] == "byte/s" for m in meters.values())
+
+        # Guests send 5 MB to or through the host and get nothing back: output moves, input stays at 0.
+        async def values(aspect: str) -> list[float]:
+            found = (await client.get(meters[aspect]["samples"]["href"])).json.get("samples", [])
+            return [float(s["value"]) for s in found]
+        for _ in range(400):  # until the sampler has a rate (its second reading of the counters)
+            if await values("outputBandwidth"):
+                break
+            await asyncio.sleep(0.05)
+        driver(client).carry(last(network), received=5_000_000, sent=0)
+        for _ in range(400):
+            if any(v > 0 for v in await values("outputBandwidth")):
+                break
+            await asyncio.sleep(0.05)
+        assert any(v > 0 for v in await values("outputBandwidth"))
+        assert set(await values("inputBandwidth")) == {0.0}
+
+        before = await client.rows()
+        r = await client.post("meters", {"meterTemplate": {"meterConfig": {"href": client.base + "meterConfigs/input"},
+                                                           "targetResource": {"href": client.base + "networks/nothing"}}})
+        assert "networks/nothing' does not name an existing" in assert_error(r, 400)
+        assert await client.rows() == before
+
+        r = await client.delete(network)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert (await client.get(meters["inputBandwidth"]["id"])).status == 404  # Meters go with their Network
+    finally:
+        await client.client.close()
