@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from pyroute2 import IPRoute
 
 from cimid.errors import DriverError
 from cimid.hookspecs import NetworkSpec, Reservation
-from cimid_bridge import BridgeNetwork, dnsmasq, links, rules
+from cimid_bridge import BridgeNetwork, BridgeTraffic, dnsmasq, links, rules
 
 from .conftest import fresh_dir
 from .netns import clients, config, in_test_netns, off_loop, spec, uplink  # noqa: F401 (fixtures)
@@ -128,6 +129,24 @@ async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(dr
     assert other.dhcp(state_dir) == "10.108.0.10"
     assert other.ping("192.0.2.1") and not other.ping("10.65.0.10")  # out, but not into another network
     assert await driver.network("n64") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "none"}
+
+
+async def test_the_traffic_source_reads_what_guests_send_through_the_bridge(driver, clients):
+    source = BridgeTraffic(driver)
+    await driver.create_network(spec("n6d", "cimidt6d", "10.109.0.0/24", dhcp=False))
+    await driver.start_network("n6d")
+    await driver.create_network(spec("n6e", "cimidt6e", "10.110.0.0/24", dhcp=False))  # stopped: not read
+    guest = clients((await driver.create_port("n6d", "p6d"))["peer"], address="10.109.0.10/24")
+    began = time.monotonic()
+    assert await source.read() == {}  # the first reading has no rate yet
+    # 20 echo requests of 1000 bytes to the gateway: the bridge link receives them all (a PRIVATE
+    # network's host then drops them, so little goes back).
+    guest.run("busybox", "ping", "-c", "20", "-i", "0.05", "-s", "1000", "-w", "3", "10.109.0.1", check=False)
+    reading = await source.read()
+    elapsed = time.monotonic() - began
+    assert set(reading) == {"n6d"} and set(reading["n6d"]) == {"inputBandwidth", "outputBandwidth"}
+    assert reading["n6d"]["outputBandwidth"] * elapsed >= 20 * 1000
+    assert 0 <= reading["n6d"]["inputBandwidth"] < reading["n6d"]["outputBandwidth"]
 
 
 async def test_a_killed_dnsmasq_is_restarted_with_an_alarm(driver, clients, state_dir):
