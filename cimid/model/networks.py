@@ -70,6 +70,7 @@ Network = ResourceType(
         read_only("networkType", "string", enum=NETWORK_TYPES),
         read_only("mtu", "integer"),
         read_only("classOfService", "string"),
+        read_only("networkPorts", "collection", target="NetworkNetworkPort"),
         read_only("forwardingGroup", "ref", target="ForwardingGroup"),
         read_only("meters", "collection", target="Meter", derived=TARGETING,
                   description="the Meters whose targetResource is this Network"),
@@ -277,12 +278,27 @@ MachineNetworkInterfaceAddress = ResourceType(
     description="An Address of a machine interface.",
 )
 
+NetworkNetworkPort = ResourceType(
+    "NetworkNetworkPort",
+    [
+        *common_attributes(),
+        read_only("networkPort", "ref", target="NetworkPort"),
+    ],
+    collection="networkPorts",
+    items="networkNetworkPorts",
+    parent="Network",
+    editable=False,
+    deletable=False,
+    creatable=False,
+    description="A NetworkPort of a Network (a machine interface's or an operator's), listed while it exists.",
+)
+
 FAMILY = Family(
     "networks",
     (NetworkConfiguration, NetworkTemplate, Network, NetworkCreate, NetworkPortConfiguration, NetworkPortTemplate,
      NetworkPort, NetworkPortCreate, AddressTemplate, Address, AddressCreate, ForwardingGroupTemplate,
      ForwardingGroup, ForwardingGroupCreate, MachineTemplateNetworkInterface, MachineNetworkInterface,
-     MachineNetworkInterfaceAddress),
+     MachineNetworkInterfaceAddress, NetworkNetworkPort),
     service="networks:Networks",
     requires="network",
     machine_template_parts=("networkInterfaces",),

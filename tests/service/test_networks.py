@@ -6,9 +6,10 @@ request is a clear CIMI error that changes nothing, in the store or on the (fake
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
-from conftest import CONSUMERS, assert_error, make_client, who
+from conftest import CONSUMERS, DATABASE, NS, assert_error, make_client, who
 
 from cimid.hookspecs import hookimpl
 from cimid.http.auth import hash_password
@@ -407,6 +408,50 @@ async def test_a_forwarding_group_lets_its_networks_route_to_each_other(client):
     await client.wait_job(r.headers["CIMI-Job-URI"])
     assert (await client.get(group)).status == 404 and not driver(client).routes(ids[0], last(joined["id"]))
     assert "forwardingGroup" not in (await client.get(joined["id"])).json
+
+
+async def test_a_network_lists_its_ports_at_its_network_ports_link(tmp_path):
+    client = await make_client(tmp_path)
+    try:
+        network = await make_network(client)
+        doc = (await client.get(network)).json
+        assert doc["networkPorts"] == {"href": network + "/networkPorts"}
+        machine = await make_machine(client, [{"network": {"href": network}}])
+        (interface,) = await interfaces_of(client, machine)
+        r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": network}}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        operator = r.headers["Location"]
+        listing = (await client.get(network + "/networkPorts")).json
+        assert listing["count"] == 2 and {p["networkPort"]["href"] for p in listing["networkNetworkPorts"]} == {
+            interface["networkPort"]["href"], operator}
+        xml = (await client.get(network + "/networkPorts", fmt="xml")).xml  # validated against DSP8009
+        assert len(xml.findall("c:NetworkNetworkPort", NS)) == 2
+        before = await client.rows()
+        r = await client.post(network + "/networkPorts", {"networkPort": {"href": operator}})
+        assert r.status == 405 and await client.rows() == before
+        assert (await client.get(client.base + "networks/nothing/networkPorts")).status == 404
+
+        r = await client.delete(operator)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        r = await client.delete(machine)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert (await client.get(network + "/networkPorts")).json["count"] == 0  # each goes with its port
+        r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": network}}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        kept = r.headers["Location"]
+        db = sqlite3.connect(client.app[DATABASE])  # a store from before networks listed their ports
+        with db:
+            db.execute("DELETE FROM resources WHERE kind = 'NetworkNetworkPort'")
+        db.close()
+        assert (await client.get(network + "/networkPorts")).json["count"] == 0
+    finally:
+        await client.client.close()
+    again = await make_client(tmp_path)  # a restart lists them again
+    try:
+        (link,) = (await again.get(f"networks/{last(network)}/networkPorts")).json["networkNetworkPorts"]
+        assert last(link["networkPort"]["href"]) == last(kept)
+    finally:
+        await again.client.close()
 
 
 # ---------------------------------------------------------------- the provider's network
