@@ -23,6 +23,7 @@ from ..model.events import EventLog
 from ..model.machines import Machine
 from ..model.networks import (Address, AddressCreate, AddressTemplate, ForwardingGroup,
                               ForwardingGroupCreate, ForwardingGroupTemplate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
+                              MachineTemplateNetworkInterface,
                               Network, NetworkConfiguration, NetworkCreate, NetworkNetworkPort, NetworkPort, NetworkPortCreate,
                               NetworkPortTemplate, NetworkTemplate)
 from ..model.validate import require, validate
@@ -1000,6 +1001,9 @@ class Networks(ResourceService):
     async def _hot_add(self, ctx: Context, body: dict, machine_id: str) -> Result:
         attrs = validate(MachineNetworkInterface, body, creating=True)
         require(MachineNetworkInterface, attrs)
+        if "addresses" in body:  # Addresses made beforehand, as a MachineTemplate's interfaces take them
+            attrs["addresses"] = validate(MachineTemplateNetworkInterface, {"addresses": body["addresses"]},
+                                          creating=False).get("addresses")
         await self.ensure_driver()
         await self.ensure_compute()
         async with self.store.write() as tx:

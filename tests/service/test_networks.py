@@ -319,6 +319,35 @@ async def test_an_interface_is_hot_added_to_a_running_machine_and_hot_removed(cl
     assert driver(client).lease(last(network), interface["macAddress"]) is None
 
 
+async def test_a_hot_added_interface_takes_an_address_made_beforehand(client):
+    network, other = await make_network(client), await make_network(client, "10.0.9.0/24")
+    machine = await make_machine(client, [])
+    made = {}
+    for name, net, ip in (("mine", network, "10.0.7.50"), ("elsewhere", other, "10.0.9.50")):
+        r = await client.post("addresses", {"addressTemplate": {"network": {"href": net}, "ip": ip}})
+        assert r.status == 201, r
+        made[name] = r.headers["Location"]
+    before, on_host = await client.rows(), driver(client).spec(last(network))
+    for body, status, says in (
+            ({"addresses": [{"href": made["elsewhere"]}]}, 400, "is of another network"),
+            ({"addresses": [{"href": client.base + "addresses/nothing"}]}, 400, "does not name an Address of yours"),
+            ({"addresses": [{"href": made["mine"]}, {"href": made["mine"]}]}, 409, "is held already"),
+            ({"addresses": "10.0.7.50"}, 400, "addresses")):
+        r = await client.post(machine + "/networkInterfaces", {"network": {"href": network}, **body})
+        assert says in assert_error(r, status), body
+    assert await client.rows() == before and driver(client).spec(last(network)) == on_host
+
+    r = await client.post(machine + "/networkInterfaces", {"network": {"href": network},
+                                                           "addresses": [{"href": made["mine"]}]})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    interface = await client.assert_state(r.headers["Location"], "ACTIVE")
+    address = await address_of(client, interface)
+    assert address["id"] == made["mine"] and address["ip"] == "10.0.7.50"
+    assert address["resource"]["href"] == interface["id"]
+    assert driver(client).lease(last(network), interface["macAddress"]) == "10.0.7.50"
+
+
 async def test_a_hot_add_the_hypervisor_refuses_leaves_nothing(client):
     network = await make_network(client)
     machine = await make_machine(client, [{"network": {"href": network}}])
