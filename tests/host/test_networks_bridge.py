@@ -103,6 +103,38 @@ async def test_networks_are_isolated_until_a_forwarding_group_joins_them(driver,
         await driver.set_forwarding_group("g3", ("n62", "nope"))
 
 
+ROUTES_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/$mask" dev "$interface"
+set -- $staticroutes
+while [ $# -ge 2 ]; do ip route add "$1" via "$2" dev "$interface"; shift 2; done
+exit 0
+"""
+
+
+async def test_a_forwarding_group_is_announced_to_guests_as_dhcp_routes(driver, clients, state_dir):
+    macs = {"n6f": "52:54:00:6f:00:0a", "n70": "52:54:00:70:00:0a"}
+    for n, third in (("n6f", 111), ("n70", 112)):
+        await driver.create_network(spec(n, f"cimidt{n[1:]}", f"10.{third}.0.0/24",
+                                         reservations=(Reservation(macs[n], f"10.{third}.0.10"),)))
+        await driver.start_network(n)
+    await driver.set_forwarding_group("g6f", ("n6f", "n70"))
+    script = state_dir / "routes.sh"
+    script.write_text(ROUTES_SCRIPT)
+    script.chmod(0o755)
+    guests = {}
+    for n in macs:  # DHCP with option 121 asked for, and no route added by hand
+        guests[n] = clients((await driver.create_port(n, f"p{n[1:]}"))["peer"], mac=macs[n])
+        guests[n].run("busybox", "udhcpc", "-i", guests[n].ifname, "-q", "-n", "-t", "6", "-T", "1",
+                      "-O", "staticroutes", "-s", str(script), check=False)
+    assert "10.112.0.0/24 via 10.111.0.1" in guests["n6f"].run("ip", "-4", "route").stdout
+    assert guests["n6f"].ping("10.112.0.10") and guests["n70"].ping("10.111.0.10")
+    # The group goes: so do the routes its members announce (dnsmasq re-read them, no restart).
+    pid = driver._daemons["n6f"].pid
+    await driver.delete_forwarding_group("g6f")
+    assert (driver.run_dir / "n6f" / "options").read_text() == "" and driver._daemons["n6f"].pid == pid
+
+
 async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(driver, clients, uplink, state_dir):
     mac = "52:54:00:64:00:0a"
     await driver.create_network(spec("n64", "cimidt64", "10.64.0.0/24", network_type="PUBLIC", uplink="cimidup0",
