@@ -24,7 +24,8 @@ from ..model.machines import Machine
 from ..model.networks import (Address, AddressCreate, AddressTemplate, ForwardingGroup,
                               ForwardingGroupCreate, ForwardingGroupTemplate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
                               MachineTemplateNetworkInterface,
-                              Network, NetworkConfiguration, NetworkCreate, NetworkNetworkPort, NetworkPort, NetworkPortCreate,
+                              Network, NetworkConfiguration, NetworkCreate, NetworkNetworkPort, NetworkPort,
+                              NetworkPortCreate,
                               NetworkPortTemplate, NetworkTemplate)
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction

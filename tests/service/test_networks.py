@@ -782,8 +782,9 @@ async def test_every_network_gets_input_and_output_meters_from_its_bridges_count
         assert set(await values("inputBandwidth")) == {0.0}
 
         before = await client.rows()
-        r = await client.post("meters", {"meterTemplate": {"meterConfig": {"href": client.base + "meterConfigs/input"},
-                                                           "targetResource": {"href": client.base + "networks/nothing"}}})
+        r = await client.post("meters", {"meterTemplate": {
+            "meterConfig": {"href": client.base + "meterConfigs/input"},
+            "targetResource": {"href": client.base + "networks/nothing"}}})
         assert "networks/nothing' does not name an existing" in assert_error(r, 400)
         assert await client.rows() == before
 
