@@ -99,7 +99,7 @@ async def plain_create(i: int, directory: Path) -> float:
         with IPRoute() as ipr:
             ipr.link("del", index=ipr.link_lookup(ifname=s.bridge)[0])
 
-    conf = dnsmasq.write_files(s, directory / s.network_id)  # the same configuration, written beforehand
+    conf = dnsmasq.write_files(s, directory / s.network_id, [])  # the same configuration, written beforehand
     started = time.perf_counter()
     await asyncio.to_thread(bridge)
     proc = await dnsmasq.start("dnsmasq", conf)

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict] = {
         "machine_templates": ["machine-cpu", "machine-memory", "machine-disk", "machine-diskio",
                               "machine-input", "machine-output"],
         "volume_templates": ["volume-disk", "volume-diskio"],
+        "network_templates": ["network-input", "network-output"],
         "host_templates": ["host-cpu", "host-memory", "host-disk", "host-diskio", "host-input", "host-output"],
         "host_disk_path": "",
         "retention_hours": 168,
@@ -73,13 +74,14 @@ DEFAULTS: dict[str, dict] = {
 }
 
 # Each family's driver by name. The sandbox runs on in-process twins (no hypervisor, no root); the host on
-# libvirt + QEMU with a directory of qcow2/raw images. No host storage or network driver exists yet.
+# libvirt + QEMU with a directory of qcow2/raw images, a dir storage pool, and Linux bridges with a default NATed
+# network made on the first start (as Incus makes incusbr0).
 PROFILE_DEFAULTS: dict[str, dict[str, dict]] = {
     "sandbox": {"compute": {"driver": "libvirt-test"}, "images": {"driver": "memory"},
                 "storage": {"pools": {"default": {"driver": "memory", "capacity_gb": 100}}},
                 "network": {"driver": "memory"}},
     "host": {"compute": {"driver": "libvirt"}, "images": {"driver": "dir"}, "catalogue": {"seed": False},
-             "network": {"create_default": True},
+             "network": {"driver": "bridge", "create_default": True},
              "storage": {"pools": {"default": {"driver": "dir", "path": ""}}}},
 }
 

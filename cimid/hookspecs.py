@@ -406,8 +406,8 @@ ASPECTS: dict[str, Aspect] = {a.name: a for a in (
 HOST = "host"  # MeterSource.kind of a source that measures the host itself
 MACHINE = "machine"  # ... that measures Machines, by machine id
 VOLUME = "volume"  # ... that measures Volumes, by volume id
-# A source of Network counters would declare kind "network"; the Meter service maps kinds to resource
-# types (cimid.service.meters.TARGETS).
+NETWORK = "network"  # ... that measures Networks, by network id
+# The Meter service maps kinds to resource types (cimid.service.meters.TARGETS).
 
 
 class MeterSource(Protocol):
@@ -418,7 +418,7 @@ class MeterSource(Protocol):
     has only Point aspects. Readings are plain numbers in the units of ASPECTS."""
 
     name: str
-    kind: str  # HOST, MACHINE or VOLUME (later network)
+    kind: str  # HOST, MACHINE, VOLUME or NETWORK
     aspects: tuple[str, ...]  # the ASPECTS it reports
 
     async def read(self) -> dict[str, dict[str, float]]:
@@ -491,7 +491,7 @@ class CimidSpec:
 
     @hookspec
     def cimid_meter_sources(self, config: Config, compute: ComputeDriver | None,
-                            pools: dict[str, StorageDriver]) -> list[MeterSource]:
+                            pools: dict[str, StorageDriver], network: NetworkDriver | None) -> list[MeterSource]:
         """Return the meter sources this plugin offers; every plugin's lists are combined. Called once at
         start-up, after `cimid_compute_driver` and `cimid_storage_pool`.
 
@@ -499,6 +499,8 @@ class CimidSpec:
         :param compute: the configured compute driver (None if none is), so that a source of machine
             statistics shares its hypervisor connection; an implementation may leave this parameter out
         :param pools: the storage pools by name (empty without any), for a source of volume statistics;
+            an implementation may leave this parameter out
+        :param network: the configured network driver (None if none is), for a source of network counters;
             an implementation may leave this parameter out
         :return: a list, possibly empty
         """

@@ -89,8 +89,9 @@ class Drivers:
         images = load_image_store(pm, config)
         compute = load_compute(pm, config, images)
         storage = load_storage(pm, config)
-        return cls(compute=compute, images=images, storage=storage, network=load_network(pm, config),
-                   meters=load_meter_sources(pm, config, compute, storage.pools if storage else {}))
+        network = load_network(pm, config)
+        return cls(compute=compute, images=images, storage=storage, network=network,
+                   meters=load_meter_sources(pm, config, compute, storage.pools if storage else {}, network))
 
 
 # One loader per family: the plugin that knows the configured name answers (firstresult), else None.
@@ -120,8 +121,9 @@ def load_network(pm: pluggy.PluginManager, config: Config) -> NetworkDriver | No
 
 
 def load_meter_sources(pm: pluggy.PluginManager, config: Config, compute: ComputeDriver | None,
-                       pools: dict[str, StorageDriver]) -> list[MeterSource]:
-    return [source for sources in pm.hook.cimid_meter_sources(config=config, compute=compute, pools=pools)
+                       pools: dict[str, StorageDriver], network: NetworkDriver | None) -> list[MeterSource]:
+    return [source for sources in pm.hook.cimid_meter_sources(config=config, compute=compute, pools=pools,
+                                                               network=network)
             for source in sources]
 
 

@@ -24,7 +24,8 @@ def test_plugins_lists_the_builtin_drivers_through_their_entry_points():
     assert "libvirt: cimid_compute_driver, cimid_meter_sources" in lines
     assert "hostmeters: cimid_meter_sources" in lines
     assert "dir: cimid_image_store, cimid_storage_pool" in lines
-    assert "memory: cimid_image_store, cimid_network_driver, cimid_storage_pool" in lines
+    assert "memory: cimid_image_store, cimid_meter_sources, cimid_network_driver, cimid_storage_pool" in lines
+    assert "bridge: cimid_meter_sources, cimid_network_driver" in lines
 
 
 def test_check_reports_driver_health(tmp_path):

@@ -9,7 +9,7 @@ it) names it in its properties (SUBNET_PROPERTIES), else the provider picks a fr
 
 from __future__ import annotations
 
-from .types import OWN_LOG, Action, Attribute, Family, ResourceType, common_attributes, read_only
+from .types import OWN_LOG, TARGETING, Action, Attribute, Family, ResourceType, common_attributes, read_only
 
 NETWORK_STATES = ("CREATING", "STARTING", "STARTED", "STOPPING", "STOPPED", "DELETING", "ERROR")
 NETWORK_TRANSITIONAL = ("CREATING", "STARTING", "STOPPING", "DELETING")
@@ -70,7 +70,10 @@ Network = ResourceType(
         read_only("networkType", "string", enum=NETWORK_TYPES),
         read_only("mtu", "integer"),
         read_only("classOfService", "string"),
+        read_only("networkPorts", "collection", target="NetworkNetworkPort"),
         read_only("forwardingGroup", "ref", target="ForwardingGroup"),
+        read_only("meters", "collection", target="Meter", derived=TARGETING,
+                  description="the Meters whose targetResource is this Network"),
         read_only("eventLog", "ref", target="EventLog", derived=OWN_LOG),
         read_only("host", "extension", description="Provider extension: how the host realises it: bridge (the "
                   "link's name), cidr, gateway, dns, each as {\"value\": ...}"),
@@ -275,12 +278,27 @@ MachineNetworkInterfaceAddress = ResourceType(
     description="An Address of a machine interface.",
 )
 
+NetworkNetworkPort = ResourceType(
+    "NetworkNetworkPort",
+    [
+        *common_attributes(),
+        read_only("networkPort", "ref", target="NetworkPort"),
+    ],
+    collection="networkPorts",
+    items="networkNetworkPorts",
+    parent="Network",
+    editable=False,
+    deletable=False,
+    creatable=False,
+    description="A NetworkPort of a Network (a machine interface's or an operator's), listed while it exists.",
+)
+
 FAMILY = Family(
     "networks",
     (NetworkConfiguration, NetworkTemplate, Network, NetworkCreate, NetworkPortConfiguration, NetworkPortTemplate,
      NetworkPort, NetworkPortCreate, AddressTemplate, Address, AddressCreate, ForwardingGroupTemplate,
      ForwardingGroup, ForwardingGroupCreate, MachineTemplateNetworkInterface, MachineNetworkInterface,
-     MachineNetworkInterfaceAddress),
+     MachineNetworkInterfaceAddress, NetworkNetworkPort),
     service="networks:Networks",
     requires="network",
     machine_template_parts=("networkInterfaces",),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
-from ..hookspecs import ASPECTS, HOST, MACHINE, VOLUME
+from ..hookspecs import ASPECTS, HOST, MACHINE, NETWORK, VOLUME
 from ..model import Action, ResourceType
 from ..model.meters import ASPECT_BASE, Meter, MeterConfiguration, MeterCreate, MeterTemplate, Sample
 from ..model.validate import require, validate
@@ -47,16 +47,17 @@ class Target:
     templates: str
 
 
-# Networks join here ("Network": Target("Network", "networks", "network", "network_templates")) once a
-# driver offers a MeterSource of that kind.
 TARGETS = {t.type: t for t in (Target("Machine", "machines", MACHINE, "machine_templates"),
-                               Target("Volume", "volumes", VOLUME, "volume_templates"))}
+                               Target("Volume", "volumes", VOLUME, "volume_templates"),
+                               Target("Network", "networks", NETWORK, "network_templates"))}
 TARGET_BY_COLLECTION = {t.collection: t for t in TARGETS.values()}
 DEFAULTS_RECORD = "meters-defaults"  # Meta row: whether the host got its default Meters
 RECONCILE_BATCH = 100  # machines given their default Meters per transaction at start-up
 SEED_RECORD = "meters-seeded"
 VOLUME_SEED_RECORD = "meters-seeded-volumes"  # volume templates came later: a store seeded before gets them
 VOLUME_ASPECTS = ("disk", "diskIO")  # what a volume source measures (cimid_libvirt.VolumeStats)
+NETWORK_SEED_RECORD = "meters-seeded-networks"  # network templates came later still
+NETWORK_ASPECTS = ("inputBandwidth", "outputBandwidth")  # what a network source measures (its bridge's counters)
 # /metrics names: an aspect -> (metric name after cimid_{host|machine}_, factor to its base unit, help)
 EXPORTED = {
     "cpu": ("cpu_percent", 1, "CPU time used, percent of all the target's cores"),
@@ -207,8 +208,8 @@ class Meters(ResourceService):
             return HOST, ENTRY_POINT, "", ""
         collection, id = split_href(href)
         if collection not in TARGET_BY_COLLECTION:
-            raise BadRequest(f"targetResource: '{href}' is not something cimid meters (a Machine, a Volume, or "
-                             "the CloudEntryPoint for the host)")
+            raise BadRequest(f"targetResource: '{href}' is not something cimid meters (a Machine, a Volume, a "
+                             "Network, or the CloudEntryPoint for the host)")
         known = TARGET_BY_COLLECTION[collection]
         target = await tx.get(known.type, id, ctx.scope)
         if target is None:
@@ -289,7 +290,7 @@ class Meters(ResourceService):
     # ---------------------------------------------------------------- default Meters, gone targets
 
     async def _follow_targets(self, tx: Transaction) -> None:
-        """Before `tx` commits: default Meters for each Machine or Volume it made, and none left for one it
+        """Before `tx` commits: default Meters for each Machine, Volume or Network it made, and none left for one it
         deleted."""
         if not self.meters_config["sampling"]:
             return
@@ -313,7 +314,7 @@ class Meters(ResourceService):
 
     async def reconcile(self) -> None:
         """At start-up and with each retention round: delete the Meters whose target is gone or whose
-        expiresTime has passed; give the host, and every Machine and Volume that has no Meter (made while
+        expiresTime has passed; give the host, and every Machine, Volume and Network that has no Meter (made while
         Meters were off, or before they existed), the Meters of the provider's templates. Targets are done
         in small transactions, so a store of 10,000 unmetered machines never holds the writer for long."""
         targets = {t.kind: {row.id: row for row in await self.store.all_of(t.type)} for t in TARGETS.values()}
@@ -411,19 +412,24 @@ def complete_configuration(config: dict, *, fill: bool = True) -> None:
 
 async def seed_meter_catalogue(store: Store, interval: int) -> None:
     """The provider's MeterConfigurations (one per aspect) and MeterTemplates (machine-<aspect> for every
-    Machine, volume-disk and volume-diskio for every Volume, host-<aspect> for the host), public, made
-    once: what an admin deletes stays deleted."""
+    Machine, volume-disk and volume-diskio for every Volume, network-input and network-output for every
+    Network, host-<aspect> for the host), public, made once: what an admin deletes stays deleted."""
     short = {"diskIO": "diskio", "inputBandwidth": "input", "outputBandwidth": "output"}
     async with store.write() as tx:
         stamp = now()
-        if not await tx.get("Meta", VOLUME_SEED_RECORD):
-            for aspect in VOLUME_ASPECTS:
+        # Templates of the kinds metered later, each with its own record: a store seeded before gets them.
+        for record, kind, aspects in ((VOLUME_SEED_RECORD, "Volume", VOLUME_ASPECTS),
+                                      (NETWORK_SEED_RECORD, "Network", NETWORK_ASPECTS)):
+            if await tx.get("Meta", record):
+                continue
+            prefix = kind.lower()
+            for aspect in aspects:
                 key = short.get(aspect, aspect)
-                await tx.insert(Row(MeterTemplate.name, f"volume-{key}", "", {
-                    "name": f"volume-{key}", "description": f"{aspect} of every Volume (meters.volume_templates)",
-                    "created": stamp, "updated": stamp, "meterConfig": {"href": f"meterConfigs/{key}"}},
-                    public=True))
-            await tx.insert(Row("Meta", VOLUME_SEED_RECORD, "", {"created": stamp}))
+                await tx.insert(Row(MeterTemplate.name, f"{prefix}-{key}", "", {
+                    "name": f"{prefix}-{key}", "created": stamp, "updated": stamp,
+                    "description": f"{aspect} of every {kind} (meters.{prefix}_templates)",
+                    "meterConfig": {"href": f"meterConfigs/{key}"}}, public=True))
+            await tx.insert(Row("Meta", record, "", {"created": stamp}))
         if await tx.get("Meta", SEED_RECORD):
             return
         for aspect, measure in ASPECTS.items():

@@ -23,7 +23,9 @@ from ..model.events import EventLog
 from ..model.machines import Machine
 from ..model.networks import (Address, AddressCreate, AddressTemplate, ForwardingGroup,
                               ForwardingGroupCreate, ForwardingGroupTemplate, MachineNetworkInterface, MachineNetworkInterfaceAddress,
-                              Network, NetworkConfiguration, NetworkCreate, NetworkPort, NetworkPortCreate,
+                              MachineTemplateNetworkInterface,
+                              Network, NetworkConfiguration, NetworkCreate, NetworkNetworkPort, NetworkPort,
+                              NetworkPortCreate,
                               NetworkPortTemplate, NetworkTemplate)
 from ..model.validate import require, validate
 from ..store.db import Row, Transaction
@@ -94,6 +96,10 @@ class Networks(ResourceService):
     async def start(self) -> None:
         """Rebuild what the host lacks from the store, resume or settle Jobs, and make the default network
         on the first start (network.create_default)."""
+        async with self.store.write() as tx:  # ports made before networks listed them
+            for port in await tx.all_of(NetworkPort.name):
+                if await tx.get(NetworkNetworkPort.name, port.id) is None:
+                    await tx.insert(network_port_link(port))
         try:
             await self.ensure_driver()
         except Unavailable as exc:
@@ -555,7 +561,7 @@ class Networks(ResourceService):
                 attrs["classOfService"] = config["classOfService"]
             attrs.update({k: request[k] for k in ("name", "description", "properties") if k in request})
             port = Row(NetworkPort.name, new_id(), "", attrs, owner=ctx.user, internal={"network": network.id})
-            await tx.insert(port)
+            await insert_port(tx, port)
             tx.emit(model_changed(NetworkPort, port, "created", ctx.user))
             job = await self.jobs.queue(tx, KIND, action="add", target=NetworkPort.collection,
                                         affected=[f"networkPorts/{port.id}"], steps=[{"op": "port-create"}],
@@ -591,7 +597,7 @@ class Networks(ResourceService):
             port.attrs["host"] = {k: {"value": v} for k, v in step["result"].items()}
             port.attrs["state"] = "STARTED"
         elif step["op"] == "port-create":  # failed, cut short or stopped: nothing half-made stays
-            await tx.delete(NetworkPort.name, port.id)
+            await delete_port(tx, port.id)
             tx.emit(model_changed(NetworkPort, port, "deleted", job.owner, f"NetworkPort not made: {message}"))
             if job.internal.get("begun"):
                 try:
@@ -600,7 +606,7 @@ class Networks(ResourceService):
                     log.warning("port %s: could not be removed after a failed create: %s", port.id, exc)
             return
         elif outcome == "SUCCESS":
-            await tx.delete(NetworkPort.name, port.id)
+            await delete_port(tx, port.id)
             tx.emit(model_changed(NetworkPort, port, "deleted", job.owner))
             return
         else:  # a delete that failed or was stopped: the port is still there
@@ -865,7 +871,7 @@ class Networks(ResourceService):
             "created": stamp, "updated": stamp, "state": "CREATING", "network": {"href": f"networks/{network.id}"},
             "portType": "ACCESS", "name": f"port of {path}"}, owner=ctx.user,
             internal={"network": network.id, "interface": interface_id, "interface_path": path, "machine": machine})
-        await tx.insert(port)
+        await insert_port(tx, port)
         row = Row(MachineNetworkInterface.name, interface_id, machine, {
             "created": stamp, "updated": stamp, "state": "CREATING", "network": {"href": f"networks/{network.id}"},
             "networkPort": {"href": f"networkPorts/{port.id}"}, "macAddress": mac,
@@ -934,7 +940,7 @@ class Networks(ResourceService):
             networks.add(address.internal["network"])
             await self._release(tx, address, owner)
         for port in await tx.referring(NetworkPort.name, "machine", machine_id):
-            await tx.delete(NetworkPort.name, port.id)
+            await delete_port(tx, port.id)
         for link in await tx.referring(MachineNetworkInterfaceAddress.name, "machine", machine_id):
             await tx.delete(MachineNetworkInterfaceAddress.name, link.id)
         for network_id in networks:
@@ -980,7 +986,7 @@ class Networks(ResourceService):
             address = await tx.get(Address.name, address_id)
             if address is not None and address.internal.get("interface") == interface.id:
                 await self._release(tx, address, owner)
-        await tx.delete(NetworkPort.name, interface.internal["port"])
+        await delete_port(tx, interface.internal["port"])
         for link in await tx.children(MachineNetworkInterfaceAddress.name, f"{interface.parent}/{interface.id}"):
             await tx.delete(MachineNetworkInterfaceAddress.name, link.id)
         await tx.delete(MachineNetworkInterface.name, interface.id)
@@ -996,6 +1002,9 @@ class Networks(ResourceService):
     async def _hot_add(self, ctx: Context, body: dict, machine_id: str) -> Result:
         attrs = validate(MachineNetworkInterface, body, creating=True)
         require(MachineNetworkInterface, attrs)
+        if "addresses" in body:  # Addresses made beforehand, as a MachineTemplate's interfaces take them
+            attrs["addresses"] = validate(MachineTemplateNetworkInterface, {"addresses": body["addresses"]},
+                                          creating=False).get("addresses")
         await self.ensure_driver()
         await self.ensure_compute()
         async with self.store.write() as tx:
@@ -1077,3 +1086,21 @@ class Networks(ResourceService):
             return await self._sync_reservations(tx, interface.internal["network"])
         interface.attrs["state"] = "ACTIVE"  # not removed: still there
         await tx.update(interface)
+
+
+# A NetworkPort is listed in its network's networkPorts (a NetworkNetworkPort of the same id) while it exists.
+
+async def insert_port(tx: Transaction, port: Row) -> None:
+    await tx.insert(port)
+    await tx.insert(network_port_link(port))
+
+
+async def delete_port(tx: Transaction, port_id: str) -> None:
+    await tx.delete(NetworkPort.name, port_id)
+    await tx.delete(NetworkNetworkPort.name, port_id)
+
+
+def network_port_link(port: Row) -> Row:
+    return Row(NetworkNetworkPort.name, port.id, port.internal["network"], owner=port.owner,
+               attrs={"created": port.attrs["created"], "updated": port.attrs["created"],
+                      "networkPort": {"href": f"networkPorts/{port.id}"}})

@@ -31,6 +31,7 @@ def config_text(spec, directory: Path) -> str:
         "dhcp-no-override",
         f"dhcp-range={subnet.network_address},static,{subnet.netmask},{LEASE_TIME}",
         f"dhcp-hostsfile={directory / 'hosts'}",
+        f"dhcp-optsfile={directory / 'options'}",  # the routes to its forwarding group, re-read on SIGHUP
         f"dhcp-leasefile={directory / 'leases'}",
         f"pid-file={directory / 'dnsmasq.pid'}",
         # PUBLIC (routed) networks give their gateway as the default route; PRIVATE ones no route at all.
@@ -52,11 +53,23 @@ def hosts_text(reservations) -> str:
     return "".join(f"{mac},{ip}" + (f",{name}" if name else "") + "\n" for mac, ip, name in reservations)
 
 
-def write_files(spec, directory: Path) -> Path:
+def options_text(spec, routes: list[str]) -> str:
+    """DHCP option 121 (classless static routes): each subnet in `routes` (the other networks of its
+    forwarding groups) via the gateway. A client that takes option 121 ignores option 3, so a PUBLIC
+    network repeats its default route there."""
+    if not routes or not spec.gateway:
+        return ""
+    pairs = ([f"0.0.0.0/0,{spec.gateway}"] if spec.network_type == "PUBLIC" else []) + \
+        [f"{cidr},{spec.gateway}" for cidr in routes]
+    return "option:classless-static-route," + ",".join(pairs) + "\n"
+
+
+def write_files(spec, directory: Path, routes: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "dnsmasq.conf"
     _write(conf, config_text(spec, directory))
     _write(directory / "hosts", hosts_text(spec.reservations))
+    _write(directory / "options", options_text(spec, routes))
     (directory / "leases").touch()
     return conf
 

@@ -54,6 +54,10 @@ class BridgeNetwork:
             await asyncio.to_thread(links.owned_links, self.owner)
         except OSError as exc:
             raise DriverError(f"netlink refused: {exc} (the bridge driver needs CAP_NET_ADMIN)", unavailable=True) from None
+        try:  # a kernel without nf_tables fails here, not in the middle of start-up
+            await rules.comments(self.nft, self.table)
+        except DriverError as exc:
+            raise DriverError(f"nftables does not answer: {exc}", unavailable=True) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
@@ -73,6 +77,10 @@ class BridgeNetwork:
         self._watchers.append(callback)
 
     # ---------------------------------------------------------------- networks
+
+    def started_bridges(self) -> dict[str, str]:
+        """{bridge name: network id} of the started networks (what BridgeTraffic measures)."""
+        return {self._specs[n].bridge: n for n in self._running if n in self._specs}
 
     def _dir(self, network_id: str) -> Path:
         return self.run_dir / network_id
@@ -105,7 +113,7 @@ class BridgeNetwork:
             if spec.bridged and spec.uplink:
                 await asyncio.to_thread(links.enslave, spec.uplink, spec.bridge)
             if _serves_dhcp(spec):
-                await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id))
+                await self._write_dnsmasq(spec)
         except BaseException:
             if made:
                 await asyncio.to_thread(links.delete, spec.bridge)
@@ -146,6 +154,7 @@ class BridgeNetwork:
                 del self._ports[port_id]
                 await asyncio.to_thread(links.delete, links.port_names(port_id)[0])
             await self._apply_rules()
+            await self._announce_routes()
             if spec is not None:
                 if spec.bridged and spec.uplink:
                     await asyncio.to_thread(links.enslave, spec.uplink, None)
@@ -194,7 +203,7 @@ class BridgeNetwork:
             spec = replace(spec, reservations=tuple(reservations))
             self._specs[network_id] = spec
             if _serves_dhcp(spec):
-                await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(network_id))
+                await self._write_dnsmasq(spec)
                 daemon = self._daemons.get(network_id)
                 if daemon is not None:
                     daemon.reload()
@@ -240,11 +249,13 @@ class BridgeNetwork:
                 else:
                     self._groups[group_id] = previous
                 raise
+            await self._announce_routes()
 
     async def delete_forwarding_group(self, group_id: str) -> None:
         async with self._lock:
             if self._groups.pop(group_id, None) is not None:
                 await self._apply_rules()
+                await self._announce_routes()
 
     async def _apply_rules(self) -> None:
         """The rules of the started networks (a stopped one's bridge is down: nothing to filter)."""
@@ -254,8 +265,24 @@ class BridgeNetwork:
 
     # ---------------------------------------------------------------- dnsmasq, supervised
 
+    def _routes(self, network_id: str) -> list[str]:
+        """The subnets of the networks that share a forwarding group with this one."""
+        return sorted({self._specs[m].cidr for members in self._groups.values() if network_id in members
+                       for m in members if m != network_id and m in self._specs and self._specs[m].cidr})
+
+    async def _write_dnsmasq(self, spec) -> Path:
+        return await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id),
+                                       self._routes(spec.network_id))
+
+    async def _announce_routes(self) -> None:
+        """After a group changed: each running dnsmasq re-reads its routes (guests take them at renewal)."""
+        for network_id, daemon in list(self._daemons.items()):
+            if network_id in self._specs and daemon.alive():
+                await self._write_dnsmasq(self._specs[network_id])
+                daemon.reload()
+
     async def _start_dnsmasq(self, spec) -> None:
-        conf = await asyncio.to_thread(dnsmasq.write_files, spec, self._dir(spec.network_id))
+        conf = await self._write_dnsmasq(spec)
         self._supervise(spec.network_id, await dnsmasq.start(self.dnsmasq, conf))
 
     def _supervise(self, network_id: str, daemon: dnsmasq.Daemon) -> None:
@@ -337,7 +364,7 @@ class BridgeNetwork:
             current = spec is not None and spec.network_id in self._running and _serves_dhcp(spec) \
                 and spec.network_id not in kept and await asyncio.to_thread(dnsmasq.configured_as, spec, directory)
             if current:
-                await asyncio.to_thread(dnsmasq.write_files, spec, directory)
+                await self._write_dnsmasq(spec)
                 daemon = dnsmasq.Daemon(pid)
                 daemon.reload()
                 self._supervise(spec.network_id, daemon)

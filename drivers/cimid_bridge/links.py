@@ -56,6 +56,17 @@ def link_alias(ifname: str) -> str | None:
         return _attr(ipr.get_links(index)[0], "IFLA_IFALIAS") or ""
 
 
+def byte_counters(ifnames: set[str]) -> dict[str, tuple[int, int]]:
+    """{ifname: (bytes received, bytes sent)} of those of `ifnames` that exist, from one netlink dump."""
+    with IPRoute() as ipr:
+        found = {}
+        for link in ipr.get_links():
+            name, stats = _attr(link, "IFLA_IFNAME"), _attr(link, "IFLA_STATS64")
+            if name in ifnames and stats is not None:
+                found[name] = (stats["rx_bytes"], stats["tx_bytes"])
+        return found
+
+
 def link_state(ifname: str) -> dict | None:
     """{"up": bool, "mtu": int, "addresses": [cidr...], "master": ifname|None} of a link; None if absent."""
     with IPRoute() as ipr:

@@ -5,10 +5,10 @@ in this process. (The sandbox's compute twin runs on libvirt's test driver: cimi
 from cimid.hookspecs import hookimpl
 
 from .images import MemoryImageStore
-from .network import MemoryNetwork
+from .network import MemoryNetwork, MemoryTraffic
 from .storage import MemoryStorage
 
-__all__ = ["MemoryImageStore", "MemoryNetwork", "MemoryStorage"]
+__all__ = ["MemoryImageStore", "MemoryNetwork", "MemoryStorage", "MemoryTraffic"]
 
 
 @hookimpl
@@ -26,3 +26,8 @@ def cimid_storage_pool(config, name, settings):
 @hookimpl
 def cimid_network_driver(config):
     return MemoryNetwork() if config["network"]["driver"] == "memory" else None
+
+
+@hookimpl
+def cimid_meter_sources(network):
+    return [MemoryTraffic(network)] if isinstance(network, MemoryNetwork) else []

@@ -9,11 +9,12 @@ reservation, as dnsmasq answers it."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from cimid.errors import DriverError
-from cimid.hookspecs import NetworkSpec, Reservation
+from cimid.hookspecs import NETWORK, NetworkSpec, Reservation
 
 MTU_RANGE = range(68, 65536)  # 68: the IPv4 minimum; 65535: the largest a bridge takes
 MAX_LINK_NAME = 15  # IFNAMSIZ less its NUL
@@ -81,7 +82,7 @@ class MemoryNetwork:
                     raise DriverError(f"{subnet} overlaps {theirs} of network {other_id}")
             if spec.gateway is not None and ipaddress.ip_address(spec.gateway) not in subnet:
                 raise DriverError(f"the gateway {spec.gateway} is outside {subnet}")
-        self._networks[spec.network_id] = {"spec": spec, "up": False, "leases": {}}
+        self._networks[spec.network_id] = {"spec": spec, "up": False, "leases": {}, "bytes": [0, 0]}
 
     def _network(self, network_id: str) -> dict:
         found = self._networks.get(network_id)
@@ -141,6 +142,19 @@ class MemoryNetwork:
                 return reservation.ip
         return None
 
+    def carry(self, network_id: str, received: int, sent: int) -> None:
+        """Traffic through the fake host's bridge of a started network: `received` bytes from its guests,
+        `sent` to them (what MemoryTraffic measures, as BridgeTraffic reads a bridge's counters)."""
+        found = self._network(network_id)
+        if not found["up"]:
+            raise DriverError(f"network {network_id} is down: its bridge carries nothing")
+        found["bytes"][0] += received
+        found["bytes"][1] += sent
+
+    def byte_counters(self) -> dict[str, tuple[int, int]]:
+        """{network id: (bytes received, bytes sent)} of the started networks."""
+        return {n: (found["bytes"][0], found["bytes"][1]) for n, found in self._networks.items() if found["up"]}
+
     def dhcp_died(self, network_id: str) -> None:
         """The fake host's dnsmasq died: the driver restarts it and says so, as a bridge driver's supervisor."""
         if self._callback is not None and network_id in self._networks:
@@ -181,3 +195,32 @@ class MemoryNetwork:
         self._networks.clear()
         self._ports.clear()
         self._groups.clear()
+
+
+class MemoryTraffic:
+    """The sandbox's twin of cimid_bridge.BridgeTraffic: each started network's inputBandwidth (what the
+    host sent into it) and outputBandwidth (what its guests sent to the host), as rates between readings."""
+
+    kind = NETWORK
+    aspects = ("inputBandwidth", "outputBandwidth")
+    name = "memory-traffic"
+
+    def __init__(self, driver: MemoryNetwork):
+        self.driver = driver
+        self._previous: tuple[float, dict[str, tuple[int, int]]] | None = None  # (time, id -> (rx, tx))
+
+    async def read(self) -> dict[str, dict[str, float]]:
+        counters, stamp = self.driver.byte_counters(), time.monotonic()
+        readings: dict[str, dict[str, float]] = {}
+        if self._previous is not None and stamp > self._previous[0]:
+            seconds = stamp - self._previous[0]
+            for network_id, (received, sent) in counters.items():
+                before = self._previous[1].get(network_id)
+                if before is not None:
+                    readings[network_id] = {"inputBandwidth": (sent - before[1]) / seconds,
+                                            "outputBandwidth": (received - before[0]) / seconds}
+        self._previous = (stamp, counters)
+        return readings
+
+    async def close(self) -> None:
+        """Nothing of its own to release."""

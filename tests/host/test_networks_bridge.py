@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from pyroute2 import IPRoute
 
 from cimid.errors import DriverError
 from cimid.hookspecs import NetworkSpec, Reservation
-from cimid_bridge import BridgeNetwork, dnsmasq, links, rules
+from cimid_bridge import BridgeNetwork, BridgeTraffic, dnsmasq, links, rules
 
 from .conftest import fresh_dir
 from .netns import clients, config, in_test_netns, off_loop, spec, uplink  # noqa: F401 (fixtures)
@@ -102,6 +103,38 @@ async def test_networks_are_isolated_until_a_forwarding_group_joins_them(driver,
         await driver.set_forwarding_group("g3", ("n62", "nope"))
 
 
+ROUTES_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/$mask" dev "$interface"
+set -- $staticroutes
+while [ $# -ge 2 ]; do ip route add "$1" via "$2" dev "$interface"; shift 2; done
+exit 0
+"""
+
+
+async def test_a_forwarding_group_is_announced_to_guests_as_dhcp_routes(driver, clients, state_dir):
+    macs = {"n6f": "52:54:00:6f:00:0a", "n70": "52:54:00:70:00:0a"}
+    for n, third in (("n6f", 111), ("n70", 112)):
+        await driver.create_network(spec(n, f"cimidt{n[1:]}", f"10.{third}.0.0/24",
+                                         reservations=(Reservation(macs[n], f"10.{third}.0.10"),)))
+        await driver.start_network(n)
+    await driver.set_forwarding_group("g6f", ("n6f", "n70"))
+    script = state_dir / "routes.sh"
+    script.write_text(ROUTES_SCRIPT)
+    script.chmod(0o755)
+    guests = {}
+    for n in macs:  # DHCP with option 121 asked for, and no route added by hand
+        guests[n] = clients((await driver.create_port(n, f"p{n[1:]}"))["peer"], mac=macs[n])
+        guests[n].run("busybox", "udhcpc", "-i", guests[n].ifname, "-q", "-n", "-t", "6", "-T", "1",
+                      "-O", "staticroutes", "-s", str(script), check=False)
+    assert "10.112.0.0/24 via 10.111.0.1" in guests["n6f"].run("ip", "-4", "route").stdout
+    assert guests["n6f"].ping("10.112.0.10") and guests["n70"].ping("10.111.0.10")
+    # The group goes: so do the routes its members announce (dnsmasq re-read them, no restart).
+    pid = driver._daemons["n6f"].pid
+    await driver.delete_forwarding_group("g6f")
+    assert (driver.run_dir / "n6f" / "options").read_text() == "" and driver._daemons["n6f"].pid == pid
+
+
 async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(driver, clients, uplink, state_dir):
     mac = "52:54:00:64:00:0a"
     await driver.create_network(spec("n64", "cimidt64", "10.64.0.0/24", network_type="PUBLIC", uplink="cimidup0",
@@ -128,6 +161,24 @@ async def test_public_network_is_masqueraded_to_its_uplink_and_private_is_not(dr
     assert other.dhcp(state_dir) == "10.108.0.10"
     assert other.ping("192.0.2.1") and not other.ping("10.65.0.10")  # out, but not into another network
     assert await driver.network("n64") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "none"}
+
+
+async def test_the_traffic_source_reads_what_guests_send_through_the_bridge(driver, clients):
+    source = BridgeTraffic(driver)
+    await driver.create_network(spec("n6d", "cimidt6d", "10.109.0.0/24", dhcp=False))
+    await driver.start_network("n6d")
+    await driver.create_network(spec("n6e", "cimidt6e", "10.110.0.0/24", dhcp=False))  # stopped: not read
+    guest = clients((await driver.create_port("n6d", "p6d"))["peer"], address="10.109.0.10/24")
+    began = time.monotonic()
+    assert await source.read() == {}  # the first reading has no rate yet
+    # 20 echo requests of 1000 bytes to the gateway: the bridge link receives them all (a PRIVATE
+    # network's host then drops them, so little goes back).
+    guest.run("busybox", "ping", "-c", "20", "-i", "0.05", "-s", "1000", "-w", "3", "10.109.0.1", check=False)
+    reading = await source.read()
+    elapsed = time.monotonic() - began
+    assert set(reading) == {"n6d"} and set(reading["n6d"]) == {"inputBandwidth", "outputBandwidth"}
+    assert reading["n6d"]["outputBandwidth"] * elapsed >= 20 * 1000
+    assert 0 <= reading["n6d"]["inputBandwidth"] < reading["n6d"]["outputBandwidth"]
 
 
 async def test_a_killed_dnsmasq_is_restarted_with_an_alarm(driver, clients, state_dir):

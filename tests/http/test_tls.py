@@ -248,7 +248,8 @@ async def serve_once(tmp_path: Path, config: Path, port: int) -> str:
 
 async def test_serve_makes_a_self_signed_certificate_once_and_keeps_its_fingerprint(tmp_path):
     config = tmp_path / "cimid.toml"
-    config.write_text('[server]\ntls = true\nlog_requests = false\n[compute]\ndriver = "none"\n')
+    config.write_text('[server]\ntls = true\nlog_requests = false\n[compute]\ndriver = "none"\n'
+                      '[network]\ndriver = ""\n')  # no bridge in the namespace the tests run in
     state = tmp_path / "state"
     checked = cimid("check", "--config", str(config), "--profile", "host", "--state-dir", str(state))
     assert "tls: no certificate yet" in checked.stdout, checked.stdout

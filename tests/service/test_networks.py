@@ -5,8 +5,11 @@ request is a clear CIMI error that changes nothing, in the store or on the (fake
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+
 import pytest
-from conftest import CONSUMERS, assert_error, make_client, who
+from conftest import CONSUMERS, DATABASE, NS, assert_error, make_client, who
 
 from cimid.hookspecs import hookimpl
 from cimid.http.auth import hash_password
@@ -316,6 +319,35 @@ async def test_an_interface_is_hot_added_to_a_running_machine_and_hot_removed(cl
     assert driver(client).lease(last(network), interface["macAddress"]) is None
 
 
+async def test_a_hot_added_interface_takes_an_address_made_beforehand(client):
+    network, other = await make_network(client), await make_network(client, "10.0.9.0/24")
+    machine = await make_machine(client, [])
+    made = {}
+    for name, net, ip in (("mine", network, "10.0.7.50"), ("elsewhere", other, "10.0.9.50")):
+        r = await client.post("addresses", {"addressTemplate": {"network": {"href": net}, "ip": ip}})
+        assert r.status == 201, r
+        made[name] = r.headers["Location"]
+    before, on_host = await client.rows(), driver(client).spec(last(network))
+    for body, status, says in (
+            ({"addresses": [{"href": made["elsewhere"]}]}, 400, "is of another network"),
+            ({"addresses": [{"href": client.base + "addresses/nothing"}]}, 400, "does not name an Address of yours"),
+            ({"addresses": [{"href": made["mine"]}, {"href": made["mine"]}]}, 409, "is held already"),
+            ({"addresses": "10.0.7.50"}, 400, "addresses")):
+        r = await client.post(machine + "/networkInterfaces", {"network": {"href": network}, **body})
+        assert says in assert_error(r, status), body
+    assert await client.rows() == before and driver(client).spec(last(network)) == on_host
+
+    r = await client.post(machine + "/networkInterfaces", {"network": {"href": network},
+                                                           "addresses": [{"href": made["mine"]}]})
+    assert r.status == 202, r
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    interface = await client.assert_state(r.headers["Location"], "ACTIVE")
+    address = await address_of(client, interface)
+    assert address["id"] == made["mine"] and address["ip"] == "10.0.7.50"
+    assert address["resource"]["href"] == interface["id"]
+    assert driver(client).lease(last(network), interface["macAddress"]) == "10.0.7.50"
+
+
 async def test_a_hot_add_the_hypervisor_refuses_leaves_nothing(client):
     network = await make_network(client)
     machine = await make_machine(client, [{"network": {"href": network}}])
@@ -405,6 +437,50 @@ async def test_a_forwarding_group_lets_its_networks_route_to_each_other(client):
     await client.wait_job(r.headers["CIMI-Job-URI"])
     assert (await client.get(group)).status == 404 and not driver(client).routes(ids[0], last(joined["id"]))
     assert "forwardingGroup" not in (await client.get(joined["id"])).json
+
+
+async def test_a_network_lists_its_ports_at_its_network_ports_link(tmp_path):
+    client = await make_client(tmp_path)
+    try:
+        network = await make_network(client)
+        doc = (await client.get(network)).json
+        assert doc["networkPorts"] == {"href": network + "/networkPorts"}
+        machine = await make_machine(client, [{"network": {"href": network}}])
+        (interface,) = await interfaces_of(client, machine)
+        r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": network}}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        operator = r.headers["Location"]
+        listing = (await client.get(network + "/networkPorts")).json
+        assert listing["count"] == 2 and {p["networkPort"]["href"] for p in listing["networkNetworkPorts"]} == {
+            interface["networkPort"]["href"], operator}
+        xml = (await client.get(network + "/networkPorts", fmt="xml")).xml  # validated against DSP8009
+        assert len(xml.findall("c:NetworkNetworkPort", NS)) == 2
+        before = await client.rows()
+        r = await client.post(network + "/networkPorts", {"networkPort": {"href": operator}})
+        assert r.status == 405 and await client.rows() == before
+        assert (await client.get(client.base + "networks/nothing/networkPorts")).status == 404
+
+        r = await client.delete(operator)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        r = await client.delete(machine)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert (await client.get(network + "/networkPorts")).json["count"] == 0  # each goes with its port
+        r = await client.post("networkPorts", {"networkPortTemplate": {"network": {"href": network}}})
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        kept = r.headers["Location"]
+        db = sqlite3.connect(client.app[DATABASE])  # a store from before networks listed their ports
+        with db:
+            db.execute("DELETE FROM resources WHERE kind = 'NetworkNetworkPort'")
+        db.close()
+        assert (await client.get(network + "/networkPorts")).json["count"] == 0
+    finally:
+        await client.client.close()
+    again = await make_client(tmp_path)  # a restart lists them again
+    try:
+        (link,) = (await again.get(f"networks/{last(network)}/networkPorts")).json["networkNetworkPorts"]
+        assert last(link["networkPort"]["href"]) == last(kept)
+    finally:
+        await again.client.close()
 
 
 # ---------------------------------------------------------------- the provider's network
@@ -672,3 +748,48 @@ async def test_a_forwarding_group_in_xml(client):
     assert driver(client).routes(last(a), last(b))
     got = (await client.get(r.headers["Location"], fmt="xml")).xml
     assert [n.get("href") for n in got.findall("{http://schemas.dmtf.org/cimi/1}network")] == [a, b]
+
+
+async def test_every_network_gets_input_and_output_meters_from_its_bridges_counters(tmp_path):
+    client = await make_client(tmp_path, {"meters": {"sampling": True, "default_sample_interval": 1}})
+    try:
+        network = await make_network(client)
+        doc = (await client.get(network)).json
+        assert doc["meters"] == {"href": network + "/meters"}
+        # In DSP8009's order (after forwardingGroup, before eventLog); the client validates the XML.
+        xml = (await client.get(network, fmt="xml")).xml
+        assert [e.tag.rsplit("}", 1)[1] for e in xml if e.tag.rsplit("}", 1)[1] in ("meters", "eventLog")] == [
+            "meters", "eventLog"]
+        listing = (await client.get(network + "/meters")).json
+        meters = {m["aspect"].rsplit("/", 1)[-1]: m for m in listing["meters"]}
+        assert set(meters) == {"inputBandwidth", "outputBandwidth"} and listing["count"] == 2
+        assert all(m["targetResource"]["href"] == network and m["units"] == "byte/s" for m in meters.values())
+
+        # Guests send 5 MB to or through the host and get nothing back: output moves, input stays at 0.
+        async def values(aspect: str) -> list[float]:
+            found = (await client.get(meters[aspect]["samples"]["href"])).json.get("samples", [])
+            return [float(s["value"]) for s in found]
+        for _ in range(400):  # until the sampler has a rate (its second reading of the counters)
+            if await values("outputBandwidth"):
+                break
+            await asyncio.sleep(0.05)
+        driver(client).carry(last(network), received=5_000_000, sent=0)
+        for _ in range(400):
+            if any(v > 0 for v in await values("outputBandwidth")):
+                break
+            await asyncio.sleep(0.05)
+        assert any(v > 0 for v in await values("outputBandwidth"))
+        assert set(await values("inputBandwidth")) == {0.0}
+
+        before = await client.rows()
+        r = await client.post("meters", {"meterTemplate": {
+            "meterConfig": {"href": client.base + "meterConfigs/input"},
+            "targetResource": {"href": client.base + "networks/nothing"}}})
+        assert "networks/nothing' does not name an existing" in assert_error(r, 400)
+        assert await client.rows() == before
+
+        r = await client.delete(network)
+        await client.wait_job(r.headers["CIMI-Job-URI"])
+        assert (await client.get(meters["inputBandwidth"]["id"])).status == 404  # Meters go with their Network
+    finally:
+        await client.client.close()

@@ -2,6 +2,7 @@
 refuses to open without one (its machines run in the host tier, tests/host)."""
 
 import pytest
+from cimid_bridge import BridgeNetwork
 from cimid_dir import DirImageStore, DirVolumes
 from cimid_libvirt import LibvirtCompute, SandboxCompute
 from cimid_memory import MemoryImageStore, MemoryNetwork, MemoryStorage
@@ -15,7 +16,7 @@ def test_the_host_profile_gives_the_compute_driver_its_image_store(tmp_path):
     drivers = Drivers.load(plugin_manager(), load(profile="host", state_dir=tmp_path))
     assert isinstance(drivers.compute, LibvirtCompute) and isinstance(drivers.images, DirImageStore)
     assert drivers.compute.images is drivers.images
-    assert drivers.network is None  # no host network driver yet
+    assert isinstance(drivers.network, BridgeNetwork)
     pool = drivers.storage.pool(None)  # the default pool: qcow2 files under the state directory
     assert isinstance(pool, DirVolumes) and pool.path == tmp_path / "volumes"
 
