@@ -178,18 +178,16 @@ class JobRunner:
         unfinished, so a restart fails it and settles its target from the host (recover); what its last
         step made (a step's `result`) is read only on SUCCESS, so nothing is lost by recording it then."""
         async with self.slots:
-            job = await self.store.get(Job.name, job_id)
-            if job is None or job.state != "QUEUED":
-                return  # stopped while it waited
-            kind = self.kinds[job.internal["kind"]]
-            steps = job.internal["steps"]
             async with self.store.write() as tx:
                 job = await tx.get(Job.name, job_id)
-                if job.state != "QUEUED":
-                    return
+                if job is None or job.state != "QUEUED":
+                    return  # stopped while it waited
+                kind = self.kinds[job.internal["kind"]]
+                steps = job.internal["steps"]
                 set_job_state(job, "RUNNING")
                 job.internal["begun"] = True
                 await self._begin_step(tx, kind, job, 0)
+                await tx.update(job)
             outcome, message = "SUCCESS", job.internal.get("success_message", "done")
             index = 0
             while True:
@@ -215,6 +213,7 @@ class JobRunner:
                     await self._end_step(tx, job, index, *step_ended, result)
                     index += 1
                     await self._begin_step(tx, kind, job, index)
+                    await tx.update(job)
             self.stop_requested.discard(job_id)
             observed = await kind.observe(job)
             async with self.store.write() as tx:
@@ -226,6 +225,9 @@ class JobRunner:
                 await tx.update(job)
                 await alarm_if_failed(tx, job)
 
+    # _begin_step and _end_step change `job` in memory; their caller updates it once, at the end of its
+    # transaction.
+
     @staticmethod
     async def _begin_step(tx: Transaction, kind: JobKind, job: Row, index: int) -> None:
         steps = job.internal["steps"]
@@ -234,7 +236,6 @@ class JobRunner:
         # it is accepted while a step other than the last runs (a single-step Job: never once RUNNING).
         job.internal["stoppable"] = index + 1 < len(steps)
         job.internal["step"] = index
-        await tx.update(job)
         if step.get("job"):
             nested = await tx.get(Job.name, step["job"])
             set_job_state(nested, "RUNNING")
@@ -255,7 +256,6 @@ class JobRunner:
                           f"step {index + 1} of {len(steps)} ({step['op']}) done" if outcome == "SUCCESS" else message)
             await tx.update(nested)
         job.attrs["progress"] = int(100 * (index + 1) / len(steps))
-        await tx.update(job)
 
     async def stop(self, id: str, if_match: str | None, ctx: Context) -> Row:
         """A consumer's stop: at once for a QUEUED Job (its kind undoes what the request recorded), before
