@@ -393,7 +393,7 @@ class Machines(ResourceService):
             machine = await tx.get(Machine.name, machine_id)
             if machine is None or machine.state in Machine.transitional_states or machine.state == state:
                 return  # a Job is at work, and it reads the state back when it ends
-            if self._looked.get(machine_id, -1.0) > arrived:
+            if self._looked.get(machine_id, float("-inf")) > arrived:
                 return  # a Job read the host after this event came (e.g. its own start's): the Job's is newer
             previous = machine.state
             settle(machine, state)
