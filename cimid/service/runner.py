@@ -172,39 +172,26 @@ class JobRunner:
         await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
 
     async def _run(self, job_id: str) -> None:
+        """Each commit is where a crash must find the Job: one as it begins (RUNNING, with its first step
+        begun, before any driver call), one between two steps (the one ended and the next begun), and one
+        with the last step's outcome and the Job's. A Job killed before that last commit is begun and
+        unfinished, so a restart fails it and settles its target from the host (recover); what its last
+        step made (a step's `result`) is read only on SUCCESS, so nothing is lost by recording it then."""
         async with self.slots:
-            job = await self.store.get(Job.name, job_id)
-            if job is None or job.state != "QUEUED":
-                return  # stopped while it waited
-            kind = self.kinds[job.internal["kind"]]
-            steps = job.internal["steps"]
             async with self.store.write() as tx:
                 job = await tx.get(Job.name, job_id)
-                if job.state != "QUEUED":
-                    return
+                if job is None or job.state != "QUEUED":
+                    return  # stopped while it waited
+                kind = self.kinds[job.internal["kind"]]
+                steps = job.internal["steps"]
                 set_job_state(job, "RUNNING")
                 job.internal["begun"] = True
-                # As the first step will say: a single-step Job is in its last step from now on.
-                job.internal["stoppable"] = len(steps) > 1
+                await self._begin_step(tx, kind, job, 0)
                 await tx.update(job)
             outcome, message = "SUCCESS", job.internal.get("success_message", "done")
-            for index, step in enumerate(steps):
-                nested_id = step.get("job")
-                if job_id in self.stop_requested:
-                    outcome, message = "STOPPED", f"stopped by request before step {index + 1} of {len(steps)}"
-                    break
-                async with self.store.write() as tx:
-                    job = await tx.get(Job.name, job_id)
-                    # A driver call is never interrupted, but a stop asked for now takes effect before the
-                    # next step, so it is accepted while a step other than the last runs.
-                    job.internal["stoppable"] = index + 1 < len(steps)
-                    job.internal["step"] = index
-                    await tx.update(job)
-                    if nested_id:
-                        nested = await tx.get(Job.name, nested_id)
-                        set_job_state(nested, "RUNNING")
-                        await tx.update(nested)
-                    await kind.finish(tx, job, "STEP", step.get("transitional", ""), None)
+            index = 0
+            while True:
+                step = steps[index]
                 result = None
                 try:
                     result = await kind.run_step(job, step)
@@ -215,29 +202,60 @@ class JobRunner:
                 except Exception as exc:  # a driver bug must fail the Job, not leave it RUNNING
                     log.exception("job %s: step %s raised", job_id, step.get("op"))
                     outcome, message = "FAILED", f"internal error in the driver: {exc}"
+                step_ended = (outcome, message)  # a stop asked for now ends the Job, not this step
+                if outcome != "SUCCESS" or index + 1 == len(steps):
+                    break
+                if job_id in self.stop_requested:
+                    outcome, message = "STOPPED", f"stopped by request before step {index + 2} of {len(steps)}"
+                    break
                 async with self.store.write() as tx:
                     job = await tx.get(Job.name, job_id)
-                    if result is not None:  # what the step made, for the finisher (e.g. a captured image)
-                        job.internal["steps"][index]["result"] = result
-                    if nested_id:
-                        nested = await tx.get(Job.name, nested_id)
-                        set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
-                                      f"step {index + 1} of {len(steps)} ({step['op']}) done"
-                                      if outcome == "SUCCESS" else message)
-                        await tx.update(nested)
-                    job.attrs["progress"] = int(100 * (index + 1) / len(steps))
+                    await self._end_step(tx, job, index, *step_ended, result)
+                    index += 1
+                    await self._begin_step(tx, kind, job, index)
                     await tx.update(job)
-                if outcome != "SUCCESS":
-                    break
             self.stop_requested.discard(job_id)
             observed = await kind.observe(job)
             async with self.store.write() as tx:
                 job = await tx.get(Job.name, job_id)
+                await self._end_step(tx, job, index, *step_ended, result)
                 outcome, message = await kind.finish(tx, job, outcome, message, observed) or (outcome, message)
                 await end_nested(tx, job, "STOPPED" if outcome == "STOPPED" else "FAILED", "not run: " + message)
                 set_job_state(job, outcome, message)
                 await tx.update(job)
                 await alarm_if_failed(tx, job)
+
+    # _begin_step and _end_step change `job` in memory; their caller updates it once, at the end of its
+    # transaction.
+
+    @staticmethod
+    async def _begin_step(tx: Transaction, kind: JobKind, job: Row, index: int) -> None:
+        steps = job.internal["steps"]
+        step = steps[index]
+        # A driver call is never interrupted, but a stop asked for now takes effect before the next step, so
+        # it is accepted while a step other than the last runs (a single-step Job: never once RUNNING).
+        job.internal["stoppable"] = index + 1 < len(steps)
+        job.internal["step"] = index
+        if step.get("job"):
+            nested = await tx.get(Job.name, step["job"])
+            set_job_state(nested, "RUNNING")
+            await tx.update(nested)
+        await kind.finish(tx, job, "STEP", step.get("transitional", ""), None)
+
+    @staticmethod
+    async def _end_step(tx: Transaction, job: Row, index: int, outcome: str, message: str, result: object) -> None:
+        """Record how step `index` went: what it made (for the finisher, e.g. a captured image) and its
+        nested Job's ending."""
+        steps = job.internal["steps"]
+        step = steps[index]
+        if result is not None:
+            step["result"] = result
+        if step.get("job"):
+            nested = await tx.get(Job.name, step["job"])
+            set_job_state(nested, "SUCCESS" if outcome == "SUCCESS" else "FAILED",
+                          f"step {index + 1} of {len(steps)} ({step['op']}) done" if outcome == "SUCCESS" else message)
+            await tx.update(nested)
+        job.attrs["progress"] = int(100 * (index + 1) / len(steps))
 
     async def stop(self, id: str, if_match: str | None, ctx: Context) -> Row:
         """A consumer's stop: at once for a QUEUED Job (its kind undoes what the request recorded), before

@@ -526,6 +526,7 @@ class Volumes(ResourceService):
         await self.ensure_storage()
         location = attrs["imageLocation"]
         source = self._volume_of(location)
+        asked_pool = self._image_pool(attrs)
         async with self.store.write() as tx:
             stamp = now()
             image = Row(VolumeImage.name, new_id(), "", {**attrs, "created": stamp, "updated": stamp,
@@ -534,6 +535,9 @@ class Volumes(ResourceService):
                 volume = await self.changeable(tx, ctx, Volume, source)
                 if volume.state != "AVAILABLE":
                     raise Conflict(f"Volume '{source}' is {volume.state}, not AVAILABLE")
+                if asked_pool not in (None, volume.internal["pool"]):
+                    raise BadRequest(f"properties.pool: a snapshot of Volume '{source}' is kept in its pool "
+                                     f"'{volume.internal['pool']}', not in '{asked_pool}'")
                 await self._check_space(self.pools.pool(volume.internal["pool"]), volume.internal["pool"],
                                         volume.attrs["capacity"])
                 image.attrs["imageLocation"] = f"{ctx.base}volumes/{source}"
@@ -549,14 +553,26 @@ class Volumes(ResourceService):
                 if not location.startswith(("http://", "https://", "file://")):
                     raise BadRequest(f"imageLocation: '{location[:200]}' is neither a Volume of this provider "
                                      "nor an http(s):// or file:// URL to import")
-                name = self.pools.default
-                image.internal.update(pool=name)
+                image.internal.update(pool=asked_pool or self.pools.default)
                 await tx.insert(image)
                 tx.emit(model_changed(VolumeImage, image, "created", ctx.user))
                 job = await self.jobs.queue(tx, KIND, action="add", target=VolumeImage.collection,
                                             affected=[f"volumeImages/{image.id}"], steps=[{"op": "import"}],
                                             success="VolumeImage imported", owner=ctx.user, image=image.id)
         return job_result(ctx, job, 202, location=f"volumeImages/{image.id}")
+
+    def _image_pool(self, attrs: dict) -> str | None:
+        """The pool a VolumeImage names in `properties.pool` (None: the default pool, or for a snapshot its
+        volume's); a VolumeImage has no `type` to name it by as a VolumeConfiguration does."""
+        name = (attrs.get("properties") or {}).get("pool")
+        if name is None:
+            return None
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"properties.pool: must be the name of a storage pool, not {name!r}")
+        if self.pools.pool(name) is None:
+            raise BadRequest(f"properties.pool: there is no storage pool '{name}'; the pools are "
+                             f"{', '.join(sorted(self.pools.pools))}")
+        return name
 
     @staticmethod
     def _volume_of(location: str) -> str | None:

@@ -155,6 +155,23 @@ async def test_state_follows_the_hypervisor_by_itself(app_client):
     await app_client.assert_state(m, "STARTED")
 
 
+async def test_an_event_older_than_a_jobs_look_at_the_host_changes_nothing(app_client):
+    """libvirt's events reach cimid asynchronously: one that arrived before a Job read the machine's state
+    from the host (the Job's own start, say) but is handled after the Job ended is older news than what the
+    Job settled the machine with, and is dropped; one that arrived later is followed."""
+    import time
+    m, _ = await create(app_client, by_reference(app_client.base))
+    machine_id = m.rsplit("/", 1)[1]
+    machines = app_client.app[PROVIDER].services["machines"]
+    arrived = time.monotonic()  # "the machine runs", as it did until the stop below
+    await act(app_client, m, "stop")
+    await app_client.assert_state(m, "STOPPED")
+    await machines._follow(machine_id, "STARTED", "the machine runs", arrived)
+    await app_client.assert_state(m, "STOPPED")
+    await machines._follow(machine_id, "STARTED", "the machine runs", time.monotonic())
+    await app_client.assert_state(m, "STARTED")
+
+
 async def test_create_with_unknown_configuration_is_400_and_leaves_nothing(app_client):
     before = await app_client.rows()
     r = await app_client.post("machines", by_reference(app_client.base, machineConfig={

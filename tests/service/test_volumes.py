@@ -279,6 +279,47 @@ async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_cl
     assert await client.rows() == before
 
 
+async def test_a_volume_image_names_its_pool_in_properties(tmp_path):
+    """An import goes to the pool `properties.pool` names (the default one without it); volumes made from
+    it live there; a pool that does not exist, or a snapshot asked into another pool, is a 400 changing
+    nothing."""
+    paths = {name: Path(tempfile.mkdtemp(prefix=f"cimid-volumes-{name}-")) for name in ("default", "other")}
+    for path in paths.values():
+        path.chmod(0o755)
+    client = await make_client(tmp_path, {"storage": {"pools": {
+        name: {"driver": "dir", "path": str(path)} for name, path in paths.items()}}})
+    try:
+        source = tmp_path / "data.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "1M"], check=True)
+        r = await client.post("volumeImages", {"imageLocation": source.as_uri(), "properties": {"pool": "other"}})
+        assert r.status == 202, r
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+        image_id = image["id"].rsplit("/", 1)[1]
+        assert [p.name for p in (paths["other"] / "images").iterdir()] == [f"{image_id}.qcow2"]
+        assert not (paths["default"] / "images").exists() or not any((paths["default"] / "images").iterdir())
+        volume = await make_volume(client, 1024, volumeImage={"href": image["id"]},
+                                   volumeConfig={"capacity": 1024, "type": "urn:x-cimid:pool:other"})
+        assert (paths["other"] / (volume.rsplit("/", 1)[1] + ".qcow2")).exists()
+        r = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 1024},
+                                                             "volumeImage": {"href": image["id"]}}})
+        assert r.status == 400 and "kept in pool 'other'" in r.json["statusMessage"]
+        before = await client.rows()
+        for body, message in (
+                ({"imageLocation": source.as_uri(), "properties": {"pool": "nosuch"}},
+                 "there is no storage pool 'nosuch'; the pools are default, other"),
+                ({"imageLocation": volume, "properties": {"pool": "default"}},
+                 "is kept in its pool 'other', not in 'default'")):
+            r = await client.post("volumeImages", body)
+            assert r.status == 400 and message in r.json["statusMessage"], r
+        assert await client.rows() == before
+        assert [p.name for p in (paths["other"] / "images").iterdir()] == [f"{image_id}.qcow2"]
+    finally:
+        await client.client.close()
+        for path in paths.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 async def test_machine_templates_attach_volumes_and_make_new_ones(client):
     existing = await make_volume(client, 100)
     tpl = (await client.post("volumeTemplates", {"name": "scratch", "volumeConfig": {"capacity": 300}})).json["id"]
