@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
@@ -210,27 +211,29 @@ class LibvirtCompute(LibvirtDomains):
             dom.attachDeviceFlags(xml, flags)
         await self._call(attach)
 
-    async def detach_volume(self, machine_id: str, device: str) -> None:
-        def detach():
-            dom = self._domain(machine_id)
-            if dom is None:
+    def _detach(self, machine_id: str, find: Callable[[str], str | None], what: str) -> None:
+        """Unplug the device `find` picks out of a domain's XML, from its definition and (running) live.
+        A running guest lets go of it only when it has acknowledged the unplug (ACPI), which libvirt may
+        not wait for: it is detached once the live domain lacks it. Blocking: run through _call."""
+        dom = self._domain(machine_id)
+        if dom is None:
+            return
+        for flags, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                 (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
+            if flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
+                continue
+            element = find(dom.XMLDesc(xml_flags))
+            if element is not None:
+                dom.detachDeviceFlags(element, flags)
+        for _ in range(DETACH_POLLS):
+            if not dom.isActive() or find(dom.XMLDesc(0)) is None:
                 return
-            for flags, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
-                                     (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
-                if flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
-                    continue
-                disk = _disk_element(dom.XMLDesc(xml_flags), device)
-                if disk is not None:
-                    dom.detachDeviceFlags(disk, flags)
-            # A running guest lets go of the disk when it has acknowledged the unplug (ACPI), which
-            # libvirt may not wait for: the volume is detached only once the live domain lacks it.
-            for _ in range(DETACH_POLLS):
-                if not dom.isActive() or _disk_element(dom.XMLDesc(0), device) is None:
-                    return
-                time.sleep(0.1)
-            raise DriverError(f"the guest did not release {device} within {DETACH_POLLS // 10} s; it stays "
-                              "attached (is the guest's OS up and handling ACPI hot-unplug?)")
-        await self._call(detach)
+            time.sleep(0.1)
+        raise DriverError(f"the guest did not release {what} within {DETACH_POLLS // 10} s; it stays "
+                          "attached (is the guest's OS up and handling ACPI hot-unplug?)")
+
+    async def detach_volume(self, machine_id: str, device: str) -> None:
+        await self._call(lambda: self._detach(machine_id, lambda xml: _disk_element(xml, device), device))
 
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         def resize():
@@ -267,25 +270,8 @@ class LibvirtCompute(LibvirtDomains):
     async def detach_interface(self, machine_id: str, mac: str) -> None:
         mac = mac.lower()
 
-        def detach():
-            dom = self._domain(machine_id)
-            if dom is None:
-                return
-            for flags, xml_flags in ((libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_XML_INACTIVE),
-                                     (libvirt.VIR_DOMAIN_AFFECT_LIVE, 0)):
-                if flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and not dom.isActive():
-                    continue
-                nic = _interface_element(dom.XMLDesc(xml_flags), mac)
-                if nic is not None:
-                    dom.detachDeviceFlags(nic, flags)
-            # As with disks: the NIC is gone once the guest acknowledged the unplug (ACPI).
-            for _ in range(DETACH_POLLS):
-                if not dom.isActive() or _interface_element(dom.XMLDesc(0), mac) is None:
-                    return
-                time.sleep(0.1)
-            raise DriverError(f"the guest did not release the interface {mac} within {DETACH_POLLS // 10} s; "
-                              "it stays attached (is the guest's OS up and handling ACPI hot-unplug?)")
-        await self._call(detach)
+        await self._call(lambda: self._detach(machine_id, lambda xml: _interface_element(xml, mac),
+                                              f"the interface {mac}"))
 
     async def interfaces(self, machine_id: str) -> list[str]:
         return await self._call(lambda: sorted(_macs(self._require(machine_id))))
