@@ -37,9 +37,13 @@ from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavaila
 from ..hookspecs import PlacementRequest
 from ..http.negotiation import JSON, XML, request_format, response_format
 from ..http.params import positive
+from ..model import TYPES
 from ..model.registry import collection_type
+from ..model.types import CIMI_NS
 from ..plugins import plugin_manager
 from ..wire import dialect_for
+from . import catalogue
+from .catalogue import CATALOGUE, Caller, GlobalCatalogue
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
@@ -58,6 +62,8 @@ NODE_CLIENT = web.AppKey("node_client", NodeClient)
 
 # The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
 TARGET = "cimid:target"
+# A create whose body the front rewrote (as JSON) names its new Content-Type here.
+BODY_TYPE = web.RequestKey("body_type", str)
 
 # Request headers a node needs to answer as it would answer the client; response headers the client needs.
 _REQUEST_HEADERS = ("Content-Type", "Accept", "If-Match", "If-None-Match", "Idempotency-Key", "Authorization",
@@ -147,6 +153,8 @@ async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = 
     if body:  # the node sees its own hrefs, as if the client had asked it directly
         body = body.replace(base.encode(), node.base.encode())
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
+    if BODY_TYPE in request:
+        headers["Content-Type"] = request[BODY_TYPE]
     status, reply_headers, data = await _ask(request, node, request.method, request.raw_path, None, body,
                                              {**headers, **(extra_headers or {})}, raw=True)
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
@@ -175,6 +183,9 @@ async def collection(request: web.Request) -> web.Response:
     rtype = collection_type(name)
     if rtype is None:
         raise NotFound(f"this provider has no collection '{name}'")
+    if name in catalogue.GLOBAL:
+        await _catalogue_ready(request)
+        return await catalogue.serve_collection(request, rtype, _caller(request), _front_base(request))
     if request.method == "POST":
         return await _create(request, name)
     if request.method not in ("GET", "HEAD"):
@@ -257,12 +268,17 @@ async def _create(request: web.Request, name: str) -> web.Response:
     went to (recorded in etcd before forwarding), whose own idempotency answers it once."""
     directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
     body = await request.read()
-    doc = _parse_body(request, body)
+    root, doc = _parse_body(request, body)
     target = doc.pop(TARGET, None) if isinstance(doc, dict) else None
-    if target is not None:
-        if not isinstance(target, str):
-            raise BadRequest(f"{TARGET} must be the name of a node")
-        body = json.dumps(doc).encode()  # the node does not know the extension
+    if target is not None and not isinstance(target, str):
+        raise BadRequest(f"{TARGET} must be the name of a node")
+    await _catalogue_ready(request)
+    resolved = await request.app[CATALOGUE].by_value(_caller(request), _request_type(name, root), doc,
+                                                     _front_base(request))
+    if target is not None or resolved != doc:  # the node knows neither the extension nor global entries
+        doc = resolved
+        body = json.dumps({"resourceURI": f"{CIMI_NS}/{root}", **doc} if root else doc).encode()
+        request[BODY_TYPE] = "application/json"
     claim = _idempotency_key(request)
     if claim is not None:
         node = await directory.claimed(claim)
@@ -314,11 +330,38 @@ async def _create_on(request: web.Request, body: bytes, node: NodeRecord,
     return response
 
 
-def _parse_body(request: web.Request, body: bytes) -> dict:
+def _parse_body(request: web.Request, body: bytes) -> tuple[str | None, dict]:
     dialect = dialect_for(request.headers)
     fmt = request_format(request.headers.get("Content-Type"), body)
-    _root, doc = dialect.parse(fmt, body)
-    return doc
+    return dialect.parse(fmt, body)
+
+
+def _request_type(collection: str, root: str | None):
+    """The type a create's body is checked as: its create wrapper (MachineCreate), else the resource."""
+    rtype = collection_type(collection)
+    return TYPES.get(root or "", None) or (TYPES[rtype.create_wrapper] if rtype.create_wrapper else rtype)
+
+
+def _caller(request: web.Request) -> Caller:
+    return Caller()
+
+
+async def _catalogue_ready(request: web.Request) -> None:
+    """The federation's catalogue started from a node's, once (see catalogue.GlobalCatalogue.import_once)."""
+    async def read_node(collection: str) -> list[dict] | None:
+        base = _front_base(request)
+        for node in _live(request):
+            try:
+                status, _h, data = await _ask(request, node, "GET", f"/cimi/{collection}", None, None,
+                                              {"Accept": "application/json"})
+            except Unavailable:
+                continue
+            if status == 200:
+                return json.loads(_rewrite(data, node, base)).get(collection_type(collection).items, [])
+            if status == 404:
+                return []  # the node does not serve this family
+        return None
+    await request.app[CATALOGUE].import_once(read_node)
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -387,6 +430,10 @@ async def resource(request: web.Request) -> web.Response:
     name, id, tail = request.match_info["collection"], request.match_info["id"], request.match_info["tail"]
     if collection_type(name) is None:
         raise NotFound(f"this provider has no collection '{name}'")
+    if name in catalogue.GLOBAL:
+        await _catalogue_ready(request)
+        return await catalogue.serve_resource(request, catalogue.GLOBAL[name], id, tail, _caller(request),
+                                              _front_base(request))
     directory = request.app[DIRECTORY]
     owner = directory.owner(name, id) or await _discover(request, name, id)
     node = directory.live.get(owner)
@@ -461,6 +508,7 @@ def make_front_app(config: Config) -> web.Application:
     app[DIRECTORY] = directory
     app[LEDGER] = Ledger(etcd, directory.prefix, front["reservation_seconds"])
     app[PLUGINS] = plugin_manager((BuiltinPlacement(),))
+    app[CATALOGUE] = GlobalCatalogue(etcd, directory.prefix)
     reconciler = Reconciler(etcd, directory, app[SETTINGS]["name"], lambda node, c: _list_ids(app, node, c),
                             cluster["lease_ttl"], front["reconcile_seconds"])
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
