@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -50,6 +50,7 @@ class Caller:
 
     name: str = "anonymous"
     role: str = "admin"
+    quotas: dict = field(default_factory=dict, hash=False, compare=False)  # the tenant's limits
 
     @property
     def scope(self) -> str | None:
