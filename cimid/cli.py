@@ -65,14 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("status", help="members, nodes, leases, capacity").add_argument(
         "--config", type=Path, metavar="FILE", required=True, help="TOML configuration with [cluster] endpoints")
     tenant = actions.add_parser("tenant", help="add or remove a consumer of the whole federation",
-                                description="`add NAME --role R [QUOTA=N ...]` reads the password from standard "
+                                description="`add NAME --role R [--quota QUOTA=N ...]` reads the password from standard "
                                             "input (prompting on a terminal) and writes the tenant to etcd, "
                                             "replacing one of that name; `remove NAME`. Fronts check logins "
                                             "against the tenants and count their quotas (machines, cpu, memory "
                                             "in KiB) across every node.")
     tenant.add_argument("verb", choices=("add", "remove"))
     tenant.add_argument("name")
-    tenant.add_argument("limits", nargs="*", metavar="QUOTA=N", help="machines, cpu or memory (KiB)")
+    tenant.add_argument("--quota", dest="limits", action="append", default=[], metavar="QUOTA=N",
+                        help="a limit across the federation: machines, cpu or memory (KiB); repeat for each")
     tenant.add_argument("--role", choices=("admin", "user", "reader"), default="user")
     tenant.add_argument("--config", type=Path, metavar="FILE", required=True,
                         help="TOML configuration with [cluster] endpoints")
