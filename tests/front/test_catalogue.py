@@ -203,6 +203,20 @@ async def test_a_machine_from_a_global_template_reaches_its_node_by_value(fed):
     assert await _machine_count(fed) == before + 1
 
 
+async def test_an_xml_create_naming_a_global_template_reaches_its_node_by_value(fed):
+    before = await _machine_count(fed)
+    body = (f'<MachineCreate xmlns="{CIMI}"><name>from-xml</name>'
+            f'<machineTemplate href="{_api(fed, "machineTemplates/small-tiny-linux")}"/></MachineCreate>')
+    async with fed.session.post(_api(fed, "machines"), data=body,
+                                headers={"Content-Type": "application/xml", "Accept": "application/xml"}) as reply:
+        assert reply.status == 202, await reply.text()
+        assert_valid_xml(await reply.read())
+        location = reply.headers["Location"]
+    status, machine, _ = await _call(fed, "GET", location)
+    assert status == 200 and machine["name"] == "from-xml" and machine["cpu"] == 1  # the global "small"
+    assert await _machine_count(fed) == before + 1
+
+
 async def test_a_credential_from_a_global_template_keeps_its_password_secret(fed):
     status, template, _ = await _call(fed, "POST", _api(fed, "credentialTemplates"), {
         "resourceURI": f"{CIMI}/CredentialTemplate", "name": "ops", "userName": "ops", "password": "s3cret"})

@@ -182,6 +182,24 @@ async def test_quotas_hold_across_nodes_and_concurrent_creates(fed):
     assert len((await _quota_record(fed, "bob"))["machines"]) == 3
 
 
+async def test_a_removed_tenant_logs_in_no_more(fed):
+    _tenant(fed, "add", "carol", "--role", "reader", password="carol-pw")
+    await _until(lambda: _logs_in(fed, "carol", 200))
+    status, doc, _ = await _call(fed, "POST", "machineConfigs", "carol", {
+        "resourceURI": f"{CIMI}/MachineConfiguration", "name": "c", "cpu": 1, "memory": 1})
+    assert status == 403  # a reader reads
+    _tenant(fed, "remove", "carol")
+    await _until(lambda: _logs_in(fed, "carol", 401))
+    done = subprocess.run([sys.executable, "-m", "cimid.cli", "cluster", "tenant", "add", "dave", "--quota", "disks=2",
+                           "--config", str(fed.front_config)], input="pw\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "QUOTA=N" in done.stderr
+    assert await _status(fed, "machines", "dave") == 401
+
+
+async def _logs_in(fed, who: str, expected: int) -> bool:
+    return await _status(fed, "machineConfigs", who) == expected
+
+
 async def test_counts_hold_while_a_node_is_down(fed):
     status, doc, _ = await _call(fed, "GET", "machines", "alice")
     on = {m["name"] for m in doc.get("machines", [])}
