@@ -60,13 +60,15 @@ def _parser() -> argparse.ArgumentParser:
                           "`cimid cluster certificate --dir DIR NAME [ADDRESS ...]`: the federation CA "
                           "(DIR/ca.crt, ca.key; made on first use) signs DIR/NAME.crt and NAME.key, for a node, "
                           "a front or an etcd member or client, good as server and as client, naming ADDRESS "
-                          "(IP addresses or DNS names) as its subjectAltNames.")
+                          "(IP addresses or DNS names) as its subjectAltNames.\n"
+                          "`cimid cluster tenant add|remove NAME --config FILE`: a consumer of the whole "
+                          "federation, checked by the fronts, with quotas counted across every node.")
     actions = cluster_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("status", help="members, nodes, leases, capacity").add_argument(
         "--config", type=Path, metavar="FILE", required=True, help="TOML configuration with [cluster] endpoints")
     tenant = actions.add_parser("tenant", help="add or remove a consumer of the whole federation",
-                                description="`add NAME --role R [--quota QUOTA=N ...]` reads the password from standard "
-                                            "input (prompting on a terminal) and writes the tenant to etcd, "
+                                description="`add NAME --role R [--quota QUOTA=N ...]` reads the password from "
+                                            "standard input (prompting on a terminal) and writes the tenant to etcd, "
                                             "replacing one of that name; `remove NAME`. Fronts check logins "
                                             "against the tenants and count their quotas (machines, cpu, memory "
                                             "in KiB) across every node.")

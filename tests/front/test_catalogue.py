@@ -104,7 +104,8 @@ async def test_seeded_entries_appear_once_from_etcd(fed):
     assert [c["name"] for c in doc["machineConfigurations"]] == ["large", "medium", "small", "tiny"]
     assert all(c["id"].startswith(_api(fed, "machineConfigs/")) for c in doc["machineConfigurations"])
     status, doc, _ = await _call(fed, "GET", _api(fed, "machineTemplates"))
-    assert doc["count"] == 1 and doc["machineTemplates"][0]["machineConfig"]["href"] == _api(fed, "machineConfigs/small")
+    assert doc["count"] == 1
+    assert doc["machineTemplates"][0]["machineConfig"]["href"] == _api(fed, "machineConfigs/small")
     stored = await _etcd_catalogue(fed)
     assert "machineConfigs/small" in stored and stored["machineTemplates/small-tiny-linux"]["attrs"][
         "machineConfig"] == {"href": "machineConfigs/small"}
