@@ -176,6 +176,13 @@ async def test_quotas_hold_across_nodes_and_concurrent_creates(fed):
             "machineConfig": {"cpu": 8, "memory": 262144}, "machineImage": {"href": "machineImages/tiny-linux"}}})
     assert status == 403 and "quota cpu exceeded" in doc["statusMessage"], doc
     assert len((await _quota_record(fed, "alice"))["machines"]) == 1
+    # a create the node refuses gives its reservation back
+    status, doc, _ = await _call(fed, "POST", "machines", "alice", {
+        "resourceURI": f"{CIMI}/MachineCreate", "name": "no-image", "machineTemplate": {
+            "machineConfig": {"cpu": 1, "memory": 262144}, "machineImage": {"href": "machineImages/nope"}}})
+    assert status == 400, doc
+    record = await _quota_record(fed, "alice")
+    assert len(record["machines"]) == 1 and not record["inflight"]
     # bob (3 machines, one made above): of six concurrent creates, two pass
     answers = await asyncio.gather(*(_call(fed, "POST", "machines", "bob", _machine(f"b{i}")) for i in range(6)))
     assert sorted(status for status, _d, _h in answers) == [202, 202, 403, 403, 403, 403]
