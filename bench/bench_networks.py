@@ -109,14 +109,13 @@ async def plain_create(i: int, directory: Path) -> float:
     return elapsed
 
 
-async def nft_alone(i: int) -> float:
+async def nft_alone(nft, i: int) -> float:
     """What the driver adds to the baseline: one nftables transaction installing a network's rules (the
     same table it writes), then its removal (not timed)."""
-    from cimid_bridge import rules
     started = time.perf_counter()
-    await rules.apply("nft", "cimid_bench", [spec(i)], {})
+    await nft.apply("cimid_bench", [spec(i)], {})
     elapsed = time.perf_counter() - started
-    await rules.apply("nft", "cimid_bench", [], {})
+    await nft.apply("cimid_bench", [], {})
     return elapsed
 
 
@@ -218,7 +217,7 @@ async def inner(quick: bool) -> dict:
         for i in range(rounds):  # interleaved, so all see the same machine
             by_driver.append(await driver_create(driver, i))
             by_hand.append(await plain_create(i, state_dir / "plain"))
-            by_nft.append(await nft_alone(i))
+            by_nft.append(await nft_alone(driver.nft, i))
         await driver.close()
         print(f"  create -> STARTED, medians of {rounds}: driver {median(by_driver) * 1000:.1f} ms, "
               f"by hand {median(by_hand) * 1000:.1f} ms; one nft transaction alone {median(by_nft) * 1000:.1f} ms")

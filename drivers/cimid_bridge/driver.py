@@ -33,7 +33,7 @@ class BridgeNetwork:
         self.owner = f"cimid:{instance}:"  # the alias prefix of its links
         self.table = f"cimid_{instance}"  # its nftables table (inet)
         self.dnsmasq = "dnsmasq"
-        self.nft = "nft"
+        self.nft: rules.Nftables | None = None  # libnftables, loaded by open()
         self._specs: dict = {}  # network id -> NetworkSpec
         self._running: set[str] = set()
         self._ports: dict[str, str] = {}  # port id -> network id
@@ -46,16 +46,18 @@ class BridgeNetwork:
     # ---------------------------------------------------------------- lifecycle of the driver
 
     async def open(self) -> None:
-        for binary in (self.dnsmasq, self.nft):
-            if shutil.which(binary) is None:
-                raise DriverError(f"the bridge network driver needs {binary} (Debian: dnsmasq-base, nftables)",
-                                  unavailable=True)
+        if shutil.which(self.dnsmasq) is None:
+            raise DriverError(f"the bridge network driver needs {self.dnsmasq} (Debian: dnsmasq-base)", unavailable=True)
+        try:
+            self.nft = rules.Nftables()
+        except DriverError as exc:
+            raise DriverError(f"the bridge network driver needs libnftables: {exc}", unavailable=True) from None
         try:
             await asyncio.to_thread(links.owned_links, self.owner)
         except OSError as exc:
             raise DriverError(f"netlink refused: {exc} (the bridge driver needs CAP_NET_ADMIN)", unavailable=True) from None
         try:  # a kernel without nf_tables fails here, not in the middle of start-up
-            await rules.comments(self.nft, self.table)
+            await self.nft.comments(self.table)
         except DriverError as exc:
             raise DriverError(f"nftables does not answer: {exc}", unavailable=True) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,7 @@ class BridgeNetwork:
 
     async def health(self) -> dict[str, str]:
         owned = await asyncio.to_thread(links.owned_links, self.owner)
-        found = await rules.comments(self.nft, self.table)
+        found = await self.nft.comments(self.table)
         return {"bridges": f"{sum(1 for a in owned.values() if a.startswith(self.owner + 'net:'))} made by cimid",
                 "dnsmasq": f"{sum(1 for d in self._daemons.values() if d.alive())} running",
                 "nftables": f"table inet {self.table}, {len(found)} rules" if found else f"table inet {self.table} absent"}
@@ -186,7 +188,7 @@ class BridgeNetwork:
             wanted = up and (directory / "dnsmasq.conf").exists()
             serving = directory in (await asyncio.to_thread(dnsmasq.running_under, self.run_dir)).values()
         started = network_id in self._running if spec is not None else up
-        found = await rules.comments(self.nft, self.table)
+        found = await self.nft.comments(self.table)
         return {
             "bridge": "present" if bridge else "missing",
             "link": "up" if up else "down",
@@ -261,7 +263,7 @@ class BridgeNetwork:
         """The rules of the started networks (a stopped one's bridge is down: nothing to filter)."""
         networks = [self._specs[n] for n in sorted(self._running) if n in self._specs]
         groups = {g: [m for m in members if m in self._running] for g, members in self._groups.items()}
-        await rules.apply(self.nft, self.table, networks, groups)
+        await self.nft.apply(self.table, networks, groups)
 
     # ---------------------------------------------------------------- dnsmasq, supervised
 
