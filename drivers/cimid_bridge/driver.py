@@ -124,13 +124,14 @@ class BridgeNetwork:
     async def start_network(self, network_id: str) -> None:
         async with self._lock:
             spec = self._spec(network_id)
-            await asyncio.to_thread(links.set_up, spec.bridge, True)
             daemon = self._daemons.get(network_id)
             if network_id in self._running and (daemon is not None and daemon.alive() or not _serves_dhcp(spec)):
+                await asyncio.to_thread(links.set_up, spec.bridge, True)
                 return  # started already (a Job run again after a restart)
             self._running.add(network_id)
-            # dnsmasq and nft are processes of their own: started side by side, not one after the other.
-            jobs = [self._apply_rules()] + ([self._start_dnsmasq(spec)] if _serves_dhcp(spec) else [])
+            # dnsmasq starts beside the rules and the link (it binds to the bridge's address, down or up),
+            # and the link comes up only once its rules are in place.
+            jobs = [self._rules_then_up(spec.bridge)] + ([self._start_dnsmasq(spec)] if _serves_dhcp(spec) else [])
             outcomes = await asyncio.gather(*jobs, return_exceptions=True)
             failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
             if failure is not None:
@@ -138,6 +139,10 @@ class BridgeNetwork:
                 await asyncio.gather(self._stop_dnsmasq(network_id), self._apply_rules(), return_exceptions=True)
                 await asyncio.to_thread(links.set_up, spec.bridge, False)
                 raise failure
+
+    async def _rules_then_up(self, bridge: str) -> None:
+        await self._apply_rules()
+        await asyncio.to_thread(links.set_up, bridge, True)
 
     async def stop_network(self, network_id: str) -> None:
         async with self._lock:
