@@ -178,12 +178,19 @@ class BridgeNetwork:
         runs in a process of its own): then a bridge that is down means a stopped network."""
         spec = self._specs.get(network_id)
         mark = links.alias(self.owner, "net", network_id)
-        owned = await asyncio.to_thread(links.owned_links, self.owner)
-        bridge = next((name for name, alias in owned.items() if alias == mark), None)
+        if spec is not None:  # its bridge's name is known: that link alone is read (every Job ends here)
+            state = await asyncio.to_thread(links.link_state, spec.bridge)
+            if state is not None and state["alias"] != mark:
+                state = None  # a link of that name cimid did not make for this network
+            bridge = spec.bridge if state is not None else None
+        else:
+            owned = await asyncio.to_thread(links.owned_links, self.owner)
+            bridge = next((name for name, alias in owned.items() if alias == mark), None)
         directory = self._dir(network_id)
         if spec is None and bridge is None and not directory.exists():
             return None
-        state = await asyncio.to_thread(links.link_state, bridge) if bridge else None
+        if spec is None:
+            state = await asyncio.to_thread(links.link_state, bridge) if bridge else None
         up = bool(state and state["up"])
         if spec is not None:
             wanted = _serves_dhcp(spec) and network_id in self._running

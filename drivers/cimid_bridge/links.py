@@ -73,17 +73,22 @@ def byte_counters(ifnames: set[str]) -> dict[str, tuple[int, int]]:
 
 
 def link_state(ifname: str) -> dict | None:
-    """{"up": bool, "mtu": int, "addresses": [cidr...], "master": ifname|None} of a link; None if absent."""
+    """{"up": bool, "mtu": int, "addresses": [cidr...], "master": ifname|None, "alias": str} of a link;
+    None if absent."""
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
-        if index is None:
-            return None
-        link = ipr.get_links(index)[0]
+        try:
+            link = ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        index = link["index"]
         master = _attr(link, "IFLA_MASTER")
         addresses = [f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)
                      if a["family"] in (2, 10)]
         return {"up": bool(link["flags"] & 1), "mtu": _attr(link, "IFLA_MTU"), "addresses": addresses,
-                "master": _attr(ipr.get_links(master)[0], "IFLA_IFNAME") if master else None}
+                "master": _attr(ipr.get_links(master)[0], "IFLA_IFNAME") if master else None,
+                "alias": _attr(link, "IFLA_IFALIAS") or ""}
 
 
 def make_bridge(ifname: str, mark: str, mtu: int | None, gateway: str | None, cidr: str | None,
