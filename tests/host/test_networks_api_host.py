@@ -114,14 +114,16 @@ async def test_networks_addresses_groups_hot_add_and_a_restart_through_the_api(r
 
         async def machine(name, network_url, ip, **script):
             fixed = await address(network_url, ip)
-            return await ok(client, await client.post("machines", {"name": name, "machineTemplate": {
+            return await client.post("machines", {"name": name, "machineTemplate": {
                 "machineImage": {"href": image}, "machineConfig": {"href": client.base + "machineConfigs/tiny"},
                 "userData": user_data(**script),
-                "networkInterfaces": [{"network": {"href": network_url}, "addresses": [{"href": fixed}]}]}}))
+                "networkInterfaces": [{"network": {"href": network_url}, "addresses": [{"href": fixed}]}]}})
 
-        a = await machine("a", db, "10.90.0.10", peers=("10.90.0.11",), renew=True)
-        b = await machine("b", db, "10.90.0.11", peers=("10.90.0.10",))
-        c = await machine("c", web, "10.91.0.12", peers=("10.90.0.10",), renew=True)
+        # Their Jobs run side by side.
+        made = [await machine("a", db, "10.90.0.10", peers=("10.90.0.11",), renew=True),
+                await machine("b", db, "10.90.0.11", peers=("10.90.0.10",)),
+                await machine("c", web, "10.91.0.12", peers=("10.90.0.10",), renew=True)]
+        a, b, c = [await ok(client, r) for r in made]
         # Each guest's DHCP lease is its Address resource, which its seed's network-config names too.
         for m, ip in ((a, "10.90.0.10"), (b, "10.90.0.11"), (c, "10.91.0.12")):
             seed = (await console_after(client, m, r"BEGIN network-config -----([\s\S]*?)HVTEST: ----- END")).group(1)

@@ -141,9 +141,10 @@ async def test_guests_get_their_reserved_addresses_reach_each_other_and_another_
     for n in ("g80", "g81"):
         await network.start_network(n)
     # a and c ask DHCP again every round: their routes to each other's network come from there alone.
-    a = await boot(host, "net-a", [InterfaceSpec(a_mac, "cimidg80")], peers=("10.80.0.11",), renew=True)
-    b = await boot(host, "net-b", [InterfaceSpec(b_mac, "cimidg80")], peers=("10.80.0.10",))
-    c = await boot(host, "net-c", [InterfaceSpec(c_mac, "cimidg81")], peers=("10.80.0.10",), renew=True)
+    a, b, c = await asyncio.gather(  # booted side by side
+        boot(host, "net-a", [InterfaceSpec(a_mac, "cimidg80")], peers=("10.80.0.11",), renew=True),
+        boot(host, "net-b", [InterfaceSpec(b_mac, "cimidg80")], peers=("10.80.0.10",)),
+        boot(host, "net-c", [InterfaceSpec(c_mac, "cimidg81")], peers=("10.80.0.10",), renew=True))
     consoles = {m: Console(compute, m) for m in (a, b, c)}
     # PRIVATE networks in no group announce no route.
     assert (await consoles[a].until(r"HVTEST: dhcp eth0 ([\d.]+)/24 routes none")).group(1) == "10.80.0.10"
@@ -222,8 +223,8 @@ async def test_a_restarted_daemon_takes_everything_back_while_guests_keep_talkin
     await network.create_network(spec("g85", "cimidg85", "10.85.0.0/24", reservations=(
         Reservation(macs[0], "10.85.0.10"), Reservation(macs[1], "10.85.0.11"))))
     await network.start_network("g85")
-    a = await boot(host, "net-ra", [InterfaceSpec(macs[0], "cimidg85")], peers=("10.85.0.11",))
-    b = await boot(host, "net-rb", [InterfaceSpec(macs[1], "cimidg85")], peers=("10.85.0.10",))
+    a, b = await asyncio.gather(boot(host, "net-ra", [InterfaceSpec(macs[0], "cimidg85")], peers=("10.85.0.11",)),
+                                boot(host, "net-rb", [InterfaceSpec(macs[1], "cimidg85")], peers=("10.85.0.10",)))
     consoles = [Console(compute, m) for m in (a, b)]
     await consoles[0].until(r"HVTEST: ping 10\.85\.0\.11 ok")
     await consoles[1].until(r"HVTEST: ping 10\.85\.0\.10 ok")
