@@ -333,6 +333,10 @@ class NetworkDriver(Protocol):
         missing (a host reboot), remove links, processes and rules that cimid made for nothing stored (a
         Job killed half-way), never touch anything cimid did not make."""
 
+    async def host_subnets(self) -> dict[str, str]:
+        """{IPv4 subnet: link name} of the addresses on the host's links that this driver did not make, so
+        that a new network's subnet is never one the host uses already (another cimid's bridge, a LAN)."""
+
     async def create_network(self, spec: NetworkSpec) -> None:
         """Make the bridge (down), its addresses and rules, and record the spec; DriverError on a clash."""
 

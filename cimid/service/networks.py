@@ -121,13 +121,14 @@ class Networks(ResourceService):
         name = settings["default_network"]
         if not settings["create_default"] or not name:
             return
+        host = await self.driver.host_subnets()
         async with self.store.write() as tx:
             if await tx.get("Meta", DEFAULT_RECORD) is not None:
                 return
             await tx.insert(Row("Meta", DEFAULT_RECORD, "", {"created": now()}))
             if await self._default_network(tx) is not None:
                 return
-            cidr, gateway, dns = await self._subnet(tx, {}, "the default network")
+            cidr, gateway, dns = await self._subnet(tx, {}, "the default network", host)
             network = await self._new_network(tx, "", {"name": name, "description": "made by cimid at first start"},
                                               {"networkType": "PUBLIC"}, cidr, gateway, dns, None)
             network.public = True  # every consumer may put machines on it
@@ -239,21 +240,29 @@ class Networks(ResourceService):
         if attrs.get("ip"):
             _ip(attrs["ip"], "ip")
 
-    async def _subnet(self, tx: Transaction, props: dict, where: str) -> tuple[str, str, tuple[str, ...]]:
+    async def _subnet(self, tx: Transaction, props: dict, where: str,
+                      host: dict[str, str]) -> tuple[str, str, tuple[str, ...]]:
         """(cidr, gateway, dns) of a new network: as its configuration says, else the first /24 of the
-        provider's pool that no network uses; 409 if it overlaps a network's."""
+        provider's pool that no network and no address of the host (`host`: {subnet: link}, from the driver)
+        uses; 409 if it overlaps either."""
         taken = {n.id: ipaddress.IPv4Network(n.internal["spec"]["cidr"]) for n in await tx.all_of(Network.name)
                  if n.internal.get("spec", {}).get("cidr")}
+        on_host = {ipaddress.IPv4Network(cidr): link for cidr, link in host.items()}
         if props.get("cidr"):
             subnet = ipaddress.IPv4Network(props["cidr"].strip())
             for other_id, other in taken.items():
                 if other.overlaps(subnet):
                     raise Conflict(f"{where}: the subnet {subnet} overlaps {other} of Network '{other_id}' "
                                    f"(networks/{other_id})")
+            for other, link in on_host.items():
+                if other.overlaps(subnet):
+                    raise Conflict(f"{where}: the subnet {subnet} overlaps {other} of the host's link {link}, "
+                                   "which cimid did not make")
         else:
             pool = ipaddress.IPv4Network(self.config["network"]["subnet_pool"])
             candidates = pool.subnets(new_prefix=24) if pool.prefixlen <= 24 else iter((pool,))
-            subnet = next((s for s in candidates if not any(s.overlaps(o) for o in taken.values())), None)
+            used = [*taken.values(), *on_host]
+            subnet = next((s for s in candidates if not any(s.overlaps(o) for o in used)), None)
             if subnet is None:
                 raise Conflict(f"{where}: every subnet of the provider's pool {pool} is in use; give "
                                "properties.cidr in the networkConfig")
@@ -293,6 +302,7 @@ class Networks(ResourceService):
         request = validate(NetworkCreate, body, creating=True)
         require(NetworkCreate, request)
         await self.ensure_driver()
+        host = await self.driver.host_subnets()
         async with self.store.write() as tx:
             template = await self.references.resolve(tx, NetworkCreate.attribute("networkTemplate"),
                                                      request["networkTemplate"], ctx.scope)
@@ -306,7 +316,8 @@ class Networks(ResourceService):
             if template.get("forwardingGroup"):
                 group = await self._group_to_join(tx, ctx, template["forwardingGroup"])
             await self.check_quotas(tx, ctx, {"networks": 1})
-            cidr, gateway, dns = await self._subnet(tx, config.get("properties") or {}, "networkTemplate.networkConfig")
+            cidr, gateway, dns = await self._subnet(tx, config.get("properties") or {}, "networkTemplate.networkConfig",
+                                                    host)
             network = await self._new_network(tx, ctx.user, request, config, cidr, gateway, dns, config.get("mtu"))
             persistence = None
             if template.get("eventLogTemplate"):

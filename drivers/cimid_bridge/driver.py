@@ -93,6 +93,9 @@ class BridgeNetwork:
             raise DriverError(f"there is no network {network_id}")
         return spec
 
+    async def host_subnets(self) -> dict[str, str]:
+        return await asyncio.to_thread(links.foreign_subnets, self.owner)
+
     async def create_network(self, spec) -> None:
         """Make the bridge (down) and dnsmasq's files (its rules come with its start); refuses a clashing
         link name, leaving nothing."""

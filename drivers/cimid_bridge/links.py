@@ -52,6 +52,15 @@ def owned_links(owner: str) -> dict[str, str]:
         return found
 
 
+def foreign_subnets(owner: str) -> dict[str, str]:
+    """{IPv4 subnet: ifname} of every address on a link that the cimid `owner` did not make."""
+    with IPRoute() as ipr:
+        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in ipr.get_links()
+                 if not (_attr(link, "IFLA_IFALIAS") or "").startswith(owner)}
+        return {str(ipaddress.IPv4Network(f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}", strict=False)): names[a["index"]]
+                for a in ipr.get_addr(family=2) if a["index"] in names}
+
+
 def link_alias(ifname: str) -> str | None:
     """The alias of the link `ifname` ("" when it has none); None when there is no such link."""
     with IPRoute() as ipr:

@@ -25,6 +25,7 @@ class MemoryNetwork:
 
     def __init__(self, foreign_links: tuple[str, ...] = ("lo", "eth0")):
         self.foreign_links = set(foreign_links)  # links of the fake host that cimid did not make
+        self.foreign_subnets = {"127.0.0.0/8": "lo"}  # their addresses: {subnet: link}
         self._networks: dict[str, dict] = {}  # id -> {"spec", "up", "leases"}
         self._ports: dict[str, dict] = {}  # port id -> {"network", "peer"}
         self._groups: dict[str, tuple[str, ...]] = {}
@@ -57,6 +58,9 @@ class MemoryNetwork:
             await self.set_forwarding_group(group_id, members)
 
     # ---------------------------------------------------------------- networks
+
+    async def host_subnets(self) -> dict[str, str]:
+        return dict(self.foreign_subnets)
 
     async def create_network(self, spec: NetworkSpec) -> None:
         if spec.network_id in self._networks:

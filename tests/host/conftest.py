@@ -47,6 +47,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.host)
 
 
+@pytest.fixture(autouse=True)
+def leaves_no_link():
+    """No host test may leave a link that a cimid made (its alias says "cimid:"): a daemon that made its
+    default network and was killed, say, would leave its bridge and address in the namespace for good."""
+    from cimid_bridge.links import owned_links
+    before = owned_links("cimid:")
+    yield
+    left = set(owned_links("cimid:")) - set(before)
+    assert not left, f"the test left links a cimid made: {sorted(left)}"
+
+
 def domain_names(prefix: str = "cimid-", mentioning: str = "") -> set[str]:
     """Names of the domains called prefix*, only those whose XML mentions `mentioning` if given (a state
     directory: its machines' disks live there, so other test runs' domains are never touched)."""

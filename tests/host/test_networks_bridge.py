@@ -277,10 +277,23 @@ async def test_a_bridge_name_clashing_with_a_link_cimid_did_not_make_is_refused(
         off_loop(links.delete, "cimidclash0")
 
 
-def foreign_bridge(ifname: str) -> None:
-    """A link cimid did not make (this kernel has no dummy links; a bridge without cimid's alias)."""
+async def test_the_host_subnets_are_those_of_links_cimid_did_not_make(driver):
+    off_loop(foreign_bridge, "cimidlan0", "10.74.0.1")
+    try:
+        await driver.create_network(spec("n75", "cimidt75", "10.75.0.0/24"))
+        found = await driver.host_subnets()
+        assert found["10.74.0.0/24"] == "cimidlan0" and "10.75.0.0/24" not in found
+    finally:
+        off_loop(links.delete, "cimidlan0")
+
+
+def foreign_bridge(ifname: str, address: str | None = None) -> None:
+    """A link cimid did not make (this kernel has no dummy links; a bridge without cimid's alias), with
+    `address`/24 if given."""
     with IPRoute() as ipr:
         ipr.link("add", ifname=ifname, kind="bridge")
+        if address:
+            ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=address, prefixlen=24)
 
 
 CRASHING_JOB = textwrap.dedent("""

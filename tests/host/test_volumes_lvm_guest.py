@@ -73,7 +73,8 @@ async def test_thin_volumes_snapshot_restore_grow_in_the_helper_guest(guest):
     client = await make_client(root, {
         "compute": {"uri": "qemu:///system", "virt_type": "qemu"},
         "storage": {"pools": {"default": {"driver": "lvm-in-guest", "volume_group": "gvg", "thin_pool": "tp",
-                                          "thin_fill_limit": 40}}}},
+                                          "thin_fill_limit": 40}}},
+        "network": {"create_default": False}},
         extra_plugins=(GuestPool(guest),), profile="host")
     try:
         await client.get("cloudEntryPoint")

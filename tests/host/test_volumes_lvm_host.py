@@ -82,7 +82,8 @@ async def lvm_client(libvirt_host, device):
         group.lvm("lvcreate", "-q", "-y", "-L", "4m", "-n", "cimid-v-leftover", "--addtag", "cimid", group.vg)
         root = fresh_dir()
         client = await make_client(root, {"compute": {"uri": "qemu:///system", "virt_type": "qemu"},
-                                          "storage": {"pools": {"default": pool_settings(group)}}},
+                                          "storage": {"pools": {"default": pool_settings(group)}},
+                                          "network": {"create_default": False}},
                                    profile="host")
         client.group = group
         try:

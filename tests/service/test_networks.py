@@ -140,6 +140,19 @@ async def test_a_network_by_reference_with_overrides_and_its_event_log(client):
         assert (await client.get(collection, fmt="xml")).xml is not None
 
 
+async def test_a_subnet_the_host_uses_already_is_never_given_to_a_network(client):
+    """Another cimid's bridge or the LAN may hold a subnet of the pool: the pool skips it, and a network
+    that asks for it is refused with nothing changed (dnsmasq would fail on the clash at start)."""
+    driver(client).foreign_subnets["10.213.0.0/24"] = "lan0"
+    auto = (await client.get(await make_network(client, None))).json
+    assert auto["host"]["cidr"] == {"value": "10.213.1.0/24"}
+    before, on_host = await client.rows(), await host(client)
+    r = await client.post("networks", {"networkTemplate": {"networkConfig": {
+        "networkType": "PRIVATE", "properties": {"cidr": "10.213.0.128/25"}}}})
+    assert "overlaps 10.213.0.0/24 of the host's link lan0, which cimid did not make" in assert_error(r, 409)
+    assert await client.rows() == before and await host(client) == on_host
+
+
 @pytest.mark.parametrize("config, status, says", [
     ({"networkType": "PRIVATE", "properties": {"cidr": "10.0.7.128/25"}}, 409, "overlaps 10.0.7.0/24"),
     ({"networkType": "PRIVATE", "properties": {"cidr": "10.0.0.0/8"}}, 409, "overlaps"),
