@@ -43,7 +43,7 @@ from ..wire import dialect_for
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
-from .placement import BuiltinPlacement, Ledger
+from .placement import BuiltinPlacement, Ledger, collection_level, create_level
 from .reconciler import Reconciler, parse_ids
 
 log = logging.getLogger("cimid.front")
@@ -158,7 +158,7 @@ async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = 
 async def cloud_entry_point(request: web.Request) -> web.Response:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"{request.method} is not allowed on the CloudEntryPoint; use GET", ["GET"])
-    for node in _live(request):
+    for node in sorted(_live(request), key=lambda n: -n.api_level):  # the newest node lists every collection
         try:
             return (await _forward(request, node))[1]
         except Unavailable:
@@ -166,8 +166,9 @@ async def cloud_entry_point(request: web.Request) -> web.Response:
     raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
 
 
-def _live(request: web.Request) -> list[NodeRecord]:
-    return sorted(request.app[DIRECTORY].live.values(), key=lambda n: n.name)
+def _live(request: web.Request, level: int = 1) -> list[NodeRecord]:
+    """The live nodes that serve requests of api_level `level`, by name."""
+    return sorted((n for n in request.app[DIRECTORY].live.values() if n.api_level >= level), key=lambda n: n.name)
 
 
 async def collection(request: web.Request) -> web.Response:
@@ -195,7 +196,7 @@ async def _query(request: web.Request, name: str, rtype) -> web.Response:
     if "$select" in request.query:
         wanted = {n.strip() for v in request.query.getall("$select") for n in v.split(",") if n.strip()}
         query.append(("$select", ",".join(sorted(wanted | {n for n, _ in order}))))
-    nodes = _live(request)
+    nodes = _live(request, collection_level(name))
     missing = directory.down()
     if settings["strict"] and missing:
         raise Unavailable(f"node(s) {', '.join(missing)} unavailable and front.strict is set; retry later",
@@ -268,8 +269,13 @@ async def _create(request: web.Request, name: str) -> web.Response:
         node = await directory.claimed(claim)
         if node is not None:
             return await _create_on(request, body, _live_node(directory, node), reservation=None)
-    needs = await _needs(request, name, doc) if name == "machines" else (0, 0)
-    placement = PlacementRequest(name, needs[0], needs[1], target)
+    template = await _template(request, doc) if name == "machines" else {}
+    needs = _needs(template) if name == "machines" else (0, 0)
+    level = create_level(name, template)
+    if not _live(request, level):
+        raise Unavailable(f"this create needs a node of api_level {level} or more, and none is available; "
+                          "retry later", headers={"Retry-After": "30"})
+    placement = PlacementRequest(name, needs[0], needs[1], target, api_level=level)
     for _attempt in range(8):  # another front may reserve what we saw free: place again
         candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request)] if c]
         if target is not None and target not in directory.live:
@@ -333,18 +339,25 @@ def claim_key(authorization: str, key: str) -> str:
     return f"{who}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
-async def _needs(request: web.Request, name: str, doc: dict) -> tuple[int, int]:
-    """(cpu, memory KiB) of a MachineCreate: its template's configuration, by value or by reference,
-    read from a node when referenced."""
+async def _template(request: web.Request, doc: dict) -> dict:
+    """A MachineCreate's template, its attributes by value over those of the one it references (read
+    from a node), with its configuration by value."""
     template = doc.get("machineTemplate") or {}
     if not isinstance(template, dict):
         raise BadRequest("machineTemplate must be an object")
-    config = template.get("machineConfig")
-    if config is None and "href" in template:
-        config = (await _read(request, template["href"])).get("machineConfig")
-    config = config or {}
-    if "href" in config and "cpu" not in config:
+    if "href" in template:
+        template = {**await _read(request, template["href"]), **{k: v for k, v in template.items() if k != "href"}}
+    config = template.get("machineConfig") or {}
+    if isinstance(config, dict) and "href" in config and "cpu" not in config:
         config = await _read(request, config["href"])
+    return {**template, "machineConfig": config}
+
+
+def _needs(template: dict) -> tuple[int, int]:
+    """(cpu, memory KiB) of a MachineCreate's template."""
+    config = template["machineConfig"]
+    if not isinstance(config, dict):
+        raise BadRequest("machineConfig must be an object")
     try:
         return int(config.get("cpu", 0)), int(config.get("memory", 0))
     except (TypeError, ValueError):
@@ -402,7 +415,7 @@ async def resource(request: web.Request) -> web.Response:
 async def _discover(request: web.Request, name: str, id: str) -> str:
     """Who owns a resource the index does not know: the live node that has it (then indexed)."""
     directory = request.app[DIRECTORY]
-    nodes = _live(request)
+    nodes = _live(request, collection_level(name))
 
     async def has(node: NodeRecord) -> bool:
         status, _h, _d = await _ask(request, node, "GET", f"/cimi/{name}/{id}", {"$select": "id"}, None,
