@@ -283,7 +283,9 @@ async def _create(request: web.Request, name: str) -> web.Response:
         chosen = request.app[PLUGINS].hook.cimid_place(request=placement, candidates=candidates)
         if chosen is None or chosen not in directory.live:
             raise Unavailable(f"no node has room for {needs[0]} vCPU and {needs[1]} KiB of memory"
-                              + (f" on {target}" if target else "") + "; retry later", headers={"Retry-After": "30"})
+                              + (f" on {target}" if target else "")
+                              + (f" among nodes of api_level {level} or more" if level > 1 else "")
+                              + "; retry later", headers={"Retry-After": "30"})
         reservation = await ledger.reserve(chosen, *needs) if name == "machines" else None
         if name != "machines" or reservation is not None:
             break

@@ -104,16 +104,16 @@ class Federation:
         out, err = await process.communicate()
         return subprocess.CompletedProcess(command, process.returncode, out.decode(), err.decode())
 
-    async def entries(self, prefix: str) -> list[Entry] | None:
+    async def entries(self, prefix: str, endpoints: list[str] | None = None) -> list[Entry] | None:
         """Every key under /cimid/v1/<prefix>; None when etcd does not answer."""
-        done = await self.etcdctl("get", "--prefix", f"/cimid/v1/{prefix}", "-w", "json")
+        done = await self.etcdctl("get", "--prefix", f"/cimid/v1/{prefix}", "-w", "json", endpoints=endpoints)
         if done.returncode != 0:
             return None
         return [Entry(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
                       kv.get("lease", 0), kv["mod_revision"]) for kv in json.loads(done.stdout).get("kvs", [])]
 
-    async def entry(self, key: str) -> Entry | None:
-        found = await self.entries(key)
+    async def entry(self, key: str, endpoints: list[str] | None = None) -> Entry | None:
+        found = await self.entries(key, endpoints)
         return next((e for e in found or [] if e.key == f"/cimid/v1/{key}"), None)
 
     async def index(self, collection: str = "machines") -> dict[str, str] | None:
