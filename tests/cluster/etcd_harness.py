@@ -20,8 +20,7 @@ class EtcdCluster:
     """`size` members named m1..mN; `endpoints` are their client URLs. Members can be killed, stopped
     (SIGSTOP), continued and restarted with their data kept."""
 
-    def __init__(self, base: Path, size: int = 3, partitionable: bool = False, ca: Path | None = None,
-                 network: Topology | None = None):
+    def __init__(self, base: Path, size: int = 3, ca: Path | None = None, network: Topology | None = None):
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed: apt-get install etcd-server (make test-packages)")
         self.base = base
@@ -34,16 +33,6 @@ class EtcdCluster:
         self.client_ports = {n: 2379 if network else free_port() for n in self.names}
         self.peer_ports = {n: 2380 if network else free_port() for n in self.names}
         self.processes: dict[str, subprocess.Popen] = {}
-        # partitionable: peers reach each other through proxies that can cut one member off (isolate)
-        self.proxies = None
-        self.advertised_ports = self.peer_ports
-        if partitionable:
-            from cluster.peer_proxy import PeerProxies
-            self.proxies = PeerProxies()
-            self.advertised_ports = {n: free_port() for n in self.names}
-            for n in self.names:
-                self.proxies.add(n, self.advertised_ports[n], self.peer_ports[n])
-
     @property
     def endpoints(self) -> list[str]:
         return [self.endpoint(n) for n in self.names]
@@ -73,12 +62,12 @@ class EtcdCluster:
 
     def start(self, name: str | None = None, state: str = "new") -> None:
         for member in [name] if name else self.names:
-            peers = ",".join(f"{n}={self.peer_url(n, self.advertised_ports[n])}" for n in self.names)
+            peers = ",".join(f"{n}={self.peer_url(n, self.peer_ports[n])}" for n in self.names)
             log = open(self.base / f"{member}.log", "ab")
             self.processes[member] = subprocess.Popen(in_netns(self.netns(member), [
                  "etcd", "--name", member, "--data-dir", str(self.base / member),
                  "--listen-peer-urls", self.peer_url(member, self.peer_ports[member]),
-                 "--initial-advertise-peer-urls", self.peer_url(member, self.advertised_ports[member]),
+                 "--initial-advertise-peer-urls", self.peer_url(member, self.peer_ports[member]),
                  "--listen-client-urls", self.endpoint(member), "--advertise-client-urls", self.endpoint(member),
                  "--initial-cluster", peers, "--initial-cluster-state", state,
                  "--initial-cluster-token", "cimid-test", "--heartbeat-interval", "100",
@@ -86,8 +75,6 @@ class EtcdCluster:
                  *self._tls_flags(member)]),
                 stdout=log, stderr=log)
             log.close()
-            if self.proxies is not None:
-                self.proxies.pids[member] = self.processes[member].pid
         self.wait_healthy(name)
 
 
@@ -137,13 +124,6 @@ class EtcdCluster:
                 return next(n for n in live if self.endpoint(n) == fields[0])
         raise RuntimeError(f"no leader among {live}: {status}")
 
-    def isolate(self, name: str) -> None:
-        """Cut `name` off from its peers (both ways); its clients still reach it."""
-        self.proxies.isolate(name)
-
-    def heal(self, name: str) -> None:
-        self.proxies.heal(name)
-
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
         process.kill()
@@ -159,9 +139,6 @@ class EtcdCluster:
         self.start(name, state="existing")
 
     def stop(self) -> None:
-        if self.proxies is not None:
-            self.proxies.close()
-            self.proxies = None
         for name in list(self.processes):
             process = self.processes.pop(name)
             try:

@@ -77,6 +77,8 @@ class Topology:
         return self.hosts[i - 1]
 
     def up(self) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeError("the federation tests make network namespaces: run them as root (`make test` does)")
         try:
             self._make()
         except BaseException:
