@@ -277,11 +277,11 @@ async def _create(request: web.Request, name: str) -> web.Response:
                           "retry later", headers={"Retry-After": "30"})
     placement = PlacementRequest(name, needs[0], needs[1], target, api_level=level)
     for _attempt in range(8):  # another front may reserve what we saw free: place again
-        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request)] if c]
+        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request, level)] if c]
         if target is not None and target not in directory.live:
             raise Unavailable(f"{TARGET} names node {target}, which is not available", headers={"Retry-After": "5"})
         chosen = request.app[PLUGINS].hook.cimid_place(request=placement, candidates=candidates)
-        if chosen is None or chosen not in directory.live:
+        if chosen is None or chosen not in {c.name for c in candidates}:
             raise Unavailable(f"no node has room for {needs[0]} vCPU and {needs[1]} KiB of memory"
                               + (f" on {target}" if target else "")
                               + (f" among nodes of api_level {level} or more" if level > 1 else "")

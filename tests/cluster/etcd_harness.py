@@ -1,5 +1,6 @@
 """A real etcd cluster for the tests: members on loopback ports, or one in each host namespace of a
-Topology (cluster/namespaces.py); data in a temporary directory, stopped by PID. `etcd` comes from Debian's etcd-server (the Makefile's TEST_PACKAGES)."""
+Topology (cluster/namespaces.py); data in a temporary directory, stopped by PID. `etcd` comes from
+Debian's etcd-server (the Makefile's TEST_PACKAGES)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class EtcdCluster:
         self.client_ports = {n: 2379 if network else free_port() for n in self.names}
         self.peer_ports = {n: 2380 if network else free_port() for n in self.names}
         self.processes: dict[str, subprocess.Popen] = {}
+
     @property
     def endpoints(self) -> list[str]:
         return [self.endpoint(n) for n in self.names]
