@@ -88,10 +88,11 @@ class Federation:
             if process is None or process.poll() is not None:
                 self.etcd.restart(name)
         for process in (*self.nodes, *self.fronts):
-            if process.popen.poll() is None:
+            if process.popen is not None and process.popen.poll() is None:
                 process.signal(signal.SIGCONT)  # a stopped one goes on
             else:
-                process.popen.stdout.close()
+                if process.popen is not None:
+                    process.popen.stdout.close()
                 process.start()
 
     # ------------------------------------------------------------------ etcd, as the hub sees it
