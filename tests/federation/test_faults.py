@@ -75,6 +75,7 @@ async def test_f1_a_node_killed_answers_503_for_its_resources_lists_go_partial_a
     lease = await _lease(fed, victim)
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
+    killed_at = time.monotonic()
     strict = Front(fed.base, "strict", fed.etcd.endpoints, strict=True, netns=fed.net.hub,
                    host=Topology.HUB_ADDRESS, port=8083)
     await asyncio.to_thread(strict.start)
@@ -84,6 +85,7 @@ async def test_f1_a_node_killed_answers_503_for_its_resources_lists_go_partial_a
         assert status == 503 and headers["Retry-After"] == "5" and victim.name in error["statusMessage"]
         # the lease runs out: the front knows the node is down without asking it
         await until(lambda: _offline(fed, theirs, victim), seconds=TTL * 4)
+        print(f"node offline for the front {time.monotonic() - killed_at:.2f} s after its SIGKILL (TTL {TTL} s)")
         status, partial, headers = await fed.get(f"{fed.front.url}/cimi/machines")
         assert status == 200 and headers["Warning"] == f'199 cimid "node(s) {victim.name} unavailable; results partial"'
         assert partial["count"] == everything["count"] - len(held)
