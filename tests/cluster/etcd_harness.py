@@ -73,7 +73,8 @@ class EtcdCluster:
                  "--listen-client-urls", self.endpoint(member), "--advertise-client-urls", self.endpoint(member),
                  "--initial-cluster", peers, "--initial-cluster-state", state,
                  "--initial-cluster-token", "cimid-test", "--heartbeat-interval", "100",
-                 "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn",
+                 "--election-timeout", "1000", "--pre-vote",  # as systemd/etcd-cimid.conf.example
+                 "--logger", "zap", "--log-level", "warn",
                  *self._tls_flags(member)]),
                 stdout=log, stderr=log)
             log.close()

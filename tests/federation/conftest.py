@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
+from cimid.cluster.node import FRONT_HEADER
 from cluster.etcd_harness import EtcdCluster
 from cluster.namespaces import Topology, in_netns, inside
 from cluster.processes import Front, Node
@@ -150,8 +151,14 @@ class Federation:
     def front_url(self, node: Node, url: str) -> str:
         return url.replace(f"{node.url}/cimi/", f"{self.public}/cimi/")
 
+    async def takes_a_fronts_change(self, node: Node) -> bool:
+        """The node is not fenced: a front's DELETE of nothing gets its 404, not the fence's 503."""
+        async with self.session.delete(f"{node.url}/cimi/machineConfigs/nothing-{time.monotonic_ns()}",
+                                       headers={FRONT_HEADER: "test"}) as reply:
+            return reply.status == 404
+
     async def ready(self) -> bool:
-        """Both fronts list from three live nodes, and etcd holds three registrations."""
+        """Both fronts list from three live nodes, etcd holds three registrations, no node is fenced."""
         for front in self.fronts:
             try:
                 status, _doc, headers = await self.get(f"{front.url}/cimi/machines")
@@ -160,7 +167,12 @@ class Federation:
             if status != 200 or "Warning" in headers:
                 return False
         registered = await self.entries("nodes/")
-        return registered is not None and len(registered) == 3
+        if registered is None or len(registered) != 3:
+            return False
+        for node in self.nodes:
+            if not await self.takes_a_fronts_change(node):
+                return False
+        return True
 
 
 async def until(check, seconds: float = 30.0, step: float = 0.1):
