@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict] = {
     # reads the same endpoints and its own [front] keys.
     "cluster": {"endpoints": [], "node": "", "advertise_url": "", "lease_ttl": 10, "etcd_timeout": 2.0,
                 "prefix": "/cimid/v1/", "cpu_allocation_ratio": 4.0, "memory_allocation_ratio": 1.0,
+                "api_level": 0,
                 # mTLS between fronts and nodes, TLS to etcd: one CA (`cimid cluster certificate`)
                 "tls_ca": "", "tls_certificate": "", "tls_key": "", "etcd_server_name": "etcd"},
     "front": {"listen": "127.0.0.1:8090", "public_base_url": "", "strict": False, "node_timeout": 3.0,
@@ -270,6 +271,8 @@ def _check_cluster(config: Config) -> None:
         raise ConfigError("cluster.cpu_allocation_ratio and cluster.memory_allocation_ratio must be more than 0")
     if not cluster["prefix"].startswith("/"):
         raise ConfigError("cluster.prefix must start with /")
+    if cluster["api_level"] < 0:
+        raise ConfigError("cluster.api_level must be 0 (the level this version speaks) or a lower level to publish")
     for key in ("advertise_url",):
         if cluster[key] and not cluster[key].startswith(("http://", "https://")):
             raise ConfigError(f"cluster.{key} must be an http(s) URL")

@@ -517,7 +517,8 @@ class CimidSpec:
         front reserved first. The built-in policy runs last: nodes that fit, fewest machines first.
 
         :param request: what is to be made and what it needs
-        :param candidates: the live nodes (their free capacity, machines, api_level)
+        :param candidates: the live nodes whose api_level serves the request (their free capacity,
+            machines, api_level); a node of a lower level is never offered
         :return: the chosen node's name; None to leave the choice to the next plugin (the last one's
             None means no node fits, and the create is refused)
         """

@@ -25,7 +25,7 @@ from pathlib import Path
 import aetcd
 import grpc
 from aetcd import rpc, watcher
-from aetcd.exceptions import ClientError, RevisionCompactedError
+from aetcd.exceptions import ClientError, ConnectionTimeoutError, RevisionCompactedError
 
 from ..config import ConfigError
 
@@ -106,7 +106,15 @@ class Etcd:
         options = {"grpc.lb_policy_name": "round_robin",
                    # a dead member is retried soon, not after gRPC's 20 s default
                    "grpc.initial_reconnect_backoff_ms": 200,
-                   "grpc.max_reconnect_backoff_ms": 2000}
+                   "grpc.max_reconnect_backoff_ms": 2000,
+                   # A member whose host went silent (a cut cable: no RST, its connection looks open) holds
+                   # every call and watch sent its way. Pings on a connection with calls open close it
+                   # once one goes unanswered for 2 s, and round_robin leaves the member out until it
+                   # answers again. Every 5 s: etcd's --grpc-keepalive-min-time; pinging more often, or
+                   # without calls open, gets the connection closed by etcd (too_many_pings).
+                   "grpc.keepalive_time_ms": 5000,
+                   "grpc.keepalive_timeout_ms": 2000,
+                   "grpc.http2.max_pings_without_data": 0}
         if tls is None:
             self._client = aetcd.Client(host=host, port=port, timeout=timeout, options=options)
             return
@@ -135,38 +143,47 @@ class Etcd:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _call(self, awaitable: Awaitable):
+    async def _call(self, make: Callable[[], Awaitable]):
+        """`make()` awaited; once more if the member it went to did not answer in time (round_robin sends
+        the second attempt to the next member). A write whose first attempt did land fails its compare
+        the second time and is reported not done: the callers' compare-and-swap loops read again."""
         try:
-            return await awaitable
+            try:
+                return await make()
+            except (ConnectionTimeoutError, rpc.AioRpcError, asyncio.TimeoutError) as exc:
+                if isinstance(exc, rpc.AioRpcError) and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                log.info("etcd call timed out (%s): once more, on the next member", exc or "timeout")
+                return await make()
         except (ClientError, rpc.AioRpcError, asyncio.TimeoutError) as exc:
             raise EtcdUnavailable(str(exc) or type(exc).__name__) from exc
 
     # ------------------------------------------------------------------ keys
 
     async def get(self, key: str) -> Entry | None:
-        found = await self._call(self._client.get(key.encode()))
+        found = await self._call(lambda: self._client.get(key.encode()))
         return None if found is None else _entry(found)
 
     async def get_prefix(self, prefix: str) -> tuple[list[Entry], int]:
         """Every key under `prefix` and the store revision they were read at."""
         request = rpc.RangeRequest(key=prefix.encode(), range_end=_prefix_end(prefix.encode()))
-        reply = await self._call(self._client.kvstub.Range(request, timeout=self.timeout,
-                                                           metadata=self._client.metadata))
+        reply = await self._call(lambda: self._client.kvstub.Range(request, timeout=self.timeout,
+                                                                   metadata=self._client.metadata))
         return [_entry(kv) for kv in reply.kvs], reply.header.revision
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Store `value`; the revision it was written at."""
-        reply = await self._call(self._client.put(key.encode(), value, lease=lease or None))
+        reply = await self._call(lambda: self._client.put(key.encode(), value, lease=lease or None))
         return reply.header.revision
 
     async def delete(self, key: str) -> bool:
-        reply = await self._call(self._client.delete(key.encode()))
+        reply = await self._call(lambda: self._client.delete(key.encode()))
         return bool(reply.deleted) if reply is not None else False
 
     async def create(self, key: str, value: bytes, lease: int = 0) -> bool:
         """Write `value` only if `key` does not exist (create_revision == 0); whether it was written."""
         tx = self._client.transactions
-        succeeded, _ = await self._call(self._client.transaction(
+        succeeded, _ = await self._call(lambda: self._client.transaction(
             compare=[tx.create(key.encode()) == 0],
             success=[tx.put(key.encode(), value, lease=lease or None)], failure=[]))
         return succeeded
@@ -176,46 +193,46 @@ class Etcd:
         tx = self._client.transactions
         compare = (tx.mod(key.encode()) == mod_revision if mod_revision
                    else tx.create(key.encode()) == 0)
-        succeeded, _ = await self._call(self._client.transaction(
+        succeeded, _ = await self._call(lambda: self._client.transaction(
             compare=[compare], success=[tx.put(key.encode(), value, lease=lease or None)], failure=[]))
         return succeeded
 
     async def delete_if(self, key: str, mod_revision: int) -> bool:
         """Delete `key` only if it was last written at `mod_revision`."""
         tx = self._client.transactions
-        succeeded, _ = await self._call(self._client.transaction(
+        succeeded, _ = await self._call(lambda: self._client.transaction(
             compare=[tx.mod(key.encode()) == mod_revision], success=[tx.delete(key.encode())],
             failure=[]))
         return succeeded
 
     async def compact(self, revision: int) -> None:
-        await self._call(self._client.compact(revision))
+        await self._call(lambda: self._client.compact(revision))
 
     # ------------------------------------------------------------------ leases
 
     async def grant(self, ttl: int) -> int:
-        lease = await self._call(self._client.lease(ttl))
+        lease = await self._call(lambda: self._client.lease(ttl))
         return lease.id
 
     async def keepalive(self, lease: int) -> int:
         """Refresh `lease` once; its TTL. Raises LeaseLost when etcd answers TTL <= 0 (aetcd does not)."""
-        reply = await self._call(self._client.refresh_lease(lease))
+        reply = await self._call(lambda: self._client.refresh_lease(lease))
         if reply is None or reply.TTL <= 0:
             raise LeaseLost(f"etcd no longer knows lease {lease:x}")
         return reply.TTL
 
     async def revoke(self, lease: int) -> None:
-        await self._call(self._client.revoke_lease(lease))
+        await self._call(lambda: self._client.revoke_lease(lease))
 
     async def lease_ttl(self, lease: int) -> int:
         """Seconds `lease` has left (-1: etcd does not know it)."""
-        reply = await self._call(self._client.get_lease_info(lease, keys=False))
+        reply = await self._call(lambda: self._client.get_lease_info(lease, keys=False))
         return reply.TTL
 
     async def member_status(self) -> dict:
         """The answering member's view: its id, the leader's id, version, database size. Ask a client
         made with that one endpoint to know which member answered."""
-        reply = await self._call(self._client.maintenancestub.Status(
+        reply = await self._call(lambda: self._client.maintenancestub.Status(
             rpc.StatusRequest(), timeout=self.timeout, metadata=self._client.metadata))
         return {"member": reply.header.member_id, "leader": reply.leader, "version": reply.version,
                 "db_size": reply.dbSize}
@@ -246,8 +263,8 @@ class Etcd:
 
     async def _follow(self, prefix: str, current: dict[str, Entry], revision: int,
                       on_change: Callable[[dict[str, Entry], set[str] | None], None]) -> int:
-        watch = await self._call(self._client.watch(prefix.encode(), range_end=_prefix_end(prefix.encode()),
-                                                    start_revision=revision + 1))
+        watch = await self._call(lambda: self._client.watch(
+            prefix.encode(), range_end=_prefix_end(prefix.encode()), start_revision=revision + 1))
         try:
             async for event in watch:
                 key = event.kv.key.decode()
@@ -296,7 +313,9 @@ class LeaseKeeper:
                     if self.lease == 0:
                         await self._grant()
                     sent = time.monotonic()
-                    await asyncio.wait_for(self.etcd.keepalive(self.lease), self.interval)
+                    # half the interval: a member gone silent costs that much, and the retry (at once:
+                    # round_robin sends it to the next member) still comes well before the fence
+                    await asyncio.wait_for(self.etcd.keepalive(self.lease), self.interval / 2)
                     self._acknowledged = sent
                     await asyncio.sleep(self.interval)
                 except LeaseLost as exc:
@@ -304,9 +323,11 @@ class LeaseKeeper:
                     self.lease = 0
                     self.granted.clear()
                     self._on_lost()
-                except (EtcdUnavailable, asyncio.TimeoutError) as exc:
-                    # round_robin sends the retry to another member: retry soon, the fence watches the time
-                    log.info("lease keepalive failed (%s)", exc or "timeout")
+                except asyncio.TimeoutError:
+                    log.info("lease keepalive unanswered after %.1f s: again, on the next member", self.interval / 2)
+                except EtcdUnavailable as exc:
+                    # an answer such as "no leader": round_robin sends the retry to another member soon
+                    log.info("lease keepalive failed (%s)", exc)
                     await asyncio.sleep(min(0.25, self.interval))
         finally:
             if self.lease:

@@ -24,15 +24,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..errors import Forbidden, Unavailable
 from .etcd import Etcd, EtcdUnavailable, LeaseKeeper
 
 log = logging.getLogger("cimid.cluster")
 
 # What this node understands of what a front may ask; a front never sends a node newer requests than its
-# level (design study §4.1 "Versions"). Raise it with each federated feature a front relies on.
-API_LEVEL = 1
+# level (design study §4.1 "Versions"; what needs which level: cimid/front/placement.py, FAMILY_LEVELS).
+# Raise it with each federated feature a front relies on. 1: machines, volumes, the catalogue; 2: networks.
+API_LEVEL = 2
 # The header a front puts on every request it forwards: such a request is a federated one.
 FRONT_HEADER = "CIMID-Front"
 # The placement reservation a front made for the create it forwards (see cimid/front/placement.py).
@@ -66,6 +67,9 @@ class NodeMembership:
         cluster = config["cluster"]
         self.version = version
         self.name, self.url = node_name(config), node_url(config)
+        self.api_level = cluster["api_level"] or API_LEVEL  # a lower one set: published as if older
+        if self.api_level > API_LEVEL:
+            raise ConfigError(f"cluster.api_level {self.api_level} is more than this version speaks ({API_LEVEL})")
         self.prefix = cluster["prefix"].rstrip("/") + "/"
         self.etcd = Etcd.from_config(cluster)
         self.keeper = LeaseKeeper(self.etcd, cluster["lease_ttl"], self._register)
@@ -99,12 +103,12 @@ class NodeMembership:
         self._published = None
         await self._write_capacity()
         await self._write_ledger()
-        record = {"url": self.url, "api_level": API_LEVEL, "version": self.version, "state": "ready"}
+        record = {"url": self.url, "api_level": self.api_level, "version": self.version, "state": "ready"}
         await self.etcd.put(f"{self.prefix}nodes/{self.name}", json.dumps(record).encode(), lease=lease)
         log.info("registered in the federation as %s (%s), lease %x", self.name, self.url, lease)
 
     async def _write_capacity(self) -> None:
-        info = json.dumps({"capacity": await self._capacity(), "api_level": API_LEVEL}, sort_keys=True).encode()
+        info = json.dumps({"capacity": await self._capacity(), "api_level": self.api_level}, sort_keys=True).encode()
         if info != self._published:
             await self.etcd.put(f"{self.prefix}nodeinfo/{self.name}", info)
             self._published = info

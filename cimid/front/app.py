@@ -50,7 +50,7 @@ from .directory import Directory, NodeRecord
 from .identity import AUTHENTICATOR, CALLER, TenantDirectory, authenticate_middleware, identity_headers, user_header
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
-from .placement import BuiltinPlacement, Ledger
+from .placement import BuiltinPlacement, Ledger, collection_level, create_level
 from .reconciler import Reconciler, parse_ids
 
 log = logging.getLogger("cimid.front")
@@ -173,7 +173,7 @@ async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = 
 async def cloud_entry_point(request: web.Request) -> web.Response:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"{request.method} is not allowed on the CloudEntryPoint; use GET", ["GET"])
-    for node in _live(request):
+    for node in sorted(_live(request), key=lambda n: -n.api_level):  # the newest node lists every collection
         try:
             return (await _forward(request, node))[1]
         except Unavailable:
@@ -181,8 +181,9 @@ async def cloud_entry_point(request: web.Request) -> web.Response:
     raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
 
 
-def _live(request: web.Request) -> list[NodeRecord]:
-    return sorted(request.app[DIRECTORY].live.values(), key=lambda n: n.name)
+def _live(request: web.Request, level: int = 1) -> list[NodeRecord]:
+    """The live nodes that serve requests of api_level `level`, by name."""
+    return sorted((n for n in request.app[DIRECTORY].live.values() if n.api_level >= level), key=lambda n: n.name)
 
 
 async def collection(request: web.Request) -> web.Response:
@@ -213,7 +214,7 @@ async def _query(request: web.Request, name: str, rtype) -> web.Response:
     if "$select" in request.query:
         wanted = {n.strip() for v in request.query.getall("$select") for n in v.split(",") if n.strip()}
         query.append(("$select", ",".join(sorted(wanted | {n for n, _ in order}))))
-    nodes = _live(request)
+    nodes = _live(request, collection_level(name))
     missing = directory.down()
     if settings["strict"] and missing:
         raise Unavailable(f"node(s) {', '.join(missing)} unavailable and front.strict is set; retry later",
@@ -291,11 +292,16 @@ async def _create(request: web.Request, name: str) -> web.Response:
         node = await directory.claimed(claim)
         if node is not None:
             return await _create_on(request, body, _live_node(directory, node), reservation=None)
-    needs = await _needs(request, name, doc) if name == "machines" else (0, 0)
+    template = await _template(request, doc) if name == "machines" else {}
+    needs = _needs(template) if name == "machines" else (0, 0)
+    level = create_level(name, template)
+    if not _live(request, level):
+        raise Unavailable(f"this create needs a node of api_level {level} or more, and none is available; "
+                          "retry later", headers={"Retry-After": "30"})
     caller = _caller(request)
     quota = await request.app[QUOTAS].reserve(caller.name, caller.quotas, *needs) if name == "machines" else None
     try:
-        response, counts = await _place_and_forward(request, name, body, target, claim, needs)
+        response, counts = await _place_and_forward(request, name, body, target, claim, needs, level)
     except BaseException:
         if quota:
             await request.app[QUOTAS].settle(caller.name, quota, None)
@@ -308,19 +314,21 @@ async def _create(request: web.Request, name: str) -> web.Response:
 
 
 async def _place_and_forward(request: web.Request, name: str, body: bytes, target: str | None, claim: str | None,
-                             needs: tuple[int, int]) -> tuple[web.Response, bool]:
+                             needs: tuple[int, int], level: int) -> tuple[web.Response, bool]:
     """The create on the node placement chooses; and whether this attempt made it (not another front's
     with the same Idempotency-Key)."""
     directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
-    placement = PlacementRequest(name, needs[0], needs[1], target)
+    placement = PlacementRequest(name, needs[0], needs[1], target, api_level=level)
     for _attempt in range(8):  # another front may reserve what we saw free: place again
-        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request)] if c]
+        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request, level)] if c]
         if target is not None and target not in directory.live:
             raise Unavailable(f"{TARGET} names node {target}, which is not available", headers={"Retry-After": "5"})
         chosen = request.app[PLUGINS].hook.cimid_place(request=placement, candidates=candidates)
-        if chosen is None or chosen not in directory.live:
+        if chosen is None or chosen not in {c.name for c in candidates}:
             raise Unavailable(f"no node has room for {needs[0]} vCPU and {needs[1]} KiB of memory"
-                              + (f" on {target}" if target else "") + "; retry later", headers={"Retry-After": "30"})
+                              + (f" on {target}" if target else "")
+                              + (f" among nodes of api_level {level} or more" if level > 1 else "")
+                              + "; retry later", headers={"Retry-After": "30"})
         reservation = await ledger.reserve(chosen, *needs) if name == "machines" else None
         if name != "machines" or reservation is not None:
             break
@@ -408,18 +416,25 @@ def claim_key(authorization: str, key: str) -> str:
     return f"{who}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
-async def _needs(request: web.Request, name: str, doc: dict) -> tuple[int, int]:
-    """(cpu, memory KiB) of a MachineCreate: its template's configuration, by value or by reference,
-    read from a node when referenced."""
+async def _template(request: web.Request, doc: dict) -> dict:
+    """A MachineCreate's template, its attributes by value over those of the one it references (read
+    from a node), with its configuration by value."""
     template = doc.get("machineTemplate") or {}
     if not isinstance(template, dict):
         raise BadRequest("machineTemplate must be an object")
-    config = template.get("machineConfig")
-    if config is None and "href" in template:
-        config = (await _read(request, template["href"])).get("machineConfig")
-    config = config or {}
-    if "href" in config and "cpu" not in config:
+    if "href" in template:
+        template = {**await _read(request, template["href"]), **{k: v for k, v in template.items() if k != "href"}}
+    config = template.get("machineConfig") or {}
+    if isinstance(config, dict) and "href" in config and "cpu" not in config:
         config = await _read(request, config["href"])
+    return {**template, "machineConfig": config}
+
+
+def _needs(template: dict) -> tuple[int, int]:
+    """(cpu, memory KiB) of a MachineCreate's template."""
+    config = template["machineConfig"]
+    if not isinstance(config, dict):
+        raise BadRequest("machineConfig must be an object")
     try:
         return int(config.get("cpu", 0)), int(config.get("memory", 0))
     except (TypeError, ValueError):
@@ -483,7 +498,7 @@ async def resource(request: web.Request) -> web.Response:
 async def _discover(request: web.Request, name: str, id: str) -> str:
     """Who owns a resource the index does not know: the live node that has it (then indexed)."""
     directory = request.app[DIRECTORY]
-    nodes = _live(request)
+    nodes = _live(request, collection_level(name))
 
     async def has(node: NodeRecord) -> bool:
         status, _h, _d = await _ask(request, node, "GET", f"/cimi/{name}/{id}", {"$select": "id"}, None,

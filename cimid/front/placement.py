@@ -19,6 +19,30 @@ import uuid
 
 from ..cluster.etcd import Etcd
 from ..hookspecs import PlacementCandidate, PlacementRequest, hookimpl
+from ..model.registry import FAMILIES, FAMILY_OF, collection_type
+
+# The node api_level (cimid.cluster.node.API_LEVEL) that first served each family through a front; a
+# family not named here needs level 1. Level 1 nodes, the federation's first, predate the Networks family.
+# A front never sends a request to a node of a lower level: not a create (placement skips the node), not a
+# list (the node is not asked, and the list is not partial for it), not a search for an unindexed id.
+FAMILY_LEVELS = {"networks": 2}
+
+
+def collection_level(collection: str) -> int:
+    """The api_level a node needs to serve `collection` (a top-level collection name)."""
+    rtype = collection_type(collection)
+    return FAMILY_LEVELS.get(FAMILY_OF[rtype.name].name, 1) if rtype else 1
+
+
+def create_level(collection: str, template: dict) -> int:
+    """The api_level a create needs: its collection's, and for a Machine that of every family whose part
+    of a MachineTemplate (e.g. networkInterfaces) the template uses."""
+    level = collection_level(collection)
+    if collection == "machines":
+        for family in FAMILIES:
+            if any(template.get(part) for part in family.machine_template_parts):
+                level = max(level, FAMILY_LEVELS.get(family.name, 1))
+    return level
 
 
 class BuiltinPlacement:

@@ -1,8 +1,10 @@
-"""A real etcd cluster for the tests: members on loopback ports only, data in a temporary directory,
-stopped by PID. `etcd` comes from Debian's etcd-server (the Makefile's TEST_PACKAGES)."""
+"""A real etcd cluster for the tests: members on loopback ports, or one in each host namespace of a
+Topology (cluster/namespaces.py); data in a temporary directory, stopped by PID. `etcd` comes from
+Debian's etcd-server (the Makefile's TEST_PACKAGES)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,15 +13,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cluster.namespaces import Topology, in_netns, inside
 from ports import free_port
-
 
 
 class EtcdCluster:
     """`size` members named m1..mN; `endpoints` are their client URLs. Members can be killed, stopped
     (SIGSTOP), continued and restarted with their data kept."""
 
-    def __init__(self, base: Path, size: int = 3, partitionable: bool = False, ca: Path | None = None):
+    def __init__(self, base: Path, size: int = 3, ca: Path | None = None, network: Topology | None = None):
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed: apt-get install etcd-server (make test-packages)")
         self.base = base
@@ -27,25 +29,29 @@ class EtcdCluster:
         # certificate of it; each member's certificate names 127.0.0.1 and "etcd" (cluster.etcd_server_name)
         self.ca = ca
         self.names = [f"m{i + 1}" for i in range(size)]
-        self.client_ports = {n: free_port() for n in self.names}
-        self.peer_ports = {n: free_port() for n in self.names}
+        # network: member mi runs in host i's namespace, on its client and peer addresses, standard ports
+        self.network = network
+        self.client_ports = {n: 2379 if network else free_port() for n in self.names}
+        self.peer_ports = {n: 2380 if network else free_port() for n in self.names}
         self.processes: dict[str, subprocess.Popen] = {}
-        # partitionable: peers reach each other through proxies that can cut one member off (isolate)
-        self.proxies = None
-        self.advertised_ports = self.peer_ports
-        if partitionable:
-            from cluster.peer_proxy import PeerProxies
-            self.proxies = PeerProxies()
-            self.advertised_ports = {n: free_port() for n in self.names}
-            for n in self.names:
-                self.proxies.add(n, self.advertised_ports[n], self.peer_ports[n])
 
     @property
     def endpoints(self) -> list[str]:
         return [self.endpoint(n) for n in self.names]
 
     def endpoint(self, name: str) -> str:
-        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.client_ports[name]}"
+        host = self.network.client_address(self._index(name)) if self.network else "127.0.0.1"
+        return f"{'https' if self.ca else 'http'}://{host}:{self.client_ports[name]}"
+
+    def peer_url(self, name: str, port: int) -> str:
+        host = self.network.peer_address(self._index(name)) if self.network else "127.0.0.1"
+        return f"http://{host}:{port}"
+
+    def netns(self, name: str) -> str | None:
+        return self.network.host(self._index(name)) if self.network else None
+
+    def _index(self, name: str) -> int:
+        return self.names.index(name) + 1
 
     def _tls_flags(self, member: str) -> list[str]:
         if self.ca is None:
@@ -58,21 +64,20 @@ class EtcdCluster:
 
     def start(self, name: str | None = None, state: str = "new") -> None:
         for member in [name] if name else self.names:
-            peers = ",".join(f"{n}=http://127.0.0.1:{self.advertised_ports[n]}" for n in self.names)
+            peers = ",".join(f"{n}={self.peer_url(n, self.peer_ports[n])}" for n in self.names)
             log = open(self.base / f"{member}.log", "ab")
-            self.processes[member] = subprocess.Popen(
-                ["etcd", "--name", member, "--data-dir", str(self.base / member),
-                 "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[member]}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.advertised_ports[member]}",
+            self.processes[member] = subprocess.Popen(in_netns(self.netns(member), [
+                 "etcd", "--name", member, "--data-dir", str(self.base / member),
+                 "--listen-peer-urls", self.peer_url(member, self.peer_ports[member]),
+                 "--initial-advertise-peer-urls", self.peer_url(member, self.peer_ports[member]),
                  "--listen-client-urls", self.endpoint(member), "--advertise-client-urls", self.endpoint(member),
                  "--initial-cluster", peers, "--initial-cluster-state", state,
                  "--initial-cluster-token", "cimid-test", "--heartbeat-interval", "100",
-                 "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn",
-                 *self._tls_flags(member)],
+                 "--election-timeout", "1000", "--pre-vote",  # as systemd/etcd-cimid.conf.example
+                 "--logger", "zap", "--log-level", "warn",
+                 *self._tls_flags(member)]),
                 stdout=log, stderr=log)
             log.close()
-            if self.proxies is not None:
-                self.proxies.pids[member] = self.processes[member].pid
         self.wait_healthy(name)
 
 
@@ -81,8 +86,8 @@ class EtcdCluster:
         for member in [name] if name else self.names:
             while True:
                 try:
-                    with urllib.request.urlopen(f"{self.endpoint(member)}/health", timeout=1,
-                                                context=self._health_context()) as reply:
+                    with self._in(member), urllib.request.urlopen(f"{self.endpoint(member)}/health", timeout=1,
+                                                                  context=self._health_context()) as reply:
                         if b'"true"' in reply.read():
                             break
                 except OSError:
@@ -92,6 +97,11 @@ class EtcdCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd {member} not healthy after {timeout} s")
                 time.sleep(0.1)
+
+    def _in(self, member: str):
+        """This thread in the member's namespace (its client address is local there)."""
+        netns = self.netns(member)
+        return inside(netns) if netns else contextlib.nullcontext()
 
     def _health_context(self):
         if self.ca is None:
@@ -107,21 +117,15 @@ class EtcdCluster:
     def leader(self) -> str:
         """The member that leads, from etcdctl's view of every live member."""
         live = [n for n in self.names if n in self.processes and self.processes[n].poll() is None]
-        status = subprocess.run(["etcdctl", "--endpoints", ",".join(self.endpoint(n) for n in live),
-                                 "endpoint", "status"], capture_output=True, text=True, timeout=10,
+        status = subprocess.run(in_netns(self.netns(live[0]), [
+                                    "etcdctl", "--endpoints", ",".join(self.endpoint(n) for n in live),
+                                    "endpoint", "status"]), capture_output=True, text=True, timeout=10,
                                 env={**os.environ, "ETCDCTL_API": "3"}).stdout
         for line in status.splitlines():  # url, id, version, db size, is leader, ...
             fields = [f.strip() for f in line.split(",")]
             if len(fields) > 4 and fields[4] == "true":
                 return next(n for n in live if self.endpoint(n) == fields[0])
         raise RuntimeError(f"no leader among {live}: {status}")
-
-    def isolate(self, name: str) -> None:
-        """Cut `name` off from its peers (both ways); its clients still reach it."""
-        self.proxies.isolate(name)
-
-    def heal(self, name: str) -> None:
-        self.proxies.heal(name)
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -138,9 +142,6 @@ class EtcdCluster:
         self.start(name, state="existing")
 
     def stop(self) -> None:
-        if self.proxies is not None:
-            self.proxies.close()
-            self.proxies = None
         for name in list(self.processes):
             process = self.processes.pop(name)
             try:

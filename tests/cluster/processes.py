@@ -1,5 +1,6 @@
 """cimid processes for the federation tests: nodes (`cimid serve` with [cluster]) and fronts
-(`cimid front`), each on a loopback port, stopped by PID."""
+(`cimid front`), each on a loopback port or on an address of a test-made namespace (`netns`; served in
+clear there, which only that private network sees), stopped by PID."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.namespaces import in_netns
 from ports import free_port
 
 CIMID = [sys.executable, "-m", "cimid.cli"]
@@ -66,15 +68,17 @@ class Node(Process):
     """A sandbox cimid node registered in the federation as `name`."""
 
     def __init__(self, base: Path, name: str, endpoints: list[str], lease_ttl: int = 10,
-                 etcd_timeout: float = 1.0, cpu_allocation_ratio: float = 4.0, ca: Path | None = None):
-        self.name, self.port = name, free_port()
-        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+                 etcd_timeout: float = 1.0, cpu_allocation_ratio: float = 4.0, ca: Path | None = None,
+                 netns: str | None = None, host: str = "127.0.0.1", api_level: int = 0):
+        self.name, self.port = name, 8080 if netns else free_port()
+        self.url = f"{'https' if ca else 'http'}://{host}:{self.port}"
         state = base / name
         state.mkdir(parents=True, exist_ok=True)
         config = state / "cimid.toml"
         config.write_text(f"""profile = "sandbox"
 [server]
-listen = "127.0.0.1:{self.port}"
+listen = "{host}:{self.port}"
+insecure = {_toml(netns is not None)}
 log_requests = false
 [store]
 synchronous = "NORMAL"
@@ -86,28 +90,30 @@ node = {_toml(name)}
 lease_ttl = {lease_ttl}
 etcd_timeout = {etcd_timeout}
 cpu_allocation_ratio = {cpu_allocation_ratio}
+api_level = {api_level}
 {_cluster_tls(ca, name)}""")
         if ca:  # the node serves HTTPS with its certificate of the federation CA
             config.write_text(config.read_text().replace(
                 "[server]\n", f"[server]\ntls = true\ntls_certificate = {_toml(str(ca / f'{name}.crt'))}\n"
                               f"tls_key = {_toml(str(ca / f'{name}.key'))}\n", 1))
-        super().__init__([*CIMID, "serve", "--config", str(config), "--state-dir", str(state)],
+        super().__init__(in_netns(netns, [*CIMID, "serve", "--config", str(config), "--state-dir", str(state)]),
                          base / f"{name}.log")
 
 
 class Front(Process):
     def __init__(self, base: Path, name: str, endpoints: list[str], strict: bool = False,
                  node_timeout: float = 2.0, public_base_url: str = "", reconcile_seconds: float = 30.0,
-                 lease_ttl: int = 10, reservation_seconds: float = 60.0, ca: Path | None = None):
-        self.name, self.port = name, free_port()
-        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+                 lease_ttl: int = 10, reservation_seconds: float = 60.0, ca: Path | None = None,
+                 netns: str | None = None, host: str = "127.0.0.1", port: int | None = None):
+        self.name, self.port = name, port or free_port()
+        self.url = f"{'https' if ca else 'http'}://{host}:{self.port}"
         config = base / f"{name}.toml"
         config.write_text(f"""[cluster]
 endpoints = {_toml(endpoints)}
 lease_ttl = {lease_ttl}
 etcd_timeout = 1.0
 [front]
-listen = "127.0.0.1:{self.port}"
+listen = "{host}:{self.port}"
 strict = {_toml(strict)}
 node_timeout = {node_timeout}
 public_base_url = {_toml(public_base_url)}
@@ -117,4 +123,6 @@ reservation_seconds = {reservation_seconds}
         if ca:  # HTTPS towards clients too, with the same certificate
             config.write_text(config.read_text() + f"[server]\ntls = true\ntls_certificate = "
                               f"{_toml(str(ca / f'{name}.crt'))}\ntls_key = {_toml(str(ca / f'{name}.key'))}\n")
-        super().__init__([*CIMID, "front", "--config", str(config)], base / f"{name}.log")
+        if netns and not ca:
+            config.write_text(config.read_text() + "[server]\ninsecure = true\n")
+        super().__init__(in_netns(netns, [*CIMID, "front", "--config", str(config)]), base / f"{name}.log")

@@ -22,6 +22,7 @@ from cimid.config import ConfigError, load
     ({"prefix": "cimid"}, "cluster.prefix must start with /"),
     ({"advertise_url": "node1:8080"}, "cluster.advertise_url must be an http(s) URL"),
     ({"lease_ttl": "10"}, "cluster.lease_ttl must be a int"),
+    ({"api_level": -1}, "cluster.api_level must be 0 (the level this version speaks) or a lower level"),
     ({"tls_ca": "/ca.crt"}, "cluster.tls_ca, cluster.tls_certificate and cluster.tls_key go together"),
     ({"tls_ca": "/ca.crt", "tls_certificate": "/n1.crt", "tls_key": "/n1.key",
       "endpoints": ["http://10.0.0.1:2379"]}, "(https exactly when cluster.tls_ca is set)"),
@@ -47,6 +48,17 @@ def test_the_federation_ca_is_not_a_user_ca():
     with pytest.raises(ConfigError, match="server.tls_client_ca must not be cluster.tls_ca"):
         load(overrides={"server": {"tls": True, "tls_client_ca": "/etc/cimid/ca.crt"},
                         "cluster": {"tls_ca": "/etc/cimid/ca.crt", "tls_certificate": "/n1.crt", "tls_key": "/n1.key"}})
+
+
+def test_a_node_never_publishes_a_level_above_the_one_it_speaks():
+    from cimid.cluster.node import API_LEVEL, NodeMembership
+    config = load(overrides={"cluster": {"endpoints": ["http://10.0.0.1:2379"], "api_level": API_LEVEL + 1}})
+    with pytest.raises(ConfigError, match=f"cluster.api_level {API_LEVEL + 1} is more than this version speaks"):
+        NodeMembership(config, None, None, "0")
+    lower = load(overrides={"cluster": {"endpoints": ["http://10.0.0.1:2379"], "api_level": 1}})
+    assert NodeMembership(lower, None, None, "0").api_level == 1
+    assert NodeMembership(load(overrides={"cluster": {"endpoints": ["http://10.0.0.1:2379"]}}), None, None,
+                          "0").api_level == API_LEVEL
 
 
 def test_the_defaults_are_a_standalone_node():

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cimid.cluster.etcd import Etcd
+from cimid.cluster.node import API_LEVEL
 from cluster.processes import Node
 
 pytestmark = pytest.mark.federation
@@ -38,7 +39,7 @@ async def test_status_lists_members_and_nodes(etcd_cluster, tmp_path):
         assert done.returncode == 0, done.stderr
         out = done.stdout
         assert out.count(", leader, version 3.") == 1 and out.count(", follower, version 3.") == 2
-        assert f"  n1: ready, {node.url}, api_level 1" in out and " s left)" in out
+        assert f"  n1: ready, {node.url}, api_level {API_LEVEL}" in out and " s left)" in out
         assert "0 machines, 0 reservations in flight; pools default 102400 MiB free" in out
         assert "  n2: DOWN (no lease)" in out
         etcd_cluster.stop()

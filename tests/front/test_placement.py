@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from cimid.cluster.etcd import Etcd
-from cimid.front.placement import BuiltinPlacement, free
+from cimid.front.placement import BuiltinPlacement, collection_level, create_level, free
 from cimid.hookspecs import PlacementCandidate, PlacementRequest, hookimpl
 from cimid.plugins import plugin_manager
 from cluster.etcd_harness import EtcdCluster
@@ -33,6 +33,16 @@ def test_the_builtin_policy_filters_then_weighs():
     assert policy.cimid_place(PlacementRequest("machines", 1, 2048, api_level=2), nodes) is None
     assert policy.cimid_place(PlacementRequest("machines", 1, 1024, target="a"), nodes) == "a"
     assert policy.cimid_place(PlacementRequest("machines", 9, 0), nodes) is None
+
+
+def test_what_needs_which_api_level():
+    assert collection_level("machines") == collection_level("volumes") == collection_level("machineTemplates") == 1
+    assert collection_level("networks") == collection_level("forwardingGroups") == collection_level("addresses") == 2
+    assert create_level("machines", {"machineConfig": {"cpu": 1}}) == 1
+    assert create_level("machines", {"volumes": [{"volume": {"href": "v"}}]}) == 1
+    assert create_level("machines", {"networkInterfaces": [{"network": {"href": "n"}}]}) == 2
+    assert create_level("machines", {"networkInterfaces": []}) == 1  # none asked for
+    assert create_level("networks", {}) == 2
 
 
 def test_a_plugin_places_before_the_builtin_policy():
@@ -143,58 +153,3 @@ async def test_targets_idempotent_retries_and_concurrent_creates_never_overbook(
             assert await settled()
     finally:
         await etcd.close()
-
-
-@pytest.mark.federation
-async def test_a_front_dead_between_reservation_and_forward_leaves_one_machine_and_no_lasting_hold(tmp_path):
-    """What a front that died after recording an Idempotency-Key's node and reserving there, before
-    forwarding, leaves in etcd (written here by hand): the reservation holds the place until it expires,
-    and the client's retry through another front goes to that node and makes exactly one machine."""
-    import time
-
-    from cimid.front.app import claim_key
-    etcd_cluster = EtcdCluster(tmp_path / "etcd")
-    etcd_cluster.base.mkdir()
-    ratio = 1.5 / (os.cpu_count() or 1)  # one place per node
-    nodes = [Node(tmp_path, f"n{i}", etcd_cluster.endpoints, lease_ttl=6, cpu_allocation_ratio=ratio) for i in (1, 2)]
-    front = Front(tmp_path, "f", etcd_cluster.endpoints, reservation_seconds=3)
-    etcd = Etcd(etcd_cluster.endpoints)
-    try:
-        await asyncio.to_thread(etcd_cluster.start)
-        for process in (*nodes, front):
-            await asyncio.to_thread(process.start)
-        await etcd.connect()
-        async with aiohttp.ClientSession() as session:
-            await _until_ready(session, front, nodes)
-            for _ in range(100):
-                entry = await etcd.get("/cimid/v1/capacity/n2")
-                if entry:
-                    break
-                await asyncio.sleep(0.1)
-            record = json.loads(entry.value)
-            record["inflight"] = {"dead": {"cpu": 1, "memory_kb": 1048576, "expires": time.time() + 3}}
-            assert await etcd.replace("/cimid/v1/capacity/n2", json.dumps(record).encode(), entry.mod_revision)
-            await etcd.put(f"/cimid/v1/idempotency/{claim_key('', 'K')}", b"n2")
-
-            assert (await _create(session, front, "other", public=front.url))[0] == 202  # n1's place
-            status, _location, text = await _create(session, front, "refused", public=front.url)
-            assert status == 503 and "no node has room" in text  # n2's place is held
-            first = await _create(session, front, "once", headers={"Idempotency-Key": "K"}, public=front.url)
-            again = await _create(session, front, "once", headers={"Idempotency-Key": "K"}, public=front.url)
-            assert first[0] == again[0] == 202 and first[1] == again[1]
-            assert [m["name"] for m in await _machines_on(session, nodes[1])] == ["once"]
-
-            async def released() -> bool:
-                record = json.loads((await etcd.get("/cimid/v1/capacity/n2")).value)
-                return record["inflight"] == {} and record["used_cpu"] == 1
-
-            for _ in range(100):
-                if await released():
-                    break
-                await asyncio.sleep(0.1)
-            assert await released()
-    finally:
-        await etcd.close()
-        for process in (front, *nodes):
-            await asyncio.to_thread(process.stop)
-        etcd_cluster.stop()

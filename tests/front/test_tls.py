@@ -17,7 +17,7 @@ import pytest
 
 from cimid.cli import main
 from cimid.cluster.etcd import Etcd, EtcdUnavailable
-from cimid.cluster.node import FRONT_HEADER
+from cimid.cluster.node import API_LEVEL, FRONT_HEADER
 
 from cluster.etcd_harness import EtcdCluster
 from cluster.processes import Front, Node
@@ -201,4 +201,4 @@ async def test_cluster_status_speaks_tls_to_etcd(federation):
     assert done.returncode == 0, done.stderr
     assert ", leader, version 3." in done.stdout
     for node in fed.nodes:
-        assert f"  {node.name}: ready, {node.url}, api_level 1" in done.stdout
+        assert f"  {node.name}: ready, {node.url}, api_level {API_LEVEL}" in done.stdout
