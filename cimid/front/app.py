@@ -40,6 +40,7 @@ from ..http.params import positive
 from ..model.registry import collection_type
 from ..plugins import plugin_manager
 from ..wire import dialect_for
+from . import events
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
@@ -464,6 +465,7 @@ def make_front_app(config: Config) -> web.Application:
     reconciler = Reconciler(etcd, directory, app[SETTINGS]["name"], lambda node, c: _list_ids(app, node, c),
                             cluster["lease_ttl"], front["reconcile_seconds"])
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
+    app.router.add_route("*", "/cimi/eventStream", events.event_stream)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}{tail:(/.*)?}", resource)
     app.router.add_route("*", "/{tail:.*}", not_found)
