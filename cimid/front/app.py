@@ -40,7 +40,7 @@ from ..http.params import positive
 from ..model.registry import collection_type
 from ..plugins import plugin_manager
 from ..wire import dialect_for
-from . import events
+from . import events, shared
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
@@ -183,8 +183,10 @@ async def collection(request: web.Request) -> web.Response:
     return await _query(request, name, rtype)
 
 
-async def _query(request: web.Request, name: str, rtype) -> web.Response:
+async def _query(request: web.Request, name: str, rtype, path: str | None = None) -> web.Response:
+    """The merged collection `name`, or the sub-collection at `path` (relative to /cimi/)."""
     directory, settings = request.app[DIRECTORY], request.app[SETTINGS]
+    path = path or name
     _format(request)  # a bad $format or Accept fails before any node is asked
     first, last = positive(request, "$first"), positive(request, "$last")
     order = parse_orderby(request.query.getall("$orderby", []))
@@ -204,7 +206,7 @@ async def _query(request: web.Request, name: str, rtype) -> web.Response:
     base = _front_base(request)
 
     async def ask(node: NodeRecord):
-        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{name}", query, None,
+        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{path}", query, None,
                                             {"Accept": "application/json"})
         return node, status, _rewrite(data, node, base)
 
@@ -232,7 +234,7 @@ async def _query(request: web.Request, name: str, rtype) -> web.Response:
     if wanted is not None:
         extra = {n for n, _ in order} - wanted
         items = [{k: v for k, v in item.items() if k not in extra} for item in items]
-    doc = {"resourceURI": docs[0]["resourceURI"], "id": f"{base}{name}", "count": sum(d["count"] for d in docs)}
+    doc = {"resourceURI": docs[0]["resourceURI"], "id": f"{base}{path}", "count": sum(d["count"] for d in docs)}
     if items:
         doc[rtype.items] = items
     if "operations" in docs[0]:
@@ -388,6 +390,8 @@ async def resource(request: web.Request) -> web.Response:
     name, id, tail = request.match_info["collection"], request.match_info["id"], request.match_info["tail"]
     if collection_type(name) is None:
         raise NotFound(f"this provider has no collection '{name}'")
+    if shared.is_shared(name, id):
+        return await shared.resource(request, name, id, tail)
     directory = request.app[DIRECTORY]
     owner = directory.owner(name, id) or await _discover(request, name, id)
     node = directory.live.get(owner)
