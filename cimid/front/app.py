@@ -40,7 +40,7 @@ from ..http.params import positive
 from ..model.registry import collection_type
 from ..plugins import plugin_manager
 from ..wire import dialect_for
-from . import events, shared
+from . import events, expand, shared
 from .directory import Directory, NodeRecord
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
@@ -234,6 +234,8 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
     if wanted is not None:
         extra = {n for n, _ in order} - wanted
         items = [{k: v for k, v in item.items() if k not in extra} for item in items]
+    if expand.wanted(request):
+        await expand.expand_all(request, items, rtype, expand.wanted(request))
     doc = {"resourceURI": docs[0]["resourceURI"], "id": f"{base}{path}", "count": sum(d["count"] for d in docs)}
     if items:
         doc[rtype.items] = items
@@ -398,6 +400,8 @@ async def resource(request: web.Request) -> web.Response:
     if node is None:
         raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
+    if request.method == "GET" and not tail and expand.wanted(request):
+        return await expand.resource(request, node, name)
     status, response = await _forward(request, node)
     if status == 404 and not tail and request.method == "GET":
         await directory.forget(name, id)  # the index was stale: the node no longer has it

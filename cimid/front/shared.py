@@ -15,7 +15,7 @@ import json
 
 from aiohttp import web
 
-from ..errors import NotFound, Unavailable
+from ..errors import CimiError, NotFound, Unavailable
 from ..model.events import PROVIDER_LOG
 from ..model.registry import collection_type, sub_collection
 from . import app as front
@@ -47,10 +47,32 @@ def _nodes(request: web.Request):
     return nodes
 
 
+async def read(request: web.Request, collection: str, id: str) -> dict | None:
+    """The shared resource as JSON (for $expand elsewhere); None if `collection`/`id` is not one."""
+    if not is_shared(collection, id):
+        return None
+    try:
+        doc, _missing = await _combined_doc(request, collection, id, [])
+    except CimiError:
+        return None
+    return doc
+
+
 async def _combined(request: web.Request, name: str, id: str) -> web.Response:
     front._format(request)  # a bad $format or Accept fails before any node is asked
-    base, nodes = front._front_base(request), _nodes(request)
     query = [(k, v) for k, v in request.query.items() if k != "$format"]
+    doc, missing = await _combined_doc(request, name, id, query)
+    if isinstance(doc, web.Response):
+        return doc
+    headers = {}
+    if missing:
+        headers["Warning"] = f'199 cimid "node(s) {", ".join(sorted(missing))} unavailable; results partial"'
+    return front._render(request, 200, doc, collection_type(name), headers=headers)
+
+
+async def _combined_doc(request: web.Request, name: str, id: str, query) -> tuple[dict | web.Response, list]:
+    """(the document, the nodes that did not answer), or (a node's refusal, [])."""
+    base, nodes = front._front_base(request), _nodes(request)
 
     async def ask(node):
         status, _h, data = await front._ask(request, node, "GET", f"/cimi/{name}/{id}", query, None,
@@ -67,7 +89,7 @@ async def _combined(request: web.Request, name: str, id: str) -> web.Response:
         elif answer[0] == 200:
             docs.append(json.loads(answer[1]))
         elif answer[0] != 404:  # a refusal of the request (a bad $select): the nodes judge it alike
-            return front._passed_on(request, *answer)
+            return front._passed_on(request, *answer), []
     if not docs:
         if missing:
             raise Unavailable(f"{name}/{id} is on no node that answers, and node(s) {', '.join(sorted(missing))} "
@@ -84,11 +106,7 @@ async def _combined(request: web.Request, name: str, id: str) -> web.Response:
                 doc[key] = min(doc[key], value)
             elif key == "updated" and isinstance(value, str):
                 doc[key] = max(doc[key], value)
-    headers = {}
-    if missing:
-        headers["Warning"] = f'199 cimid "node(s) {", ".join(sorted(missing))} unavailable; results partial"'
-    rtype = collection_type(name)
-    return front._render(request, 200, doc, rtype, headers=headers)
+    return doc, missing
 
 
 async def _everywhere(request: web.Request) -> web.Response:
