@@ -176,6 +176,8 @@ async def collection(request: web.Request) -> web.Response:
     rtype = collection_type(name)
     if rtype is None:
         raise NotFound(f"this provider has no collection '{name}'")
+    if shared.is_shared(name):
+        return await shared.from_any_node(request)
     if request.method == "POST":
         return await _create(request, name)
     if request.method not in ("GET", "HEAD"):

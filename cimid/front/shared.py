@@ -1,5 +1,8 @@
-"""Resources every node has under the same id (the provider's own EventLog): a front cannot route them to
-one node, so it answers them for the whole federation.
+"""Resources every node has under the same id: a front cannot route them to one node by id.
+
+What every node answers alike, derived from the registry (ResourceMetadata, the collection and each
+item), is asked of any one live node. The provider's own EventLog, which each node keeps with its own
+Events, is answered for the whole federation:
 
 - The resource itself: one document, its counts (the log's `summary`) summed over the live nodes, the
   earliest `created` and the latest `updated`. A change (an edit of the log) goes to every live node,
@@ -21,13 +24,27 @@ from ..model.registry import collection_type, sub_collection
 from . import app as front
 
 SHARED = {("eventLogs", PROVIDER_LOG)}
+ALIKE = {"resourceMetadata"}
 
 
-def is_shared(collection: str, id: str) -> bool:
-    return (collection, id) in SHARED
+def is_shared(collection: str, id: str | None = None) -> bool:
+    """Whether {collection}/{id} (or the collection, with no id) is not on one node alone."""
+    return collection in ALIKE or (collection, id) in SHARED
+
+
+async def from_any_node(request: web.Request) -> web.Response:
+    """What every node answers alike, from the first live node that answers."""
+    for node in _nodes(request):
+        try:
+            return (await front._forward(request, node))[1]
+        except Unavailable:
+            continue
+    raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
 
 
 async def resource(request: web.Request, name: str, id: str, tail: str) -> web.Response:
+    if name in ALIKE:
+        return await from_any_node(request)
     segments = [s for s in tail.split("/") if s]
     if not segments:
         if request.method in ("GET", "HEAD"):
