@@ -208,7 +208,8 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
     base = _front_base(request)
 
     async def ask(node: NodeRecord):
-        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{path}", query, None,
+        asked = query if node is nodes[0] else query + shared.once_only(path)  # what every node has: once
+        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{path}", asked, None,
                                             {"Accept": "application/json"})
         return node, status, _rewrite(data, node, base)
 

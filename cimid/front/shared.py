@@ -2,7 +2,7 @@
 
 What every node answers alike, derived from the registry (ResourceMetadata, the collection and each
 item), is asked of any one live node. The provider's own EventLog, which each node keeps with its own
-Events, is answered for the whole federation:
+Events, is listed once in the EventLogs (the first node's item) and answered for the whole federation:
 
 - The resource itself: one document, its counts (the log's `summary`) summed over the live nodes, the
   earliest `created` and the latest `updated`. A change (an edit of the log) goes to every live node,
@@ -30,6 +30,13 @@ ALIKE = {"resourceMetadata"}
 def is_shared(collection: str, id: str | None = None) -> bool:
     """Whether {collection}/{id} (or the collection, with no id) is not on one node alone."""
     return collection in ALIKE or (collection, id) in SHARED
+
+
+def once_only(collection: str) -> list[tuple[str, str]]:
+    """The $filter that leaves out of a collection what every node has (the provider's EventLog): asked of
+    every node but the first, so the merged list and its count hold it once."""
+    ids = sorted(id for c, id in SHARED if c == collection)
+    return [("$filter", " and ".join(f"id!='{id}'" for id in ids))] if ids else []
 
 
 async def from_any_node(request: web.Request) -> web.Response:

@@ -169,6 +169,8 @@ async def test_the_providers_log_is_every_nodes(federation):
     """Every node has an EventLog `provider`: through a front it is one log, counting every node's Events,
     listing them all (merged as any collection), and changed on every node at once."""
     fed = federation
+    for node in fed.nodes:
+        await make_config(fed, node.name, f"logged-{node.name}")
     front_log = f"{fed.front.url}/cimi/eventLogs/provider"
     direct = [(await _get(fed, f"{n.url}/cimi/eventLogs/provider"))[1] for n in fed.nodes]
     status, log, headers = await _get(fed, front_log)
@@ -224,3 +226,19 @@ async def test_a_node_that_dies_drops_out_and_comes_back_when_it_registers_again
     finally:
         listener.close()
     await _until(lambda: _live_nodes(fed, 3), seconds=20)
+
+
+async def test_the_event_logs_list_the_providers_log_once(federation):
+    fed = federation
+    front = f"{fed.front.url}/cimi/"
+    direct = [(await _get(fed, f"{n.url}/cimi/eventLogs"))[1] for n in fed.nodes]
+    status, logs, headers = await _get(fed, f"{front}eventLogs", **{"$orderby": "name"})
+    assert status == 200 and "Warning" not in headers
+    ids = [log["id"] for log in logs.get("eventLogs", [])]
+    assert ids.count(f"{front}eventLogs/provider") == 1 and len(ids) == len(set(ids))
+    assert logs["count"] == sum(d["count"] for d in direct) - (len(fed.nodes) - 1)
+    status, page, _h = await _get(fed, f"{front}eventLogs", **{"$orderby": "name", "$first": 1, "$last": 1})
+    assert [log["id"] for log in page["eventLogs"]] == ids[:1] and page["count"] == logs["count"]
+    status, body, _h = await _get(fed, f"{front}eventLogs", **{"$format": "xml"})
+    assert status == 200
+    assert_valid_xml(body)
