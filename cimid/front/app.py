@@ -498,7 +498,9 @@ def make_front_app(config: Config) -> web.Application:
         await app[SESSION].close()
         await app[NODE_CLIENT].close()
 
+    app[events.STREAMS] = set()
     app.on_startup.append(start)
+    app.on_shutdown.append(events.close_streams)
     app.on_cleanup.append(stop)
     return app
 

@@ -33,6 +33,14 @@ _HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control":
             "X-Accel-Buffering": "no"}
 
 Position = dict[str, int]  # node name -> the seq of the last Event of that node the client has
+STREAMS = web.AppKey("event_streams", set)  # each open stream's stop signal, set at shut-down
+
+
+async def close_streams(app: web.Application) -> None:
+    """The front stops: every client's stream ends now, cleanly (it reconnects to another front with its
+    id)."""
+    for stopping in app[STREAMS]:
+        stopping.set()
 
 
 def parse_position(value: str | None) -> Position:
@@ -130,6 +138,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     live = [(s, directory.live[s.name]) for s in subscriptions.values() if s.name in directory.live]
     answers = await asyncio.gather(*(s.open(node) for s, node in live), return_exceptions=True)
     replies = {}
+    unused = [a for a in answers if isinstance(a, aiohttp.ClientResponse)]
     try:
         for (subscription, _node), answer in zip(live, answers):
             if isinstance(answer, Unavailable):
@@ -146,17 +155,23 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=_HEADERS)
         await response.prepare(request)
         await response.write(b": cimid events (federation)\n\n")
-        return await _fan_in(request, response, subscriptions, replies, positions, out)
+        stopping = asyncio.Event()
+        request.app[STREAMS].add(stopping)
+        try:
+            return await _fan_in(request, response, subscriptions, replies, positions, out, unused, stopping)
+        finally:
+            request.app[STREAMS].discard(stopping)
     finally:
-        for reply in replies.values():
+        for reply in unused:  # those the stream's tasks did not take over
             reply.close()
 
 
-async def _fan_in(request, response, subscriptions, replies, positions, out) -> web.StreamResponse:
+async def _fan_in(request, response, subscriptions, replies, positions, out, unused,
+                  stopping: asyncio.Event) -> web.StreamResponse:
     directory = request.app[front.DIRECTORY]
     tasks = {name: asyncio.create_task(s.follow(replies.get(name), directory.live.get(name)), name=f"events-{name}")
              for name, s in subscriptions.items()}
-    replies.clear()  # each is its task's now
+    unused.clear()  # each reply is its task's now
 
     async def newcomers() -> None:
         """A node that registers after the client came is followed from then on."""
@@ -167,13 +182,20 @@ async def _fan_in(request, response, subscriptions, replies, positions, out) -> 
                 tasks[late] = asyncio.create_task(subscriptions[late].follow(None), name=f"events-{late}")
 
     watcher = asyncio.create_task(newcomers(), name="events-newcomers")
+    stopped = asyncio.create_task(stopping.wait(), name="events-stopped")
+    getter = None
     try:
         while True:
-            try:
-                name, seq, data = await asyncio.wait_for(out.get(), KEEPALIVE_SECONDS)
-            except asyncio.TimeoutError:
+            getter = getter or asyncio.create_task(out.get())
+            done, _pending = await asyncio.wait((getter, stopped), timeout=KEEPALIVE_SECONDS,
+                                                return_when=asyncio.FIRST_COMPLETED)
+            if stopped in done:
+                break
+            if not done:
                 await response.write(b": keep-alive\n\n")
                 continue
+            name, seq, data = getter.result()
+            getter = None
             if positions.get(name) == seq and data is None:
                 continue  # a resumed node saying where it resumes: nothing new for the client
             positions[name] = seq
@@ -182,8 +204,10 @@ async def _fan_in(request, response, subscriptions, replies, positions, out) -> 
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        for task in (watcher, stopped, getter):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (watcher, stopped, getter) if t is not None), return_exceptions=True)
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -242,3 +242,25 @@ async def test_the_event_logs_list_the_providers_log_once(federation):
     status, body, _h = await _get(fed, f"{front}eventLogs", **{"$format": "xml"})
     assert status == 200
     assert_valid_xml(body)
+
+
+async def test_a_front_that_stops_ends_its_streams_at_once(federation):
+    fed = federation
+    listener = await listen(fed, front=fed.strict)
+    try:
+        resume = await listener.positioned(3)
+        started = asyncio.get_running_loop().time()
+        await asyncio.to_thread(fed.strict.stop)
+        assert await asyncio.wait_for(listener.response.content.read(), WAIT) == b""  # the stream ended
+        assert asyncio.get_running_loop().time() - started < 10
+        assert fed.strict.popen.returncode == 0
+    finally:
+        listener.close()
+        await asyncio.to_thread(fed.strict.start)
+    made = await make_config(fed, "n1", "after-the-front-stopped")
+    listener = await listen(fed, last_id=resume)  # resumed through the other front: nothing lost
+    try:
+        got = await listener.events(2)
+        assert [e["content"]["resource"]["href"] for e in got if e["content"].get("change")] == [made]
+    finally:
+        listener.close()
