@@ -10,6 +10,8 @@
 - Every node address in ids, hrefs and headers is rewritten to the front's own base URL.
 - A node without a lease answers 503 for its resources; collections leave it out with a `Warning`
   header, or answer 503 when front.strict is set.
+- `$expand` (expand.py), the live Event stream (events.py), and what every node has under one id
+  (shared.py: ResourceMetadata, the provider's EventLog) have modules of their own.
 - GETs to nodes go through a lean keep-alive client (nodeclient.py), everything else through aiohttp;
   both with the federation's client certificate when cluster.tls_ca is set.
 """
