@@ -21,7 +21,9 @@ from aiohttp import web
 
 from ..cluster.node import FRONT_HEADER
 from ..errors import BadRequest, MethodNotAllowed, Unavailable
-from . import app as front
+
+# cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
+# rendering) where it is used, never at load: no import cycle.
 
 log = logging.getLogger("cimid.front")
 
@@ -67,6 +69,7 @@ class _Subscription:
         self.request, self.name, self.position, self.out = request, name, position, out
 
     async def open(self, node) -> aiohttp.ClientResponse:
+        from . import app as front
         settings = self.request.app[front.SETTINGS]
         headers = {"Accept": "text/event-stream", FRONT_HEADER: settings["name"]}
         for header in ("Authorization", "CIMI-Specification-Version"):
@@ -85,6 +88,7 @@ class _Subscription:
 
     async def follow(self, reply: aiohttp.ClientResponse | None, node=None) -> None:
         """Forever: read the node's messages into `out`, resubscribing after every drop."""
+        from . import app as front
         directory = self.request.app[front.DIRECTORY]
         while True:
             if reply is None:
@@ -113,6 +117,7 @@ class _Subscription:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _read(self, reply: aiohttp.ClientResponse, node) -> None:
+        from . import app as front
         base = front._front_base(self.request)
         seq, data = None, None
         while line := await reply.content.readline():
@@ -128,6 +133,7 @@ class _Subscription:
 
 
 async def event_stream(request: web.Request) -> web.StreamResponse:
+    from . import app as front
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"{request.method} is not allowed on eventStream; use GET", ["GET"])
     positions = parse_position(request.headers.get("Last-Event-ID"))
@@ -168,6 +174,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
 
 async def _fan_in(request, response, subscriptions, replies, positions, out, unused,
                   stopping: asyncio.Event) -> web.StreamResponse:
+    from . import app as front
     directory = request.app[front.DIRECTORY]
     tasks = {name: asyncio.create_task(s.follow(replies.get(name), directory.live.get(name)), name=f"events-{name}")
              for name, s in subscriptions.items()}

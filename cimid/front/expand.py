@@ -19,8 +19,10 @@ from aiohttp import web
 from ..errors import CimiError, Unavailable
 from ..http.params import names
 from ..model.registry import collection_type
-from . import app as front
 from . import shared
+
+# cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
+# rendering) where it is used, never at load: no import cycle.
 
 # (request, collection, id) -> the resource's JSON document with the front's hrefs, or None when the
 # reader does not answer for it
@@ -50,6 +52,7 @@ def _bare_refs(doc: dict, rtype, expand: set[str], base: str) -> list[tuple[str,
 
 async def expand_all(request: web.Request, docs: list[dict], rtype, expand: set[str]) -> None:
     """Fill in, in place, every bare reference `expand` names in `docs` (each read once)."""
+    from . import app as front
     base = front._front_base(request)
     refs = [(doc, *ref) for doc in docs for ref in _bare_refs(doc, rtype, expand, base)]
     targets = sorted({(collection, id) for _doc, _attr, collection, id in refs})
@@ -66,6 +69,7 @@ async def expand_all(request: web.Request, docs: list[dict], rtype, expand: set[
 
 async def _read(request: web.Request, collection: str, id: str) -> dict | None:
     """What the front serves at {collection}/{id}, as JSON; None if nothing (or its node is down)."""
+    from . import app as front
     for reader in READERS:
         doc = await reader(request, collection, id)
         if doc is not None:
@@ -95,6 +99,7 @@ def _headers(request: web.Request) -> dict[str, str]:
 async def resource(request: web.Request, node, name: str) -> web.Response:
     """A GET of one resource with $expand: asked of its node in JSON, then completed and rendered in the
     client's format."""
+    from . import app as front
     front._format(request)  # a bad $format or Accept fails before the node is asked
     base = front._front_base(request)
     query = [(k, v) for k, v in request.query.items() if k != "$format"]

@@ -21,7 +21,9 @@ from aiohttp import web
 from ..errors import CimiError, NotFound, Unavailable
 from ..model.events import PROVIDER_LOG
 from ..model.registry import collection_type, sub_collection
-from . import app as front
+
+# cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
+# rendering) where it is used, never at load: no import cycle.
 
 SHARED = {("eventLogs", PROVIDER_LOG)}
 ALIKE = {"resourceMetadata"}
@@ -41,6 +43,7 @@ def once_only(collection: str) -> list[tuple[str, str]]:
 
 async def from_any_node(request: web.Request) -> web.Response:
     """What every node answers alike, from the first live node that answers."""
+    from . import app as front
     for node in _nodes(request):
         try:
             return (await front._forward(request, node))[1]
@@ -50,6 +53,7 @@ async def from_any_node(request: web.Request) -> web.Response:
 
 
 async def resource(request: web.Request, name: str, id: str, tail: str) -> web.Response:
+    from . import app as front
     if name in ALIKE:
         return await from_any_node(request)
     segments = [s for s in tail.split("/") if s]
@@ -65,6 +69,7 @@ async def resource(request: web.Request, name: str, id: str, tail: str) -> web.R
 
 
 def _nodes(request: web.Request):
+    from . import app as front
     nodes = front._live(request)
     if not nodes:
         raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
@@ -83,6 +88,7 @@ async def read(request: web.Request, collection: str, id: str) -> dict | None:
 
 
 async def _combined(request: web.Request, name: str, id: str) -> web.Response:
+    from . import app as front
     front._format(request)  # a bad $format or Accept fails before any node is asked
     query = [(k, v) for k, v in request.query.items() if k != "$format"]
     doc, missing = await _combined_doc(request, name, id, query)
@@ -96,6 +102,7 @@ async def _combined(request: web.Request, name: str, id: str) -> web.Response:
 
 async def _combined_doc(request: web.Request, name: str, id: str, query) -> tuple[dict | web.Response, list]:
     """(the document, the nodes that did not answer), or (a node's refusal, [])."""
+    from . import app as front
     base, nodes = front._front_base(request), _nodes(request)
 
     async def ask(node):
@@ -135,6 +142,7 @@ async def _combined_doc(request: web.Request, name: str, id: str, query) -> tupl
 
 async def _everywhere(request: web.Request) -> web.Response:
     """A change of the shared resource, made on every node; refused while one is down."""
+    from . import app as front
     down = request.app[front.DIRECTORY].down()
     if down:
         raise Unavailable(f"node(s) {', '.join(down)} unavailable: {request.path} is on every node, and a change "
@@ -149,6 +157,7 @@ async def _everywhere(request: web.Request) -> web.Response:
 
 async def _whoever_has_it(request: web.Request) -> web.Response:
     """Something under the shared resource that only one node has (an Event of the provider's log)."""
+    from . import app as front
     nodes = _nodes(request)
     if request.method not in ("GET", "HEAD"):
         return await _everywhere(request)
