@@ -23,8 +23,9 @@ BENCH_PACKAGES  := wrk etcd-server etcd-client
 # curl for tests/test_readme_tour.py, lvm2 for the lvm pool's tests (the host's lvm on loop devices,
 # and the binary the LVM helper guest carries: tests/host/build-lvm-guest-image.sh), etcd (server
 # and etcdctl) for the federation tests (tests/cluster, tests/front), iproute2 (`ip netns`) for the tests'
-# network namespace, dnsmasq-base and nftables for the bridge network driver.
-TEST_PACKAGES   := curl iproute2 dnsmasq-base nftables libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+# network namespace, dnsmasq-base and libnftables1 (which it drives in-process) for the bridge network
+# driver, nftables (the nft command) for the tests that take its table away as a reboot would.
+TEST_PACKAGES   := curl iproute2 dnsmasq-base libnftables1 nftables libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
                    qemu-system-x86 qemu-utils busybox-static syslinux syslinux-common mtools dosfstools fdisk lvm2 \
                    etcd-server etcd-client
 

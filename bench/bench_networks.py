@@ -2,7 +2,8 @@
 
 1. Network create -> STARTED through the driver (bridge, host address, dnsmasq serving DHCP, nftables
    rules) against the same bridge made with plain pyroute2 calls plus a dnsmasq start on the same
-   configuration, interleaved. Target: <= 1.5x.
+   configuration, interleaved. Target: <= 1.5x. Also, beside them, the whole way through the API (a
+   `cimid serve --profile host` in the namespace: POST, the Job, its commits, polled every 5 ms).
 2. Reconcile 100 started networks: a new driver's adopt() after a daemon restart (everything still there;
    the dnsmasq processes are replaced by children of the new daemon), and after a reboot (no bridge, no
    rules, no dnsmasq). Target: < 5 s.
@@ -50,6 +51,8 @@ def run(workdir: Path, quick: bool) -> list[Figure]:
         Figure.measured("  same bridge + dnsmasq by hand (pyroute2)", result["plain_s"] * 1000, "ms", 1),
         Figure.measured("  driver / by hand", ratio, "x", 2, "<=", 1.5),
         Figure.measured("  one nft transaction alone (the network's rules)", result["nft_s"] * 1000, "ms", 1),
+        Figure.measured("  through the API: POST -> Job SUCCESS (STARTED)", result["api_s"] * 1000, "ms", 1),
+        Figure.measured("  API / by hand", result["api_s"] / result["plain_s"], "x", 2),
         Figure.measured("Reconcile 100 networks after a restart", result["adopt_restart_s"], "s", 2, "<=", 5),
         Figure.measured("Reconcile 100 networks after a reboot", result["adopt_reboot_s"], "s", 2, "<=", 5),
         Figure.measured("Ping RTT across a cimid bridge", result["rtt_bridge_ms"], "ms", 3),
@@ -109,14 +112,41 @@ async def plain_create(i: int, directory: Path) -> float:
     return elapsed
 
 
-async def nft_alone(i: int) -> float:
+API_CONFIG = "[compute]\ndriver = \"none\"\n[network]\ndriver = \"bridge\"\ncreate_default = false\n"
+
+
+def api_server(state_dir: Path):
+    """`cimid serve --profile host` with the bridge network driver (no compute), in this namespace."""
+    from common import cimid_config, free_port, launch
+    port = free_port()
+    config = cimid_config(state_dir.parent, "networks-api", extra_config=API_CONFIG)
+    argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--profile", "host",
+            "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
+    return launch("networks-api", argv, port, state_dir.parent / "networks-api.log", "/cimi/cloudEntryPoint")
+
+
+def api_create(client, i: int) -> float:
+    """POST a PRIVATE network (the same subnet as spec(i)) and wait, polling its Job, until it is STARTED;
+    then delete it (not timed)."""
+    from bench_volumes import delete, post, wait_job
+    started = time.perf_counter()
+    network, job = post(client, "/cimi/networks", {"name": f"b{i}", "networkTemplate": {"networkConfig": {
+        "networkType": "PRIVATE", "properties": {"cidr": spec(i).cidr}}}})
+    wait_job(client, job)
+    elapsed = time.perf_counter() - started
+    if (state := client.get_json(network)["state"]) != "STARTED":
+        raise RuntimeError(f"network {network} is {state} after its create Job")
+    delete(client, network)
+    return elapsed
+
+
+async def nft_alone(nft, i: int) -> float:
     """What the driver adds to the baseline: one nftables transaction installing a network's rules (the
     same table it writes), then its removal (not timed)."""
-    from cimid_bridge import rules
     started = time.perf_counter()
-    await rules.apply("nft", "cimid_bench", [spec(i)], {})
+    await nft.apply("cimid_bench", [spec(i)], {})
     elapsed = time.perf_counter() - started
-    await rules.apply("nft", "cimid_bench", [], {})
+    await nft.apply("cimid_bench", [], {})
     return elapsed
 
 
@@ -214,19 +244,29 @@ async def inner(quick: bool) -> dict:
         driver = BridgeNetwork(config(state_dir))
         await driver.open()
         rounds = 6 if quick else ROUNDS_CREATE
-        by_driver, by_hand, by_nft = [], [], []
-        for i in range(rounds):  # interleaved, so all see the same machine
-            by_driver.append(await driver_create(driver, i))
-            by_hand.append(await plain_create(i, state_dir / "plain"))
-            by_nft.append(await nft_alone(i))
+        by_driver, by_hand, by_nft, by_api = [], [], [], []
+        from common import Client
+        server = api_server(state_dir / "api")
+        client = Client(server.port)
+        try:
+            for i in range(rounds):  # interleaved, so all see the same machine
+                by_driver.append(await driver_create(driver, i))
+                by_hand.append(await plain_create(i, state_dir / "plain"))
+                by_nft.append(await nft_alone(driver.nft, i))
+                by_api.append(await asyncio.to_thread(api_create, client, i))
+        finally:
+            client.close()
+            server.stop()
         await driver.close()
         print(f"  create -> STARTED, medians of {rounds}: driver {median(by_driver) * 1000:.1f} ms, "
-              f"by hand {median(by_hand) * 1000:.1f} ms; one nft transaction alone {median(by_nft) * 1000:.1f} ms")
+              f"by hand {median(by_hand) * 1000:.1f} ms; one nft transaction alone {median(by_nft) * 1000:.1f} ms; "
+              f"through the API {median(by_api) * 1000:.1f} ms")
         restart, reboot = await reconcile(state_dir / "reconcile", 100)
         print(f"  reconcile 100 networks: after a restart {restart:.2f} s, after a reboot {reboot:.2f} s")
         rtt_bridge, rtt_veth = await rtt(state_dir / "rtt", 20 if quick else ROUNDS_PING)
         print(f"  ping RTT: across a cimid bridge {rtt_bridge:.3f} ms, across a veth pair {rtt_veth:.3f} ms")
         return {"driver_s": median(by_driver), "plain_s": median(by_hand), "nft_s": median(by_nft),
+                "api_s": median(by_api),
                 "adopt_restart_s": restart,
                 "adopt_reboot_s": reboot, "rtt_bridge_ms": rtt_bridge, "rtt_veth_ms": rtt_veth}
     finally:

@@ -60,10 +60,25 @@ def _parser() -> argparse.ArgumentParser:
                           "`cimid cluster certificate --dir DIR NAME [ADDRESS ...]`: the federation CA "
                           "(DIR/ca.crt, ca.key; made on first use) signs DIR/NAME.crt and NAME.key, for a node, "
                           "a front or an etcd member or client, good as server and as client, naming ADDRESS "
-                          "(IP addresses or DNS names) as its subjectAltNames.")
+                          "(IP addresses or DNS names) as its subjectAltNames.\n"
+                          "`cimid cluster tenant add|remove NAME --config FILE`: a consumer of the whole "
+                          "federation, checked by the fronts, with quotas counted across every node.")
     actions = cluster_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("status", help="members, nodes, leases, capacity").add_argument(
         "--config", type=Path, metavar="FILE", required=True, help="TOML configuration with [cluster] endpoints")
+    tenant = actions.add_parser("tenant", help="add or remove a consumer of the whole federation",
+                                description="`add NAME --role R [--quota QUOTA=N ...]` reads the password from "
+                                            "standard input (prompting on a terminal) and writes the tenant to etcd, "
+                                            "replacing one of that name; `remove NAME`. Fronts check logins "
+                                            "against the tenants and count their quotas (machines, cpu, memory "
+                                            "in KiB) across every node.")
+    tenant.add_argument("verb", choices=("add", "remove"))
+    tenant.add_argument("name")
+    tenant.add_argument("--quota", dest="limits", action="append", default=[], metavar="QUOTA=N",
+                        help="a limit across the federation: machines, cpu or memory (KiB); repeat for each")
+    tenant.add_argument("--role", choices=("admin", "user", "reader"), default="user")
+    tenant.add_argument("--config", type=Path, metavar="FILE", required=True,
+                        help="TOML configuration with [cluster] endpoints")
     issuing = actions.add_parser("certificate", help="issue a certificate of the federation CA")
     issuing.add_argument("--dir", type=Path, metavar="DIR", required=True, help="the federation CA's directory")
     issuing.add_argument("name", help="the holder, e.g. n1, front1, etcd1")
@@ -219,6 +234,8 @@ def cluster(args) -> int:
     config = load(args.config)
     if not config["cluster"]["endpoints"]:
         raise ConfigError("[cluster] endpoints is empty: this configuration is of a standalone node")
+    if args.action == "tenant":
+        return tenant(args, config)
     try:
         from .cluster.status import report
     except ImportError as exc:
@@ -227,6 +244,44 @@ def cluster(args) -> int:
     lines, healthy = asyncio.run(report(config))
     print("\n".join(lines))
     return 0 if healthy else 1
+
+
+def tenant(args, config) -> int:
+    from .cluster.etcd import Etcd
+    from .cluster.quota import GLOBAL_QUOTAS
+    from .front.identity import remove_tenant, set_tenant
+    from .http.auth import hash_password
+    prefix = config["cluster"]["prefix"].rstrip("/") + "/"
+    quotas = {}
+    for item in args.limits:
+        key, _, value = item.partition("=")
+        if key not in GLOBAL_QUOTAS or not value.isdigit():
+            raise ConfigError(f"a tenant's quota is QUOTA=N with QUOTA one of {', '.join(GLOBAL_QUOTAS)}, not '{item}'")
+        quotas[key] = int(value)
+    if args.verb == "add":
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise ConfigError("a tenant needs a password (read from standard input)")
+        hashed = hash_password(password)
+
+    async def run() -> bool:
+        etcd = Etcd.from_config(config["cluster"])
+        await etcd.connect()
+        try:
+            if args.verb == "add":
+                await set_tenant(etcd, prefix, args.name, args.role, hashed, quotas)
+                return True
+            return await remove_tenant(etcd, prefix, args.name)
+        finally:
+            await etcd.close()
+
+    done = asyncio.run(run())
+    if args.verb == "add":
+        print(f"tenant {args.name} ({args.role}): " + (" ".join(f"{k}={v}" for k, v in sorted(quotas.items()))
+                                                        or "no quotas"))
+        return 0
+    print(f"tenant {args.name} removed" if done else f"no tenant {args.name}")
+    return 0 if done else 1
 
 
 def certificate(args) -> int:

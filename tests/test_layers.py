@@ -24,6 +24,7 @@ ALLOWED = {
     # wrapper and speaks CIMI through the wire dialect, never through a local provider.
     "cimid.cluster": {"cimid.errors", "cimid.config", "cimid.service"},
     "cimid.front": {"cimid.errors", "cimid.config", "cimid.model", "cimid.wire", "cimid.cluster", "cimid.http",
+                    "cimid.store",  # the $filter compiler over the global catalogue (store.query, no SQLite file)
                     "cimid.plugins", "cimid.hookspecs"},
 }
 DRIVER_PACKAGES = ("cimid_",)  # drivers/cimid_libvirt, drivers/cimid_dir, ... (never cimid.*)

@@ -34,16 +34,22 @@ from yarl import URL
 from ..cluster.certs import client_context
 from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
+from ..cluster.quota import QuotaLedger
 from ..config import Config, ConfigError, is_loopback
 from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavailable
 from ..hookspecs import PlacementRequest
 from ..http.negotiation import JSON, XML, request_format, response_format
+from ..http.auth import Authenticator
 from ..http.params import positive
+from ..model import TYPES
 from ..model.registry import collection_type
+from ..model.types import CIMI_NS
 from ..plugins import plugin_manager
 from ..wire import dialect_for
-from . import events, expand, shared
+from . import catalogue, events, expand, shared
+from .catalogue import CATALOGUE, Caller, GlobalCatalogue
 from .directory import Directory, NodeRecord
+from .identity import AUTHENTICATOR, CALLER, TenantDirectory, authenticate_middleware, identity_headers, user_header
 from .merge import merge, orderby_param, parse_orderby
 from .nodeclient import NodeClient, NodeHttpError
 from .placement import BuiltinPlacement, Ledger
@@ -53,6 +59,7 @@ log = logging.getLogger("cimid.front")
 
 DIRECTORY = web.AppKey("directory", Directory)
 LEDGER = web.AppKey("ledger", Ledger)
+QUOTAS = web.AppKey("quotas", QuotaLedger)
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 RECONCILER = web.AppKey("reconciler", asyncio.Task)
 SETTINGS = web.AppKey("settings", dict)
@@ -61,6 +68,8 @@ NODE_CLIENT = web.AppKey("node_client", NodeClient)
 
 # The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
 TARGET = "cimid:target"
+# A create whose body the front rewrote (as JSON) names its new Content-Type here.
+BODY_TYPE = web.RequestKey("body_type", str)
 
 # Request headers a node needs to answer as it would answer the client; response headers the client needs.
 _REQUEST_HEADERS = ("Content-Type", "Accept", "If-Match", "If-None-Match", "Idempotency-Key", "Authorization",
@@ -121,6 +130,9 @@ async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, q
     """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
     answer within front.node_timeout. `raw`: `path` is the client's, already encoded, query included."""
     settings = request.app[SETTINGS]
+    forwarded = identity_headers(request)
+    if forwarded:  # the front checked who asks: the node learns it from the header, not the credentials
+        headers = {**forwarded, **{k: v for k, v in headers.items() if k != "Authorization"}}
     if method == "GET":  # most of what a front asks: the lean client
         target = path if raw else str(URL(path).with_query(query)) if query else path
         try:
@@ -150,6 +162,8 @@ async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = 
     if body:  # the node sees its own hrefs, as if the client had asked it directly
         body = body.replace(base.encode(), node.base.encode())
     headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
+    if BODY_TYPE in request:
+        headers["Content-Type"] = request[BODY_TYPE]
     status, reply_headers, data = await _ask(request, node, request.method, request.raw_path, None, body,
                                              {**headers, **(extra_headers or {})}, raw=True)
     out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
@@ -180,6 +194,9 @@ async def collection(request: web.Request) -> web.Response:
         raise NotFound(f"this provider has no collection '{name}'")
     if shared.is_shared(name):
         return await shared.from_any_node(request)
+    if name in catalogue.GLOBAL:
+        await _catalogue_ready(request)
+        return await catalogue.serve_collection(request, rtype, _caller(request), _front_base(request))
     if request.method == "POST":
         return await _create(request, name)
     if request.method not in ("GET", "HEAD"):
@@ -267,18 +284,43 @@ async def _create(request: web.Request, name: str) -> web.Response:
     went to (recorded in etcd before forwarding), whose own idempotency answers it once."""
     directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
     body = await request.read()
-    doc = _parse_body(request, body)
+    root, doc = _parse_body(request, body)
     target = doc.pop(TARGET, None) if isinstance(doc, dict) else None
-    if target is not None:
-        if not isinstance(target, str):
-            raise BadRequest(f"{TARGET} must be the name of a node")
-        body = json.dumps(doc).encode()  # the node does not know the extension
+    if target is not None and not isinstance(target, str):
+        raise BadRequest(f"{TARGET} must be the name of a node")
+    await _catalogue_ready(request)
+    resolved = await request.app[CATALOGUE].by_value(_caller(request), _request_type(name, root), doc,
+                                                     _front_base(request))
+    if target is not None or resolved != doc:  # the node knows neither the extension nor global entries
+        doc = resolved
+        body = json.dumps({"resourceURI": f"{CIMI_NS}/{root}", **doc} if root else doc).encode()
+        request[BODY_TYPE] = "application/json"
     claim = _idempotency_key(request)
     if claim is not None:
         node = await directory.claimed(claim)
         if node is not None:
             return await _create_on(request, body, _live_node(directory, node), reservation=None)
     needs = await _needs(request, name, doc) if name == "machines" else (0, 0)
+    caller = _caller(request)
+    quota = await request.app[QUOTAS].reserve(caller.name, caller.quotas, *needs) if name == "machines" else None
+    try:
+        response, counts = await _place_and_forward(request, name, body, target, claim, needs)
+    except BaseException:
+        if quota:
+            await request.app[QUOTAS].settle(caller.name, quota, None)
+        raise
+    if quota:  # the machine counts for the tenant from now on, or the reservation is given back
+        made = counts and response.status in (201, 202) and "Location" in response.headers
+        await request.app[QUOTAS].settle(caller.name, quota,
+                                          response.headers["Location"].rstrip("/").rsplit("/", 1)[-1] if made else None)
+    return response
+
+
+async def _place_and_forward(request: web.Request, name: str, body: bytes, target: str | None, claim: str | None,
+                             needs: tuple[int, int]) -> tuple[web.Response, bool]:
+    """The create on the node placement chooses; and whether this attempt made it (not another front's
+    with the same Idempotency-Key)."""
+    directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
     placement = PlacementRequest(name, needs[0], needs[1], target)
     for _attempt in range(8):  # another front may reserve what we saw free: place again
         candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request)] if c]
@@ -299,8 +341,8 @@ async def _create(request: web.Request, name: str) -> web.Response:
         if owner != chosen:  # another front took the same key meanwhile: one create, on its node
             if reservation:
                 await ledger.release(chosen, reservation)
-            return await _create_on(request, body, _live_node(directory, owner), reservation=None)
-    return await _create_on(request, body, directory.live[chosen], reservation)
+            return await _create_on(request, body, _live_node(directory, owner), reservation=None), False
+    return await _create_on(request, body, directory.live[chosen], reservation), True
 
 
 def _live_node(directory: Directory, name: str) -> NodeRecord:
@@ -324,11 +366,43 @@ async def _create_on(request: web.Request, body: bytes, node: NodeRecord,
     return response
 
 
-def _parse_body(request: web.Request, body: bytes) -> dict:
+def _parse_body(request: web.Request, body: bytes) -> tuple[str | None, dict]:
     dialect = dialect_for(request.headers)
     fmt = request_format(request.headers.get("Content-Type"), body)
-    _root, doc = dialect.parse(fmt, body)
-    return doc
+    return dialect.parse(fmt, body)
+
+
+def _request_type(collection: str, root: str | None):
+    """The type a create's body is checked as: its create wrapper (MachineCreate), else the resource."""
+    rtype = collection_type(collection)
+    return TYPES.get(root or "", None) or (TYPES[rtype.create_wrapper] if rtype.create_wrapper else rtype)
+
+
+def _caller(request: web.Request) -> Caller:
+    return request.get(CALLER) or Caller()
+
+
+def _as_front(request: web.Request) -> dict[str, str]:
+    """What the front asks on its own behalf (the catalogue's import) asks as an admin named after it."""
+    return {k: user_header("admin", request.app[SETTINGS]["name"]) for k in identity_headers(request)}
+
+
+async def _catalogue_ready(request: web.Request) -> None:
+    """The federation's catalogue started from a node's, once (see catalogue.GlobalCatalogue.import_once)."""
+    async def read_node(collection: str) -> list[dict] | None:
+        base = _front_base(request)
+        for node in _live(request):
+            try:
+                status, _h, data = await _ask(request, node, "GET", f"/cimi/{collection}", None, None,
+                                              {"Accept": "application/json", **_as_front(request)})
+            except Unavailable:
+                continue
+            if status == 200:
+                return json.loads(_rewrite(data, node, base)).get(collection_type(collection).items, [])
+            if status == 404:
+                return []  # the node does not serve this family
+        return None
+    await request.app[CATALOGUE].import_once(read_node)
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -399,6 +473,10 @@ async def resource(request: web.Request) -> web.Response:
         raise NotFound(f"this provider has no collection '{name}'")
     if shared.is_shared(name, id):
         return await shared.resource(request, name, id, tail)
+    if name in catalogue.GLOBAL:
+        await _catalogue_ready(request)
+        return await catalogue.serve_resource(request, catalogue.GLOBAL[name], id, tail, _caller(request),
+                                              _front_base(request))
     directory = request.app[DIRECTORY]
     owner = directory.owner(name, id) or await _discover(request, name, id)
     node = directory.live.get(owner)
@@ -410,6 +488,8 @@ async def resource(request: web.Request) -> web.Response:
     status, response = await _forward(request, node)
     if status == 404 and not tail and request.method == "GET":
         await directory.forget(name, id)  # the index was stale: the node no longer has it
+    if name == "machines" and not tail and request.method == "DELETE" and status in (200, 202, 204):
+        await request.app[QUOTAS].machine_deleted(id)
     return response
 
 
@@ -462,7 +542,8 @@ def make_front_app(config: Config) -> web.Application:
     cluster, front = config["cluster"], config["front"]
     if not cluster["endpoints"]:
         raise ConfigError("cimid front needs cluster.endpoints (the etcd members)")
-    app = web.Application(middlewares=[cimi_errors], client_max_size=config["server"]["max_body_bytes"])
+    app = web.Application(middlewares=[cimi_errors, authenticate_middleware(bool(cluster["tls_ca"]))],
+                          client_max_size=config["server"]["max_body_bytes"])
     app[SETTINGS] = {"public_base_url": front["public_base_url"], "strict": front["strict"],
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
                      "idempotency_seconds": config["server"]["idempotency_minutes"] * 60,
@@ -475,6 +556,10 @@ def make_front_app(config: Config) -> web.Application:
     app[DIRECTORY] = directory
     app[LEDGER] = Ledger(etcd, directory.prefix, front["reservation_seconds"])
     app[PLUGINS] = plugin_manager((BuiltinPlacement(),))
+    app[CATALOGUE] = GlobalCatalogue(etcd, directory.prefix)
+    app[QUOTAS] = QuotaLedger(etcd, directory.prefix, front["reservation_seconds"])
+    tenants = TenantDirectory(etcd, directory.prefix)
+    app[AUTHENTICATOR] = Authenticator.from_config(config["auth"], tenants)
     reconciler = Reconciler(etcd, directory, app[SETTINGS]["name"], lambda node, c: _list_ids(app, node, c),
                             cluster["lease_ttl"], front["reconcile_seconds"])
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
@@ -489,6 +574,7 @@ def make_front_app(config: Config) -> web.Application:
                                              connector=aiohttp.TCPConnector(limit=0, ssl=node_tls))
         app[NODE_CLIENT] = NodeClient(node_tls)
         await directory.start()
+        tenants.start()
         if not await directory.wait_ready(cluster["etcd_timeout"] * 3):
             log.warning("etcd did not answer yet: the front starts with no node and keeps trying")
         app[RECONCILER] = asyncio.create_task(reconciler.run(), name="reconciler")
@@ -496,6 +582,8 @@ def make_front_app(config: Config) -> web.Application:
     async def stop(_app) -> None:
         app[RECONCILER].cancel()
         await asyncio.gather(app[RECONCILER], return_exceptions=True)  # gives the election up
+        await tenants.stop()
+        app[AUTHENTICATOR].close()
         await directory.stop()
         await app[SESSION].close()
         await app[NODE_CLIENT].close()

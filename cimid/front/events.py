@@ -1,7 +1,7 @@
 """The live Event stream through a front (`/cimi/eventStream`, the node's provider extension): one SSE
 subscription per live node, fanned in to the client with every node address rewritten.
 
-- The client's `$filter` and `Authorization` go to each node, which filters and scopes as it would alone;
+- The client's `$filter` and identity go to each node, which filters and scopes as it would alone;
   a refusal by a node (a bad `$filter`) is passed on before the stream starts.
 - Each message's id is the position of every node (`n1=42&n2=17`, each node's own Last-Event-ID), so a
   client that reconnects through any front with it resumes every node exactly where it was: nothing
@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..cluster.node import FRONT_HEADER
 from ..errors import BadRequest, MethodNotAllowed, Unavailable
+from .identity import identity_headers
 
 # cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
 # rendering) where it is used, never at load: no import cycle.
@@ -75,6 +76,9 @@ class _Subscription:
         for header in ("Authorization", "CIMI-Specification-Version"):
             if header in self.request.headers:
                 headers[header] = self.request.headers[header]
+        forwarded = identity_headers(self.request)
+        if forwarded:  # the front checked who asks: the node learns it from the header, as in app._ask
+            headers = {**forwarded, **{k: v for k, v in headers.items() if k != "Authorization"}}
         if self.position is not None:
             headers["Last-Event-ID"] = str(self.position)
         query = [("$filter", f) for f in self.request.query.getall("$filter", [])]

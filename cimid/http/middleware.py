@@ -6,17 +6,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..errors import CimiError, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..errors import BadRequest, CimiError, Forbidden, InternalError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..wire import dialect_for
 from . import idempotency, negotiation
 from .auth import Identity
 from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY, PROVIDER
 from .params import first_query
 from .render import error_response
-from .tls import client_certificate_name, from_front
+from .tls import FRONT_USER_HEADER, client_certificate_name, from_front
 
 log = logging.getLogger("cimid.http")
 
@@ -76,6 +77,15 @@ async def _authenticate(request: web.Request) -> Identity:
     request: the client's Authorization, which it passes on, says who asks)."""
     auth = request.app[AUTH]
     config = request.app[CONFIG]
+    forwarded = request.headers.get(FRONT_USER_HEADER)
+    if forwarded is not None:  # a front checked who asks (cimid/front/identity.py)
+        if not (config["cluster"]["tls_ca"] and from_front(request, config["cluster"]["tls_ca"])):
+            raise Forbidden(f"{FRONT_USER_HEADER} is for fronts, which connect with a certificate of the "
+                            "federation CA (cluster.tls_ca)")
+        role, _, name = forwarded.partition(" ")
+        if role not in ("admin", "user", "reader") or not name:
+            raise BadRequest(f"{FRONT_USER_HEADER} must be '<role> <name>'")
+        return Identity(unquote(name), role)  # quotas are counted by the fronts, across the federation
     if config["server"]["tls_client_ca"] and not from_front(request, config["cluster"]["tls_ca"]):
         name = client_certificate_name(request)
         if name is not None:

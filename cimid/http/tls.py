@@ -182,6 +182,11 @@ def _peer(request: web.Request) -> dict | None:
     return transport.get_extra_info("peercert") if transport is not None else None
 
 
+# Who asks, as the front that forwards a request authenticated them: "<role> <name, percent-encoded>".
+# Believed only on a connection that showed a front's certificate (see from_front).
+FRONT_USER_HEADER = "CIMID-User"
+
+
 def from_front(request: web.Request, federation_ca: str) -> bool:
     """Whether this connection showed a verified certificate of the federation CA (a front's)."""
     peer = _peer(request)

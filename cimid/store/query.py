@@ -7,6 +7,7 @@ column expressions plus bound parameters for every user-supplied value, so no va
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sqlite3
 from collections.abc import Callable
@@ -368,6 +369,11 @@ def compile_query(filters: list[str], orderby: list[str], resolve: Resolver) -> 
     return " AND ".join(where), order, params
 
 
+def _sql_value(value):
+    """A document's value as its column holds it: a map (properties) as JSON text, which json_each reads."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
 def page_documents(docs: list[dict], columns: dict[str, str], *, filters: list[str] = (),
                    orderby: list[str] = (), first: int | None = None,
                    last: int | None = None) -> tuple[int, list[dict]]:
@@ -382,7 +388,7 @@ def page_documents(docs: list[dict], columns: dict[str, str], *, filters: list[s
     try:
         db.execute(f"CREATE TABLE docs (seq INTEGER PRIMARY KEY, {quoted})")
         db.executemany(f"INSERT INTO docs VALUES (?, {', '.join('?' * len(names))})",
-                       [(i, *(d.get(n) for n in names)) for i, d in enumerate(docs)])
+                       [(i, *(_sql_value(d.get(n)) for n in names)) for i, d in enumerate(docs)])
         cond = where or "1"
         (count,), = db.execute(f"SELECT count(*) FROM docs WHERE {cond}", params).fetchall()
         start = max(first or 1, 1)

@@ -83,6 +83,12 @@ def configured_as(spec, directory: Path) -> bool:
 
 
 def _write(path: Path, text: str) -> None:
+    """Replace the file atomically, unless it already says that (a start after the create wrote it)."""
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)

@@ -33,7 +33,7 @@ class BridgeNetwork:
         self.owner = f"cimid:{instance}:"  # the alias prefix of its links
         self.table = f"cimid_{instance}"  # its nftables table (inet)
         self.dnsmasq = "dnsmasq"
-        self.nft = "nft"
+        self.nft: rules.Nftables | None = None  # libnftables, loaded by open()
         self._specs: dict = {}  # network id -> NetworkSpec
         self._running: set[str] = set()
         self._ports: dict[str, str] = {}  # port id -> network id
@@ -46,16 +46,18 @@ class BridgeNetwork:
     # ---------------------------------------------------------------- lifecycle of the driver
 
     async def open(self) -> None:
-        for binary in (self.dnsmasq, self.nft):
-            if shutil.which(binary) is None:
-                raise DriverError(f"the bridge network driver needs {binary} (Debian: dnsmasq-base, nftables)",
-                                  unavailable=True)
+        if shutil.which(self.dnsmasq) is None:
+            raise DriverError(f"the bridge network driver needs {self.dnsmasq} (Debian: dnsmasq-base)", unavailable=True)
+        try:
+            self.nft = rules.Nftables()
+        except DriverError as exc:
+            raise DriverError(f"the bridge network driver needs libnftables: {exc}", unavailable=True) from None
         try:
             await asyncio.to_thread(links.owned_links, self.owner)
         except OSError as exc:
             raise DriverError(f"netlink refused: {exc} (the bridge driver needs CAP_NET_ADMIN)", unavailable=True) from None
         try:  # a kernel without nf_tables fails here, not in the middle of start-up
-            await rules.comments(self.nft, self.table)
+            await self.nft.comments(self.table)
         except DriverError as exc:
             raise DriverError(f"nftables does not answer: {exc}", unavailable=True) from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,7 @@ class BridgeNetwork:
 
     async def health(self) -> dict[str, str]:
         owned = await asyncio.to_thread(links.owned_links, self.owner)
-        found = await rules.comments(self.nft, self.table)
+        found = await self.nft.comments(self.table)
         return {"bridges": f"{sum(1 for a in owned.values() if a.startswith(self.owner + 'net:'))} made by cimid",
                 "dnsmasq": f"{sum(1 for d in self._daemons.values() if d.alive())} running",
                 "nftables": f"table inet {self.table}, {len(found)} rules" if found else f"table inet {self.table} absent"}
@@ -122,13 +124,14 @@ class BridgeNetwork:
     async def start_network(self, network_id: str) -> None:
         async with self._lock:
             spec = self._spec(network_id)
-            await asyncio.to_thread(links.set_up, spec.bridge, True)
             daemon = self._daemons.get(network_id)
             if network_id in self._running and (daemon is not None and daemon.alive() or not _serves_dhcp(spec)):
+                await asyncio.to_thread(links.set_up, spec.bridge, True)
                 return  # started already (a Job run again after a restart)
             self._running.add(network_id)
-            # dnsmasq and nft are processes of their own: started side by side, not one after the other.
-            jobs = [self._apply_rules()] + ([self._start_dnsmasq(spec)] if _serves_dhcp(spec) else [])
+            # dnsmasq starts beside the rules and the link (it binds to the bridge's address, down or up),
+            # and the link comes up only once its rules are in place.
+            jobs = [self._rules_then_up(spec.bridge)] + ([self._start_dnsmasq(spec)] if _serves_dhcp(spec) else [])
             outcomes = await asyncio.gather(*jobs, return_exceptions=True)
             failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
             if failure is not None:
@@ -136,6 +139,10 @@ class BridgeNetwork:
                 await asyncio.gather(self._stop_dnsmasq(network_id), self._apply_rules(), return_exceptions=True)
                 await asyncio.to_thread(links.set_up, spec.bridge, False)
                 raise failure
+
+    async def _rules_then_up(self, bridge: str) -> None:
+        await self._apply_rules()
+        await asyncio.to_thread(links.set_up, bridge, True)
 
     async def stop_network(self, network_id: str) -> None:
         async with self._lock:
@@ -171,12 +178,19 @@ class BridgeNetwork:
         runs in a process of its own): then a bridge that is down means a stopped network."""
         spec = self._specs.get(network_id)
         mark = links.alias(self.owner, "net", network_id)
-        owned = await asyncio.to_thread(links.owned_links, self.owner)
-        bridge = next((name for name, alias in owned.items() if alias == mark), None)
+        if spec is not None:  # its bridge's name is known: that link alone is read (every Job ends here)
+            state = await asyncio.to_thread(links.link_state, spec.bridge)
+            if state is not None and state["alias"] != mark:
+                state = None  # a link of that name cimid did not make for this network
+            bridge = spec.bridge if state is not None else None
+        else:
+            owned = await asyncio.to_thread(links.owned_links, self.owner)
+            bridge = next((name for name, alias in owned.items() if alias == mark), None)
         directory = self._dir(network_id)
         if spec is None and bridge is None and not directory.exists():
             return None
-        state = await asyncio.to_thread(links.link_state, bridge) if bridge else None
+        if spec is None:
+            state = await asyncio.to_thread(links.link_state, bridge) if bridge else None
         up = bool(state and state["up"])
         if spec is not None:
             wanted = _serves_dhcp(spec) and network_id in self._running
@@ -186,7 +200,7 @@ class BridgeNetwork:
             wanted = up and (directory / "dnsmasq.conf").exists()
             serving = directory in (await asyncio.to_thread(dnsmasq.running_under, self.run_dir)).values()
         started = network_id in self._running if spec is not None else up
-        found = await rules.comments(self.nft, self.table)
+        found = await self.nft.comments(self.table)
         return {
             "bridge": "present" if bridge else "missing",
             "link": "up" if up else "down",
@@ -261,7 +275,7 @@ class BridgeNetwork:
         """The rules of the started networks (a stopped one's bridge is down: nothing to filter)."""
         networks = [self._specs[n] for n in sorted(self._running) if n in self._specs]
         groups = {g: [m for m in members if m in self._running] for g, members in self._groups.items()}
-        await rules.apply(self.nft, self.table, networks, groups)
+        await self.nft.apply(self.table, networks, groups)
 
     # ---------------------------------------------------------------- dnsmasq, supervised
 

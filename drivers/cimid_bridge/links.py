@@ -5,6 +5,7 @@ orphans included, from anything else on the host, another cimid's too."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 
@@ -28,8 +29,12 @@ def port_names(port_id: str) -> tuple[str, str]:
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return found[0] if found else None
+    try:  # one request for that name (link_lookup would list every link)
+        return ipr.link("get", ifname=ifname)[0]["index"]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
 
 
 def _attr(link, name: str):
@@ -68,17 +73,22 @@ def byte_counters(ifnames: set[str]) -> dict[str, tuple[int, int]]:
 
 
 def link_state(ifname: str) -> dict | None:
-    """{"up": bool, "mtu": int, "addresses": [cidr...], "master": ifname|None} of a link; None if absent."""
+    """{"up": bool, "mtu": int, "addresses": [cidr...], "master": ifname|None, "alias": str} of a link;
+    None if absent."""
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
-        if index is None:
-            return None
-        link = ipr.get_links(index)[0]
+        try:
+            link = ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        index = link["index"]
         master = _attr(link, "IFLA_MASTER")
         addresses = [f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)
                      if a["family"] in (2, 10)]
         return {"up": bool(link["flags"] & 1), "mtu": _attr(link, "IFLA_MTU"), "addresses": addresses,
-                "master": _attr(ipr.get_links(master)[0], "IFLA_IFNAME") if master else None}
+                "master": _attr(ipr.get_links(master)[0], "IFLA_IFNAME") if master else None,
+                "alias": _attr(link, "IFLA_IFALIAS") or ""}
 
 
 def make_bridge(ifname: str, mark: str, mtu: int | None, gateway: str | None, cidr: str | None,
@@ -93,33 +103,34 @@ def make_bridge(ifname: str, mark: str, mtu: int | None, gateway: str | None, ci
     if ipr is None:
         with IPRoute() as own:
             return make_bridge(ifname, mark, mtu, gateway, cidr, up, own)
-    index = _index(ipr, ifname)
-    made = index is None
+    try:  # made at once; a link of that name already there is looked at only then (netlink round trips)
+        ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        made = True
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise DriverError(f"cannot make bridge {ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+        made = False
+    link = ipr.link("get", ifname=ifname)[0]
+    index = link["index"]
     if not made:
-        existing = _attr(ipr.get_links(index)[0], "IFLA_IFALIAS") or ""
+        existing = _attr(link, "IFLA_IFALIAS") or ""
         if existing != mark:
             raise DriverError(f"a link named {ifname} already exists and cimid did not make it for this "
                               f"network ({'its alias is ' + repr(existing) if existing else 'no cimid alias'}); "
                               "choose another network or remove that link")
-    else:
-        try:
-            ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_forward_delay=0)
-        except NetlinkError as exc:
-            raise DriverError(f"cannot make bridge {ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
-        index = _index(ipr, ifname)
     try:
         settings = {"ifalias": mark} if made else {}
         if mtu is not None:
             settings["mtu"] = mtu
+        if up:
+            settings["state"] = "up"
         if settings:
             ipr.link("set", index=index, **settings)
         if gateway and cidr:
             prefix = ipaddress.ip_network(cidr).prefixlen
-            present = {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+            present = set() if made else {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
             if (gateway, prefix) not in present:
                 ipr.addr("add", index=index, address=gateway, prefixlen=prefix)
-        if up:
-            ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
         if made:
             ipr.link("del", index=index)
@@ -156,10 +167,12 @@ def make_bridges(wanted: list[tuple]) -> dict[str, str]:
 
 def set_up(ifname: str, up: bool) -> None:
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
-        if index is None:
-            raise DriverError(f"the bridge {ifname} is missing")
-        ipr.link("set", index=index, state="up" if up else "down")
+        try:  # by name: one netlink round trip
+            ipr.link("set", ifname=ifname, state="up" if up else "down")
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                raise DriverError(f"the bridge {ifname} is missing") from None
+            raise
 
 
 def delete(ifname: str) -> None:

@@ -5,15 +5,19 @@
 #   OUT_DIR/vmlinuz, OUT_DIR/initrd.gz  the same kernel and initramfs, for direct kernel boot
 # The guest's /init finds a cloud-init NoCloud seed (ISO 9660 labelled cidata), prints each file between
 #   HVTEST: ----- BEGIN <file> -----  and  HVTEST: ----- END <file> -----   (cimi/user-data included),
+# runs udhcpc on eth0 ("HVTEST: dhcp <if> <ip>/<mask> routes <option 121 routes or none>", routes applied),
 # runs a #! user-data ("HVTEST: user-data: <line>"), prints "HVTEST: ready", powers off on ACPI (acpid)
 # and prints "HVTEST: tick <n>" every 5 s. Tests match substrings: the log holds \r\n and ANSI escapes.
 # Needs the Makefile's TEST_PACKAGES (syslinux syslinux-common mtools dosfstools fdisk qemu-utils
 # busybox-static) and apt's package lists; the kernel .deb is fetched, never installed.
-# Does nothing when OUT_DIR/disk.qcow2 exists (delete it to rebuild).
+# Does nothing when OUT_DIR/disk.qcow2 exists and was built by this very script (OUT_DIR/built-by holds
+# the script's hash): a changed script rebuilds the image.
 # Usage: build-guest-image.sh OUT_DIR
 set -euo pipefail
 OUT=${1:?usage: build-guest-image.sh OUT_DIR}
-[ -s "$OUT/disk.qcow2" ] && { echo "guest image: $OUT/disk.qcow2 already built"; exit 0; }
+BUILT_BY=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+[ -s "$OUT/disk.qcow2" ] && [ "$(cat "$OUT/built-by" 2>/dev/null)" = "$BUILT_BY" ] &&
+  { echo "guest image: $OUT/disk.qcow2 already built"; exit 0; }
 SIZE_MIB=64
 install -d -m 0755 "$OUT"
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
@@ -44,10 +48,20 @@ printf 'PWRF poweroff.sh\n' > "$R/etc/acpid.conf"
 printf '#!/bin/sh\nsync\npoweroff -f\n' > "$R/etc/acpi/poweroff.sh"
 cat > "$R/etc/udhcpc/default.script" <<'EOF'
 #!/bin/sh
+# The lease's address and router, and its classless static routes (DHCP option 121, which udhcpc asks
+# for with -O staticroutes and passes as "net/len gateway ..."): they replace those of the link's last
+# lease, so a route the server no longer sends goes at the next lease. The console line says both.
+routes=/tmp/staticroutes.$interface
 case "$1" in
-  bound|renew) ip addr add "$ip/$mask" dev "$interface"
+  bound|renew) ip addr add "$ip/$mask" dev "$interface" 2>/dev/null
                [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface" 2>/dev/null
-               echo "HVTEST: dhcp $interface $ip/$mask" > /dev/console;;
+               [ -f "$routes" ] && while read -r net via; do ip route del "$net" via "$via" dev "$interface"; done < "$routes"
+               : > "$routes"
+               set -- $staticroutes
+               while [ $# -ge 2 ]; do
+                 ip route add "$1" via "$2" dev "$interface" 2>/dev/null && echo "$1 $2" >> "$routes"; shift 2
+               done
+               echo "HVTEST: dhcp $interface $ip/$mask routes ${staticroutes:-none}" > /dev/console;;
 esac
 exit 0
 EOF
@@ -70,7 +84,7 @@ acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up
-  udhcpc -i eth0 -q -n -t 60 -T 1 >/dev/null 2>&1 &  # async: never delays boot; marker "HVTEST: dhcp"
+  udhcpc -i eth0 -q -n -t 60 -T 1 -O staticroutes >/dev/null 2>&1 &  # async: never delays boot; marker "HVTEST: dhcp"
 fi
 # ---- NoCloud seed: an ISO 9660 whole disk/CD with volume label cidata or CIDATA (vfat seeds not handled)
 iso_label() {   # primary volume descriptor: sector 16 (2048 B), "CD001" at byte 1, label at byte 40
@@ -151,5 +165,6 @@ cp "$W/vmlinuz" "$W/initrd.gz" "$OUT/"
 qemu-img convert -f raw -O qcow2 "$IMG" "$OUT/disk.qcow2.tmp"
 chmod 0644 "$OUT/vmlinuz" "$OUT/initrd.gz" "$OUT/disk.qcow2.tmp"
 mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"     # last: a half-built image is never taken as built
+echo "$BUILT_BY" > "$OUT/built-by"
 echo "guest image: $OUT/disk.qcow2 ($(du -h "$OUT/disk.qcow2" | cut -f1), ${SIZE_MIB} MiB virtual," \
      "$KPKG, initrd $(du -h "$W/initrd.gz" | cut -f1))"

@@ -2,7 +2,8 @@
 needs libvirtd on qemu:///system, which tests/host/setup-host.sh starts (`make test` runs it first).
 
 Fixtures:
-  guest_image  (session) Path of the test guest's disk.qcow2, built by build-guest-image.sh when missing
+  guest_image  (session) Path of the test guest's disk.qcow2, built by build-guest-image.sh when missing or made
+               by an older version of the script (the build downloads a kernel: run it outside the namespace)
   host_client  a CimiClient of the host profile (TCG guests, the starter catalogue) on a fresh state
                directory under /var/lib/cimid-test (QEMU's user must be able to traverse it, unlike
                /tmp/pytest-of-root); `host_client.state_dir` is cimid's state directory. Afterwards every
@@ -97,14 +98,12 @@ def libvirt_host():
 
 @pytest.fixture(scope="session")
 def guest_image() -> Path:
-    disk = GUEST_DIR / "disk.qcow2"
-    if not disk.exists():
-        run = subprocess.run(["bash", str(HERE / "build-guest-image.sh"), str(GUEST_DIR)],
-                             capture_output=True, text=True, check=False)
-        if run.returncode:
-            pytest.fail(f"build-guest-image.sh failed ({run.returncode}):\n{run.stdout}{run.stderr}",
-                        pytrace=False)
-    return disk
+    # The script returns at once when the image there is its own (it rebuilds one an older script made).
+    run = subprocess.run(["bash", str(HERE / "build-guest-image.sh"), str(GUEST_DIR)],
+                         capture_output=True, text=True, check=False)
+    if run.returncode:
+        pytest.fail(f"build-guest-image.sh failed ({run.returncode}):\n{run.stdout}{run.stderr}", pytrace=False)
+    return GUEST_DIR / "disk.qcow2"
 
 
 @pytest.fixture

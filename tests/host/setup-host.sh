@@ -100,7 +100,7 @@ start() {  # start NAME [COMMAND...]: run COMMAND (default NAME -d), wait for NA
 # 6. The guest images the host tier boots. Their builds download a kernel .deb, so they run here, before
 #    the tests enter $TEST_NETNS, whose only network is what the tests make in it. Kept between runs.
 HOST_TESTS=$(cd "$(dirname "$0")" && pwd)
-[ -e /var/lib/cimid-test/guest/disk.qcow2 ] || bash "$HOST_TESTS/build-guest-image.sh" /var/lib/cimid-test/guest >/dev/null ||
+bash "$HOST_TESTS/build-guest-image.sh" /var/lib/cimid-test/guest >/dev/null ||  # at once when built by this script
   { echo "setup-host: build-guest-image.sh failed" >&2; exit 1; }
 [ -e /var/lib/cimid-test/lvm-guest/initrd.gz ] ||
   bash "$HOST_TESTS/build-lvm-guest-image.sh" /var/lib/cimid-test/lvm-guest >/dev/null ||

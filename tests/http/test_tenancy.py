@@ -251,3 +251,15 @@ async def test_consumers_are_read_once_until_the_database_changes_even_from_anot
     await asyncio.to_thread(cimid, "consumer", "role", "bob", "reader")
     r = await client.post("machineConfigs", {"name": "c", "cpu": 1, "memory": 1}, headers=who("bob"))
     assert r.status == 403
+
+
+async def test_a_user_header_from_anyone_but_a_front_is_refused_and_changes_nothing(client):
+    """A node believes CIMID-User only from a front's certificate (cimid/front/identity.py): never on a
+    node without the federation CA, whoever else the request says it is."""
+    before = (await listed(client, "machineConfigs", "root"))["count"]
+    for headers in ({"CIMID-User": "admin mallory"}, {**who("alice"), "CIMID-User": "admin alice"}):
+        r = await client.post("machineConfigs", {"name": "forged", "cpu": 1, "memory": 1024}, headers=headers)
+        assert r.status == 403 and "CIMID-User" in r.json["statusMessage"], r
+        r = await client.get("machines", headers=headers)
+        assert r.status == 403
+    assert (await listed(client, "machineConfigs", "root"))["count"] == before

@@ -1,5 +1,5 @@
 """The host profile serves Networks with the bridge driver and makes a default network on the first start;
-on a host without dnsmasq and nft, `cimid serve --profile host` still starts, says why Networks are not
+on a host without dnsmasq (or libnftables), `cimid serve --profile host` still starts, says why Networks are not
 available, answers 503 to a network create, and makes nothing (no link, no nftables table, no row)."""
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def call(url: str, body: dict | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_without_dnsmasq_and_nft_the_host_profile_starts_and_answers_503(tmp_path):
-    # PATH holds only a directory with python in it: the driver finds neither dnsmasq nor nft.
+def test_without_dnsmasq_the_host_profile_starts_and_answers_503(tmp_path):
+    # PATH holds only a directory with python in it: the driver finds no dnsmasq.
     bare = tmp_path / "bin"
     bare.mkdir()
     (bare / "python").symlink_to(sys.executable)
