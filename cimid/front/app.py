@@ -196,6 +196,9 @@ async def collection(request: web.Request) -> web.Response:
         return await shared.from_any_node(request)
     if name in catalogue.GLOBAL:
         await _catalogue_ready(request)
+        if request.method == "GET" and expand.wanted(request):
+            return await expand.around(request, lambda r: catalogue.serve_collection(
+                r, rtype, _caller(r), _front_base(r)), rtype, collection=True)
         return await catalogue.serve_collection(request, rtype, _caller(request), _front_base(request))
     if request.method == "POST":
         return await _create(request, name)
@@ -475,6 +478,10 @@ async def resource(request: web.Request) -> web.Response:
         return await shared.resource(request, name, id, tail)
     if name in catalogue.GLOBAL:
         await _catalogue_ready(request)
+        if request.method == "GET" and not tail and expand.wanted(request):
+            return await expand.around(request, lambda r: catalogue.serve_resource(
+                r, catalogue.GLOBAL[name], id, tail, _caller(r), _front_base(r)), catalogue.GLOBAL[name],
+                collection=False)
         return await catalogue.serve_resource(request, catalogue.GLOBAL[name], id, tail, _caller(request),
                                               _front_base(request))
     directory = request.app[DIRECTORY]

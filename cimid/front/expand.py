@@ -20,6 +20,7 @@ from ..errors import CimiError, Unavailable
 from ..http.params import names
 from ..model.registry import collection_type
 from . import shared
+from .catalogue import CATALOGUE, GLOBAL
 
 # cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
 # rendering) where it is used, never at load: no import cycle.
@@ -27,7 +28,22 @@ from . import shared
 # (request, collection, id) -> the resource's JSON document with the front's hrefs, or None when the
 # reader does not answer for it
 Reader = Callable[[web.Request, str, str], Awaitable[dict | None]]
-READERS: tuple[Reader, ...] = (shared.read,)
+
+
+async def _global_entry(request: web.Request, collection: str, id: str) -> dict | None:
+    """An entry of the global catalogue (in etcd), as the caller may see it."""
+    from . import app as front
+    if collection not in GLOBAL:
+        return None
+    try:
+        doc, _revision = await request.app[CATALOGUE].get(front._caller(request), GLOBAL[collection], id,
+                                                          front._front_base(request))
+    except CimiError:
+        return None
+    return doc
+
+
+READERS: tuple[Reader, ...] = (shared.read, _global_entry)
 
 
 def wanted(request: web.Request) -> set[str] | None:
@@ -113,3 +129,19 @@ async def resource(request: web.Request, node, name: str) -> web.Response:
     await expand_all(request, [doc], rtype, wanted(request))
     return front._render(request, 200, doc, rtype,
                          headers={k: headers[k] for k in ("ETag",) if k in headers})
+
+
+async def around(request: web.Request, serve: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                 rtype, collection: bool) -> web.StreamResponse:
+    """A GET with $expand of what the front answers itself (the global catalogue): its answer, asked in
+    JSON, with the references filled in, in the client's format."""
+    from . import app as front
+    front._format(request)  # a bad $format or Accept fails first
+    answer = await serve(request.clone(rel_url=request.rel_url.update_query({"$format": "json"})))
+    if answer.status != 200 or not isinstance(answer, web.Response) or answer.body is None:
+        return answer
+    doc = json.loads(answer.body)
+    items = doc.get(rtype.items, []) if collection else [doc]
+    await expand_all(request, items, rtype, wanted(request))
+    return front._render(request, 200, doc, rtype, rtype if collection else None,
+                         headers={k: answer.headers[k] for k in ("ETag",) if k in answer.headers})

@@ -70,10 +70,11 @@ async def listen(fed, front=None, last_id=None, **params) -> Listener:
 
 
 async def make_config(fed, node: str, name: str) -> str:
-    """A MachineConfiguration made through the front on `node`: an access and a model Event there."""
-    body = {"resourceURI": f"{CIMI}/MachineConfiguration", "name": name, "cpu": 1, "memory": 1024,
+    """A VolumeTemplate (kept by a node, unlike the global catalogue) made through the front on `node`: an
+    access and a model Event there."""
+    body = {"resourceURI": f"{CIMI}/VolumeTemplate", "name": name, "volumeConfig": {"capacity": 1024},
             "cimid:target": node}
-    async with fed.session.post(f"{fed.front.url}/cimi/machineConfigs", json=body) as reply:
+    async with fed.session.post(f"{fed.front.url}/cimi/volumeTemplates", json=body) as reply:
         assert reply.status == 201, await reply.text()
         return reply.headers["Location"]
 

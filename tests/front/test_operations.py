@@ -185,20 +185,20 @@ async def test_pages_of_rows_that_tie_merge_exactly(federation):
     fed = federation
     front = f"{fed.front.url}/cimi/"
     for i in range(9):
-        await _call(fed, "POST", f"{front}machineConfigs", {
-            "resourceURI": f"{CIMI}/MachineConfiguration", "name": "tie", "cpu": 1 + i % 2, "memory": 1024,
-            "cimid:target": fed.nodes[i % 3].name})
-    for order in ({}, {"$orderby": "name"}, {"$orderby": "cpu:desc"}):
+        await _call(fed, "POST", f"{front}volumeTemplates", {
+            "resourceURI": f"{CIMI}/VolumeTemplate", "name": "tie", "description": "ab"[i % 2],
+            "volumeConfig": {"capacity": 1024}, "cimid:target": fed.nodes[i % 3].name})
+    items = TOP_LEVEL["volumeTemplates"].items
+    for order in ({}, {"$orderby": "name"}, {"$orderby": "description:desc"}):
         query = {"$filter": "name='tie'", **order}
-        _s, whole, _h = await _call(fed, "GET", f"{front}machineConfigs", **query)
-        items = TOP_LEVEL["machineConfigs"].items
+        _s, whole, _h = await _call(fed, "GET", f"{front}volumeTemplates", **query)
         ids = [m["id"] for m in whole[items]]
-        expected = sorted(ids) if "cpu" not in str(order) else \
-            sorted(ids, key=lambda i: (-next(m["cpu"] for m in whole[items] if m["id"] == i), i))
+        expected = sorted(ids) if "description" not in str(order) else \
+            sorted(ids, key=lambda i: (next(m["description"] for m in whole[items] if m["id"] == i) == "a", i))
         assert whole["count"] == 9 and ids == expected, order
         walked = []
         for first in range(1, 10, 2):
-            _s, page, _h = await _call(fed, "GET", f"{front}machineConfigs",
+            _s, page, _h = await _call(fed, "GET", f"{front}volumeTemplates",
                                        **query, **{"$first": first, "$last": first + 1})
             walked += [m["id"] for m in page.get(items, [])]
         assert walked == ids, order
