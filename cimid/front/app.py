@@ -10,6 +10,8 @@
 - Every node address in ids, hrefs and headers is rewritten to the front's own base URL.
 - A node without a lease answers 503 for its resources; collections leave it out with a `Warning`
   header, or answer 503 when front.strict is set.
+- `$expand` (expand.py), the live Event stream (events.py), and what every node has under one id
+  (shared.py: ResourceMetadata, the provider's EventLog) have modules of their own.
 - GETs to nodes go through a lean keep-alive client (nodeclient.py), everything else through aiohttp;
   both with the federation's client certificate when cluster.tls_ca is set.
 """
@@ -44,7 +46,7 @@ from ..model.registry import collection_type
 from ..model.types import CIMI_NS
 from ..plugins import plugin_manager
 from ..wire import dialect_for
-from . import catalogue
+from . import catalogue, events, expand, shared
 from .catalogue import CATALOGUE, Caller, GlobalCatalogue
 from .directory import Directory, NodeRecord
 from .identity import AUTHENTICATOR, CALLER, TenantDirectory, authenticate_middleware, identity_headers, user_header
@@ -191,8 +193,13 @@ async def collection(request: web.Request) -> web.Response:
     rtype = collection_type(name)
     if rtype is None:
         raise NotFound(f"this provider has no collection '{name}'")
+    if shared.is_shared(name):
+        return await shared.from_any_node(request)
     if name in catalogue.GLOBAL:
         await _catalogue_ready(request)
+        if request.method == "GET" and expand.wanted(request):
+            return await expand.around(request, lambda r: catalogue.serve_collection(
+                r, rtype, _caller(r), _front_base(r)), rtype, collection=True)
         return await catalogue.serve_collection(request, rtype, _caller(request), _front_base(request))
     if request.method == "POST":
         return await _create(request, name)
@@ -201,8 +208,10 @@ async def collection(request: web.Request) -> web.Response:
     return await _query(request, name, rtype)
 
 
-async def _query(request: web.Request, name: str, rtype) -> web.Response:
+async def _query(request: web.Request, name: str, rtype, path: str | None = None) -> web.Response:
+    """The merged collection `name`, or the sub-collection at `path` (relative to /cimi/)."""
     directory, settings = request.app[DIRECTORY], request.app[SETTINGS]
+    path = path or name
     _format(request)  # a bad $format or Accept fails before any node is asked
     first, last = positive(request, "$first"), positive(request, "$last")
     order = parse_orderby(request.query.getall("$orderby", []))
@@ -222,7 +231,8 @@ async def _query(request: web.Request, name: str, rtype) -> web.Response:
     base = _front_base(request)
 
     async def ask(node: NodeRecord):
-        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{name}", query, None,
+        asked = query if node is nodes[0] else query + shared.once_only(path)  # what every node has: once
+        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{path}", asked, None,
                                             {"Accept": "application/json"})
         return node, status, _rewrite(data, node, base)
 
@@ -250,7 +260,9 @@ async def _query(request: web.Request, name: str, rtype) -> web.Response:
     if wanted is not None:
         extra = {n for n, _ in order} - wanted
         items = [{k: v for k, v in item.items() if k not in extra} for item in items]
-    doc = {"resourceURI": docs[0]["resourceURI"], "id": f"{base}{name}", "count": sum(d["count"] for d in docs)}
+    if expand.wanted(request):
+        await expand.expand_all(request, items, rtype, expand.wanted(request))
+    doc = {"resourceURI": docs[0]["resourceURI"], "id": f"{base}{path}", "count": sum(d["count"] for d in docs)}
     if items:
         doc[rtype.items] = items
     if "operations" in docs[0]:
@@ -477,8 +489,14 @@ async def resource(request: web.Request) -> web.Response:
     name, id, tail = request.match_info["collection"], request.match_info["id"], request.match_info["tail"]
     if collection_type(name) is None:
         raise NotFound(f"this provider has no collection '{name}'")
+    if shared.is_shared(name, id):
+        return await shared.resource(request, name, id, tail)
     if name in catalogue.GLOBAL:
         await _catalogue_ready(request)
+        if request.method == "GET" and not tail and expand.wanted(request):
+            return await expand.around(request, lambda r: catalogue.serve_resource(
+                r, catalogue.GLOBAL[name], id, tail, _caller(r), _front_base(r)), catalogue.GLOBAL[name],
+                collection=False)
         return await catalogue.serve_resource(request, catalogue.GLOBAL[name], id, tail, _caller(request),
                                               _front_base(request))
     directory = request.app[DIRECTORY]
@@ -487,6 +505,8 @@ async def resource(request: web.Request) -> web.Response:
     if node is None:
         raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
+    if request.method == "GET" and not tail and expand.wanted(request):
+        return await expand.resource(request, node, name)
     status, response = await _forward(request, node)
     if status == 404 and not tail and request.method == "GET":
         await directory.forget(name, id)  # the index was stale: the node no longer has it
@@ -565,6 +585,7 @@ def make_front_app(config: Config) -> web.Application:
     reconciler = Reconciler(etcd, directory, app[SETTINGS]["name"], lambda node, c: _list_ids(app, node, c),
                             cluster["lease_ttl"], front["reconcile_seconds"])
     app.router.add_route("*", "/cimi/cloudEntryPoint", cloud_entry_point)
+    app.router.add_route("*", "/cimi/eventStream", events.event_stream)
     app.router.add_route("*", "/cimi/{collection}", collection)
     app.router.add_route("*", "/cimi/{collection}/{id}{tail:(/.*)?}", resource)
     app.router.add_route("*", "/{tail:.*}", not_found)
@@ -589,7 +610,9 @@ def make_front_app(config: Config) -> web.Application:
         await app[SESSION].close()
         await app[NODE_CLIENT].close()
 
+    app[events.STREAMS] = set()
     app.on_startup.append(start)
+    app.on_shutdown.append(events.close_streams)
     app.on_cleanup.append(stop)
     return app
 

@@ -1,5 +1,6 @@
 """A stream of documents as Server-Sent Events (text/event-stream): each as `id:` and a JSON `data:` line,
-a comment line as a keep-alive while nothing comes."""
+a position alone (where the stream starts) as an `id:` line without data, a comment line as a keep-alive
+while nothing comes."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ async def send_events(request: web.Request, result: Result) -> web.StreamRespons
                 await response.write(b": keep-alive\n\n")
                 continue
             seq, doc = item
+            if doc is None:  # a position with no Event: the client's Last-Event-ID, nothing dispatched
+                await response.write(b"id: %d\n\n" % seq)
+                continue
             data = dialect.render(JSON, doc, result.rtype)  # one line: JSON has no raw newlines
             await response.write(b"id: %d\ndata: %s\n\n" % (seq, data))
     except (ConnectionResetError, ConnectionError):

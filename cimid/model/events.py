@@ -73,6 +73,10 @@ EventLogTemplate = ResourceType(
                 "the log of each Machine made from it.",
 )
 
+# The id of the provider's own EventLog (cimid.store.events keeps the same): every node has one under this
+# id, so a front answers it for the whole federation rather than routing it to one node.
+PROVIDER_LOG = "provider"
+
 EVENT_STREAM = Extension(
     "eventStream", "urn:x-cimid:operation:eventStream", "text/event-stream",
     "Provider extension: every Event the caller may see, as Server-Sent Events, as it is committed. "

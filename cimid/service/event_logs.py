@@ -204,10 +204,13 @@ class EventLogs(ResourceService):
             where, values = event_queries.compile_filters(params.filters, Event.columns)
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
-        after = int(last_event_id) if last_event_id is not None else None
+        # Where the stream starts is said first (an id with no data), so that a client that drops before
+        # any Event came can still resume from there, and a front can tell its clients where each node is.
+        after = int(last_event_id) if last_event_id is not None else await event_queries.latest_seq(self.store)
         events = self.stream.follow(ctx.scope, where, values, after)
 
         async def documents():
+            yield after, None
             try:
                 async for item in events:
                     yield None if item is None else (item[0], self.present(Event, item[1], ctx))

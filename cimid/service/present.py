@@ -63,9 +63,10 @@ class Result:
     cache_key: tuple | None = None
     make_doc: Callable[[], dict] | None = None
     text: str | None = None  # an extension's plain-text answer (a Machine's console)
-    # An extension's stream of documents of type `rtype` (the live Events): (id, document) as they come, or
-    # None when nothing came for a while (the HTTP layer then sends a keep-alive).
-    stream: AsyncIterator[tuple[int, dict] | None] | None = None
+    # An extension's stream of documents of type `rtype` (the live Events): (id, document) as they come,
+    # (id, None) for a position with no document (where the stream starts), or None when nothing came for
+    # a while (the HTTP layer then sends a keep-alive).
+    stream: AsyncIterator[tuple[int, dict | None] | None] | None = None
 
     def document(self) -> dict | None:
         return self.make_doc() if self.doc is None and self.make_doc else self.doc

@@ -83,6 +83,8 @@ def _column(attribute: str, type_: str) -> Column:
     """Where an attribute lives in SQL (for the $filter/$orderby compiler)."""
     if attribute in PROMOTED:
         return Column(attribute, type_)
+    if attribute == "id":  # not in the JSON: the row's own; within one collection it orders as the URIs do
+        return Column("resources.id", type_)
     return Column(f"json_extract(doc, '$.{attribute}')", type_)
 
 

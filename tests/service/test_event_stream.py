@@ -144,3 +144,23 @@ async def test_each_consumer_streams_only_its_own_events(client):
         root.close()
     r = await client.get("eventStream", headers={"Authorization": "Basic " + base64.b64encode(b"bob:wrong").decode()})
     assert r.status == 401
+
+
+async def test_the_stream_says_where_it_starts_so_a_client_that_saw_nothing_can_resume(client):
+    await make_config(client, "earlier")
+    headers = {**who("root"), "Accept": "text/event-stream"}
+    response = await client.client.get("/cimi/eventStream", headers=headers)
+    try:
+        assert (await asyncio.wait_for(response.content.readline(), WAIT)).startswith(b":")
+        assert await response.content.readline() == b"\n"
+        position = (await asyncio.wait_for(response.content.readline(), WAIT)).decode()
+        assert position.startswith("id: ") and await response.content.readline() == b"\n"  # no data: no Event
+    finally:
+        response.close()
+    missed = await make_config(client, "while-away")  # after the position, before the reconnect
+    listener = await listen(client, last_id=position[4:].strip())
+    try:
+        got = [await listener.next(), await listener.next()]
+        assert [doc["content"]["resource"] for _, doc in got] == [{"href": missed}] * 2
+    finally:
+        listener.close()

@@ -157,3 +157,17 @@ async def test_a_wipe_frees_pages_without_zeroing_them_and_restores_the_setting(
     async with store.write() as tx:
         await reset.wipe(tx)
     assert on_disk(b"z") == (not before)  # outside the block, deletes zero pages as the build says
+
+
+async def test_orderby_id_orders_by_the_resources_own_id(store):
+    """`id` is not in the stored JSON: $orderby=id orders by the row's id (a front merges nodes' pages on it
+    as the final tie-break), not by nothing (which left them in creation order)."""
+    ids = ["c9", "a1", "b5", "a0"]
+    async with store.write() as tx:
+        for id in ids:
+            await tx.insert(Row("Thing", id, "", {"name": "same", "created": "2020-01-01T00:00:00.000Z"}))
+    columns = {"name": "string", "id": "string"}  # as the model declares a URI (types.FILTERABLE)
+    _count, rows = await store.page("Thing", "", columns, scope=None, orderby=["name", "id:asc"])
+    assert [r.id for r in rows] == sorted(ids)
+    _count, rows = await store.page("Thing", "", columns, scope=None, orderby=["id:desc"], first=1, last=2)
+    assert [r.id for r in rows] == ["c9", "b5"]
