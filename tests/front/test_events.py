@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from conftest import NS, assert_valid_xml
-from front.test_front import CIMI, _get, _live_nodes, _until, federation  # noqa: F401 (the fixture)
+from front.loopback import CIMI, _get, _live_nodes, _until, federation  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.federation
 

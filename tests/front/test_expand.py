@@ -15,7 +15,7 @@ import pytest
 
 from cluster.processes import CIMID, Process
 from conftest import assert_valid_xml
-from front.test_front import CIMI, _get, _until, federation  # noqa: F401 (the fixture)
+from front.loopback import CIMI, _get, _until, federation  # noqa: F401 (the fixture)
 from ports import free_port
 
 pytestmark = pytest.mark.federation

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from conftest import assert_valid_xml
-from front.test_front import CIMI, _get, _until, federation  # noqa: F401 (the fixture)
+from front.loopback import CIMI, _get, _until, federation  # noqa: F401 (the fixture)
 from cimid.model.registry import SUB_COLLECTIONS, TOP_LEVEL
 
 pytestmark = pytest.mark.federation
