@@ -32,6 +32,12 @@ ABSURD_KB = 1 << 40
 DEVICE = re.compile(r"^vd[b-z]$")  # virtio disks after the boot disk (vda)
 
 
+def own_devices(disk_count: int) -> list[str]:
+    """The guest disk names of a machine's own disks: vda (its image, or the volume it boots from), then its
+    configuration's other disks in order."""
+    return [f"vd{chr(ord('a') + i)}" for i in range(max(disk_count, 1))]
+
+
 # A VolumeTemplate given by reference with overrides, as a MachineTemplate's volumeTemplates items give it.
 VOLUME_TEMPLATE_REF = Attribute("volumeTemplate", "ref", target="VolumeTemplate", by_value=True)
 
@@ -242,7 +248,6 @@ class Volumes(ResourceService):
                              "(vdb to vdz; vda is the boot disk)")
         await self.ensure_storage()
         await self.ensure_compute()
-        taken = set(await self.drivers.compute.devices(machine_id))
         async with self.store.write() as tx:
             machine = await self.changeable(tx, ctx, Machine, machine_id)
             if machine.state in Machine.transitional_states or machine.state == "ERROR":
@@ -257,8 +262,10 @@ class Volumes(ResourceService):
             if users and not self.pools.pool(volume.internal["pool"]).shareable:
                 raise Conflict(f"Volume '{volume.id}' is in use by Machine '{users[0].parent}' "
                                f"(machines/{users[0].parent}); its pool is not shareable")
-            for mv in await tx.children(MachineVolume.name, machine_id):
-                taken.add(mv.internal["device"])
+            # The disks cimid gave the machine, from the store (no look at the host: a disk added behind
+            # cimid's back is refused by the hypervisor in the Job, which then fails changing nothing).
+            taken = set(own_devices(len(machine.internal["spec"]["disks"])))
+            taken |= {mv.internal["device"] for mv in await tx.children(MachineVolume.name, machine_id)}
             if device is None:
                 device = next((f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in taken), None)
                 if device is None:
@@ -293,9 +300,7 @@ class Volumes(ResourceService):
         boot = spec.boot_volume
         if not attach and not make:
             return False
-        own_disks = len(spec.disks)
-        # The machine's own disks come first (vda, then its configuration's other disks).
-        devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
+        devices = own_devices(len(spec.disks))
         chosen: list[tuple[Row, str | None]] = []
         for index, item in enumerate(attach):
             where = f"machineTemplate.volumes[{index}]"
@@ -726,9 +731,11 @@ class Volumes(ResourceService):
             return
         if op == "attach" and not succeeded and self.drivers.compute is not None:
             # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
-            # host matches the store (detaching a disk the machine lacks is not an error).
+            # host matches the store (detaching a disk the machine lacks is not an error). Only this
+            # volume's disk: the failure may be the hypervisor refusing a name another disk has, which stays.
             try:
-                await self.drivers.compute.detach_volume(step["machine"], step["device"])
+                source = (await pool.attachment(volume.id))["path"]
+                await self.drivers.compute.detach_volume(step["machine"], step["device"], source)
             except DriverError as exc:
                 log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
                             step["device"], exc)

@@ -209,6 +209,51 @@ async def test_attach_detach_and_their_refusals(client):
     assert await pool(client).volume(volume.rsplit("/", 1)[1]) is None
 
 
+async def test_a_machines_own_disks_are_taken_names(client):
+    """The names of a machine's own disks come from the store, with no look at the host: a machine made with
+    two disks has vda and vdb, so vdb is refused (409, nothing changed) and the next free name is vdc."""
+    r = await client.post("machineConfigs", {"name": "two-disks", "cpu": 1, "memory": 65536, "disks": [
+        {"capacity": 1024, "format": "qcow2"}, {"capacity": 2048, "format": "qcow2"}]})
+    assert r.status == 201, r
+    config = r.headers["Location"]
+    r = await client.post("machines", {"machineTemplate": {
+        "machineConfig": {"href": config}, "machineImage": {"href": client.base + "machineImages/tiny-linux"},
+        "initialState": "STOPPED"}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    machine = r.headers["Location"]
+    volume = await make_volume(client)
+    before = await client.rows()
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
+    assert r.status == 409 and "already has a disk 'vdb'" in r.json["statusMessage"], r
+    assert await client.rows() == before
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["initialLocation"] == "vdc"
+
+
+async def test_a_name_taken_behind_cimids_back_fails_the_job_changing_nothing(client):
+    """A disk cimid did not attach (put on the host by hand) is not in the store: the POST is accepted, and
+    the hypervisor's refusal fails the Job; the other disk stays, no MachineVolume is left, the Volume is
+    AVAILABLE and attachable elsewhere."""
+    machine = await make_machine(client)
+    mid = machine.rsplit("/", 1)[1]
+    compute = client.app[PROVIDER].drivers.compute
+    by_hand = {"kind": "file", "path": "/somewhere/else.qcow2", "format": "qcow2"}
+    await compute.attach_volume(mid, "vdc", by_hand)
+    volume = await make_volume(client)
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdc"})
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "FAILED" and "already has a disk vdc" in job["statusMessage"], job
+    assert compute.attached(mid) == {"vdc": by_hand}
+    assert (await client.get(r.headers["Location"])).status == 404
+    assert (await client.get(machine + "/volumes")).json["count"] == 0
+    await client.assert_state(volume, "AVAILABLE")
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert set(compute.attached(mid)) == {"vdb", "vdc"}
+
+
 async def test_shareable_pools_allow_several_machines(client):
     volume = await make_volume(client, 10, volumeConfig={"capacity": 10, "type": "urn:x-cimid:pool:shared"})
     for machine in (await make_machine(client), await make_machine(client)):
