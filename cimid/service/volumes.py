@@ -285,7 +285,7 @@ class Volumes(ResourceService):
                                     {"op": "attach", "machine": machine_id, "device": device,
                                      "attachment": attachment.id},
                                     target=f"machines/{machine_id}/volumes", success="Volume attached",
-                                    affected=[path])
+                                    affected=[path], begin=True)  # a hot-plug: no commit of its own to begin
         return job_result(ctx, job, 202, location=path)
 
     # ---------------------------------------------------------------- volumes of a MachineTemplate
@@ -625,10 +625,10 @@ class Volumes(ResourceService):
     # ---------------------------------------------------------------- Jobs
 
     async def _queue(self, tx: Transaction, ctx: Context, volume: Row, action: str, step: dict, *, target: str,
-                     success: str, affected: list[str] = ()) -> Row:
+                     success: str, affected: list[str] = (), begin: bool = False) -> Row:
         job = await self.jobs.queue(tx, KIND, action=action, target=target,
                                     affected=[f"volumes/{volume.id}", *affected], steps=[step], success=success,
-                                    owner=ctx.user, volume=volume.id, prior=volume.state)
+                                    owner=ctx.user, begin=begin, volume=volume.id, prior=volume.state)
         if step.get("transitional") and volume.state != "CREATING":
             previous = volume.state
             volume.attrs["state"] = step["transitional"]
