@@ -748,6 +748,9 @@ class Volumes(ResourceService):
             elif attachment is not None and op == "detach":
                 attachment.internal.pop("detaching", None)
                 await tx.update(attachment)
+            elif attachment is not None:  # attached: said on the Event stream, so a client need not poll
+                tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner,
+                                      f"Volume attached as {step['device']}"))
             return
         if op == "snapshot":
             await self._settle_snapshot(tx, step, succeeded, pool, job.owner, message)
