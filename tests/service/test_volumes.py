@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import NS, make_client
 
 from cimid.http.auth import hash_password
@@ -322,6 +324,50 @@ async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_cl
     r = await client.post("volumeImages", {"imageLocation": "ftp://example.org/x.qcow2"})
     assert r.status == 400 and "neither a Volume" in r.json["statusMessage"]
     assert await client.rows() == before
+
+
+async def test_a_volume_image_is_imported_over_http_with_progress(dir_client, tmp_path):
+    """An http:// imageLocation (a server on loopback) is streamed like a MachineImage's: its checksum is
+    checked and the Job reports progress while the data comes (the server holds back the second half
+    until the test has seen a progress between 0 and 100)."""
+    client = dir_client
+    source = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=full", str(source), "8M"],
+                   check=True)
+    data = source.read_bytes()
+    half_seen = asyncio.Event()
+
+    async def serve(request):
+        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await response.prepare(request)
+        await response.write(data[:len(data) // 2])
+        await asyncio.wait_for(half_seen.wait(), 30)
+        await response.write(data[len(data) // 2:])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/data.qcow2", serve)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        r = await client.post("volumeImages", {"name": "over http", "imageLocation": str(server.make_url("/data.qcow2")),
+                                               "properties": {"checksum": "sha256:" + hashlib.sha256(data).hexdigest()}})
+        assert r.status == 202, r
+        job_href = r.headers["CIMI-Job-URI"]
+        for _ in range(300):
+            progress = (await client.get(job_href)).json.get("progress", 0)
+            if 0 < progress < 100:
+                break
+            await asyncio.sleep(0.05)
+        assert 0 < progress < 100, progress
+        half_seen.set()
+        assert (await client.wait_job(job_href))["state"] == "SUCCESS"
+    finally:
+        await server.close()
+    image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+    volume = await make_volume(client, 1024, volumeImage={"href": image["id"]})
+    assert (await client.get(volume)).json["capacity"] == 8 * 1024  # the image's size
 
 
 async def test_a_volume_image_names_its_pool_in_properties(tmp_path):
