@@ -351,8 +351,10 @@ async def test_a_volume_image_is_imported_over_http_with_progress(dir_client, tm
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        r = await client.post("volumeImages", {"name": "over http", "imageLocation": str(server.make_url("/data.qcow2")),
-                                               "properties": {"checksum": "sha256:" + hashlib.sha256(data).hexdigest()}})
+        checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+        location = str(server.make_url("/data.qcow2"))
+        r = await client.post("volumeImages", {"name": "over http", "imageLocation": location,
+                                               "properties": {"checksum": checksum}})
         assert r.status == 202, r
         job_href = r.headers["CIMI-Job-URI"]
         for _ in range(300):
