@@ -180,9 +180,9 @@ class JobRunner:
         """Each commit is where a crash must find the Job: one as it begins (RUNNING, with its first step
         begun, before any driver call; for a Job queued with begin=True, the request's own commit), one
         between two steps (the one ended and the next begun), and one with the last step's outcome and the
-        Job's. A Job killed before that last commit is begun and
-        unfinished, so a restart fails it and settles its target from the host (recover); what its last
-        step made (a step's `result`) is read only on SUCCESS, so nothing is lost by recording it then."""
+        Job's. A Job killed before that last commit is begun and unfinished, so a restart fails it and
+        settles its target from the host (recover); what its last step made (a step's `result`) is read
+        only on SUCCESS, so nothing is lost by recording it then."""
         async with self.slots:
             job = await self.store.get(Job.name, job_id)
             if job is not None and job.state == "QUEUED":
