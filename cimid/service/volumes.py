@@ -708,11 +708,15 @@ class Volumes(ResourceService):
         op = step["op"]
         if op == "import":
             return await self._finish_import(tx, job, outcome, message, step)
+        if outcome == "STEP" and not step.get("transitional"):
+            return  # a step with no transitional state (an attach, a detach): nothing to show
+        if op in ("attach", "detach"):
+            return await self._finish_attachment(tx, job, step, outcome == "SUCCESS", message)
         volume = await tx.get(Volume.name, job.internal["volume"])
         if volume is None:
             return
         if outcome == "STEP":
-            if step.get("transitional") and volume.state != step["transitional"]:
+            if volume.state != step["transitional"]:
                 previous = volume.state
                 volume.attrs["state"] = step["transitional"]
                 await tx.update(volume)
@@ -729,29 +733,6 @@ class Volumes(ResourceService):
             await tx.delete(Volume.name, volume.id)
             tx.emit(model_changed(Volume, volume, "deleted", job.owner))
             return
-        if op == "attach" and not succeeded and self.drivers.compute is not None:
-            # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
-            # host matches the store (detaching a disk the machine lacks is not an error). Only this
-            # volume's disk: the failure may be the hypervisor refusing a name another disk has, which stays.
-            try:
-                source = (await pool.attachment(volume.id))["path"]
-                await self.drivers.compute.detach_volume(step["machine"], step["device"], source)
-            except DriverError as exc:
-                log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
-                            step["device"], exc)
-        if op in ("attach", "detach"):
-            attachment = await tx.get(MachineVolume.name, step["attachment"])
-            if attachment is not None and (succeeded == (op == "detach")):
-                await tx.delete(MachineVolume.name, attachment.id)
-                tx.emit(model_changed(MachineVolume, attachment, "deleted", job.owner,
-                                      "Volume detached" if succeeded else f"Volume not attached: {message}"))
-            elif attachment is not None and op == "detach":
-                attachment.internal.pop("detaching", None)
-                await tx.update(attachment)
-            elif attachment is not None:  # attached: said on the Event stream, so a client need not poll
-                tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner,
-                                      f"Volume attached as {step['device']}"))
-            return
         if op == "snapshot":
             await self._settle_snapshot(tx, step, succeeded, pool, job.owner, message)
         previous = volume.state
@@ -760,6 +741,38 @@ class Volumes(ResourceService):
         volume.attrs["state"] = "AVAILABLE" if observed is not None else "ERROR"
         await tx.update(volume)
         tx.emit(state_changed(Volume, volume, previous, message, job.owner))
+
+    async def _finish_attachment(self, tx: Transaction, job: Row, step: dict, succeeded: bool,
+                                 message: str) -> None:
+        """An attach or detach ended: its MachineVolume stays or goes with the outcome (the Volume's own
+        state never changed)."""
+        op = step["op"]
+        if op == "attach" and not succeeded and self.drivers.compute is not None:
+            # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
+            # host matches the store (detaching a disk the machine lacks is not an error). Only this
+            # volume's disk: the failure may be the hypervisor refusing a name another disk has, which stays.
+            volume = await tx.get(Volume.name, job.internal["volume"])
+            try:
+                if volume is None:
+                    raise DriverError("its Volume is gone")
+                source = (await self.pools.pool(volume.internal["pool"]).attachment(volume.id))["path"]
+                await self.drivers.compute.detach_volume(step["machine"], step["device"], source)
+            except DriverError as exc:
+                log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
+                            step["device"], exc)
+        attachment = await tx.get(MachineVolume.name, step["attachment"])
+        if attachment is None:
+            return
+        if succeeded == (op == "detach"):
+            await tx.delete(MachineVolume.name, attachment.id)
+            tx.emit(model_changed(MachineVolume, attachment, "deleted", job.owner,
+                                  "Volume detached" if succeeded else f"Volume not attached: {message}"))
+        elif op == "detach":
+            attachment.internal.pop("detaching", None)
+            await tx.update(attachment)
+        else:  # attached: said on the Event stream, so a client need not poll
+            tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner,
+                                  f"Volume attached as {step['device']}"))
 
     async def _settle_snapshot(self, tx: Transaction, step: dict, succeeded: bool, pool, owner: str,
                                message: str) -> None:
