@@ -126,16 +126,14 @@ class ComputeDriver(Protocol):
     async def attach_volume(self, machine_id: str, device: str, disk: dict) -> None:
         """Attach a volume as the guest's `device` (vdb ...); `disk` is StorageDriver.attachment(). A
         running guest sees it at once (hot-plug) and keeps it across restarts; a stopped one at its next
-        start."""
+        start. DriverError, with nothing changed, if the machine already has a disk `device`."""
 
-    async def detach_volume(self, machine_id: str, device: str) -> None:
-        """Remove the disk `device` (from a running guest too); one the machine lacks is not an error."""
+    async def detach_volume(self, machine_id: str, device: str, source: str | None = None) -> None:
+        """Remove the disk `device` (from a running guest too); one the machine lacks is not an error.
+        With `source` (a disk's path), only if the disk `device` is that one."""
 
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         """Tell a running guest its disk `device` grew to `capacity_kb` (the guest sees the new size)."""
-
-    async def devices(self, machine_id: str) -> list[str]:
-        """The guest device names in use by the machine's disks (vda, vdb ...)."""
 
     async def attach_interface(self, machine_id: str, iface: InterfaceSpec) -> None:
         """Add a NIC with `iface.mac` on `iface.bridge`: a running guest sees a new link at once

@@ -129,9 +129,11 @@ class JobRunner:
         self.kinds[name] = kind
 
     async def queue(self, tx: Transaction, kind: str, *, action: str, target: str, affected: list[str],
-                    steps: list[dict], success: str, owner: str, **internal) -> Row:
+                    steps: list[dict], success: str, owner: str, begin: bool = False, **internal) -> Row:
         """Persist a QUEUED Job of `kind` (with a nested Job per step when there are several); it runs once
-        the transaction commits. `internal` is kept for the kind's callbacks."""
+        the transaction commits. `internal` is kept for the kind's callbacks. begin=True stores it RUNNING
+        with its first step begun instead, as its own first commit would: a quick Job (a hot-plug) saves
+        that commit, and a crash before its driver call fails it at the restart rather than running it."""
         job = job_row(action=action, target=target, affected=affected, state="QUEUED", owner=owner,
                       internal={"kind": kind, "steps": steps, "success_message": success, "stoppable": True,
                                 **internal})
@@ -143,6 +145,9 @@ class JobRunner:
                 await tx.insert(nested)
                 step["job"] = nested.id
                 job.attrs["nestedJobs"].append({"href": f"jobs/{nested.id}"})
+        if begin:
+            self._begin(job)
+            await self._begin_step(tx, self.kinds[kind], job, 0)
         await tx.insert(job)
         tx.after_commit.append(lambda: self.submit(job.id))
         log.info("job %s %s QUEUED (%s)", job.id, action, kind)
@@ -173,21 +178,24 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         """Each commit is where a crash must find the Job: one as it begins (RUNNING, with its first step
-        begun, before any driver call), one between two steps (the one ended and the next begun), and one
-        with the last step's outcome and the Job's. A Job killed before that last commit is begun and
-        unfinished, so a restart fails it and settles its target from the host (recover); what its last
-        step made (a step's `result`) is read only on SUCCESS, so nothing is lost by recording it then."""
+        begun, before any driver call; for a Job queued with begin=True, the request's own commit), one
+        between two steps (the one ended and the next begun), and one with the last step's outcome and the
+        Job's. A Job killed before that last commit is begun and unfinished, so a restart fails it and
+        settles its target from the host (recover); what its last step made (a step's `result`) is read
+        only on SUCCESS, so nothing is lost by recording it then."""
         async with self.slots:
-            async with self.store.write() as tx:
-                job = await tx.get(Job.name, job_id)
-                if job is None or job.state != "QUEUED":
-                    return  # stopped while it waited
-                kind = self.kinds[job.internal["kind"]]
-                steps = job.internal["steps"]
-                set_job_state(job, "RUNNING")
-                job.internal["begun"] = True
-                await self._begin_step(tx, kind, job, 0)
-                await tx.update(job)
+            job = await self.store.get(Job.name, job_id)
+            if job is not None and job.state == "QUEUED":
+                async with self.store.write() as tx:
+                    job = await tx.get(Job.name, job_id)
+                    if job.state == "QUEUED":
+                        self._begin(job)
+                        await self._begin_step(tx, self.kinds[job.internal["kind"]], job, 0)
+                        await tx.update(job)
+            if job is None or job.state not in ("RUNNING", "STOPPING") or not job.internal.get("begun"):
+                return  # stopped while it waited
+            kind = self.kinds[job.internal["kind"]]
+            steps = job.internal["steps"]
             outcome, message = "SUCCESS", job.internal.get("success_message", "done")
             index = 0
             while True:
@@ -225,8 +233,13 @@ class JobRunner:
                 await tx.update(job)
                 await alarm_if_failed(tx, job)
 
-    # _begin_step and _end_step change `job` in memory; their caller updates it once, at the end of its
-    # transaction.
+    # _begin, _begin_step and _end_step change `job` in memory; their caller updates it once, at the end of
+    # its transaction.
+
+    @staticmethod
+    def _begin(job: Row) -> None:
+        set_job_state(job, "RUNNING")
+        job.internal["begun"] = True
 
     @staticmethod
     async def _begin_step(tx: Transaction, kind: JobKind, job: Row, index: int) -> None:

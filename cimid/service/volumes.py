@@ -32,6 +32,12 @@ ABSURD_KB = 1 << 40
 DEVICE = re.compile(r"^vd[b-z]$")  # virtio disks after the boot disk (vda)
 
 
+def own_devices(disk_count: int) -> list[str]:
+    """The guest disk names of a machine's own disks: vda (its image, or the volume it boots from), then its
+    configuration's other disks in order."""
+    return [f"vd{chr(ord('a') + i)}" for i in range(max(disk_count, 1))]
+
+
 # A VolumeTemplate given by reference with overrides, as a MachineTemplate's volumeTemplates items give it.
 VOLUME_TEMPLATE_REF = Attribute("volumeTemplate", "ref", target="VolumeTemplate", by_value=True)
 
@@ -242,7 +248,6 @@ class Volumes(ResourceService):
                              "(vdb to vdz; vda is the boot disk)")
         await self.ensure_storage()
         await self.ensure_compute()
-        taken = set(await self.drivers.compute.devices(machine_id))
         async with self.store.write() as tx:
             machine = await self.changeable(tx, ctx, Machine, machine_id)
             if machine.state in Machine.transitional_states or machine.state == "ERROR":
@@ -257,8 +262,10 @@ class Volumes(ResourceService):
             if users and not self.pools.pool(volume.internal["pool"]).shareable:
                 raise Conflict(f"Volume '{volume.id}' is in use by Machine '{users[0].parent}' "
                                f"(machines/{users[0].parent}); its pool is not shareable")
-            for mv in await tx.children(MachineVolume.name, machine_id):
-                taken.add(mv.internal["device"])
+            # The disks cimid gave the machine, from the store (no look at the host: a disk added behind
+            # cimid's back is refused by the hypervisor in the Job, which then fails changing nothing).
+            taken = set(own_devices(len(machine.internal["spec"]["disks"])))
+            taken |= {mv.internal["device"] for mv in await tx.children(MachineVolume.name, machine_id)}
             if device is None:
                 device = next((f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in taken), None)
                 if device is None:
@@ -278,7 +285,7 @@ class Volumes(ResourceService):
                                     {"op": "attach", "machine": machine_id, "device": device,
                                      "attachment": attachment.id},
                                     target=f"machines/{machine_id}/volumes", success="Volume attached",
-                                    affected=[path])
+                                    affected=[path], begin=True)  # a hot-plug: no commit of its own to begin
         return job_result(ctx, job, 202, location=path)
 
     # ---------------------------------------------------------------- volumes of a MachineTemplate
@@ -293,9 +300,7 @@ class Volumes(ResourceService):
         boot = spec.boot_volume
         if not attach and not make:
             return False
-        own_disks = len(spec.disks)
-        # The machine's own disks come first (vda, then its configuration's other disks).
-        devices: list[str] = [f"vd{chr(ord('a') + i)}" for i in range(max(own_disks, 1))]
+        devices = own_devices(len(spec.disks))
         chosen: list[tuple[Row, str | None]] = []
         for index, item in enumerate(attach):
             where = f"machineTemplate.volumes[{index}]"
@@ -620,10 +625,10 @@ class Volumes(ResourceService):
     # ---------------------------------------------------------------- Jobs
 
     async def _queue(self, tx: Transaction, ctx: Context, volume: Row, action: str, step: dict, *, target: str,
-                     success: str, affected: list[str] = ()) -> Row:
+                     success: str, affected: list[str] = (), begin: bool = False) -> Row:
         job = await self.jobs.queue(tx, KIND, action=action, target=target,
                                     affected=[f"volumes/{volume.id}", *affected], steps=[step], success=success,
-                                    owner=ctx.user, volume=volume.id, prior=volume.state)
+                                    owner=ctx.user, begin=begin, volume=volume.id, prior=volume.state)
         if step.get("transitional") and volume.state != "CREATING":
             previous = volume.state
             volume.attrs["state"] = step["transitional"]
@@ -703,11 +708,15 @@ class Volumes(ResourceService):
         op = step["op"]
         if op == "import":
             return await self._finish_import(tx, job, outcome, message, step)
+        if outcome == "STEP" and not step.get("transitional"):
+            return  # a step with no transitional state (an attach, a detach): nothing to show
+        if op in ("attach", "detach"):
+            return await self._finish_attachment(tx, job, step, outcome == "SUCCESS", message)
         volume = await tx.get(Volume.name, job.internal["volume"])
         if volume is None:
             return
         if outcome == "STEP":
-            if step.get("transitional") and volume.state != step["transitional"]:
+            if volume.state != step["transitional"]:
                 previous = volume.state
                 volume.attrs["state"] = step["transitional"]
                 await tx.update(volume)
@@ -724,24 +733,6 @@ class Volumes(ResourceService):
             await tx.delete(Volume.name, volume.id)
             tx.emit(model_changed(Volume, volume, "deleted", job.owner))
             return
-        if op == "attach" and not succeeded and self.drivers.compute is not None:
-            # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
-            # host matches the store (detaching a disk the machine lacks is not an error).
-            try:
-                await self.drivers.compute.detach_volume(step["machine"], step["device"])
-            except DriverError as exc:
-                log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
-                            step["device"], exc)
-        if op in ("attach", "detach"):
-            attachment = await tx.get(MachineVolume.name, step["attachment"])
-            if attachment is not None and (succeeded == (op == "detach")):
-                await tx.delete(MachineVolume.name, attachment.id)
-                tx.emit(model_changed(MachineVolume, attachment, "deleted", job.owner,
-                                      "Volume detached" if succeeded else f"Volume not attached: {message}"))
-            elif attachment is not None and op == "detach":
-                attachment.internal.pop("detaching", None)
-                await tx.update(attachment)
-            return
         if op == "snapshot":
             await self._settle_snapshot(tx, step, succeeded, pool, job.owner, message)
         previous = volume.state
@@ -750,6 +741,38 @@ class Volumes(ResourceService):
         volume.attrs["state"] = "AVAILABLE" if observed is not None else "ERROR"
         await tx.update(volume)
         tx.emit(state_changed(Volume, volume, previous, message, job.owner))
+
+    async def _finish_attachment(self, tx: Transaction, job: Row, step: dict, succeeded: bool,
+                                 message: str) -> None:
+        """An attach or detach ended: its MachineVolume stays or goes with the outcome (the Volume's own
+        state never changed)."""
+        op = step["op"]
+        if op == "attach" and not succeeded and self.drivers.compute is not None:
+            # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
+            # host matches the store (detaching a disk the machine lacks is not an error). Only this
+            # volume's disk: the failure may be the hypervisor refusing a name another disk has, which stays.
+            volume = await tx.get(Volume.name, job.internal["volume"])
+            try:
+                if volume is None:
+                    raise DriverError("its Volume is gone")
+                source = (await self.pools.pool(volume.internal["pool"]).attachment(volume.id))["path"]
+                await self.drivers.compute.detach_volume(step["machine"], step["device"], source)
+            except DriverError as exc:
+                log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
+                            step["device"], exc)
+        attachment = await tx.get(MachineVolume.name, step["attachment"])
+        if attachment is None:
+            return
+        if succeeded == (op == "detach"):
+            await tx.delete(MachineVolume.name, attachment.id)
+            tx.emit(model_changed(MachineVolume, attachment, "deleted", job.owner,
+                                  "Volume detached" if succeeded else f"Volume not attached: {message}"))
+        elif op == "detach":
+            attachment.internal.pop("detaching", None)
+            await tx.update(attachment)
+        else:  # attached: said on the Event stream, so a client need not poll
+            tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner,
+                                  f"Volume attached as {step['device']}"))
 
     async def _settle_snapshot(self, tx: Transaction, step: dict, succeeded: bool, pool, owner: str,
                                message: str) -> None:

@@ -204,11 +204,15 @@ class LibvirtCompute(LibvirtDomains):
 
         def attach():
             dom = self._require(machine_id)
-            # CONFIG: kept across restarts (and the only change for a stopped machine); LIVE: hot-plugged.
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-            if dom.isActive():
-                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-            dom.attachDeviceFlags(xml, flags)
+            # CONFIG: kept across restarts; LIVE: hot-plugged. Tried at once (a hot-plug is the case to be
+            # quick), then CONFIG alone if the guest does not run. libvirt refuses a target the domain
+            # has, live or defined, changing nothing.
+            try:
+                dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+                    raise
+                dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         await self._call(attach)
 
     def _detach(self, machine_id: str, find: Callable[[str], str | None], what: str) -> None:
@@ -232,8 +236,8 @@ class LibvirtCompute(LibvirtDomains):
         raise DriverError(f"the guest did not release {what} within {DETACH_POLLS // 10} s; it stays "
                           "attached (is the guest's OS up and handling ACPI hot-unplug?)")
 
-    async def detach_volume(self, machine_id: str, device: str) -> None:
-        await self._call(lambda: self._detach(machine_id, lambda xml: _disk_element(xml, device), device))
+    async def detach_volume(self, machine_id: str, device: str, source: str | None = None) -> None:
+        await self._call(lambda: self._detach(machine_id, lambda xml: _disk_element(xml, device, source), device))
 
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         def resize():
@@ -241,16 +245,6 @@ class LibvirtCompute(LibvirtDomains):
             if dom.isActive():  # a stopped guest reads the new size from the file when it starts
                 dom.blockResize(device, capacity_kb * KB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
         await self._call(resize)
-
-    async def devices(self, machine_id: str) -> list[str]:
-        def devices():
-            dom = self._require(machine_id)
-            found = set()
-            for xml_flags in (libvirt.VIR_DOMAIN_XML_INACTIVE, 0):
-                root = ElementTree.fromstring(dom.XMLDesc(xml_flags))
-                found |= {t.get("dev") for t in root.findall("./devices/disk/target")}
-            return sorted(found)
-        return await self._call(devices)
 
     # ---------------------------------------------------------------- network interfaces
 
@@ -316,10 +310,13 @@ def _interface_element(domain_xml: str, mac: str) -> str | None:
     return None
 
 
-def _disk_element(domain_xml: str, device: str) -> str | None:
-    """The <disk> of a domain whose target is `device`, as XML (what detachDeviceFlags matches)."""
+def _disk_element(domain_xml: str, device: str, source: str | None = None) -> str | None:
+    """The <disk> of a domain whose target is `device` (and, if given, whose source is the file or block
+    device `source`), as XML (what detachDeviceFlags matches)."""
     for disk in ElementTree.fromstring(domain_xml).findall("./devices/disk"):
-        target = disk.find("target")
-        if target is not None and target.get("dev") == device:
+        target, found = disk.find("target"), disk.find("source")
+        if target is None or target.get("dev") != device:
+            continue
+        if source is None or (found is not None and source in (found.get("file"), found.get("dev"))):
             return ElementTree.tostring(disk, encoding="unicode")
     return None

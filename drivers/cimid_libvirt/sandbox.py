@@ -98,15 +98,14 @@ class SandboxCompute(LibvirtDomains):
             raise DriverError(f"machine {machine_id} already has a disk {device}")
         attached[device] = dict(disk)
 
-    async def detach_volume(self, machine_id: str, device: str) -> None:
+    async def detach_volume(self, machine_id: str, device: str, source: str | None = None) -> None:
         await self._before_operation()
-        self._volumes.get(machine_id, {}).pop(device, None)
+        attached = self._volumes.get(machine_id, {})
+        if source is None or attached.get(device, {}).get("path") == source:
+            attached.pop(device, None)
 
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         await self._call(self._require, machine_id)
-
-    async def devices(self, machine_id: str) -> list[str]:
-        return sorted(self._volumes.get(machine_id, {}))
 
     def attached(self, machine_id: str) -> dict[str, dict]:
         """The volumes the fake host has attached to the machine, by device (for the fast tier's checks)."""

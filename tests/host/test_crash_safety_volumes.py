@@ -15,13 +15,15 @@ from .conftest import URI, domain_names, fresh_dir, remove_domains
 from .test_crash_safety import CIMI, Daemon, big_image, check_consistent, kill_when, last
 
 
-def guest_disks(machine: str) -> set[str]:
-    """The volume files the running domain has as disks (beyond its own)."""
-    conn = libvirt.open(URI)
+def guest_disks(machine: str, conn: libvirt.virConnect | None = None) -> set[str]:
+    """The volume files the running domain has as disks (beyond its own), on `conn` or a new connection."""
+    own = conn is None
+    conn = conn or libvirt.open(URI)
     try:
         xml = conn.lookupByName(f"cimid-{last(machine)}").XMLDesc()
     finally:
-        conn.close()
+        if own:
+            conn.close()
     return set(re.findall(r"volumes/([0-9a-f-]+)\.qcow2", xml))
 
 
@@ -104,15 +106,21 @@ async def test_sigkill_in_volume_create_snapshot_restore_and_attach(libvirt_host
 
         # 4. An attach killed once the hypervisor has the disk, before cimid recorded it (interrupted: the
         #    disk is detached again, the MachineVolume goes, the volume is free to attach).
-        attach_job, _ = await d.post(f"{machine}/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
-        await kill_when(d, lambda: last(volume) in guest_disks(machine), "the disk in the guest")
+        #    The window is the few milliseconds between libvirt's attach and the Job's last commit: one
+        #    connection, polled without pause, so that the kill usually lands in it.
+        conn = libvirt.open(URI)
+        try:
+            attach_job, _ = await d.post(f"{machine}/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
+            await kill_when(d, lambda: last(volume) in guest_disks(machine, conn), "the disk in the guest")
+        finally:
+            conn.close()
         await d.start()
-        seen = await check_volumes(d, machine)
+        seen = await check_volumes(d, machine)  # either way, the guest's disks are its MachineVolumes
         assert_state(seen["jobs"][last(attach_job)], "FAILED", "SUCCESS")
-        job, _ = await d.post(f"{machine}/volumes", {"volume": {"href": volume}})
-        if seen["jobs"][last(attach_job)]["state"] == "FAILED":
+        if seen["jobs"][last(attach_job)]["state"] == "FAILED":  # detached again: free to attach
+            job, _ = await d.post(f"{machine}/volumes", {"volume": {"href": volume}})
             assert_state(await d.wait_job(job), "SUCCESS")
-        await check_volumes(d, machine)
+            await check_volumes(d, machine)
     finally:
         await d.close()
         left = await asyncio.to_thread(domain_names, "cimid-", str(root) + "/")

@@ -13,6 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import libvirt
 from conftest import assert_state
 
 from cimid.http.keys import PROVIDER
@@ -102,6 +103,32 @@ async def test_attach_grow_detach_snapshot_restore_on_a_running_guest(host_clien
     await done(client, await client.delete(attachment))
     await partitions_until(client, machine, lambda p: "vda=" in p and "vdb=" not in p)
     assert (await client.get(machine + "/volumes")).json["count"] == 0
+
+    # A disk put on the guest by hand (not cimid's) at vdc: the POST is accepted (the store knows no vdc),
+    # libvirt refuses the name in the Job, which fails; that disk stays and no MachineVolume is left.
+    by_hand = client.state_dir / "by-hand.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(by_hand), "1M"], check=True)
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.lookupByName(f"cimid-{machine.rsplit('/', 1)[1]}")
+        dom.attachDeviceFlags(f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source "
+                              f"file='{by_hand}'/><target dev='vdc' bus='virtio'/></disk>",
+                              libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdc"})
+        assert r.status == 202, r
+        job = await client.wait_job(r.headers["CIMI-Job-URI"], timeout=60)
+        assert job["state"] == "FAILED" and "vdc" in job["statusMessage"], job
+        assert str(by_hand) in dom.XMLDesc(0) and str(file) not in dom.XMLDesc(0)
+        assert str(by_hand) in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        assert (await client.get(machine + "/volumes")).json["count"] == 0
+        await client.assert_state(volume, "AVAILABLE")
+        # Taken off again by hand (the guest names disks in the order they came: it would be its vdb).
+        disk = re.search(r"<disk type='file' device='disk'>(?:(?!</disk>).)*by-hand(?:(?!</disk>).)*</disk>",
+                         dom.XMLDesc(0), re.S).group(0)
+        dom.detachDeviceFlags(disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        await partitions_until(client, machine, lambda p: "vda=" in p and "vdb=" not in p)
+    finally:
+        conn.close()
 
     # Data written before the snapshot is back after a restore.
     write_pattern(file, 0x5a)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import NS, make_client
 
 from cimid.http.auth import hash_password
@@ -209,6 +211,51 @@ async def test_attach_detach_and_their_refusals(client):
     assert await pool(client).volume(volume.rsplit("/", 1)[1]) is None
 
 
+async def test_a_machines_own_disks_are_taken_names(client):
+    """The names of a machine's own disks come from the store, with no look at the host: a machine made with
+    two disks has vda and vdb, so vdb is refused (409, nothing changed) and the next free name is vdc."""
+    r = await client.post("machineConfigs", {"name": "two-disks", "cpu": 1, "memory": 65536, "disks": [
+        {"capacity": 1024, "format": "qcow2"}, {"capacity": 2048, "format": "qcow2"}]})
+    assert r.status == 201, r
+    config = r.headers["Location"]
+    r = await client.post("machines", {"machineTemplate": {
+        "machineConfig": {"href": config}, "machineImage": {"href": client.base + "machineImages/tiny-linux"},
+        "initialState": "STOPPED"}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    machine = r.headers["Location"]
+    volume = await make_volume(client)
+    before = await client.rows()
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
+    assert r.status == 409 and "already has a disk 'vdb'" in r.json["statusMessage"], r
+    assert await client.rows() == before
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert (await client.get(r.headers["Location"])).json["initialLocation"] == "vdc"
+
+
+async def test_a_name_taken_behind_cimids_back_fails_the_job_changing_nothing(client):
+    """A disk cimid did not attach (put on the host by hand) is not in the store: the POST is accepted, and
+    the hypervisor's refusal fails the Job; the other disk stays, no MachineVolume is left, the Volume is
+    AVAILABLE and attachable elsewhere."""
+    machine = await make_machine(client)
+    mid = machine.rsplit("/", 1)[1]
+    compute = client.app[PROVIDER].drivers.compute
+    by_hand = {"kind": "file", "path": "/somewhere/else.qcow2", "format": "qcow2"}
+    await compute.attach_volume(mid, "vdc", by_hand)
+    volume = await make_volume(client)
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdc"})
+    assert r.status == 202, r
+    job = await client.wait_job(r.headers["CIMI-Job-URI"])
+    assert job["state"] == "FAILED" and "already has a disk vdc" in job["statusMessage"], job
+    assert compute.attached(mid) == {"vdc": by_hand}
+    assert (await client.get(r.headers["Location"])).status == 404
+    assert (await client.get(machine + "/volumes")).json["count"] == 0
+    await client.assert_state(volume, "AVAILABLE")
+    r = await client.post(machine + "/volumes", {"volume": {"href": volume}})
+    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+    assert set(compute.attached(mid)) == {"vdb", "vdc"}
+
+
 async def test_shareable_pools_allow_several_machines(client):
     volume = await make_volume(client, 10, volumeConfig={"capacity": 10, "type": "urn:x-cimid:pool:shared"})
     for machine in (await make_machine(client), await make_machine(client)):
@@ -277,6 +324,52 @@ async def test_volume_images_are_imported_from_file_urls_checked_and_used(dir_cl
     r = await client.post("volumeImages", {"imageLocation": "ftp://example.org/x.qcow2"})
     assert r.status == 400 and "neither a Volume" in r.json["statusMessage"]
     assert await client.rows() == before
+
+
+async def test_a_volume_image_is_imported_over_http_with_progress(dir_client, tmp_path):
+    """An http:// imageLocation (a server on loopback) is streamed like a MachineImage's: its checksum is
+    checked and the Job reports progress while the data comes (the server holds back the second half
+    until the test has seen a progress between 0 and 100)."""
+    client = dir_client
+    source = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=full", str(source), "8M"],
+                   check=True)
+    data = source.read_bytes()
+    half_seen = asyncio.Event()
+
+    async def serve(request):
+        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await response.prepare(request)
+        await response.write(data[:len(data) // 2])
+        await asyncio.wait_for(half_seen.wait(), 30)
+        await response.write(data[len(data) // 2:])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/data.qcow2", serve)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+        location = str(server.make_url("/data.qcow2"))
+        r = await client.post("volumeImages", {"name": "over http", "imageLocation": location,
+                                               "properties": {"checksum": checksum}})
+        assert r.status == 202, r
+        job_href = r.headers["CIMI-Job-URI"]
+        for _ in range(300):
+            progress = (await client.get(job_href)).json.get("progress", 0)
+            if 0 < progress < 100:
+                break
+            await asyncio.sleep(0.05)
+        assert 0 < progress < 100, progress
+        half_seen.set()
+        assert (await client.wait_job(job_href))["state"] == "SUCCESS"
+    finally:
+        await server.close()
+    image = await client.assert_state(r.headers["Location"], "AVAILABLE")
+    volume = await make_volume(client, 1024, volumeImage={"href": image["id"]})
+    assert (await client.get(volume)).json["capacity"] == 8 * 1024  # the image's size
 
 
 async def test_a_volume_image_names_its_pool_in_properties(tmp_path):
