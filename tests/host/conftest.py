@@ -47,15 +47,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.host)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def leaves_no_link():
-    """No host test may leave a link that a cimid made (its alias says "cimid:"): a daemon that made its
-    default network and was killed, say, would leave its bridge and address in the namespace for good."""
+    """No host test module may leave a link that a cimid made (its alias says "cimid:"): a daemon that made
+    its default network and was killed, say, would leave its bridge and address in the namespace for good.
+    (Per module: a module's shared daemon removes its networks when the module ends.)"""
     from cimid_bridge.links import owned_links
     before = owned_links("cimid:")
     yield
     left = set(owned_links("cimid:")) - set(before)
-    assert not left, f"the test left links a cimid made: {sorted(left)}"
+    assert not left, f"the module left links a cimid made: {sorted(left)}"
 
 
 def domain_names(prefix: str = "cimid-", mentioning: str = "") -> set[str]:
