@@ -41,6 +41,7 @@ from ..hookspecs import PlacementRequest
 from ..http.negotiation import JSON, XML, request_format, response_format
 from ..http.auth import Authenticator
 from ..http.params import positive
+from ..http.tls import FRONT_USER_HEADER
 from ..model import TYPES
 from ..model.registry import collection_type
 from ..model.types import CIMI_NS
@@ -394,8 +395,10 @@ def _caller(request: web.Request) -> Caller:
 
 
 def _as_front(request: web.Request) -> dict[str, str]:
-    """What the front asks on its own behalf (the catalogue's import) asks as an admin named after it."""
-    return {k: user_header("admin", request.app[SETTINGS]["name"]) for k in identity_headers(request)}
+    """What the front asks on its own behalf (the catalogue's import) asks as an admin named after it,
+    which a node believes over mutual TLS only."""
+    settings = request.app[SETTINGS]
+    return {FRONT_USER_HEADER: user_header("admin", settings["name"])} if settings["tls"] else {}
 
 
 async def _catalogue_ready(request: web.Request) -> None:
@@ -538,15 +541,26 @@ async def _discover(request: web.Request, name: str, id: str) -> str:
 
 
 async def _list_ids(app: web.Application, node: NodeRecord, collection: str) -> set[str] | None:
-    """The ids of `node`'s `collection` (for the reconciler); None if it does not answer them."""
+    """The ids of `node`'s `collection` (for the reconciler); None if it does not answer them. The front
+    asks as an admin named after itself: in CIMID-User over mutual TLS (the node believes it only from a
+    front's certificate). Without TLS it has nothing to show, so a node with consumers refuses (401): that
+    is logged as an error, since the index of such a node cannot be rebuilt."""
     rtype = collection_type(collection)
     if rtype is None or rtype.items is None:
         return None
     settings = app[SETTINGS]
+    headers = {"Accept": "application/json", FRONT_HEADER: settings["name"]}
+    if settings["tls"]:
+        headers[FRONT_USER_HEADER] = user_header("admin", settings["name"])
     try:
         async with app[SESSION].get(f"{node.url}/cimi/{collection}", params={"$select": "id"},
-                                    headers={"Accept": "application/json", FRONT_HEADER: settings["name"]},
-                                    timeout=settings["timeout"]) as reply:
+                                    headers=headers, timeout=settings["timeout"]) as reply:
+            if reply.status in (401, 403):
+                log.error("reconciler: node %s refuses to list its %s (%d): %s", node.name, collection,
+                          reply.status, "its consumers need the front's identity, which a front can show only "
+                          "over mutual TLS (set cluster.tls_ca); its index entries cannot be rebuilt"
+                          if not settings["tls"] else "it does not take this front's certificate as a front's")
+                return None
             if reply.status != 200:
                 return None
             return parse_ids(await reply.read(), rtype.items, f"{node.base}{collection}/")
@@ -569,7 +583,8 @@ def make_front_app(config: Config) -> web.Application:
     app[SETTINGS] = {"public_base_url": front["public_base_url"], "strict": front["strict"],
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
                      "idempotency_seconds": config["server"]["idempotency_minutes"] * 60,
-                     "timeout": aiohttp.ClientTimeout(total=front["node_timeout"])}
+                     "timeout": aiohttp.ClientTimeout(total=front["node_timeout"]),
+                     "tls": bool(cluster["tls_ca"])}
     etcd = Etcd.from_config(cluster)
     # mTLS towards the nodes: their certificates checked against the federation CA, ours shown
     node_tls = client_context(cluster["tls_ca"], cluster["tls_certificate"], cluster["tls_key"]) \
