@@ -46,13 +46,14 @@ from ..model.registry import collection_type
 from ..model.types import CIMI_NS
 from ..plugins import plugin_manager
 from ..wire import dialect_for
-from . import catalogue, events, expand, shared
+from . import catalogue, events, expand, nodeattr, shared
 from .forward import (BODY_TYPE, DIRECTORY, NODE_CLIENT, SESSION, SETTINGS, ask, caller, client_format, discover,
                       forward, front_base, live, passed_on, render, rewrite)
 from .catalogue import CATALOGUE, GlobalCatalogue
 from .directory import Directory, NodeRecord
 from .identity import AUTHENTICATOR, TenantDirectory, authenticate_middleware, user_header
 from .merge import merge, orderby_param, parse_orderby
+from .nodeattr import NODE
 from .nodeclient import NodeClient
 from .placement import BuiltinPlacement, Ledger, collection_level, create_level
 from .reconciler import Reconciler, parse_ids
@@ -134,30 +135,34 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
     client_format(request)  # a bad $format or Accept fails before any node is asked
     first, last = positive(request, "$first"), positive(request, "$last")
     order = parse_orderby(request.query.getall("$orderby", []))
-    query = [(k, v) for k, v in request.query.items() if k not in _PAGING]
-    query += [("$orderby", orderby_param(order)), ("$first", "1")]
+    node_filter = nodeattr.split(request.query.getall("$filter", []))  # the nodes know no cimid:node
+    query = [(k, v) for k, v in request.query.items() if k not in _PAGING and k != "$filter"]
+    query += [("$filter", f) for f in node_filter.filters]
+    query += [("$orderby", orderby_param([o for o in order if o[0] != NODE])), ("$first", "1")]
     if last is not None:
         query.append(("$last", str(last)))  # every node's first `last` rows hold the merged page
     wanted = None
     if "$select" in request.query:
         wanted = {n.strip() for v in request.query.getall("$select") for n in v.split(",") if n.strip()}
-        query.append(("$select", ",".join(sorted(wanted | {n for n, _ in order}))))
-    nodes = live(request, collection_level(name))
-    missing = directory.down()
+        query.append(("$select", ",".join(sorted((wanted | {n for n, _ in order}) - {NODE}))))
+    every = live(request, collection_level(name))
+    nodes = [n for n in every if node_filter.admits(n.name)]
+    missing = [n for n in directory.down() if node_filter.admits(n)]
     if settings["strict"] and missing:
         raise Unavailable(f"node(s) {', '.join(missing)} unavailable and front.strict is set; retry later",
                           headers={"Retry-After": "5"})
     base = front_base(request)
+    asked = nodes or every[:1]  # no node admitted: one still gives the collection's envelope, none of its rows
 
     async def ask_one(node: NodeRecord):
-        asked = query if node is nodes[0] else query + shared.once_only(path)  # what every node has: once
-        status, _headers, data = await ask(request, node, "GET", f"/cimi/{path}", asked, None,
-                                            {"Accept": "application/json"})
+        query_of = query if node is asked[0] else query + shared.once_only(path)  # what every node has: once
+        status, _headers, data = await ask(request, node, "GET", f"/cimi/{path}", query_of, None,
+                                           {"Accept": "application/json"})
         return node, status, rewrite(data, node, base)
 
-    answers = await asyncio.gather(*(ask_one(n) for n in nodes), return_exceptions=True)
+    answers = await asyncio.gather(*(ask_one(n) for n in asked), return_exceptions=True)
     docs = []
-    for node, answer in zip(nodes, answers):
+    for node, answer in zip(asked, answers):
         if isinstance(answer, Unavailable):
             missing.append(node.name)
             continue
@@ -169,7 +174,12 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
         elif status != 200:  # the nodes judge the query alike: pass the first refusal on
             return passed_on(request, status, data)
         else:
-            docs.append(json.loads(data))
+            doc = json.loads(data)
+            if node not in nodes:
+                doc.update({rtype.items: [], "count": 0})
+            for item in doc.get(rtype.items, []):
+                item[NODE] = node.name
+            docs.append(doc)
     if not docs:
         raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
     if settings["strict"] and missing:
@@ -177,7 +187,7 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
                           "retry later", headers={"Retry-After": "5"})
     items = merge([d.get(rtype.items, []) for d in docs], order, first, last)
     if wanted is not None:
-        extra = {n for n, _ in order} - wanted
+        extra = ({n for n, _ in order} | {NODE}) - wanted
         items = [{k: v for k, v in item.items() if k not in extra} for item in items]
     if expand.wanted(request):
         await expand.expand_all(request, items, rtype, expand.wanted(request))
@@ -415,11 +425,9 @@ async def resource(request: web.Request) -> web.Response:
     if node is None:
         raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
-    if request.method == "GET" and not tail and expand.wanted(request):
+    if request.method == "GET" and not tail:  # completed at the front: cimid:node, $expand
         return await expand.resource(request, node, name)
     status, response = await forward(request, node)
-    if status == 404 and not tail and request.method == "GET":
-        await directory.forget(name, id)  # the index was stale: the node no longer has it
     if name == "machines" and not tail and request.method == "DELETE" and status in (200, 202, 204):
         await request.app[QUOTAS].machine_deleted(id)
     return response

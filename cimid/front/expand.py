@@ -21,6 +21,7 @@ from ..http.params import names
 from ..model.registry import collection_type
 from . import forward, shared
 from .catalogue import CATALOGUE, GLOBAL
+from .nodeattr import NODE
 
 # (request, collection, id) -> the resource's JSON document with the front's hrefs, or None when the
 # reader does not answer for it
@@ -103,25 +104,35 @@ async def _read(request: web.Request, collection: str, id: str) -> dict | None:
 def _headers(request: web.Request) -> dict[str, str]:
     """The client's identity goes along: a node shows only what that caller may see."""
     return {"Accept": "application/json",
-            **{k: request.headers[k] for k in ("Authorization",) if k in request.headers}}
+            **{k: request.headers[k] for k in ("Authorization", "If-None-Match") if k in request.headers}}
 
 
 async def resource(request: web.Request, node, name: str) -> web.Response:
-    """A GET of one resource with $expand: asked of its node in JSON, then completed and rendered in the
-    client's format."""
+    """A GET of one resource: asked of its node in JSON, completed (its cimid:node, and what $expand
+    asks for), then rendered in the client's format."""
     forward.client_format(request)  # a bad $format or Accept fails before the node is asked
     base = forward.front_base(request)
-    query = [(k, v) for k, v in request.query.items() if k != "$format"]
+    query = [(k, v) for k, v in request.query.items() if k not in ("$format", "$select")]
+    selected = {n.strip() for v in request.query.getall("$select", []) for n in v.split(",") if n.strip()}
+    if selected:  # the node does not know cimid:node
+        query.append(("$select", ",".join(sorted(selected - {NODE}) or ["id"])))
     status, headers, data = await forward.ask(request, node, "GET", request.path, query, None, _headers(request))
+    kept = {k: headers[k] for k in ("ETag", "WWW-Authenticate", "Retry-After") if k in headers}
+    if status == 304:
+        return web.Response(status=304, headers=kept)
     if status != 200:
-        if status == 404:
+        if status == 404:  # the index was stale: the node no longer has it
             await request.app[forward.DIRECTORY].forget(name, request.match_info["id"])
-        return forward.passed_on(request, status, forward.rewrite(data, node, base))
+        response = forward.passed_on(request, status, forward.rewrite(data, node, base))
+        response.headers.update(kept)
+        return response
     doc = json.loads(forward.rewrite(data, node, base))
+    if not selected or NODE in selected:
+        doc[NODE] = node.name
     rtype = collection_type(name)
-    await expand_all(request, [doc], rtype, wanted(request))
-    return forward.render(request, 200, doc, rtype,
-                         headers={k: headers[k] for k in ("ETag",) if k in headers})
+    if wanted(request):
+        await expand_all(request, [doc], rtype, wanted(request))
+    return forward.render(request, 200, doc, rtype, headers=kept)
 
 
 async def around(request: web.Request, serve: Callable[[web.Request], Awaitable[web.StreamResponse]],
