@@ -33,7 +33,7 @@ from aiohttp import web
 from ..cluster.certs import client_context
 from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
-from ..cluster.quota import QuotaLedger
+from ..cluster.quota import COUNTED, QuotaLedger
 from ..config import Config, ConfigError, is_loopback
 from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavailable
 from ..hookspecs import PlacementRequest
@@ -230,14 +230,18 @@ async def _create(request: web.Request, name: str) -> web.Response:
         raise Unavailable(f"this create needs a node of api_level {level} or more, and none is available; "
                           "retry later", headers={"Retry-After": "30"})
     tenant = caller(request)
-    quota = await request.app[QUOTAS].reserve(tenant.name, tenant.quotas, *needs) if name == "machines" else None
+    quota = None
+    if name in COUNTED and tenant.quotas:
+        amounts = {"cpu": needs[0], "memory": needs[1]} if name == "machines" else \
+            {"capacity": await _volume_capacity(request, doc)} if name == "volumes" else {}
+        quota = await request.app[QUOTAS].reserve(tenant.name, tenant.quotas, name, amounts)
     try:
         response, counts = await _place_and_forward(request, name, body, target, claim, needs, level)
     except BaseException:
         if quota:
             await request.app[QUOTAS].settle(tenant.name, quota, None)
         raise
-    if quota:  # the machine counts for the tenant from now on, or the reservation is given back
+    if quota:  # the resource counts for the tenant from now on, or the reservation is given back
         made = counts and response.status in (201, 202) and "Location" in response.headers
         await request.app[QUOTAS].settle(tenant.name, quota,
                                           response.headers["Location"].rstrip("/").rsplit("/", 1)[-1] if made else None)
@@ -359,6 +363,21 @@ async def _template(request: web.Request, doc: dict) -> dict:
     return {**template, "machineConfig": config}
 
 
+async def _volume_capacity(request: web.Request, doc: dict) -> int:
+    """The capacity (KB) a VolumeCreate asks for, from its template by value or the node-held one it
+    references (global configurations are by value already). 0 when it names none: the node refuses it."""
+    template = doc.get("volumeTemplate") or {}
+    if not isinstance(template, dict):
+        raise BadRequest("volumeTemplate must be an object")
+    if "href" in template:
+        template = {**await _read(request, template["href"]), **{k: v for k, v in template.items() if k != "href"}}
+    config = template.get("volumeConfig") or {}
+    if isinstance(config, dict) and "href" in config and "capacity" not in config:
+        config = await _read(request, config["href"])
+    capacity = config.get("capacity") if isinstance(config, dict) else None
+    return capacity if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity > 0 else 0
+
+
 def _needs(template: dict) -> tuple[int, int]:
     """(cpu, memory KiB) of a MachineCreate's template."""
     config = template["machineConfig"]
@@ -428,8 +447,8 @@ async def resource(request: web.Request) -> web.Response:
     if request.method == "GET" and not tail:  # completed at the front: cimid:node, $expand
         return await expand.resource(request, node, name)
     status, response = await forward(request, node)
-    if name == "machines" and not tail and request.method == "DELETE" and status in (200, 202, 204):
-        await request.app[QUOTAS].machine_deleted(id)
+    if name in COUNTED and not tail and request.method == "DELETE" and status in (200, 202, 204):
+        await request.app[QUOTAS].deleted(name, id)
     return response
 
 
