@@ -71,11 +71,12 @@ def _parser() -> argparse.ArgumentParser:
                                             "standard input (prompting on a terminal) and writes the tenant to etcd, "
                                             "replacing one of that name; `remove NAME`. Fronts check logins "
                                             "against the tenants and count their quotas (machines, cpu, memory "
-                                            "in KiB) across every node.")
+                                            "in KiB, volume_capacity in KB, networks) across every node.")
     tenant.add_argument("verb", choices=("add", "remove"))
     tenant.add_argument("name")
     tenant.add_argument("--quota", dest="limits", action="append", default=[], metavar="QUOTA=N",
-                        help="a limit across the federation: machines, cpu or memory (KiB); repeat for each")
+                        help="a limit across the federation: machines, cpu, memory (KiB), volume_capacity (KB) "
+                             "or networks; repeat for each")
     tenant.add_argument("--role", choices=("admin", "user", "reader"), default="user")
     tenant.add_argument("--config", type=Path, metavar="FILE", required=True,
                         help="TOML configuration with [cluster] endpoints")
