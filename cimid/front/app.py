@@ -444,8 +444,15 @@ async def resource(request: web.Request) -> web.Response:
     if node is None:
         raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
-    if request.method == "GET" and not tail:  # completed at the front: cimid:node, $expand
-        return await expand.resource(request, node, name)
+    if request.method == "GET" and not tail:
+        if expand.wanted(request) or "$select" in request.query:  # completed at the front from its JSON
+            return await expand.resource(request, node, name)
+        status, response = await forward(request, node)
+        if status == 404:
+            await directory.forget(name, id)  # the index was stale: the node no longer has it
+        elif status == 200:
+            nodeattr.mark(response, node.name)
+        return response
     status, response = await forward(request, node)
     if name in COUNTED and not tail and request.method == "DELETE" and status in (200, 202, 204):
         await request.app[QUOTAS].deleted(name, id)

@@ -7,10 +7,15 @@ forms only: `cimid:node='n1'` or `cimid:node!='n1'` (either side), joined to the
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from xml.sax.saxutils import quoteattr
+
+from aiohttp import web
 
 from ..errors import BadRequest
+from ..wire.cimi1.xml import EXT_NS
 
 NODE = "cimid:node"
 
@@ -100,3 +105,22 @@ def _conjuncts(text: str, masked: str) -> list[tuple[int, int]]:
         start = word.end()
     spans.append((start, len(text)))
     return spans
+
+
+def mark(response: web.Response, node: str) -> None:
+    """A node's answer for one resource, as it came, with its cimid:node added: spliced into the bytes
+    (the GET a front serves most, kept as cheap as forwarding): before the closing brace of the JSON
+    object, or as an attribute of the XML root element, which DSP8009 admits from other namespaces."""
+    body = response.body
+    if not isinstance(body, bytes) or not body:
+        return
+    if response.content_type.endswith("json"):
+        end = body.rstrip().rfind(b"}")
+        if end > 0:
+            response.body = body[:end] + f',{json.dumps(NODE)}:{json.dumps(node)}'.encode() + body[end:]
+    elif response.content_type.endswith("xml"):
+        start = body.find(b"<", body.find(b"?>") + 1 if body.startswith(b"<?") else 0)
+        close = body.find(b">", start)
+        if start >= 0 and close > 0:
+            extra = f' xmlns:cimid="{EXT_NS}" cimid:node={quoteattr(node)}'.encode()
+            response.body = body[:close] + extra + body[close:]
