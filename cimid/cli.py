@@ -71,14 +71,25 @@ def _parser() -> argparse.ArgumentParser:
                                             "standard input (prompting on a terminal) and writes the tenant to etcd, "
                                             "replacing one of that name; `remove NAME`. Fronts check logins "
                                             "against the tenants and count their quotas (machines, cpu, memory "
-                                            "in KiB) across every node.")
+                                            "in KiB, volume_capacity in KB, networks) across every node.")
     tenant.add_argument("verb", choices=("add", "remove"))
     tenant.add_argument("name")
     tenant.add_argument("--quota", dest="limits", action="append", default=[], metavar="QUOTA=N",
-                        help="a limit across the federation: machines, cpu or memory (KiB); repeat for each")
+                        help="a limit across the federation: machines, cpu, memory (KiB), volume_capacity (KB) "
+                             "or networks; repeat for each")
     tenant.add_argument("--role", choices=("admin", "user", "reader"), default="user")
     tenant.add_argument("--config", type=Path, metavar="FILE", required=True,
                         help="TOML configuration with [cluster] endpoints")
+    token = actions.add_parser("token", help="create or revoke a Bearer token of a tenant",
+                               description="`create TENANT [--expires 30d] [--description TEXT]` prints a new "
+                                           "token once (etcd keeps only its SHA-256); `revoke ID`. Every front "
+                                           "takes it as `Authorization: Bearer <token>` for that tenant.")
+    token.add_argument("verb", choices=("create", "revoke"))
+    token.add_argument("name", metavar="TENANT|ID")
+    token.add_argument("--expires", metavar="WHEN", help="30d, 12h, 90m or a date (default: never)")
+    token.add_argument("--description", default="", help="what the token is for")
+    token.add_argument("--config", type=Path, metavar="FILE", required=True,
+                       help="TOML configuration with [cluster] endpoints")
     issuing = actions.add_parser("certificate", help="issue a certificate of the federation CA")
     issuing.add_argument("--dir", type=Path, metavar="DIR", required=True, help="the federation CA's directory")
     issuing.add_argument("name", help="the holder, e.g. n1, front1, etcd1")
@@ -236,6 +247,8 @@ def cluster(args) -> int:
         raise ConfigError("[cluster] endpoints is empty: this configuration is of a standalone node")
     if args.action == "tenant":
         return tenant(args, config)
+    if args.action == "token":
+        return tenant_token(args, config)
     try:
         from .cluster.status import report
     except ImportError as exc:
@@ -281,6 +294,37 @@ def tenant(args, config) -> int:
                                                         or "no quotas"))
         return 0
     print(f"tenant {args.name} removed" if done else f"no tenant {args.name}")
+    return 0 if done else 1
+
+
+def tenant_token(args, config) -> int:
+    from .accounts import expiry
+    from .cluster.etcd import Etcd
+    from .front.identity import create_token, revoke_token
+    from .store.consumers import ConsumerError
+    prefix = config["cluster"]["prefix"].rstrip("/") + "/"
+    try:
+        expires = expiry(args.expires) if args.expires else None
+    except ConsumerError as exc:
+        raise ConfigError(str(exc)) from None
+
+    async def run():
+        etcd = Etcd.from_config(config["cluster"])
+        await etcd.connect()
+        try:
+            if args.verb == "create":
+                return await create_token(etcd, prefix, args.name, args.description, expires)
+            return await revoke_token(etcd, prefix, args.name)
+        finally:
+            await etcd.close()
+
+    done = asyncio.run(run())
+    if args.verb == "create":
+        token_id, secret = done
+        print(f"token {token_id} of tenant {args.name}" + (f", expires {expires}" if expires else "")
+              + f" (shown once):\n{secret}")
+        return 0
+    print(f"token {args.name} revoked" if done else f"no token {args.name}")
     return 0 if done else 1
 
 

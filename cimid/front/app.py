@@ -11,7 +11,8 @@
 - A node without a lease answers 503 for its resources; collections leave it out with a `Warning`
   header, or answer 503 when front.strict is set.
 - `$expand` (expand.py), the live Event stream (events.py), and what every node has under one id
-  (shared.py: ResourceMetadata, the provider's EventLog) have modules of their own.
+  (shared.py: ResourceMetadata, the provider's EventLog) have modules of their own; what all of them use to
+  talk to one node (asking, forwarding, rewriting addresses, the live nodes) is in forward.py.
 - GETs to nodes go through a lean keep-alive client (nodeclient.py), everything else through aiohttp;
   both with the federation's client certificate when cluster.tls_ca is set.
 """
@@ -23,75 +24,51 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aiohttp
 import pluggy
 from aiohttp import web
-from yarl import URL
 
 from ..cluster.certs import client_context
 from ..cluster.etcd import Etcd, EtcdUnavailable
 from ..cluster.node import FRONT_HEADER, RESERVATION_HEADER
-from ..cluster.quota import QuotaLedger
+from ..cluster.quota import COUNTED, QuotaLedger
 from ..config import Config, ConfigError, is_loopback
 from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavailable
 from ..hookspecs import PlacementRequest
-from ..http.negotiation import JSON, XML, request_format, response_format
+from ..http.negotiation import JSON, request_format
 from ..http.auth import Authenticator
 from ..http.params import positive
+from ..http.tls import FRONT_USER_HEADER
 from ..model import TYPES
 from ..model.registry import collection_type
 from ..model.types import CIMI_NS
 from ..plugins import plugin_manager
 from ..wire import dialect_for
-from . import catalogue, events, expand, shared
-from .catalogue import CATALOGUE, Caller, GlobalCatalogue
+from . import catalogue, events, expand, nodeattr, shared
+from .forward import (BODY_TYPE, DIRECTORY, NODE_CLIENT, SESSION, SETTINGS, ask, caller, client_format, discover,
+                      forward, front_base, live, passed_on, render, rewrite)
+from .catalogue import CATALOGUE, GlobalCatalogue
 from .directory import Directory, NodeRecord
-from .identity import AUTHENTICATOR, CALLER, TenantDirectory, authenticate_middleware, identity_headers, user_header
+from .identity import AUTHENTICATOR, TenantDirectory, authenticate_middleware, user_header
 from .merge import merge, orderby_param, parse_orderby
-from .nodeclient import NodeClient, NodeHttpError
+from .nodeattr import NODE
+from .nodeclient import NodeClient
 from .placement import BuiltinPlacement, Ledger, collection_level, create_level
 from .reconciler import Reconciler, parse_ids
 
 log = logging.getLogger("cimid.front")
 
-DIRECTORY = web.AppKey("directory", Directory)
 LEDGER = web.AppKey("ledger", Ledger)
 QUOTAS = web.AppKey("quotas", QuotaLedger)
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 RECONCILER = web.AppKey("reconciler", asyncio.Task)
-SETTINGS = web.AppKey("settings", dict)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-NODE_CLIENT = web.AppKey("node_client", NodeClient)
 
 # The create-time extension naming the node to create on (Incus's --target, Sirocco's location).
 TARGET = "cimid:target"
-# A create whose body the front rewrote (as JSON) names its new Content-Type here.
-BODY_TYPE = web.RequestKey("body_type", str)
 
-# Request headers a node needs to answer as it would answer the client; response headers the client needs.
-_REQUEST_HEADERS = ("Content-Type", "Accept", "If-Match", "If-None-Match", "Idempotency-Key", "Authorization",
-                    "CIMI-Specification-Version")
-_RESPONSE_HEADERS = ("Content-Type", "Location", "CIMI-Job-URI", "ETag", "Retry-After", "Allow",
-                     "WWW-Authenticate", "Idempotent-Replayed", "Warning")
 _PAGING = ("$first", "$last", "$orderby", "$select", "$format")
-
-
-def _front_base(request: web.Request) -> str:
-    configured = request.app[SETTINGS]["public_base_url"]
-    return (configured.rstrip("/") if configured else f"{request.scheme}://{request.host}") + "/cimi/"
-
-
-def _format(request: web.Request) -> str:
-    return response_format(request.query.get("$format"), request.headers.get("Accept"))
-
-
-def _render(request: web.Request, status: int, doc: dict, rtype, item_type=None, headers=None) -> web.Response:
-    dialect, fmt = dialect_for(request.headers), _format(request)
-    return web.Response(status=status, body=dialect.render(fmt, doc, rtype, item_type),
-                        headers={**(headers or {}), "Content-Type": dialect.media_types[fmt]})
 
 
 @web.middleware
@@ -106,7 +83,7 @@ async def cimi_errors(request: web.Request, handler):
     except CimiError as error:
         dialect = dialect_for(request.headers)
         try:
-            fmt = _format(request)
+            fmt = client_format(request)
         except CimiError:
             fmt = JSON
         doc = dialect.error(status=error.status, title=error.title, message=error.message,
@@ -118,74 +95,17 @@ async def cimi_errors(request: web.Request, handler):
 
 # ------------------------------------------------------------------ talking to one node
 
-def _rewrite(data: bytes | str, node: NodeRecord, base: str):
-    """The node's base URL, wherever it appears, becomes the front's."""
-    if isinstance(data, str):
-        return data.replace(node.base, base)
-    return data.replace(node.base.encode(), base.encode())
-
-
-async def _ask(request: web.Request, node: NodeRecord, method: str, path: str, query, body: bytes | None,
-               headers: dict[str, str], raw: bool = False) -> tuple[int, Mapping[str, str], bytes]:
-    """One request to `node`; (status, headers, body) as the node sent them. Unavailable if it does not
-    answer within front.node_timeout. `raw`: `path` is the client's, already encoded, query included."""
-    settings = request.app[SETTINGS]
-    forwarded = identity_headers(request)
-    if forwarded:  # the front checked who asks: the node learns it from the header, not the credentials
-        headers = {**forwarded, **{k: v for k, v in headers.items() if k != "Authorization"}}
-    if method == "GET":  # most of what a front asks: the lean client
-        target = path if raw else str(URL(path).with_query(query)) if query else path
-        try:
-            return await request.app[NODE_CLIENT].get(node.url, target, {**headers, FRONT_HEADER: settings["name"]},
-                                                      settings["node_timeout"])
-        except (NodeHttpError, TimeoutError, OSError, ValueError) as exc:
-            raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
-                              headers={"Retry-After": "5"}) from None
-    url = URL(f"{node.url}{path}", encoded=raw)
-    try:
-        async with request.app[SESSION].request(method, url, params=query, data=body,
-                                                headers={**headers, FRONT_HEADER: settings["name"]},
-                                                timeout=settings["timeout"], allow_redirects=False) as reply:
-            return reply.status, reply.headers, await reply.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
-                          headers={"Retry-After": "5"}) from None
-
-
-async def _forward(request: web.Request, node: NodeRecord, body: bytes | None = None,
-                   extra_headers: dict[str, str] | None = None) -> tuple[int, web.Response]:
-    """The client's request, as it came (or with `body`), to `node`; its answer with every node address
-    rewritten."""
-    base = _front_base(request)
-    if body is None and request.can_read_body:
-        body = await request.read()
-    if body:  # the node sees its own hrefs, as if the client had asked it directly
-        body = body.replace(base.encode(), node.base.encode())
-    headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
-    if BODY_TYPE in request:
-        headers["Content-Type"] = request[BODY_TYPE]
-    status, reply_headers, data = await _ask(request, node, request.method, request.raw_path, None, body,
-                                             {**headers, **(extra_headers or {})}, raw=True)
-    out = {k: _rewrite(reply_headers[k], node, base) for k in _RESPONSE_HEADERS if k in reply_headers}
-    return status, web.Response(status=status, body=_rewrite(data, node, base) if data else None, headers=out)
-
-
 # ------------------------------------------------------------------ routes
 
 async def cloud_entry_point(request: web.Request) -> web.Response:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"{request.method} is not allowed on the CloudEntryPoint; use GET", ["GET"])
-    for node in sorted(_live(request), key=lambda n: -n.api_level):  # the newest node lists every collection
+    for node in sorted(live(request), key=lambda n: -n.api_level):  # the newest node lists every collection
         try:
-            return (await _forward(request, node))[1]
+            return (await forward(request, node))[1]
         except Unavailable:
             continue
     raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
-
-
-def _live(request: web.Request, level: int = 1) -> list[NodeRecord]:
-    """The live nodes that serve requests of api_level `level`, by name."""
-    return sorted((n for n in request.app[DIRECTORY].live.values() if n.api_level >= level), key=lambda n: n.name)
 
 
 async def collection(request: web.Request) -> web.Response:
@@ -199,8 +119,8 @@ async def collection(request: web.Request) -> web.Response:
         await _catalogue_ready(request)
         if request.method == "GET" and expand.wanted(request):
             return await expand.around(request, lambda r: catalogue.serve_collection(
-                r, rtype, _caller(r), _front_base(r)), rtype, collection=True)
-        return await catalogue.serve_collection(request, rtype, _caller(request), _front_base(request))
+                r, rtype, caller(r), front_base(r)), rtype, collection=True)
+        return await catalogue.serve_collection(request, rtype, caller(request), front_base(request))
     if request.method == "POST":
         return await _create(request, name)
     if request.method not in ("GET", "HEAD"):
@@ -212,33 +132,37 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
     """The merged collection `name`, or the sub-collection at `path` (relative to /cimi/)."""
     directory, settings = request.app[DIRECTORY], request.app[SETTINGS]
     path = path or name
-    _format(request)  # a bad $format or Accept fails before any node is asked
+    client_format(request)  # a bad $format or Accept fails before any node is asked
     first, last = positive(request, "$first"), positive(request, "$last")
     order = parse_orderby(request.query.getall("$orderby", []))
-    query = [(k, v) for k, v in request.query.items() if k not in _PAGING]
-    query += [("$orderby", orderby_param(order)), ("$first", "1")]
+    node_filter = nodeattr.split(request.query.getall("$filter", []))  # the nodes know no cimid:node
+    query = [(k, v) for k, v in request.query.items() if k not in _PAGING and k != "$filter"]
+    query += [("$filter", f) for f in node_filter.filters]
+    query += [("$orderby", orderby_param([o for o in order if o[0] != NODE])), ("$first", "1")]
     if last is not None:
         query.append(("$last", str(last)))  # every node's first `last` rows hold the merged page
     wanted = None
     if "$select" in request.query:
         wanted = {n.strip() for v in request.query.getall("$select") for n in v.split(",") if n.strip()}
-        query.append(("$select", ",".join(sorted(wanted | {n for n, _ in order}))))
-    nodes = _live(request, collection_level(name))
-    missing = directory.down()
+        query.append(("$select", ",".join(sorted((wanted | {n for n, _ in order}) - {NODE}))))
+    every = live(request, collection_level(name))
+    nodes = [n for n in every if node_filter.admits(n.name)]
+    missing = [n for n in directory.down() if node_filter.admits(n)]
     if settings["strict"] and missing:
         raise Unavailable(f"node(s) {', '.join(missing)} unavailable and front.strict is set; retry later",
                           headers={"Retry-After": "5"})
-    base = _front_base(request)
+    base = front_base(request)
+    asked = nodes or every[:1]  # no node admitted: one still gives the collection's envelope, none of its rows
 
-    async def ask(node: NodeRecord):
-        asked = query if node is nodes[0] else query + shared.once_only(path)  # what every node has: once
-        status, _headers, data = await _ask(request, node, "GET", f"/cimi/{path}", asked, None,
-                                            {"Accept": "application/json"})
-        return node, status, _rewrite(data, node, base)
+    async def ask_one(node: NodeRecord):
+        query_of = query if node is asked[0] else query + shared.once_only(path)  # what every node has: once
+        status, _headers, data = await ask(request, node, "GET", f"/cimi/{path}", query_of, None,
+                                           {"Accept": "application/json"})
+        return node, status, rewrite(data, node, base)
 
-    answers = await asyncio.gather(*(ask(n) for n in nodes), return_exceptions=True)
+    answers = await asyncio.gather(*(ask_one(n) for n in asked), return_exceptions=True)
     docs = []
-    for node, answer in zip(nodes, answers):
+    for node, answer in zip(asked, answers):
         if isinstance(answer, Unavailable):
             missing.append(node.name)
             continue
@@ -248,9 +172,14 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
         if status >= 500:
             missing.append(node.name)
         elif status != 200:  # the nodes judge the query alike: pass the first refusal on
-            return _passed_on(request, status, data)
+            return passed_on(request, status, data)
         else:
-            docs.append(json.loads(data))
+            doc = json.loads(data)
+            if node not in nodes:
+                doc.update({rtype.items: [], "count": 0})
+            for item in doc.get(rtype.items, []):
+                item[NODE] = node.name
+            docs.append(doc)
     if not docs:
         raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
     if settings["strict"] and missing:
@@ -258,7 +187,7 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
                           "retry later", headers={"Retry-After": "5"})
     items = merge([d.get(rtype.items, []) for d in docs], order, first, last)
     if wanted is not None:
-        extra = {n for n, _ in order} - wanted
+        extra = ({n for n, _ in order} | {NODE}) - wanted
         items = [{k: v for k, v in item.items() if k not in extra} for item in items]
     if expand.wanted(request):
         await expand.expand_all(request, items, rtype, expand.wanted(request))
@@ -270,17 +199,7 @@ async def _query(request: web.Request, name: str, rtype, path: str | None = None
     headers = {}
     if missing:
         headers["Warning"] = f'199 cimid "node(s) {", ".join(sorted(missing))} unavailable; results partial"'
-    return _render(request, 200, doc, rtype, rtype, headers)
-
-
-def _passed_on(request: web.Request, status: int, data: bytes) -> web.Response:
-    """A node's JSON error document, in the client's format."""
-    dialect = dialect_for(request.headers)
-    fmt = _format(request)
-    if fmt == JSON:
-        return web.Response(status=status, body=data, headers={"Content-Type": dialect.media_types[JSON]})
-    return web.Response(status=status, body=dialect.render(XML, json.loads(data), dialect.error_type),
-                        headers={"Content-Type": dialect.media_types[XML]})
+    return render(request, 200, doc, rtype, rtype, headers)
 
 
 async def _create(request: web.Request, name: str) -> web.Response:
@@ -293,8 +212,8 @@ async def _create(request: web.Request, name: str) -> web.Response:
     if target is not None and not isinstance(target, str):
         raise BadRequest(f"{TARGET} must be the name of a node")
     await _catalogue_ready(request)
-    resolved = await request.app[CATALOGUE].by_value(_caller(request), _request_type(name, root), doc,
-                                                     _front_base(request))
+    resolved = await request.app[CATALOGUE].by_value(caller(request), _request_type(name, root), doc,
+                                                     front_base(request))
     if target is not None or resolved != doc:  # the node knows neither the extension nor global entries
         doc = resolved
         body = json.dumps({"resourceURI": f"{CIMI_NS}/{root}", **doc} if root else doc).encode()
@@ -307,20 +226,24 @@ async def _create(request: web.Request, name: str) -> web.Response:
     template = await _template(request, doc) if name == "machines" else {}
     needs = _needs(template) if name == "machines" else (0, 0)
     level = create_level(name, template)
-    if not _live(request, level):
+    if not live(request, level):
         raise Unavailable(f"this create needs a node of api_level {level} or more, and none is available; "
                           "retry later", headers={"Retry-After": "30"})
-    caller = _caller(request)
-    quota = await request.app[QUOTAS].reserve(caller.name, caller.quotas, *needs) if name == "machines" else None
+    tenant = caller(request)
+    quota = None
+    if name in COUNTED and tenant.quotas:
+        amounts = {"cpu": needs[0], "memory": needs[1]} if name == "machines" else \
+            {"capacity": await _volume_capacity(request, doc)} if name == "volumes" else {}
+        quota = await request.app[QUOTAS].reserve(tenant.name, tenant.quotas, name, amounts)
     try:
         response, counts = await _place_and_forward(request, name, body, target, claim, needs, level)
     except BaseException:
         if quota:
-            await request.app[QUOTAS].settle(caller.name, quota, None)
+            await request.app[QUOTAS].settle(tenant.name, quota, None)
         raise
-    if quota:  # the machine counts for the tenant from now on, or the reservation is given back
+    if quota:  # the resource counts for the tenant from now on, or the reservation is given back
         made = counts and response.status in (201, 202) and "Location" in response.headers
-        await request.app[QUOTAS].settle(caller.name, quota,
+        await request.app[QUOTAS].settle(tenant.name, quota,
                                           response.headers["Location"].rstrip("/").rsplit("/", 1)[-1] if made else None)
     return response
 
@@ -332,7 +255,7 @@ async def _place_and_forward(request: web.Request, name: str, body: bytes, targe
     directory, ledger = request.app[DIRECTORY], request.app[LEDGER]
     placement = PlacementRequest(name, needs[0], needs[1], target, api_level=level)
     for _attempt in range(8):  # another front may reserve what we saw free: place again
-        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in _live(request, level)] if c]
+        candidates = [c for c in [await ledger.candidate(n.name, n.api_level) for n in live(request, level)] if c]
         if target is not None and target not in directory.live:
             raise Unavailable(f"{TARGET} names node {target}, which is not available", headers={"Retry-After": "5"})
         chosen = request.app[PLUGINS].hook.cimid_place(request=placement, candidates=candidates)
@@ -368,7 +291,7 @@ async def _create_on(request: web.Request, body: bytes, node: NodeRecord,
                      reservation: str | None) -> web.Response:
     # The node drops the reservation when its figures count what it made. A node that does not answer
     # leaves the outcome unknown: the reservation is left to expire.
-    status, response = await _forward(request, node, body,
+    status, response = await forward(request, node, body,
                                       {RESERVATION_HEADER: reservation} if reservation else None)
     if reservation and status not in (200, 201, 202):
         await request.app[LEDGER].release(node.name, reservation)
@@ -389,27 +312,25 @@ def _request_type(collection: str, root: str | None):
     return TYPES.get(root or "", None) or (TYPES[rtype.create_wrapper] if rtype.create_wrapper else rtype)
 
 
-def _caller(request: web.Request) -> Caller:
-    return request.get(CALLER) or Caller()
-
-
 def _as_front(request: web.Request) -> dict[str, str]:
-    """What the front asks on its own behalf (the catalogue's import) asks as an admin named after it."""
-    return {k: user_header("admin", request.app[SETTINGS]["name"]) for k in identity_headers(request)}
+    """What the front asks on its own behalf (the catalogue's import) asks as an admin named after it,
+    which a node believes over mutual TLS only."""
+    settings = request.app[SETTINGS]
+    return {FRONT_USER_HEADER: user_header("admin", settings["name"])} if settings["tls"] else {}
 
 
 async def _catalogue_ready(request: web.Request) -> None:
     """The federation's catalogue started from a node's, once (see catalogue.GlobalCatalogue.import_once)."""
     async def read_node(collection: str) -> list[dict] | None:
-        base = _front_base(request)
-        for node in _live(request):
+        base = front_base(request)
+        for node in live(request):
             try:
-                status, _h, data = await _ask(request, node, "GET", f"/cimi/{collection}", None, None,
+                status, _h, data = await ask(request, node, "GET", f"/cimi/{collection}", None, None,
                                               {"Accept": "application/json", **_as_front(request)})
             except Unavailable:
                 continue
             if status == 200:
-                return json.loads(_rewrite(data, node, base)).get(collection_type(collection).items, [])
+                return json.loads(rewrite(data, node, base)).get(collection_type(collection).items, [])
             if status == 404:
                 return []  # the node does not serve this family
         return None
@@ -442,6 +363,21 @@ async def _template(request: web.Request, doc: dict) -> dict:
     return {**template, "machineConfig": config}
 
 
+async def _volume_capacity(request: web.Request, doc: dict) -> int:
+    """The capacity (KB) a VolumeCreate asks for, from its template by value or the node-held one it
+    references (global configurations are by value already). 0 when it names none: the node refuses it."""
+    template = doc.get("volumeTemplate") or {}
+    if not isinstance(template, dict):
+        raise BadRequest("volumeTemplate must be an object")
+    if "href" in template:
+        template = {**await _read(request, template["href"]), **{k: v for k, v in template.items() if k != "href"}}
+    config = template.get("volumeConfig") or {}
+    if isinstance(config, dict) and "href" in config and "capacity" not in config:
+        config = await _read(request, config["href"])
+    capacity = config.get("capacity") if isinstance(config, dict) else None
+    return capacity if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity > 0 else 0
+
+
 def _needs(template: dict) -> tuple[int, int]:
     """(cpu, memory KiB) of a MachineCreate's template."""
     config = template["machineConfig"]
@@ -455,27 +391,27 @@ def _needs(template: dict) -> tuple[int, int]:
 
 async def _read(request: web.Request, href: str) -> dict:
     """A referenced resource, read from its node (the catalogue is on every node)."""
-    base = _front_base(request)
+    base = front_base(request)
     if not isinstance(href, str):
         raise BadRequest("an href must be a string")
     path = href[len(base):] if href.startswith(base) else href.removeprefix("/cimi/")
     collection, _, id = path.partition("/")
     directory = request.app[DIRECTORY]
     owner = directory.live.get(directory.owner(collection, id) or "")
-    for node in ([owner] if owner else []) + _live(request):
+    for node in ([owner] if owner else []) + live(request):
         try:
-            status, _h, data = await _ask(request, node, "GET", f"/cimi/{collection}/{id}", None, None,
+            status, _h, data = await ask(request, node, "GET", f"/cimi/{collection}/{id}", None, None,
                                           {"Accept": "application/json"})
         except Unavailable:
             continue
         if status == 200:
-            return json.loads(_rewrite(data, node, base))
+            return json.loads(rewrite(data, node, base))
     raise BadRequest(f"{href} does not name a resource this federation has")
 
 
 async def _index_answer(request: web.Request, node: NodeRecord, response: web.Response) -> None:
     """Index what a node just made (the resource and its Job), so the next request finds its owner."""
-    base = _front_base(request)
+    base = front_base(request)
     for header in ("Location", "CIMI-Job-URI"):
         url = response.headers.get(header, "")
         if url.startswith(base):
@@ -490,63 +426,60 @@ async def resource(request: web.Request) -> web.Response:
     if collection_type(name) is None:
         raise NotFound(f"this provider has no collection '{name}'")
     if shared.is_shared(name, id):
+        listed = shared.listed_under(request, name, id, tail)
+        if listed is not None:
+            return await _query(request, listed[0].collection, *listed)
         return await shared.resource(request, name, id, tail)
     if name in catalogue.GLOBAL:
         await _catalogue_ready(request)
         if request.method == "GET" and not tail and expand.wanted(request):
             return await expand.around(request, lambda r: catalogue.serve_resource(
-                r, catalogue.GLOBAL[name], id, tail, _caller(r), _front_base(r)), catalogue.GLOBAL[name],
+                r, catalogue.GLOBAL[name], id, tail, caller(r), front_base(r)), catalogue.GLOBAL[name],
                 collection=False)
-        return await catalogue.serve_resource(request, catalogue.GLOBAL[name], id, tail, _caller(request),
-                                              _front_base(request))
+        return await catalogue.serve_resource(request, catalogue.GLOBAL[name], id, tail, caller(request),
+                                              front_base(request))
     directory = request.app[DIRECTORY]
-    owner = directory.owner(name, id) or await _discover(request, name, id)
+    owner = directory.owner(name, id) or await discover(request, name, id)
     node = directory.live.get(owner)
     if node is None:
         raise Unavailable(f"{name}/{id} is on node {owner}, which is unavailable; retry later",
                           headers={"Retry-After": "5"})
-    if request.method == "GET" and not tail and expand.wanted(request):
-        return await expand.resource(request, node, name)
-    status, response = await _forward(request, node)
-    if status == 404 and not tail and request.method == "GET":
-        await directory.forget(name, id)  # the index was stale: the node no longer has it
-    if name == "machines" and not tail and request.method == "DELETE" and status in (200, 202, 204):
-        await request.app[QUOTAS].machine_deleted(id)
+    if request.method == "GET" and not tail:
+        if expand.wanted(request) or "$select" in request.query:  # completed at the front from its JSON
+            return await expand.resource(request, node, name)
+        status, response = await forward(request, node)
+        if status == 404:
+            await directory.forget(name, id)  # the index was stale: the node no longer has it
+        elif status == 200:
+            nodeattr.mark(response, node.name)
+        return response
+    status, response = await forward(request, node)
+    if name in COUNTED and not tail and request.method == "DELETE" and status in (200, 202, 204):
+        await request.app[QUOTAS].deleted(name, id)
     return response
 
 
-async def _discover(request: web.Request, name: str, id: str) -> str:
-    """Who owns a resource the index does not know: the live node that has it (then indexed)."""
-    directory = request.app[DIRECTORY]
-    nodes = _live(request, collection_level(name))
-
-    async def has(node: NodeRecord) -> bool:
-        status, _h, _d = await _ask(request, node, "GET", f"/cimi/{name}/{id}", {"$select": "id"}, None,
-                                    {"Accept": "application/json"})
-        return status == 200
-
-    answers = await asyncio.gather(*(has(n) for n in nodes), return_exceptions=True)
-    for node, answer in zip(nodes, answers):
-        if answer is True:
-            await directory.remember(name, id, node.name)
-            return node.name
-    silent = [n.name for n, a in zip(nodes, answers) if isinstance(a, BaseException)] + directory.down()
-    if silent:
-        raise Unavailable(f"{name}/{id} is not on any node that answers, and node(s) {', '.join(sorted(silent))} "
-                          "are unavailable; retry later", headers={"Retry-After": "5"})
-    raise NotFound(f"no {name}/{id} in this federation")
-
-
 async def _list_ids(app: web.Application, node: NodeRecord, collection: str) -> set[str] | None:
-    """The ids of `node`'s `collection` (for the reconciler); None if it does not answer them."""
+    """The ids of `node`'s `collection` (for the reconciler); None if it does not answer them. The front
+    asks as an admin named after itself: in CIMID-User over mutual TLS (the node believes it only from a
+    front's certificate). Without TLS it has nothing to show, so a node with consumers refuses (401): that
+    is logged as an error, since the index of such a node cannot be rebuilt."""
     rtype = collection_type(collection)
     if rtype is None or rtype.items is None:
         return None
     settings = app[SETTINGS]
+    headers = {"Accept": "application/json", FRONT_HEADER: settings["name"]}
+    if settings["tls"]:
+        headers[FRONT_USER_HEADER] = user_header("admin", settings["name"])
     try:
         async with app[SESSION].get(f"{node.url}/cimi/{collection}", params={"$select": "id"},
-                                    headers={"Accept": "application/json", FRONT_HEADER: settings["name"]},
-                                    timeout=settings["timeout"]) as reply:
+                                    headers=headers, timeout=settings["timeout"]) as reply:
+            if reply.status in (401, 403):
+                log.error("reconciler: node %s refuses to list its %s (%d): %s", node.name, collection,
+                          reply.status, "its consumers need the front's identity, which a front can show only "
+                          "over mutual TLS (set cluster.tls_ca); its index entries cannot be rebuilt"
+                          if not settings["tls"] else "it does not take this front's certificate as a front's")
+                return None
             if reply.status != 200:
                 return None
             return parse_ids(await reply.read(), rtype.items, f"{node.base}{collection}/")
@@ -569,7 +502,8 @@ def make_front_app(config: Config) -> web.Application:
     app[SETTINGS] = {"public_base_url": front["public_base_url"], "strict": front["strict"],
                      "node_timeout": front["node_timeout"], "name": f"front-{uuid.uuid4().hex[:8]}",
                      "idempotency_seconds": config["server"]["idempotency_minutes"] * 60,
-                     "timeout": aiohttp.ClientTimeout(total=front["node_timeout"])}
+                     "timeout": aiohttp.ClientTimeout(total=front["node_timeout"]),
+                     "tls": bool(cluster["tls_ca"])}
     etcd = Etcd.from_config(cluster)
     # mTLS towards the nodes: their certificates checked against the federation CA, ours shown
     node_tls = client_context(cluster["tls_ca"], cluster["tls_certificate"], cluster["tls_key"]) \

@@ -21,10 +21,8 @@ from aiohttp import web
 
 from ..cluster.node import FRONT_HEADER
 from ..errors import BadRequest, MethodNotAllowed, Unavailable
+from . import forward
 from .identity import identity_headers
-
-# cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
-# rendering) where it is used, never at load: no import cycle.
 
 log = logging.getLogger("cimid.front")
 
@@ -70,21 +68,20 @@ class _Subscription:
         self.request, self.name, self.position, self.out = request, name, position, out
 
     async def open(self, node) -> aiohttp.ClientResponse:
-        from . import app as front
-        settings = self.request.app[front.SETTINGS]
+        settings = self.request.app[forward.SETTINGS]
         headers = {"Accept": "text/event-stream", FRONT_HEADER: settings["name"]}
         for header in ("Authorization", "CIMI-Specification-Version"):
             if header in self.request.headers:
                 headers[header] = self.request.headers[header]
         forwarded = identity_headers(self.request)
-        if forwarded:  # the front checked who asks: the node learns it from the header, as in app._ask
+        if forwarded:  # the front checked who asks: the node learns it from the header, as in forward.ask
             headers = {**forwarded, **{k: v for k, v in headers.items() if k != "Authorization"}}
         if self.position is not None:
             headers["Last-Event-ID"] = str(self.position)
         query = [("$filter", f) for f in self.request.query.getall("$filter", [])]
         timeout = aiohttp.ClientTimeout(total=None, connect=settings["node_timeout"], sock_read=NODE_SILENCE_SECONDS)
         try:
-            return await self.request.app[front.SESSION].get(f"{node.url}/cimi/eventStream", params=query,
+            return await self.request.app[forward.SESSION].get(f"{node.url}/cimi/eventStream", params=query,
                                                              headers=headers, timeout=timeout)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise Unavailable(f"node {node.name} did not answer ({type(exc).__name__}); retry later",
@@ -92,8 +89,7 @@ class _Subscription:
 
     async def follow(self, reply: aiohttp.ClientResponse | None, node=None) -> None:
         """Forever: read the node's messages into `out`, resubscribing after every drop."""
-        from . import app as front
-        directory = self.request.app[front.DIRECTORY]
+        directory = self.request.app[forward.DIRECTORY]
         while True:
             if reply is None:
                 node = directory.live.get(self.name)
@@ -121,8 +117,7 @@ class _Subscription:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _read(self, reply: aiohttp.ClientResponse, node) -> None:
-        from . import app as front
-        base = front._front_base(self.request)
+        base = forward.front_base(self.request)
         seq, data = None, None
         while line := await reply.content.readline():
             line = line.rstrip(b"\r\n")
@@ -132,16 +127,15 @@ class _Subscription:
                 data = line[5:].strip()
             elif not line and seq is not None:  # a message: an Event, or a position alone
                 self.position = seq
-                await self.out.put((self.name, seq, front._rewrite(data, node, base) if data else None))
+                await self.out.put((self.name, seq, forward.rewrite(data, node, base) if data else None))
                 seq, data = None, None
 
 
 async def event_stream(request: web.Request) -> web.StreamResponse:
-    from . import app as front
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"{request.method} is not allowed on eventStream; use GET", ["GET"])
     positions = parse_position(request.headers.get("Last-Event-ID"))
-    directory = request.app[front.DIRECTORY]
+    directory = request.app[forward.DIRECTORY]
     out: asyncio.Queue = asyncio.Queue(maxsize=1024)
     subscriptions = {name: _Subscription(request, name, positions.get(name), out)
                      for name in set(positions) | set(directory.live)}
@@ -156,7 +150,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             if isinstance(answer, BaseException):
                 raise answer
             if answer.status != 200:  # the nodes judge a request alike: pass the first refusal on
-                return front._passed_on(request, answer.status, await answer.read())
+                return forward.passed_on(request, answer.status, await answer.read())
             replies[subscription.name] = answer
         if not replies:
             raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
@@ -178,8 +172,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
 
 async def _fan_in(request, response, subscriptions, replies, positions, out, unused,
                   stopping: asyncio.Event) -> web.StreamResponse:
-    from . import app as front
-    directory = request.app[front.DIRECTORY]
+    directory = request.app[forward.DIRECTORY]
     tasks = {name: asyncio.create_task(s.follow(replies.get(name), directory.live.get(name)), name=f"events-{name}")
              for name, s in subscriptions.items()}
     unused.clear()  # each reply is its task's now

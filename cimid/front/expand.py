@@ -19,11 +19,9 @@ from aiohttp import web
 from ..errors import CimiError, Unavailable
 from ..http.params import names
 from ..model.registry import collection_type
-from . import shared
+from . import forward, shared
 from .catalogue import CATALOGUE, GLOBAL
-
-# cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
-# rendering) where it is used, never at load: no import cycle.
+from .nodeattr import NODE
 
 # (request, collection, id) -> the resource's JSON document with the front's hrefs, or None when the
 # reader does not answer for it
@@ -32,12 +30,11 @@ Reader = Callable[[web.Request, str, str], Awaitable[dict | None]]
 
 async def _global_entry(request: web.Request, collection: str, id: str) -> dict | None:
     """An entry of the global catalogue (in etcd), as the caller may see it."""
-    from . import app as front
     if collection not in GLOBAL:
         return None
     try:
-        doc, _revision = await request.app[CATALOGUE].get(front._caller(request), GLOBAL[collection], id,
-                                                          front._front_base(request))
+        doc, _revision = await request.app[CATALOGUE].get(forward.caller(request), GLOBAL[collection], id,
+                                                          forward.front_base(request))
     except CimiError:
         return None
     return doc
@@ -68,8 +65,7 @@ def _bare_refs(doc: dict, rtype, expand: set[str], base: str) -> list[tuple[str,
 
 async def expand_all(request: web.Request, docs: list[dict], rtype, expand: set[str]) -> None:
     """Fill in, in place, every bare reference `expand` names in `docs` (each read once)."""
-    from . import app as front
-    base = front._front_base(request)
+    base = forward.front_base(request)
     refs = [(doc, *ref) for doc in docs for ref in _bare_refs(doc, rtype, expand, base)]
     targets = sorted({(collection, id) for _doc, _attr, collection, id in refs})
     if not targets:
@@ -85,63 +81,70 @@ async def expand_all(request: web.Request, docs: list[dict], rtype, expand: set[
 
 async def _read(request: web.Request, collection: str, id: str) -> dict | None:
     """What the front serves at {collection}/{id}, as JSON; None if nothing (or its node is down)."""
-    from . import app as front
     for reader in READERS:
         doc = await reader(request, collection, id)
         if doc is not None:
             return doc
-    directory = request.app[front.DIRECTORY]
+    directory = request.app[forward.DIRECTORY]
     try:
-        owner = directory.owner(collection, id) or await front._discover(request, collection, id)
+        owner = directory.owner(collection, id) or await forward.discover(request, collection, id)
     except CimiError:  # nowhere, or on no node that answers: left an href, as a node leaves it
         return None
     node = directory.live.get(owner)
     if node is None:
         return None
     try:
-        status, _h, data = await front._ask(request, node, "GET", f"/cimi/{collection}/{id}", None, None,
+        status, _h, data = await forward.ask(request, node, "GET", f"/cimi/{collection}/{id}", None, None,
                                             _headers(request))
     except Unavailable:
         return None
-    return json.loads(front._rewrite(data, node, front._front_base(request))) if status == 200 else None
+    return json.loads(forward.rewrite(data, node, forward.front_base(request))) if status == 200 else None
 
 
 def _headers(request: web.Request) -> dict[str, str]:
     """The client's identity goes along: a node shows only what that caller may see."""
     return {"Accept": "application/json",
-            **{k: request.headers[k] for k in ("Authorization",) if k in request.headers}}
+            **{k: request.headers[k] for k in ("Authorization", "If-None-Match") if k in request.headers}}
 
 
 async def resource(request: web.Request, node, name: str) -> web.Response:
-    """A GET of one resource with $expand: asked of its node in JSON, then completed and rendered in the
-    client's format."""
-    from . import app as front
-    front._format(request)  # a bad $format or Accept fails before the node is asked
-    base = front._front_base(request)
-    query = [(k, v) for k, v in request.query.items() if k != "$format"]
-    status, headers, data = await front._ask(request, node, "GET", request.path, query, None, _headers(request))
+    """A GET of one resource: asked of its node in JSON, completed (its cimid:node, and what $expand
+    asks for), then rendered in the client's format."""
+    forward.client_format(request)  # a bad $format or Accept fails before the node is asked
+    base = forward.front_base(request)
+    query = [(k, v) for k, v in request.query.items() if k not in ("$format", "$select")]
+    selected = {n.strip() for v in request.query.getall("$select", []) for n in v.split(",") if n.strip()}
+    if selected:  # the node does not know cimid:node
+        query.append(("$select", ",".join(sorted(selected - {NODE}) or ["id"])))
+    status, headers, data = await forward.ask(request, node, "GET", request.path, query, None, _headers(request))
+    kept = {k: headers[k] for k in ("ETag", "WWW-Authenticate", "Retry-After") if k in headers}
+    if status == 304:
+        return web.Response(status=304, headers=kept)
     if status != 200:
-        if status == 404:
-            await request.app[front.DIRECTORY].forget(name, request.match_info["id"])
-        return front._passed_on(request, status, front._rewrite(data, node, base))
-    doc = json.loads(front._rewrite(data, node, base))
+        if status == 404:  # the index was stale: the node no longer has it
+            await request.app[forward.DIRECTORY].forget(name, request.match_info["id"])
+        response = forward.passed_on(request, status, forward.rewrite(data, node, base))
+        response.headers.update(kept)
+        return response
+    doc = json.loads(forward.rewrite(data, node, base))
+    if not selected or NODE in selected:
+        doc[NODE] = node.name
     rtype = collection_type(name)
-    await expand_all(request, [doc], rtype, wanted(request))
-    return front._render(request, 200, doc, rtype,
-                         headers={k: headers[k] for k in ("ETag",) if k in headers})
+    if wanted(request):
+        await expand_all(request, [doc], rtype, wanted(request))
+    return forward.render(request, 200, doc, rtype, headers=kept)
 
 
 async def around(request: web.Request, serve: Callable[[web.Request], Awaitable[web.StreamResponse]],
                  rtype, collection: bool) -> web.StreamResponse:
     """A GET with $expand of what the front answers itself (the global catalogue): its answer, asked in
     JSON, with the references filled in, in the client's format."""
-    from . import app as front
-    front._format(request)  # a bad $format or Accept fails first
+    forward.client_format(request)  # a bad $format or Accept fails first
     answer = await serve(request.clone(rel_url=request.rel_url.update_query({"$format": "json"})))
     if answer.status != 200 or not isinstance(answer, web.Response) or answer.body is None:
         return answer
     doc = json.loads(answer.body)
     items = doc.get(rtype.items, []) if collection else [doc]
     await expand_all(request, items, rtype, wanted(request))
-    return front._render(request, 200, doc, rtype, rtype if collection else None,
+    return forward.render(request, 200, doc, rtype, rtype if collection else None,
                          headers={k: answer.headers[k] for k in ("ETag",) if k in answer.headers})

@@ -19,7 +19,9 @@ def parse_orderby(values: list[str]) -> OrderBy:
     order: OrderBy = []
     for value in values:
         for item in value.split(","):
-            name, _, direction = item.strip().partition(":")
+            name, _, direction = item.strip().rpartition(":")  # the last: cimid:node has one of its own
+            if direction.strip().lower() not in ("asc", "desc"):
+                name, direction = item.strip(), ""
             if name.strip():
                 order.append((name.strip(), direction.strip().lower() == "desc"))
     if not any(name == "id" for name, _ in order):

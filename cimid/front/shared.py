@@ -21,9 +21,7 @@ from aiohttp import web
 from ..errors import CimiError, NotFound, Unavailable
 from ..model.events import PROVIDER_LOG
 from ..model.registry import collection_type, sub_collection
-
-# cimid.front.app imports this module to register it, so this module reaches app (routing, asking nodes,
-# rendering) where it is used, never at load: no import cycle.
+from . import forward
 
 SHARED = {("eventLogs", PROVIDER_LOG)}
 ALIKE = {"resourceMetadata"}
@@ -43,34 +41,37 @@ def once_only(collection: str) -> list[tuple[str, str]]:
 
 async def from_any_node(request: web.Request) -> web.Response:
     """What every node answers alike, from the first live node that answers."""
-    from . import app as front
     for node in _nodes(request):
         try:
-            return (await front._forward(request, node))[1]
+            return (await forward.forward(request, node))[1]
         except Unavailable:
             continue
     raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
 
 
+def listed_under(request: web.Request, name: str, id: str, tail: str):
+    """(item type, path) when the request reads a sub-collection of a shared resource (the provider's
+    EventLog's events), which the front merges from every node as any collection; else None."""
+    segments = [s for s in tail.split("/") if s]
+    if name in ALIKE or len(segments) != 1 or request.method not in ("GET", "HEAD"):
+        return None
+    item_type = sub_collection(collection_type(name), segments[0])
+    return None if item_type is None else (item_type, f"{name}/{id}/{segments[0]}")
+
+
 async def resource(request: web.Request, name: str, id: str, tail: str) -> web.Response:
-    from . import app as front
+    """A shared resource, or what is under it but a sub-collection (see listed_under)."""
     if name in ALIKE:
         return await from_any_node(request)
-    segments = [s for s in tail.split("/") if s]
-    if not segments:
+    if not [s for s in tail.split("/") if s]:
         if request.method in ("GET", "HEAD"):
             return await _combined(request, name, id)
         return await _everywhere(request)
-    rtype = collection_type(name)
-    item_type = sub_collection(rtype, segments[0])
-    if item_type is not None and len(segments) == 1 and request.method in ("GET", "HEAD"):
-        return await front._query(request, item_type.collection, item_type, f"{name}/{id}/{segments[0]}")
     return await _whoever_has_it(request)
 
 
 def _nodes(request: web.Request):
-    from . import app as front
-    nodes = front._live(request)
+    nodes = forward.live(request)
     if not nodes:
         raise Unavailable("no node of the federation answers; retry later", headers={"Retry-After": "5"})
     return nodes
@@ -88,8 +89,7 @@ async def read(request: web.Request, collection: str, id: str) -> dict | None:
 
 
 async def _combined(request: web.Request, name: str, id: str) -> web.Response:
-    from . import app as front
-    front._format(request)  # a bad $format or Accept fails before any node is asked
+    forward.client_format(request)  # a bad $format or Accept fails before any node is asked
     query = [(k, v) for k, v in request.query.items() if k != "$format"]
     doc, missing = await _combined_doc(request, name, id, query)
     if isinstance(doc, web.Response):
@@ -97,21 +97,20 @@ async def _combined(request: web.Request, name: str, id: str) -> web.Response:
     headers = {}
     if missing:
         headers["Warning"] = f'199 cimid "node(s) {", ".join(sorted(missing))} unavailable; results partial"'
-    return front._render(request, 200, doc, collection_type(name), headers=headers)
+    return forward.render(request, 200, doc, collection_type(name), headers=headers)
 
 
 async def _combined_doc(request: web.Request, name: str, id: str, query) -> tuple[dict | web.Response, list]:
     """(the document, the nodes that did not answer), or (a node's refusal, [])."""
-    from . import app as front
-    base, nodes = front._front_base(request), _nodes(request)
+    base, nodes = forward.front_base(request), _nodes(request)
 
     async def ask(node):
-        status, _h, data = await front._ask(request, node, "GET", f"/cimi/{name}/{id}", query, None,
+        status, _h, data = await forward.ask(request, node, "GET", f"/cimi/{name}/{id}", query, None,
                                             {"Accept": "application/json"})
-        return status, front._rewrite(data, node, base)
+        return status, forward.rewrite(data, node, base)
 
     answers = await asyncio.gather(*(ask(n) for n in nodes), return_exceptions=True)
-    docs, missing = [], list(request.app[front.DIRECTORY].down())
+    docs, missing = [], list(request.app[forward.DIRECTORY].down())
     for node, answer in zip(nodes, answers):
         if isinstance(answer, Unavailable):
             missing.append(node.name)
@@ -120,7 +119,7 @@ async def _combined_doc(request: web.Request, name: str, id: str, query) -> tupl
         elif answer[0] == 200:
             docs.append(json.loads(answer[1]))
         elif answer[0] != 404:  # a refusal of the request (a bad $select): the nodes judge it alike
-            return front._passed_on(request, *answer), []
+            return forward.passed_on(request, *answer), []
     if not docs:
         if missing:
             raise Unavailable(f"{name}/{id} is on no node that answers, and node(s) {', '.join(sorted(missing))} "
@@ -142,13 +141,12 @@ async def _combined_doc(request: web.Request, name: str, id: str, query) -> tupl
 
 async def _everywhere(request: web.Request) -> web.Response:
     """A change of the shared resource, made on every node; refused while one is down."""
-    from . import app as front
-    down = request.app[front.DIRECTORY].down()
+    down = request.app[forward.DIRECTORY].down()
     if down:
         raise Unavailable(f"node(s) {', '.join(down)} unavailable: {request.path} is on every node, and a change "
                           "now would miss them; retry later", headers={"Retry-After": "5"})
     body = await request.read() if request.can_read_body else None
-    answers = [await front._forward(request, node, body) for node in _nodes(request)]
+    answers = [await forward.forward(request, node, body) for node in _nodes(request)]
     for status, response in answers:
         if status >= 300:
             return response
@@ -157,11 +155,10 @@ async def _everywhere(request: web.Request) -> web.Response:
 
 async def _whoever_has_it(request: web.Request) -> web.Response:
     """Something under the shared resource that only one node has (an Event of the provider's log)."""
-    from . import app as front
     nodes = _nodes(request)
     if request.method not in ("GET", "HEAD"):
         return await _everywhere(request)
-    answers = await asyncio.gather(*(front._forward(request, n) for n in nodes), return_exceptions=True)
+    answers = await asyncio.gather(*(forward.forward(request, n) for n in nodes), return_exceptions=True)
     refusal = None
     for answer in answers:
         if isinstance(answer, BaseException):
@@ -174,7 +171,7 @@ async def _whoever_has_it(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     silent = [n.name for n, a in zip(nodes, answers) if isinstance(a, Unavailable)] + \
-        request.app[front.DIRECTORY].down()
+        request.app[forward.DIRECTORY].down()
     if silent:
         raise Unavailable(f"{request.path} is on no node that answers, and node(s) {', '.join(sorted(silent))} "
                           "are unavailable; retry later", headers={"Retry-After": "5"})

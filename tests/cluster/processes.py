@@ -32,6 +32,12 @@ def _cluster_tls(ca: Path | None, name: str) -> str:
             f"tls_key = {_toml(str(ca / f'{name}.key'))}\n")
 
 
+def _users(users: dict[str, str] | None) -> str:
+    from cimid.http.auth import hash_password
+    return "".join(f'[[auth.users]]\nname = {_toml(name)}\nrole = "admin"\n'
+                   f'password_hash = {_toml(hash_password(password, 1000))}\n' for name, password in (users or {}).items())
+
+
 class Process:
     def __init__(self, command: list[str], log: Path, env: dict | None = None):
         self.command, self.log, self.env = command, log, env
@@ -69,7 +75,9 @@ class Node(Process):
 
     def __init__(self, base: Path, name: str, endpoints: list[str], lease_ttl: int = 10,
                  etcd_timeout: float = 1.0, cpu_allocation_ratio: float = 4.0, ca: Path | None = None,
-                 netns: str | None = None, host: str = "127.0.0.1", api_level: int = 0):
+                 netns: str | None = None, host: str = "127.0.0.1", api_level: int = 0,
+                 users: dict[str, str] | None = None):
+        """users: consumers of the node's own, name -> password, each an admin."""
         self.name, self.port = name, 8080 if netns else free_port()
         self.url = f"{'https' if ca else 'http'}://{host}:{self.port}"
         state = base / name
@@ -91,7 +99,7 @@ lease_ttl = {lease_ttl}
 etcd_timeout = {etcd_timeout}
 cpu_allocation_ratio = {cpu_allocation_ratio}
 api_level = {api_level}
-{_cluster_tls(ca, name)}""")
+{_cluster_tls(ca, name)}{_users(users)}""")
         if ca:  # the node serves HTTPS with its certificate of the federation CA
             config.write_text(config.read_text().replace(
                 "[server]\n", f"[server]\ntls = true\ntls_certificate = {_toml(str(ca / f'{name}.crt'))}\n"

@@ -87,6 +87,15 @@ async def test_creates_spread_reads_and_actions_are_routed_and_lists_merge(fed):
         walked += page.get("machines", [])
     assert walked == whole["machines"]
     _no_node_address(fed, json.dumps(whole))
+    # every machine names its node; $filter on it asks that node only
+    assert {m["id"]: m["cimid:node"] for m in whole["machines"]} == \
+        {fed.front_url(node, m["id"]): node.name for node in fed.nodes for m in after[node.name]
+         if m["name"].startswith("web-") and m["name"] != "web-5"}
+    for node in fed.nodes:
+        _s, on, _h = await fed.get(f"{fed.front.url}/cimi/machines",
+                                   **{"$filter": f"cimid:node='{node.name}' and name >= 'web-' and name < 'web.'"})
+        assert sorted(m["name"] for m in on.get("machines", [])) == \
+            sorted(m["name"] for m in after[node.name] if m["name"].startswith("web-"))
     _s, selected, _h = await fed.get(f"{fed.front.url}/cimi/machines", **{
         "$select": "name", "$orderby": "name", "$filter": "name >= 'web-' and name < 'web.'", "$last": 2})
     assert [m["name"] for m in selected["machines"]] == ["web-0", "web-1"] and "id" not in selected["machines"][0]

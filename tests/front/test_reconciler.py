@@ -100,3 +100,86 @@ async def _has(index, ids) -> bool:
 
 async def _lacks(index, id) -> bool:
     return id not in await index()
+
+
+def _basic(user: str, password: str) -> dict:
+    import base64
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def _index_of(etcd: Etcd) -> dict[str, str]:
+    entries, _ = await etcd.get_prefix("/cimid/v1/index/machines/")
+    return {e.key.rsplit("/", 1)[-1]: e.value.decode() for e in entries}
+
+
+async def _made_on(session, url: str, headers: dict) -> str:
+    """A machine made on the node at `url`; its id."""
+    body = {"resourceURI": f"{CIMI}/MachineCreate", "name": "owned",
+            "machineTemplate": {"href": f"{url}/cimi/machineTemplates/small-tiny-linux"}}
+    async with session.post(f"{url}/cimi/machines", json=body, headers=headers) as reply:
+        assert reply.status == 202, await reply.text()
+        return reply.headers["Location"].rsplit("/", 1)[-1]
+
+
+async def test_the_reconciler_asks_nodes_with_consumers_as_the_front_over_mutual_tls(tmp_path):
+    """A node with consumers of its own answers the reconciler's listing (CIMID-User over mutual TLS):
+    the index lost in etcd is rebuilt."""
+    import ssl
+    ca = tmp_path / "ca"
+    cluster = EtcdCluster(tmp_path / "etcd", size=1, ca=ca)
+    cluster.base.mkdir()
+    node = Node(tmp_path, "n1", cluster.endpoints, lease_ttl=4, ca=ca, users={"owner": "owner-pw"})
+    front = Front(tmp_path, "f1", cluster.endpoints, reconcile_seconds=0.5, lease_ttl=3, ca=ca)
+    etcd = Etcd.from_config({"endpoints": cluster.endpoints, "etcd_timeout": 2.0, "etcd_server_name": "etcd",
+                             "tls_ca": str(ca / "ca.crt"), "tls_certificate": str(ca / "f1.crt"),
+                             "tls_key": str(ca / "f1.key")})
+    try:
+        await asyncio.to_thread(cluster.start)
+        for process in (node, front):
+            await asyncio.to_thread(process.start)
+        await etcd.connect()
+        context = ssl.create_default_context(cafile=str(ca / "ca.crt"))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            async with session.get(f"{node.url}/cimi/machines") as reply:
+                assert reply.status == 401  # the node's consumers are needed to read it
+            made = await _made_on(session, node.url, _basic("owner", "owner-pw"))  # no front indexed it
+            await _until(lambda: _has(lambda: _index_of(etcd), [made]))
+            await etcd.delete(f"/cimid/v1/index/machines/{made}")
+            await _until(lambda: _has(lambda: _index_of(etcd), [made]))
+            assert (await _index_of(etcd))[made] == "n1"
+        assert "refuses to list" not in front.log.read_text()
+    finally:
+        await etcd.close()
+        for process in (front, node):
+            await asyncio.to_thread(process.stop)
+        cluster.stop()
+
+
+async def test_without_tls_the_reconciler_says_it_cannot_list_a_node_with_consumers(tmp_path):
+    """Without TLS a front cannot show who it is: a node with consumers refuses its listing, and the
+    front logs that as an error (the index of that node stays lost) rather than rebuilding nothing
+    silently."""
+    cluster = EtcdCluster(tmp_path / "etcd", size=1)
+    cluster.base.mkdir()
+    node = Node(tmp_path, "n1", cluster.endpoints, lease_ttl=4, users={"owner": "owner-pw"})
+    front = Front(tmp_path, "f1", cluster.endpoints, reconcile_seconds=0.5, lease_ttl=3)
+    etcd = Etcd(cluster.endpoints)
+    try:
+        await asyncio.to_thread(cluster.start)
+        for process in (node, front):
+            await asyncio.to_thread(process.start)
+        await etcd.connect()
+        async with aiohttp.ClientSession() as session:
+            made = await _made_on(session, node.url, _basic("owner", "owner-pw"))  # on the node: not indexed
+
+            async def logged() -> bool:
+                return "reconciler: node n1 refuses to list its machines (401)" in front.log.read_text()
+
+            await _until(logged)
+            assert "set cluster.tls_ca" in front.log.read_text()
+            assert made not in await _index_of(etcd)
+    finally:
+        await etcd.close()
+        for process in (front, node):
+            await asyncio.to_thread(process.stop)
+        cluster.stop()

@@ -22,6 +22,7 @@ MEDIA_TYPE = "application/xml"
 # extension elements in cimid's own namespace, which the schema admits after the operations.
 EXT_NS = "urn:x-cimid:xml:1"
 _NSMAP = {None: CIMI_NS}
+EXT_PREFIX = "cimid:"  # a JSON key with it is a provider extension attribute, in EXT_NS in XML
 _DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                           huge_tree=False, remove_comments=True, remove_pis=True)
@@ -41,14 +42,14 @@ def _text(value) -> str:
 
 @or_xml_safe
 def render(doc: dict, rtype: ResourceType) -> bytes:
-    root = etree.Element(_q(rtype.name), nsmap=_NSMAP)
+    root = etree.Element(_q(rtype.name), nsmap=_nsmap([doc]))
     _fill(root, doc, rtype)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 @or_xml_safe
 def render_collection(doc: dict, item_type: ResourceType) -> bytes:
-    root = etree.Element(_q("Collection"), nsmap=_NSMAP)
+    root = etree.Element(_q("Collection"), nsmap=_nsmap(doc.get(item_type.items, ())))
     root.set("resourceURI", doc["resourceURI"])
     etree.SubElement(root, _q("id")).text = doc["id"]
     etree.SubElement(root, _q("count")).text = str(doc["count"])
@@ -56,6 +57,13 @@ def render_collection(doc: dict, item_type: ResourceType) -> bytes:
         _fill(etree.SubElement(root, _q(item_type.name)), item, item_type)
     _operations(root, doc.get("operations", ()))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _nsmap(docs) -> dict:
+    """The root's namespaces: cimid's too when an extension attribute will use it (declared once)."""
+    if any(k.startswith(EXT_PREFIX) for doc in docs for k in doc):
+        return {**_NSMAP, "cimid": EXT_NS}
+    return _NSMAP
 
 
 def _fill(el, doc: dict, rtype: ResourceType) -> None:
@@ -91,6 +99,9 @@ def _fill(el, doc: dict, rtype: ResourceType) -> None:
     for attr in rtype.attributes:
         if attr.type == "extension" and doc.get(attr.name):
             _extension(el, attr.name, doc[attr.name])
+    for key, value in doc.items():  # a federation front's cimid:node: an attribute the schema admits (##other)
+        if key.startswith(EXT_PREFIX) and isinstance(value, str | int | bool):
+            el.set(f"{{{EXT_NS}}}{key[len(EXT_PREFIX):]}", _text(value))
 
 
 def _extension(el, name: str, value: dict) -> None:
