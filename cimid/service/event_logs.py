@@ -96,8 +96,7 @@ class EventLogs(ResourceService):
         attrs = {"name": kind, "created": time, "timestamp": time, "type": EVENT_TYPE_BASE + kind, **attrs,
                  **({"contact": contact} if contact else {})}
         event = Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner)
-        await tx.insert(event)
-        return await event_queries.seq_of(tx, Event.name, event.id)
+        return await tx.insert(event)
 
     async def _log(self, tx: Transaction, subject: _Subject, persistence: str | None = None) -> Row:
         """The log Events about `subject` go to, made if it does not exist (yet, or any more)."""

@@ -94,24 +94,35 @@ class Transaction:
         self.after_commit: list[Callable[[], None]] = []
         self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
         self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
+        # Rows as this transaction read them, until it changes them: a second get (an Event's log, once
+        # per Event) costs no thread hop. Raw tuples, so every get still returns a Row of its own.
+        self._read: dict[tuple[str, str], tuple | None] = {}
 
     async def get(self, kind: str, id: str, scope: str | None = None) -> Row | None:
         """The row, if it is in `scope` (a consumer's name; None: everything)."""
-        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
-        return _row(rows[0]) if rows and visible(rows[0], scope) else None
+        key = (kind, id)
+        if key in self._read:
+            raw = self._read[key]
+        else:
+            rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
+            raw = self._read[key] = rows[0] if rows else None
+        return _row(raw) if raw is not None and visible(raw, scope) else None
 
-    async def insert(self, row: Row) -> None:
+    async def insert(self, row: Row) -> int:
+        """Store a new row; returns its sequence number (the store's creation order)."""
         self._touch(row.kind, row.id)
         promoted, doc = _split(row.attrs)
-        await self.conn.execute(
+        cursor = await self.conn.execute(
             "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
             " owner, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
              int(row.public)),
         )
+        seq = cursor.lastrowid  # seq is the rowid: known without another query
         recorder = insert_recorder.get()
         if recorder is not None:
             await recorder(self, row)
+        return seq
 
     async def update(self, row: Row) -> None:
         self._touch(row.kind, row.id)
@@ -125,12 +136,14 @@ class Transaction:
 
     async def delete(self, kind: str, id: str) -> None:
         self.touched = None  # children (a Machine's disks) go too
+        self._read.clear()
         await self.conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
         await self.conn.execute("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,))
 
     async def execute(self, sql: str, params=()) -> None:
         """For the store's own named queries; the layers above speak in verbs."""
         self.touched = None
+        self._read.clear()
         await self.conn.execute(sql, params)
 
     async def fetch(self, sql: str, params=()) -> list[tuple]:
@@ -169,6 +182,7 @@ class Transaction:
         return [_row(r) for r in rows]
 
     def _touch(self, kind: str, id: str) -> None:
+        self._read.pop((kind, id), None)
         if self.touched is not None:
             self.touched.add((kind, id))
 
