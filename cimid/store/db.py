@@ -97,6 +97,7 @@ class Transaction:
         # Rows as this transaction read them, until it changes them: a second get (an Event's log, once
         # per Event) costs no thread hop. Raw tuples, so every get still returns a Row of its own.
         self._read: dict[tuple[str, str], tuple | None] = {}
+        self._with_commit: list[Row] = []  # inserted in the COMMIT's own thread hop (insert_with_commit)
 
     async def get(self, kind: str, id: str, scope: str | None = None) -> Row | None:
         """The row, if it is in `scope` (a consumer's name; None: everything)."""
@@ -108,21 +109,25 @@ class Transaction:
             raw = self._read[key] = rows[0] if rows else None
         return _row(raw) if raw is not None and visible(raw, scope) else None
 
-    async def insert(self, row: Row) -> int:
-        """Store a new row; returns its sequence number (the store's creation order)."""
+    async def insert(self, row: Row) -> None:
         self._touch(row.kind, row.id)
-        promoted, doc = _split(row.attrs)
-        cursor = await self.conn.execute(
-            "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
-            " owner, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
-             int(row.public)),
-        )
-        seq = cursor.lastrowid  # seq is the rowid: known without another query
+        await self.conn.execute(_INSERT, _insert_params(row))
         recorder = insert_recorder.get()
         if recorder is not None:
             await recorder(self, row)
-        return seq
+
+    def insert_with_commit(self, row: Row) -> None:
+        """Insert `row` when the transaction commits, in the same thread hop as the COMMIT (a hop is most
+        of a statement's cost): for the rows that only record a change (its Events), which nothing in the
+        transaction reads back. The insert recorder is not asked about them; if one fails, nothing commits."""
+        self._touch(row.kind, row.id)
+        self._with_commit.append(row)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """On the connection's thread: the rows left for the commit, then COMMIT."""
+        for row in self._with_commit:
+            conn.execute(_INSERT, _insert_params(row))
+        conn.execute("COMMIT")
 
     async def update(self, row: Row) -> None:
         self._touch(row.kind, row.id)
@@ -185,6 +190,16 @@ class Transaction:
         self._read.pop((kind, id), None)
         if self.touched is not None:
             self.touched.add((kind, id))
+
+
+_INSERT = ("INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
+           " owner, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _insert_params(row: Row) -> tuple:
+    promoted, doc = _split(row.attrs)
+    return (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
+            int(row.public))
 
 
 def _split(attrs: dict) -> tuple[list, dict]:
@@ -276,11 +291,15 @@ class Store:
         self._pager = self._reader = self._writer = None
         self._cache.clear()
 
-    async def _through(self, statement: str) -> None:
-        """Run a transaction statement to its end even if the caller is cancelled meanwhile (a sampler or
-        Job stopped by a reset): it runs on the connection's thread either way, and a cancelled wait must
-        not leave a transaction open behind the next writer's back."""
-        done = asyncio.ensure_future(self._writer.execute(statement))
+    async def _through(self, statement: str | Callable[[sqlite3.Connection], None]) -> None:
+        """Run a transaction statement (or a function of the raw connection, on its thread) to its end even
+        if the caller is cancelled meanwhile (a sampler or Job stopped by a reset): it runs on the
+        connection's thread either way, and a cancelled wait must not leave a transaction open behind the
+        next writer's back."""
+        if isinstance(statement, str):
+            done = asyncio.ensure_future(self._writer.execute(statement))
+        else:  # aiosqlite runs any function on its thread (Connection._execute; aiosqlite is pinned for it)
+            done = asyncio.ensure_future(self._writer._execute(statement, self._writer._conn))
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -302,10 +321,11 @@ class Store:
                 yield tx
                 for hook in self._before_commit:
                     await hook(tx)
+                await self._through(tx._commit)
             except BaseException:
-                await self._through("ROLLBACK")
+                if self._writer.in_transaction:  # a COMMIT that failed leaves it open too
+                    await self._through("ROLLBACK")
                 raise
-            await self._through("COMMIT")
             self._commits += 1
             if tx.touched is None:
                 self._cache.clear()
