@@ -89,8 +89,11 @@ def _column(attribute: str, type_: str) -> Column:
 
 
 class Transaction:
-    def __init__(self, conn: aiosqlite.Connection):
+    def __init__(self, conn: aiosqlite.Connection, committed: _RowCache | None = None):
         self.conn = conn
+        # The store's cache of committed rows: a row this transaction has not changed is read from it, with
+        # no thread hop (the transaction holds the one writer, so nothing commits meanwhile).
+        self._committed = committed if committed is not None else _RowCache()
         self.after_commit: list[Callable[[], None]] = []
         self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
         self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
@@ -105,8 +108,14 @@ class Transaction:
         if key in self._read:
             raw = self._read[key]
         else:
-            rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
-            raw = self._read[key] = rows[0] if rows else None
+            unchanged = self.touched is not None and key not in self.touched
+            raw = self._committed.raw(key) if unchanged else None
+            if raw is None:
+                rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
+                raw = rows[0] if rows else None
+                if raw is not None and unchanged:
+                    self._committed.keep(key, raw)
+            self._read[key] = raw
         return _row(raw) if raw is not None and visible(raw, scope) else None
 
     async def insert(self, row: Row) -> None:
@@ -202,6 +211,24 @@ def _insert_params(row: Row) -> tuple:
             int(row.public))
 
 
+class _RowCache:
+    """Single rows as SQLite returned them (committed), each with its shared decoded Row once asked for;
+    the oldest goes first beyond CACHE_ROWS."""
+
+    def __init__(self):
+        self.entries: dict[tuple[str, str], list] = {}
+
+    def raw(self, key: tuple[str, str]) -> tuple | None:
+        entry = self.entries.get(key)
+        return None if entry is None else entry[0]
+
+    def keep(self, key: tuple[str, str], raw: tuple) -> list:
+        if len(self.entries) >= CACHE_ROWS:
+            del self.entries[next(iter(self.entries))]  # the oldest entry
+        entry = self.entries[key] = [raw, None]
+        return entry
+
+
 def _split(attrs: dict) -> tuple[list, dict]:
     promoted = [attrs.get(name) for name in PROMOTED]
     doc = {k: v for k, v in attrs.items() if k not in PROMOTED}
@@ -221,7 +248,7 @@ class Store:
         self._snapshot = asyncio.Lock()
         # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
         # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
-        self._cache: dict[tuple[str, str], list] = {}
+        self._cache = _RowCache()
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
         self._subscribers: list[Callable[[object], None]] = []
         self._before_commit: list[Callable[[Transaction], Awaitable[None]]] = []
@@ -289,7 +316,7 @@ class Store:
             if conn is not None:
                 await conn.close()
         self._pager = self._reader = self._writer = None
-        self._cache.clear()
+        self._cache.entries.clear()
 
     async def _through(self, statement: str | Callable[[sqlite3.Connection], None]) -> None:
         """Run a transaction statement (or a function of the raw connection, on its thread) to its end even
@@ -316,7 +343,7 @@ class Store:
                 if self._writer.in_transaction:  # cancelled, but the BEGIN ran on the connection's thread
                     await self._through("ROLLBACK")
                 raise
-            tx = Transaction(self._writer)
+            tx = Transaction(self._writer, self._cache)
             try:
                 yield tx
                 for hook in self._before_commit:
@@ -328,10 +355,10 @@ class Store:
                 raise
             self._commits += 1
             if tx.touched is None:
-                self._cache.clear()
+                self._cache.entries.clear()
             else:
                 for key in tx.touched:
-                    self._cache.pop(key, None)
+                    self._cache.entries.pop(key, None)
         for callback in tx.after_commit:
             callback()
         for event in tx.events:
@@ -346,17 +373,16 @@ class Store:
         cache's own decoded Row, for readers that never change it (a GET): it skips decoding the JSON on
         every request."""
         key = (kind, id)
-        entry = self._cache.get(key)
+        entry = self._cache.entries.get(key)
         if entry is None:
             commits = self._commits
             rows = await self._reader.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
             if not rows:
                 return None
-            entry = [rows[0], None]  # the raw row, and its shared decoded Row once asked for
             if commits == self._commits:
-                if len(self._cache) >= CACHE_ROWS:
-                    del self._cache[next(iter(self._cache))]  # the oldest entry
-                self._cache[key] = entry
+                entry = self._cache.keep(key, rows[0])
+            else:  # a commit overlapped the read: returned, not kept
+                entry = [rows[0], None]
         if not visible(entry[0], scope):
             return None  # to this consumer, another's resource does not exist
         if not shared:
