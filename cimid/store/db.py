@@ -89,11 +89,11 @@ def _column(attribute: str, type_: str) -> Column:
 
 
 class Transaction:
-    def __init__(self, conn: aiosqlite.Connection, committed: _RowCache | None = None):
+    def __init__(self, conn: aiosqlite.Connection, committed: _RowCache):
         self.conn = conn
         # The store's cache of committed rows: a row this transaction has not changed is read from it, with
         # no thread hop (the transaction holds the one writer, so nothing commits meanwhile).
-        self._committed = committed if committed is not None else _RowCache()
+        self._committed = committed
         self.after_commit: list[Callable[[], None]] = []
         self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
         self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
@@ -247,7 +247,8 @@ class Store:
         self._pager: aiosqlite.Connection | None = None
         self._snapshot = asyncio.Lock()
         # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
-        # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
+        # which drops what it changed, so the cache never serves a stale row; it saves a thread hop (for the
+        # writer's own reads of rows a transaction has not changed too).
         self._cache = _RowCache()
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
         self._subscribers: list[Callable[[object], None]] = []
