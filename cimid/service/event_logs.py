@@ -80,24 +80,21 @@ class EventLogs(ResourceService):
         records = [event for event in tx.events if isinstance(event, RECORDS)]
         if not records:
             return
-        latest = 0
         request = current_request.get()
         if request is not None and not request.recorded:
-            latest = await self._write(tx, *self._access(records[0], request))
+            await self._write(tx, *self._access(records[0], request))
             tx.after_commit.append(lambda: setattr(request, "recorded", True))
         for record in records:
-            latest = await self._write(tx, *self._describe(record))
-        tx.emit(EventStored(latest))
+            await self._write(tx, *self._describe(record))
+        tx.emit(EventStored())
 
     async def _write(self, tx: Transaction, subject: _Subject, kind: str, attrs: dict, time: str,
-                     initiator: str) -> int:
+                     initiator: str) -> None:
         log_row = await self._log(tx, subject)
         contact = initiator or self.config["events"]["contact"]
         attrs = {"name": kind, "created": time, "timestamp": time, "type": EVENT_TYPE_BASE + kind, **attrs,
                  **({"contact": contact} if contact else {})}
-        event = Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner)
-        await tx.insert(event)
-        return await event_queries.seq_of(tx, Event.name, event.id)
+        tx.insert_with_commit(Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner))
 
     async def _log(self, tx: Transaction, subject: _Subject, persistence: str | None = None) -> Row:
         """The log Events about `subject` go to, made if it does not exist (yet, or any more)."""

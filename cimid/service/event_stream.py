@@ -19,9 +19,7 @@ BATCH = 256
 
 @dataclass(frozen=True)
 class EventStored:
-    """Published after a commit that wrote Events: `seq` is the highest sequence number among them."""
-
-    seq: int
+    """Published after a commit that wrote Events (followers read what is new from the store)."""
 
 
 class EventStream:

@@ -149,13 +149,15 @@ class JobRunner:
             self._begin(job)
             await self._begin_step(tx, self.kinds[kind], job, 0)
         await tx.insert(job)
-        tx.after_commit.append(lambda: self.submit(job.id))
+        # A begun Job is run from the row just committed (no read back); a queued one is read when its turn comes.
+        tx.after_commit.append(lambda: self.submit(job.id, job if begin else None))
         log.info("job %s %s QUEUED (%s)", job.id, action, kind)
         return job
 
-    def submit(self, job_id: str) -> None:
-        """Run a persisted QUEUED Job in the background (call after the commit that stored it)."""
-        task = asyncio.get_running_loop().create_task(self._run(job_id), name=f"job-{job_id}")
+    def submit(self, job_id: str, begun: Row | None = None) -> None:
+        """Run a persisted QUEUED Job in the background (call after the commit that stored it); `begun`: the
+        row of a Job stored begun, as committed."""
+        task = asyncio.get_running_loop().create_task(self._run(job_id, begun), name=f"job-{job_id}")
         self.tasks[job_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(job_id, None))
 
@@ -176,7 +178,7 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job_id: str, begun: Row | None = None) -> None:
         """Each commit is where a crash must find the Job: one as it begins (RUNNING, with its first step
         begun, before any driver call; for a Job queued with begin=True, the request's own commit), one
         between two steps (the one ended and the next begun), and one with the last step's outcome and the
@@ -184,7 +186,7 @@ class JobRunner:
         settles its target from the host (recover); what its last step made (a step's `result`) is read
         only on SUCCESS, so nothing is lost by recording it then."""
         async with self.slots:
-            job = await self.store.get(Job.name, job_id)
+            job = begun or await self.store.get(Job.name, job_id)
             if job is not None and job.state == "QUEUED":
                 async with self.store.write() as tx:
                     job = await tx.get(Job.name, job_id)

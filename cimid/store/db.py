@@ -89,29 +89,54 @@ def _column(attribute: str, type_: str) -> Column:
 
 
 class Transaction:
-    def __init__(self, conn: aiosqlite.Connection):
+    def __init__(self, conn: aiosqlite.Connection, committed: _RowCache):
         self.conn = conn
+        # The store's cache of committed rows: a row this transaction has not changed is read from it, with
+        # no thread hop (the transaction holds the one writer, so nothing commits meanwhile).
+        self._committed = committed
         self.after_commit: list[Callable[[], None]] = []
         self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
         self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
+        # Rows as this transaction read them, until it changes them: a second get (an Event's log, once
+        # per Event) costs no thread hop. Raw tuples, so every get still returns a Row of its own.
+        self._read: dict[tuple[str, str], tuple | None] = {}
+        self._with_commit: list[Row] = []  # inserted in the COMMIT's own thread hop (insert_with_commit)
 
     async def get(self, kind: str, id: str, scope: str | None = None) -> Row | None:
         """The row, if it is in `scope` (a consumer's name; None: everything)."""
-        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", (kind, id))
-        return _row(rows[0]) if rows and visible(rows[0], scope) else None
+        key = (kind, id)
+        if key in self._read:
+            raw = self._read[key]
+        else:
+            unchanged = self.touched is not None and key not in self.touched
+            raw = self._committed.raw(key) if unchanged else None
+            if raw is None:
+                rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
+                raw = rows[0] if rows else None
+                if raw is not None and unchanged:
+                    self._committed.keep(key, raw)
+            self._read[key] = raw
+        return _row(raw) if raw is not None and visible(raw, scope) else None
 
     async def insert(self, row: Row) -> None:
         self._touch(row.kind, row.id)
-        promoted, doc = _split(row.attrs)
-        await self.conn.execute(
-            "INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
-            " owner, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
-             int(row.public)),
-        )
+        await self.conn.execute(_INSERT, _insert_params(row))
         recorder = insert_recorder.get()
         if recorder is not None:
             await recorder(self, row)
+
+    def insert_with_commit(self, row: Row) -> None:
+        """Insert `row` when the transaction commits, in the same thread hop as the COMMIT (a hop is most
+        of a statement's cost): for the rows that only record a change (its Events), which nothing in the
+        transaction reads back. The insert recorder is not asked about them; if one fails, nothing commits."""
+        self._touch(row.kind, row.id)
+        self._with_commit.append(row)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """On the connection's thread: the rows left for the commit, then COMMIT."""
+        for row in self._with_commit:
+            conn.execute(_INSERT, _insert_params(row))
+        conn.execute("COMMIT")
 
     async def update(self, row: Row) -> None:
         self._touch(row.kind, row.id)
@@ -125,12 +150,14 @@ class Transaction:
 
     async def delete(self, kind: str, id: str) -> None:
         self.touched = None  # children (a Machine's disks) go too
+        self._read.clear()
         await self.conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
         await self.conn.execute("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,))
 
     async def execute(self, sql: str, params=()) -> None:
         """For the store's own named queries; the layers above speak in verbs."""
         self.touched = None
+        self._read.clear()
         await self.conn.execute(sql, params)
 
     async def fetch(self, sql: str, params=()) -> list[tuple]:
@@ -169,8 +196,37 @@ class Transaction:
         return [_row(r) for r in rows]
 
     def _touch(self, kind: str, id: str) -> None:
+        self._read.pop((kind, id), None)
         if self.touched is not None:
             self.touched.add((kind, id))
+
+
+_INSERT = ("INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
+           " owner, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _insert_params(row: Row) -> tuple:
+    promoted, doc = _split(row.attrs)
+    return (row.kind, row.id, row.parent, *promoted, json.dumps(doc), json.dumps(row.internal), row.owner,
+            int(row.public))
+
+
+class _RowCache:
+    """Single rows as SQLite returned them (committed), each with its shared decoded Row once asked for;
+    the oldest goes first beyond CACHE_ROWS."""
+
+    def __init__(self):
+        self.entries: dict[tuple[str, str], list] = {}
+
+    def raw(self, key: tuple[str, str]) -> tuple | None:
+        entry = self.entries.get(key)
+        return None if entry is None else entry[0]
+
+    def keep(self, key: tuple[str, str], raw: tuple) -> list:
+        if len(self.entries) >= CACHE_ROWS:
+            del self.entries[next(iter(self.entries))]  # the oldest entry
+        entry = self.entries[key] = [raw, None]
+        return entry
 
 
 def _split(attrs: dict) -> tuple[list, dict]:
@@ -191,8 +247,9 @@ class Store:
         self._pager: aiosqlite.Connection | None = None
         self._snapshot = asyncio.Lock()
         # Single rows as SQLite returned them, for GETs: every write goes through this process's one writer,
-        # which drops what it changed, so the cache never serves a stale row; it saves a thread hop.
-        self._cache: dict[tuple[str, str], list] = {}
+        # which drops what it changed, so the cache never serves a stale row; it saves a thread hop (for the
+        # writer's own reads of rows a transaction has not changed too).
+        self._cache = _RowCache()
         self._commits = 0  # a read that overlapped a commit may be stale: it is returned, not cached
         self._subscribers: list[Callable[[object], None]] = []
         self._before_commit: list[Callable[[Transaction], Awaitable[None]]] = []
@@ -260,13 +317,17 @@ class Store:
             if conn is not None:
                 await conn.close()
         self._pager = self._reader = self._writer = None
-        self._cache.clear()
+        self._cache.entries.clear()
 
-    async def _through(self, statement: str) -> None:
-        """Run a transaction statement to its end even if the caller is cancelled meanwhile (a sampler or
-        Job stopped by a reset): it runs on the connection's thread either way, and a cancelled wait must
-        not leave a transaction open behind the next writer's back."""
-        done = asyncio.ensure_future(self._writer.execute(statement))
+    async def _through(self, statement: str | Callable[[sqlite3.Connection], None]) -> None:
+        """Run a transaction statement (or a function of the raw connection, on its thread) to its end even
+        if the caller is cancelled meanwhile (a sampler or Job stopped by a reset): it runs on the
+        connection's thread either way, and a cancelled wait must not leave a transaction open behind the
+        next writer's back."""
+        if isinstance(statement, str):
+            done = asyncio.ensure_future(self._writer.execute(statement))
+        else:  # aiosqlite runs any function on its thread (Connection._execute; aiosqlite is pinned for it)
+            done = asyncio.ensure_future(self._writer._execute(statement, self._writer._conn))
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -283,21 +344,22 @@ class Store:
                 if self._writer.in_transaction:  # cancelled, but the BEGIN ran on the connection's thread
                     await self._through("ROLLBACK")
                 raise
-            tx = Transaction(self._writer)
+            tx = Transaction(self._writer, self._cache)
             try:
                 yield tx
                 for hook in self._before_commit:
                     await hook(tx)
+                await self._through(tx._commit)
             except BaseException:
-                await self._through("ROLLBACK")
+                if self._writer.in_transaction:  # a COMMIT that failed leaves it open too
+                    await self._through("ROLLBACK")
                 raise
-            await self._through("COMMIT")
             self._commits += 1
             if tx.touched is None:
-                self._cache.clear()
+                self._cache.entries.clear()
             else:
                 for key in tx.touched:
-                    self._cache.pop(key, None)
+                    self._cache.entries.pop(key, None)
         for callback in tx.after_commit:
             callback()
         for event in tx.events:
@@ -312,17 +374,16 @@ class Store:
         cache's own decoded Row, for readers that never change it (a GET): it skips decoding the JSON on
         every request."""
         key = (kind, id)
-        entry = self._cache.get(key)
+        entry = self._cache.entries.get(key)
         if entry is None:
             commits = self._commits
             rows = await self._reader.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
             if not rows:
                 return None
-            entry = [rows[0], None]  # the raw row, and its shared decoded Row once asked for
             if commits == self._commits:
-                if len(self._cache) >= CACHE_ROWS:
-                    del self._cache[next(iter(self._cache))]  # the oldest entry
-                self._cache[key] = entry
+                entry = self._cache.keep(key, rows[0])
+            else:  # a commit overlapped the read: returned, not kept
+                entry = [rows[0], None]
         if not visible(entry[0], scope):
             return None  # to this consumer, another's resource does not exist
         if not shared:

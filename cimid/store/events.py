@@ -4,16 +4,9 @@ severity counts of logs, and the retention sweep."""
 from __future__ import annotations
 
 from . import query
-from .db import _IN_SCOPE, _SELECT, Row, Store, Transaction, _resolve, _row
+from .db import _IN_SCOPE, _SELECT, Row, Store, _resolve, _row
 
 PROVIDER_LOG = "provider"  # the id of the provider's own EventLog
-
-
-async def seq_of(tx: Transaction, kind: str, id: str) -> int:
-    """The store's sequence number of a row just inserted: Events are ordered by it (commits are
-    serialised by the one writer, so a later commit always has higher numbers)."""
-    (row,) = await tx.fetch("SELECT seq FROM resources WHERE kind = ? AND id = ?", (kind, id))
-    return row[0]
 
 
 async def latest_seq(store: Store) -> int:

@@ -202,8 +202,7 @@ class LibvirtCompute(LibvirtDomains):
     async def attach_volume(self, machine_id: str, device: str, disk: dict) -> None:
         xml = self.volume_disk_xml(device, disk)
 
-        def attach():
-            dom = self._require(machine_id)
+        def plug(dom: libvirt.virDomain) -> None:
             # CONFIG: kept across restarts; LIVE: hot-plugged. Tried at once (a hot-plug is the case to be
             # quick), then CONFIG alone if the guest does not run. libvirt refuses a target the domain
             # has, live or defined, changing nothing.
@@ -213,6 +212,14 @@ class LibvirtCompute(LibvirtDomains):
                 if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
                     raise
                 dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+        def attach():
+            try:
+                plug(self._require(machine_id, reuse=True))  # the kept handle: no look-up on the hot path
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                plug(self._require(machine_id))  # the handle was stale (undefined behind cimid's back)
         await self._call(attach)
 
     def _detach(self, machine_id: str, find: Callable[[str], str | None], what: str) -> None:

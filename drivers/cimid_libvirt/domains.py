@@ -89,6 +89,9 @@ class LibvirtDomains:
         self._executor = concurrent.futures.ThreadPoolExecutor(config["jobs"]["max_concurrent"] + 1,
                                                                thread_name_prefix="libvirt")
         self._connecting = threading.Lock()
+        # Domain handles by machine id, on the current connection: a hot-plug need not look its domain up
+        # (a libvirtd round trip). Dropped with the connection, and when cimid undefines the domain.
+        self._handles: dict[str, libvirt.virDomain] = {}
 
     async def _call(self, fn, *args):
         try:
@@ -107,6 +110,7 @@ class LibvirtDomains:
 
     def _reconnect(self) -> libvirt.virConnect:
         if self._conn is None or not self._conn.isAlive():
+            self._handles.clear()  # handles of a dead connection are dead too
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
@@ -116,16 +120,25 @@ class LibvirtDomains:
                 self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None)
         return self._conn
 
-    def _domain(self, machine_id: str) -> libvirt.virDomain | None:
+    def _domain(self, machine_id: str, reuse: bool = False) -> libvirt.virDomain | None:
+        """The machine's domain, looked up (every verb that must see the host as it is now), or with
+        `reuse` the handle kept from an earlier look-up, which may be stale if the domain was undefined
+        behind cimid's back: a call on it then fails with VIR_ERR_NO_DOMAIN."""
+        conn = self._connection()
+        if reuse and (held := self._handles.get(machine_id)) is not None:
+            return held
         try:
-            return self._connection().lookupByName(DOMAIN_PREFIX + machine_id)
+            dom = conn.lookupByName(DOMAIN_PREFIX + machine_id)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                self._handles.pop(machine_id, None)
                 return None
             raise
+        self._handles[machine_id] = dom
+        return dom
 
-    def _require(self, machine_id: str) -> libvirt.virDomain:
-        dom = self._domain(machine_id)
+    def _require(self, machine_id: str, reuse: bool = False) -> libvirt.virDomain:
+        dom = self._domain(machine_id, reuse)
         if dom is None:
             raise DriverError(f"the hypervisor has no domain {DOMAIN_PREFIX}{machine_id}")
         return dom
@@ -147,6 +160,7 @@ class LibvirtDomains:
             except libvirt.libvirtError:
                 pass
             self._conn = None
+            self._handles.clear()
 
     async def close(self) -> None:
         await self._call(self._drop_connection)
@@ -231,11 +245,13 @@ class LibvirtDomains:
             if dom.isActive():
                 dom.destroy()
             flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            self._handles.pop(machine_id, None)
             dom.undefineFlags(flags)
         await self._call(delete)
 
     async def forget(self) -> None:
         def forget():
+            self._handles.clear()
             flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             for dom in self._connection().listAllDomains():
                 if dom.name().startswith(DOMAIN_PREFIX):

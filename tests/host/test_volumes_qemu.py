@@ -18,6 +18,7 @@ from conftest import assert_state
 
 from cimid.http.keys import PROVIDER
 
+from .conftest import URI
 from .test_machines_qemu import console_until, import_image
 
 WATCH_DISKS = b"""#!/bin/sh
@@ -165,3 +166,39 @@ async def test_a_machine_template_volume_is_there_at_first_boot(host_client, gue
     await done(client, await client.delete(machine))
     await done(client, await client.delete(volume))
     assert not any((client.state_dir / "volumes").glob("*.qcow2"))
+
+
+async def test_an_attach_still_works_after_the_domain_was_redefined_behind_cimids_back(host_client, guest_image):
+    """The compute driver keeps domain handles so that a hot-plug need not look its domain up; a handle
+    made stale (the domain undefined and defined again, with a new UUID, behind cimid's back) is looked up
+    afresh, not a failed attach."""
+    client = host_client
+    r, _ = await import_image(client, guest_image.as_uri())
+    machine = await done(client, await client.post("machines", {"name": "redefined", "machineTemplate": {
+        "machineImage": {"href": r.headers["Location"]}, "machineConfig": {"href": client.base + "machineConfigs/tiny"},
+        "initialState": "STOPPED"}}))
+    volume = await done(client, await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 1024}}}))
+    name = "cimid-" + machine.rsplit("/", 1)[1]
+    conn = libvirt.open(URI)
+    try:
+        def disks() -> list[str]:
+            xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return re.findall(r"<target dev='(vd[a-z])'", xml)
+
+        attachment = await done(client, await client.post(machine + "/volumes", {"volume": {"href": volume},
+                                                                                 "initialLocation": "vdb"}))
+        assert "vdb" in disks()  # the driver holds the domain's handle now
+        await done(client, await client.delete(attachment))
+        assert "vdb" not in disks()
+        dom = conn.lookupByName(name)
+        old_uuid, xml = dom.UUIDString(), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        dom.undefine()
+        conn.defineXML(re.sub(r"<uuid>[^<]*</uuid>", "", xml))
+        assert conn.lookupByName(name).UUIDString() != old_uuid
+        await done(client, await client.post(machine + "/volumes", {"volume": {"href": volume},
+                                                                    "initialLocation": "vdb"}))
+        assert "vdb" in disks()
+    finally:
+        conn.close()
+    await done(client, await client.delete(machine))
+    await done(client, await client.delete(volume))

@@ -171,3 +171,52 @@ async def test_orderby_id_orders_by_the_resources_own_id(store):
     assert [r.id for r in rows] == sorted(ids)
     _count, rows = await store.page("Thing", "", columns, scope=None, orderby=["id:desc"], first=1, last=2)
     assert [r.id for r in rows] == ["c9", "b5"]
+
+
+async def test_a_transaction_reads_its_own_writes_and_rows_it_has_not_changed_from_the_cache(store):
+    """A write transaction takes an unchanged row from the row cache (no thread hop), but what it changed
+    itself from SQLite, and a rolled-back change leaves the cache as it was."""
+    stamp = "2020-01-01T00:00:00.000Z"
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "a", "", {"name": "one", "created": stamp}))
+    assert (await store.get("Thing", "a")).attrs["name"] == "one"  # cached
+    with pytest.raises(RuntimeError):
+        async with store.write() as tx:
+            first = await tx.get("Thing", "a")
+            first.attrs["name"] = "two"  # a Row of its own: changing it changes no other read
+            assert (await tx.get("Thing", "a")).attrs["name"] == "one"
+            await tx.update(first)
+            assert (await tx.get("Thing", "a")).attrs["name"] == "two"  # read your writes
+            await tx.execute("UPDATE resources SET name = 'three' WHERE id = 'a'")
+            assert (await tx.get("Thing", "a")).attrs["name"] == "three"
+            raise RuntimeError("rolled back")
+    assert (await store.get("Thing", "a")).attrs["name"] == "one"
+    async with store.write() as tx:
+        assert (await tx.get("Thing", "a")).attrs["name"] == "one"
+        await tx.delete("Thing", "a")
+        assert await tx.get("Thing", "a") is None
+    assert await store.get("Thing", "a") is None
+
+
+async def test_rows_inserted_with_the_commit_commit_with_it_or_not_at_all(store):
+    stamp = "2020-01-01T00:00:00.000Z"
+    seen = []
+    store.subscribe(seen.append)
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "a", "", {"name": "made", "created": stamp}))
+        tx.insert_with_commit(Row("Note", "n1", "", {"name": "a was made", "created": stamp}))
+        tx.emit("made")
+    assert (await store.get("Note", "n1")).attrs["name"] == "a was made" and seen == ["made"]
+    # One that cannot be inserted (its id is taken) fails the commit: the change and its record are rolled
+    # back, nothing is published, and the store takes the next write.
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.write() as tx:
+            await tx.insert(Row("Thing", "b", "", {"name": "made", "created": stamp}))
+            tx.insert_with_commit(Row("Note", "n2", "", {"name": "b was made", "created": stamp}))
+            tx.insert_with_commit(Row("Note", "n1", "", {"name": "taken", "created": stamp}))
+            tx.emit("b made")
+    assert await store.get("Thing", "b") is None and await store.get("Note", "n2") is None
+    assert (await store.get("Note", "n1")).attrs["name"] == "a was made" and seen == ["made"]
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "b", "", {"name": "made", "created": stamp}))
+    assert (await store.get("Thing", "b")).attrs["name"] == "made"
