@@ -72,7 +72,8 @@ class BridgeNetwork:
         owned = await asyncio.to_thread(links.owned_links, self.owner)
         found = await self.nft.comments(self.table)
         return {"bridges": f"{sum(1 for a in owned.values() if a.startswith(self.owner + 'net:'))} made by cimid",
-                "dnsmasq": f"{sum(1 for d in self._daemons.values() if d.alive())} running",
+                # read from /proc: `cimid check` runs beside the daemon whose children they are
+                "dnsmasq": f"{len(await asyncio.to_thread(dnsmasq.running_under, self.run_dir))} running",
                 "nftables": f"table inet {self.table}, {len(found)} rules" if found else f"table inet {self.table} absent"}
 
     def watch(self, callback: Alarm) -> None:
