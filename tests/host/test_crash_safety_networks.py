@@ -237,7 +237,8 @@ async def test_cimid_check_reports_each_networks_bridge_dnsmasq_and_rules(root):
         off_loop(links.delete, bridge)
         ran = await asyncio.to_thread(check, d)
         assert ran.returncode == 1, ran.stdout + ran.stderr
-        assert f"network a ({last(a)}, STARTED): bridge missing" in ran.stdout, ran.stdout
+        assert (f"network a ({last(a)}, STARTED): bridge missing, link down, dhcp present, rules present"
+                in ran.stdout), ran.stdout
         assert (f"network b ({last(b)}, STARTED): bridge present, link up, dhcp present, "
                 "rules present") in ran.stdout, ran.stdout
 
