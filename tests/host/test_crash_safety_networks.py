@@ -17,7 +17,9 @@ import sys
 from collections import Counter
 
 import pytest
-from cimid_bridge import BridgeNetwork, dnsmasq, links
+from cimid_bridge import BridgeNetwork, dnsmasq, links, rules
+
+from cimid.errors import DriverError
 
 from .conftest import fresh_dir
 from .netns import config, in_test_netns, off_loop  # noqa: F401 (fixture)
@@ -116,6 +118,21 @@ def dnsmasq_of(d: Daemon, network_id: str):
     return lambda: any(p.name == network_id for p in dnsmasq.running_under(run_dir).values())
 
 
+def rules_of(d: Daemon, comment: str):
+    """A predicate: a rule of the daemon's nftables table carries this comment."""
+    reader = host_reader(d)
+    reader.nft = rules.Nftables()
+    listing = {"nftables": [{"list": {"table": {"family": "inet", "name": reader.table}}}]}
+
+    def present() -> bool:
+        try:
+            found = reader.nft.run(listing).get("nftables", [])
+        except DriverError:  # no table yet
+            return False
+        return any(item["rule"].get("comment") == comment for item in found if "rule" in item)
+    return present
+
+
 async def network(d: Daemon, name: str, initial: str = "STARTED") -> tuple[str, str]:
     """Ask for a network: (its Job, its URL)."""
     return await d.post("networks", {"name": name, "networkTemplate": {
@@ -174,15 +191,7 @@ async def test_sigkill_in_network_create_start_stop_port_group_and_delete(root):
         n3 = await made(d, network(d, "n3"))
         job, group = await d.post("forwardingGroups", {"forwardingGroupTemplate": {
             "networks": [{"href": keep}, {"href": n3}]}})
-        reader = host_reader(d)
-        await reader.open()
-        try:
-            await kill_when(d, lambda: f"group:{last(group)}" in [
-                item["rule"].get("comment") for item in reader.nft.run(
-                    {"nftables": [{"list": {"table": {"family": "inet", "name": reader.table}}}]}).get("nftables", [])
-                if "rule" in item], "the group's rules")
-        finally:
-            await reader.close()
+        await kill_when(d, rules_of(d, f"group:{last(group)}"), "the group's rules")
         await d.start()
         await check_networks(d)
 
