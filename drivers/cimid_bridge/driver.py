@@ -72,7 +72,8 @@ class BridgeNetwork:
         owned = await asyncio.to_thread(links.owned_links, self.owner)
         found = await self.nft.comments(self.table)
         return {"bridges": f"{sum(1 for a in owned.values() if a.startswith(self.owner + 'net:'))} made by cimid",
-                "dnsmasq": f"{sum(1 for d in self._daemons.values() if d.alive())} running",
+                # read from /proc: `cimid check` runs beside the daemon whose children they are
+                "dnsmasq": f"{len(await asyncio.to_thread(dnsmasq.running_under, self.run_dir))} running",
                 "nftables": f"table inet {self.table}, {len(found)} rules" if found else f"table inet {self.table} absent"}
 
     def watch(self, callback: Alarm) -> None:
@@ -178,7 +179,8 @@ class BridgeNetwork:
     async def network(self, network_id: str) -> dict | None:
         """What the host has of the network, for `cimid check` and after a Job: each part "present" or
         "missing". Read from the host alone when this driver was not told of the network (`cimid check`
-        runs in a process of its own): then a bridge that is down means a stopped network."""
+        runs in a process of its own): then a network with no part up (bridge down or gone, no dnsmasq, no
+        rules) is a stopped one."""
         spec = self._specs.get(network_id)
         mark = links.alias(self.owner, "net", network_id)
         if spec is not None:  # its bridge's name is known: that link alone is read (every Job ends here)
@@ -195,15 +197,16 @@ class BridgeNetwork:
         if spec is None:
             state = await asyncio.to_thread(links.link_state, bridge) if bridge else None
         up = bool(state and state["up"])
+        found = await self.nft.comments(self.table)
         if spec is not None:
-            wanted = _serves_dhcp(spec) and network_id in self._running
+            started = network_id in self._running
+            wanted = _serves_dhcp(spec) and started
             daemon = self._daemons.get(network_id)
             serving = daemon is not None and daemon.alive()
-        else:
-            wanted = up and (directory / "dnsmasq.conf").exists()
+        else:  # started: any part of a started network still there (a bridge removed by hand leaves the others)
             serving = directory in (await asyncio.to_thread(dnsmasq.running_under, self.run_dir)).values()
-        started = network_id in self._running if spec is not None else up
-        found = await self.nft.comments(self.table)
+            started = up or serving or f"net:{network_id}" in found
+            wanted = started and (directory / "dnsmasq.conf").exists()
         return {
             "bridge": "present" if bridge else "missing",
             "link": "up" if up else "down",

@@ -169,6 +169,8 @@ def make_bridges(wanted: list[tuple]) -> dict[str, str]:
                 continue
             try:
                 make_bridge(*args, ipr=ipr)
+                if link is not None and link["flags"] & 1 and not up:  # left up by a Job cut short
+                    ipr.link("set", index=link["index"], state="down")
             except DriverError as exc:
                 problems[ifname] = str(exc)
     return problems

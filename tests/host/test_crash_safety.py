@@ -40,12 +40,13 @@ HOST_STATES = {libvirt.VIR_DOMAIN_RUNNING: "STARTED", libvirt.VIR_DOMAIN_BLOCKED
 class Daemon:
     """`cimid serve --profile host` as a subprocess that the test can kill and start again."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, network: str = ""):
+        """`network`: more lines of the [network] section (e.g. 'driver = "bridge"')."""
         self.root, self.state = root, root / "state"
-        config = root / "cimid.toml"
+        self.config = config = root / "cimid.toml"
         config.write_text('profile = "host"\n[server]\nlog_requests = false\n'
                           '[compute]\nuri = "qemu:///system"\nvirt_type = "qemu"\nstop_timeout = 30.0\n'
-                          '[jobs]\nmax_concurrent = 1\n[network]\ncreate_default = false\n')
+                          '[jobs]\nmax_concurrent = 1\n[network]\ncreate_default = false\n' + network)
         port = free_port()
         self.base = f"http://127.0.0.1:{port}/cimi/"
         self.argv = [sys.executable, "-m", "cimid.cli", "serve", "--config", str(config), "--state-dir",

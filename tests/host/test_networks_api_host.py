@@ -193,7 +193,7 @@ async def test_networks_addresses_groups_hot_add_and_a_restart_through_the_api(r
         await client.client.close()
 
 
-async def test_the_host_profile_makes_a_nated_default_network_on_its_first_start_only(root):
+async def test_the_host_profile_makes_a_nated_default_network_on_its_first_start_only(root, guest_image):
     # create_default as shipped; a pool of its own: the shipped one's first subnet may be on a bridge another
     # cimid left in this namespace, and the pool knows only this cimid's networks (its dnsmasq would not bind)
     overrides = {**copy.deepcopy(HOST_OVERRIDES), "network": {"driver": "bridge", "subnet_pool": "10.219.0.0/16"}}
@@ -213,6 +213,21 @@ async def test_the_host_profile_makes_a_nated_default_network_on_its_first_start
         table = driver.nft.run({"nftables": [{"list": {"table": {"family": "inet", "name": driver.table}}}]})
         assert any("masquerade" in str(item["rule"]["expr"]) and item["rule"].get("comment") == f"net:{network_id}"
                    for item in table["nftables"] if "rule" in item), "the default network is not NATed"
+        # A machine whose template names no networkInterfaces gets one there, and the guest's DHCP lease on
+        # the default bridge is its Address.
+        image = await ok(client, await client.post("machineImages", {"name": "guest",
+                                                                     "imageLocation": f"file://{guest_image}"}))
+        machine = await ok(client, await client.post("machines", {"name": "plain", "machineTemplate": {
+            "machineImage": {"href": image}, "machineConfig": {"href": client.base + "machineConfigs/tiny"}}}))
+        (interface,) = (await client.get(machine + "/networkInterfaces")).json["machineNetworkInterfaces"]
+        assert interface["network"]["href"] == network["id"] and interface["state"] == "ACTIVE", interface
+        (link,) = (await client.get(interface["addresses"]["href"])).json["machineNetworkInterfaceAddresses"]
+        address = (await client.get(link["address"]["href"])).json
+        got = (await console_after(client, machine, r"HVTEST: dhcp eth0 ([\d.]+)/24 routes")).group(1)
+        assert got == address["ip"] and address["network"]["href"] == network["id"], (got, address)
+        assert got in (await driver.leases(network_id)).values()
+        assert (await driver.network(network_id))["dhcp"] == "present"
+        await ok(client, await client.delete(machine))
         await ok(client, await client.delete(network["id"]))
     finally:
         await client.client.close()

@@ -376,3 +376,13 @@ async def test_a_driver_that_was_told_nothing_reads_a_network_from_the_host(driv
     off_loop(links.delete, "cimidt78")  # a reboot the daemon has not repaired yet
     assert (await checker.network("n78"))["bridge"] == "missing"
     await checker.close()
+
+
+async def test_adopting_a_network_that_is_not_started_brings_its_bridge_down(driver):
+    """A start cut short by a SIGKILL can leave the bridge up; the store says the network is not started,
+    so the restarted driver takes the link down (after the Job, the Network reads STOPPED, as the host is)."""
+    net = spec("n7b", "cimidt7b", "10.123.0.0/24")
+    await driver.create_network(net)
+    off_loop(links.set_up, "cimidt7b", True)
+    await driver.adopt([(net, False)], {}, {})
+    assert await driver.network("n7b") == {"bridge": "present", "link": "down", "dhcp": "off", "rules": "none"}
