@@ -49,6 +49,15 @@ class PreconditionFailed(CimiError):
     status, title = 412, "precondition failed"
 
 
+def check_if_match(etag: str, if_match: str | None) -> None:
+    """412 unless If-Match is absent, `*`, or lists `etag` (strong or weak)."""
+    if if_match is None:
+        return
+    tags = {t.strip() for t in if_match.split(",")}
+    if "*" not in tags and etag not in tags and f"W/{etag}" not in tags:
+        raise PreconditionFailed(f"the resource changed: its ETag is now {etag}, not {if_match}")
+
+
 class PayloadTooLarge(CimiError):
     status, title = 413, "payload too large"
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ..cluster.etcd import Etcd
-from ..errors import BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, PreconditionFailed
+from ..errors import BadRequest, Conflict, Forbidden, MethodNotAllowed, NotFound, PreconditionFailed, check_if_match
 from ..http.negotiation import request_format, response_format
 from ..http.params import positive
 from ..model import TYPES, ResourceType, collection_type
@@ -72,11 +72,7 @@ def _etag(revision: int) -> str:
 
 
 def _check_if_match(revision: int, if_match: str | None) -> None:
-    if if_match is None:
-        return
-    tags = {t.strip() for t in if_match.split(",")}
-    if "*" not in tags and _etag(revision) not in tags and f"W/{_etag(revision)}" not in tags:
-        raise PreconditionFailed(f"the resource changed: its ETag is now {_etag(revision)}, not {if_match}")
+    check_if_match(_etag(revision), if_match)
 
 
 def relative(href: str, base: str) -> str:

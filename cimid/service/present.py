@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from ..errors import PreconditionFailed
+from .. import errors
 from ..model import OWN_LOG, Action, ResourceType
 from ..store.db import Row
 from .hrefs import absolute, event_log_id, path_of
@@ -77,11 +77,7 @@ def etag(row: Row) -> str:
 
 
 def check_if_match(row: Row, if_match: str | None) -> None:
-    if if_match is None:
-        return
-    tags = {t.strip() for t in if_match.split(",")}
-    if "*" not in tags and etag(row) not in tags and f"W/{etag(row)}" not in tags:
-        raise PreconditionFailed(f"the resource changed: its ETag is now {etag(row)}, not {if_match}")
+    errors.check_if_match(etag(row), if_match)
 
 
 def select_attributes(doc: dict, rtype: ResourceType, select: set[str] | None) -> dict:

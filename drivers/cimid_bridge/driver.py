@@ -95,7 +95,7 @@ class BridgeNetwork:
         return spec
 
     async def host_subnets(self) -> dict[str, str]:
-        return links.foreign_subnets({spec.bridge for spec in self._specs.values()})  # no I/O worth a thread
+        return await asyncio.to_thread(links.foreign_subnets, {spec.bridge for spec in self._specs.values()})
 
     async def create_network(self, spec) -> None:
         """Make the bridge (down) and dnsmasq's files (its rules come with its start); refuses a clashing
