@@ -94,7 +94,7 @@ class EventLogs(ResourceService):
         contact = initiator or self.config["events"]["contact"]
         attrs = {"name": kind, "created": time, "timestamp": time, "type": EVENT_TYPE_BASE + kind, **attrs,
                  **({"contact": contact} if contact else {})}
-        tx.insert_with_commit(Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner))
+        await tx.insert(Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner))
 
     async def _log(self, tx: Transaction, subject: _Subject, persistence: str | None = None) -> Row:
         """The log Events about `subject` go to, made if it does not exist (yet, or any more)."""

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import Conflict, UnprocessableContent
-from ..model.jobs import Job
+from ..model.jobs import JOB_FINISHED, Job
 from ..store import idempotency as keys
 from ..store.db import Row, Store, Transaction, insert_recorder
 from .hrefs import now
@@ -135,8 +135,9 @@ class IdempotentRequests:
         async def record(tx: Transaction, job: Row) -> None:
             if claim.closed or claim.recorded or job.kind != Job.name or "parentJob" in job.attrs:
                 return  # only the request's own (top-level) Job
-            # What the answer says of this Job: made at once (201 for an add, 200 otherwise) or to run (202).
-            status = 202 if job.state == "QUEUED" else 201 if job.attrs.get("action") == "add" else 200
+            # What the answer says of this Job: to run (202; a hot-plug's is stored RUNNING already) or done
+            # at once (201 for an add, 200 otherwise).
+            status = 202 if job.state not in JOB_FINISHED else 201 if job.attrs.get("action") == "add" else 200
             affected = job.attrs.get("affectedResources") or []
             # The resource made or acted on: the last one a Job lists (a capture lists the Machine, then the image).
             location = affected[-1]["href"] if affected and status != 200 else None

@@ -89,18 +89,67 @@ def _column(attribute: str, type_: str) -> Column:
 
 
 class Transaction:
-    def __init__(self, conn: aiosqlite.Connection, committed: _RowCache):
-        self.conn = conn
+    """One write. Its inserts, updates and deletes are kept until something needs the database: the next
+    query, or the commit, which then runs them (and BEGIN IMMEDIATE, the first time) in the same thread hop.
+    A hop costs more than most statements, and a transaction whose reads the row cache answers (a hot-plug's
+    last one) makes one hop in all. A statement that fails therefore fails at that next hop, which is still
+    inside the transaction: it rolls back the whole of it."""
+
+    def __init__(self, on_writer: Callable[[Callable[[sqlite3.Connection], object]], Awaitable],
+                 committed: _RowCache):
+        self._on_writer = on_writer  # runs a function of the connection on the writer's thread, to its end
+        self._begun = False
+        self._pending: list[tuple[str, tuple]] = []  # statements not run yet, in order
         # The store's cache of committed rows: a row this transaction has not changed is read from it, with
         # no thread hop (the transaction holds the one writer, so nothing commits meanwhile).
         self._committed = committed
         self.after_commit: list[Callable[[], None]] = []
         self.events: list[object] = []  # published to the store's subscribers once the commit succeeded
-        self.touched: set[tuple[str, str]] | None = set()  # rows to drop from the read cache; None: all
-        # Rows as this transaction read them, until it changes them: a second get (an Event's log, once
-        # per Event) costs no thread hop. Raw tuples, so every get still returns a Row of its own.
+        self.touched: set[tuple[str, str]] | None = set()  # the rows it wrote; None: any (a bulk statement)
+        # Rows as this transaction sees them, raw as SQLite would return them: those it read (a second get,
+        # an Event's log once per Event, costs no hop) and those it wrote (read back without running the
+        # statement first; committed, they go to the store's cache). Raw tuples, so every get still returns
+        # a Row of its own.
         self._read: dict[tuple[str, str], tuple | None] = {}
-        self._with_commit: list[Row] = []  # inserted in the COMMIT's own thread hop (insert_with_commit)
+        self._emptied: set[str] = set()  # ids whose sub-collections this transaction deleted
+
+    async def _hop(self, fn: Callable[[sqlite3.Connection], object]):
+        """fn(connection) on the writer's thread, after the statements kept so far: one hop."""
+        pending, self._pending = self._pending, []
+        begin, self._begun = not self._begun, True
+
+        def run(conn: sqlite3.Connection):
+            if begin:
+                conn.execute("BEGIN IMMEDIATE")
+            for sql, params in pending:
+                conn.execute(sql, params)
+            return fn(conn)
+        return await self._on_writer(run)
+
+    async def _query(self, sql: str, params=()) -> list[tuple]:
+        return await self._hop(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def _commit(self) -> None:
+        """The kept statements and COMMIT, in one hop; nothing at all for a transaction that neither
+        wrote nor read the database."""
+        if self._begun or self._pending:
+            await self._hop(lambda conn: conn.execute("COMMIT"))
+
+    def _settle(self) -> None:
+        """After the commit: the rows this transaction wrote are what the cache holds for them now."""
+        if self.touched is None:
+            self._committed.entries.clear()
+            return
+        if self._emptied:
+            entries = self._committed.entries
+            for key in [key for key, entry in entries.items() if _orphaned(entry[0], self._emptied)]:
+                del entries[key]
+        for key in self.touched:
+            raw = self._read.get(key)
+            if raw is None:
+                self._committed.entries.pop(key, None)
+            else:
+                self._committed.keep(key, raw)
 
     async def get(self, kind: str, id: str, scope: str | None = None) -> Row | None:
         """The row, if it is in `scope` (a consumer's name; None: everything)."""
@@ -110,8 +159,11 @@ class Transaction:
         else:
             unchanged = self.touched is not None and key not in self.touched
             raw = self._committed.raw(key) if unchanged else None
+            if raw is not None and self._emptied and _orphaned(raw, self._emptied):
+                self._read[key] = None  # in a sub-collection this transaction deleted
+                return None
             if raw is None:
-                rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND id = ?", key)
+                rows = await self._query(_SELECT + " WHERE kind = ? AND id = ?", key)
                 raw = rows[0] if rows else None
                 if raw is not None and unchanged:
                     self._committed.keep(key, raw)
@@ -119,50 +171,63 @@ class Transaction:
         return _row(raw) if raw is not None and visible(raw, scope) else None
 
     async def insert(self, row: Row) -> None:
-        self._touch(row.kind, row.id)
-        await self.conn.execute(_INSERT, _insert_params(row))
+        params = _insert_params(row)
+        self._pending.append((_INSERT, params))
+        self._wrote(row.kind, row.id, (*params[:10], 1, *params[10:]))  # a new row's version is 1
         recorder = insert_recorder.get()
         if recorder is not None:
             await recorder(self, row)
 
-    def insert_with_commit(self, row: Row) -> None:
-        """Insert `row` when the transaction commits, in the same thread hop as the COMMIT (a hop is most
-        of a statement's cost): for the rows that only record a change (its Events), which nothing in the
-        transaction reads back. The insert recorder is not asked about them; if one fails, nothing commits."""
-        self._touch(row.kind, row.id)
-        self._with_commit.append(row)
-
-    def _commit(self, conn: sqlite3.Connection) -> None:
-        """On the connection's thread: the rows left for the commit, then COMMIT."""
-        for row in self._with_commit:
-            conn.execute(_INSERT, _insert_params(row))
-        conn.execute("COMMIT")
-
     async def update(self, row: Row) -> None:
-        self._touch(row.kind, row.id)
         promoted, doc = _split(row.attrs)
-        await self.conn.execute(
+        doc_json, internal_json = json.dumps(doc), json.dumps(row.internal)
+        self._pending.append((
             "UPDATE resources SET name = ?, description = ?, created = ?, updated = ?, state = ?, doc = ?,"
             " internal = ?, public = ?, version = version + 1 WHERE kind = ? AND id = ?",
-            (*promoted, json.dumps(doc), json.dumps(row.internal), int(row.public), row.kind, row.id),
-        )
+            (*promoted, doc_json, internal_json, int(row.public), row.kind, row.id)))
         row.version += 1
+        before = self._read.get((row.kind, row.id))
+        # As SQLite will have it; unknown unless this transaction saw the row (its version and owner).
+        after = None if before is None else \
+            (row.kind, row.id, before[2], *promoted, doc_json, internal_json, before[10] + 1, before[11], int(row.public))
+        self._wrote(row.kind, row.id, after)
 
     async def delete(self, kind: str, id: str) -> None:
-        self.touched = None  # children (a Machine's disks) go too
-        self._read.clear()
-        await self.conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id))
-        await self.conn.execute("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,))
+        """The row, and its sub-collection (not its Jobs, which outlive what they acted on)."""
+        self._pending.append(("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id)))
+        self._pending.append(("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,)))
+        self._wrote(kind, id, None, gone=True)
+        for key, raw in list(self._read.items()):
+            if raw is not None and _orphaned(raw, {id}):
+                self._wrote(*key, None, gone=True)
+        self._emptied.add(id)
 
-    async def execute(self, sql: str, params=()) -> None:
-        """For the store's own named queries; the layers above speak in verbs."""
-        self.touched = None
-        self._read.clear()
-        await self.conn.execute(sql, params)
+    def _wrote(self, kind: str, id: str, raw: tuple | None, gone: bool = False) -> None:
+        """Note a write: `raw`, the row as SQLite will have it, None when unknown, or gone."""
+        key = (kind, id)
+        if raw is None and not gone:
+            self._read.pop(key, None)  # read back from the database (after the statement) if asked
+        else:
+            self._read[key] = raw
+        if self.touched is not None:
+            self.touched.add(key)
+
+    async def execute(self, sql: str, params=(), *, resources: bool = True) -> int:
+        """For the store's own named statements; the layers above speak in verbs. Run now (with what was
+        kept before it); `resources=False` for a statement on another table, which leaves the row cache
+        alone. Returns how many rows it changed."""
+        if resources:
+            self.touched = None
+            self._read.clear()
+        return await self._hop(lambda conn: conn.execute(sql, params).rowcount)
+
+    async def executemany(self, sql: str, rows) -> None:
+        """execute for many parameter sets at once, on a table other than the resources (samples)."""
+        await self._hop(lambda conn: conn.executemany(sql, rows))
 
     async def fetch(self, sql: str, params=()) -> list[tuple]:
         """For the store's own named queries (consumers, tokens), inside this transaction."""
-        return await self.conn.execute_fetchall(sql, params)
+        return await self._query(sql, params)
 
     def emit(self, event: object) -> None:
         """Announce `event` to the subscribers after this transaction commits (never if it rolls back)."""
@@ -170,35 +235,35 @@ class Transaction:
 
     async def usage(self, kind: str, owner: str, sums: tuple[str, ...] = ()) -> tuple[int, dict[str, int]]:
         """How many `kind` rows `owner` has, and the totals of their integer attributes `sums` (quotas)."""
-        return await _usage(self.conn.execute_fetchall, kind, owner, sums)
+        return await _usage(self._query, kind, owner, sums)
 
     async def count_referring(self, key: str, value: str) -> int:
         """How many rows, of any kind, have `value` under `key` of their internal data (e.g. the disks that
         stand on an image: a Machine's today, a Volume's later)."""
-        rows = await self.conn.execute_fetchall(
+        rows = await self._query(
             "SELECT count(*) FROM resources WHERE json_extract(internal, '$.' || ?) = ?", (key, value))
         return rows[0][0]
 
     async def referring(self, kind: str, key: str, value: str) -> list[Row]:
         """The `kind` rows with `value` under `key` of their internal data (the attachments of a volume)."""
-        rows = await self.conn.execute_fetchall(
+        rows = await self._query(
             _SELECT + " WHERE kind = ? AND json_extract(internal, '$.' || ?) = ?", (kind, key, value))
         return [_row(r) for r in rows]
 
     async def all_of(self, kind: str) -> list[Row]:
         """Every `kind` row, oldest first (a few: the networks whose subnets a new one must not overlap)."""
-        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? ORDER BY seq", (kind,))
+        rows = await self._query(_SELECT + " WHERE kind = ? ORDER BY seq", (kind,))
         return [_row(r) for r in rows]
 
     async def children(self, kind: str, parent: str) -> list[Row]:
         """The `kind` rows of the sub-collection of `parent`."""
-        rows = await self.conn.execute_fetchall(_SELECT + " WHERE kind = ? AND parent = ?", (kind, parent))
+        rows = await self._query(_SELECT + " WHERE kind = ? AND parent = ?", (kind, parent))
         return [_row(r) for r in rows]
 
-    def _touch(self, kind: str, id: str) -> None:
-        self._read.pop((kind, id), None)
-        if self.touched is not None:
-            self.touched.add((kind, id))
+
+def _orphaned(raw: tuple, emptied: set[str]) -> bool:
+    """Whether a row went with the deletion of its parent (one of `emptied`)."""
+    return raw[2] in emptied and raw[0] != "Job"
 
 
 _INSERT = ("INSERT INTO resources (kind, id, parent, name, description, created, updated, state, doc, internal,"
@@ -319,17 +384,14 @@ class Store:
         self._pager = self._reader = self._writer = None
         self._cache.entries.clear()
 
-    async def _through(self, statement: str | Callable[[sqlite3.Connection], None]) -> None:
-        """Run a transaction statement (or a function of the raw connection, on its thread) to its end even
-        if the caller is cancelled meanwhile (a sampler or Job stopped by a reset): it runs on the
-        connection's thread either way, and a cancelled wait must not leave a transaction open behind the
-        next writer's back."""
-        if isinstance(statement, str):
-            done = asyncio.ensure_future(self._writer.execute(statement))
-        else:  # aiosqlite runs any function on its thread (Connection._execute; aiosqlite is pinned for it)
-            done = asyncio.ensure_future(self._writer._execute(statement, self._writer._conn))
+    async def _on_writer(self, fn: Callable[[sqlite3.Connection], object]):
+        """fn(the writer's sqlite3 connection) on its thread, run to its end even if the caller is cancelled
+        meanwhile (a sampler or Job stopped by a reset): a cancelled wait must not leave a transaction open
+        behind the next writer's back. aiosqlite runs any function on its thread (Connection._execute, not
+        public: aiosqlite is pinned for it)."""
+        done = asyncio.ensure_future(self._writer._execute(fn, self._writer._conn))
         try:
-            await asyncio.shield(done)
+            return await asyncio.shield(done)
         except asyncio.CancelledError:
             await done
             raise
@@ -338,28 +400,18 @@ class Store:
     async def write(self) -> AsyncIterator[Transaction]:
         """The one way to change the store: serialised, atomic, callbacks run only after the commit."""
         async with self._lock:
-            try:
-                await self._through("BEGIN IMMEDIATE")
-            except BaseException:
-                if self._writer.in_transaction:  # cancelled, but the BEGIN ran on the connection's thread
-                    await self._through("ROLLBACK")
-                raise
-            tx = Transaction(self._writer, self._cache)
+            tx = Transaction(self._on_writer, self._cache)
             try:
                 yield tx
                 for hook in self._before_commit:
                     await hook(tx)
-                await self._through(tx._commit)
+                await tx._commit()
             except BaseException:
-                if self._writer.in_transaction:  # a COMMIT that failed leaves it open too
-                    await self._through("ROLLBACK")
+                if self._writer.in_transaction:  # begun (even if cancelled since), or a COMMIT that failed
+                    await self._on_writer(lambda conn: conn.execute("ROLLBACK"))
                 raise
             self._commits += 1
-            if tx.touched is None:
-                self._cache.entries.clear()
-            else:
-                for key in tx.touched:
-                    self._cache.entries.pop(key, None)
+            tx._settle()
         for callback in tx.after_commit:
             callback()
         for event in tx.events:

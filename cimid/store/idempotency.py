@@ -43,43 +43,43 @@ async def reserve(store: Store, consumer: str, key: str, fingerprint: str, now: 
     """Reserve `key` for a request of `consumer` in a transaction of its own: None when it is now reserved
     for this request, else what is stored under it. An expired entry is forgotten first."""
     async with store.write() as tx:
-        await tx.conn.execute("DELETE FROM idempotency_keys WHERE consumer = ? AND key = ? AND created < ?",
-                              (consumer, key, expired_before))
+        await tx.execute("DELETE FROM idempotency_keys WHERE consumer = ? AND key = ? AND created < ?",
+                         (consumer, key, expired_before), resources=False)
         rows = await tx.fetch(f"{_ENTRY} WHERE consumer = ? AND key = ?", (consumer, key))
         if rows:
             return _entry(rows[0])
-        await tx.conn.execute("INSERT INTO idempotency_keys (consumer, key, fingerprint, created)"
-                              " VALUES (?, ?, ?, ?)", (consumer, key, fingerprint, now))
+        await tx.execute("INSERT INTO idempotency_keys (consumer, key, fingerprint, created)"
+                         " VALUES (?, ?, ?, ?)", (consumer, key, fingerprint, now), resources=False)
     return None
 
 
 async def renew(store: Store, consumer: str, key: str, now: str) -> None:
     """Keep a reservation (taken over from a request cimid never finished) for the full time from now."""
     async with store.write() as tx:
-        await tx.conn.execute("UPDATE idempotency_keys SET created = ? WHERE consumer = ? AND key = ?",
-                              (now, consumer, key))
+        await tx.execute("UPDATE idempotency_keys SET created = ? WHERE consumer = ? AND key = ?",
+                         (now, consumer, key), resources=False)
 
 
 async def record(tx: Transaction, consumer: str, key: str, recorded: dict) -> None:
     """Inside the request's own write: the Job it made (the first one only)."""
-    await tx.conn.execute("UPDATE idempotency_keys SET recorded = ? WHERE consumer = ? AND key = ?"
-                          " AND recorded IS NULL", (json.dumps(recorded), consumer, key))
+    await tx.execute("UPDATE idempotency_keys SET recorded = ? WHERE consumer = ? AND key = ?"
+                     " AND recorded IS NULL", (json.dumps(recorded), consumer, key), resources=False)
 
 
 async def answer(store: Store, consumer: str, key: str, status: int, headers: dict, body: bytes) -> None:
     async with store.write() as tx:
-        await tx.conn.execute("UPDATE idempotency_keys SET status = ?, headers = ?, body = ? WHERE consumer = ?"
-                              " AND key = ?", (status, json.dumps(headers), body, consumer, key))
+        await tx.execute("UPDATE idempotency_keys SET status = ?, headers = ?, body = ? WHERE consumer = ?"
+                         " AND key = ?", (status, json.dumps(headers), body, consumer, key), resources=False)
 
 
 async def release(store: Store, consumer: str, key: str) -> None:
     """Forget a reservation whose request failed, unless it made a Job: a retry then runs again."""
     async with store.write() as tx:
-        await tx.conn.execute("DELETE FROM idempotency_keys WHERE consumer = ? AND key = ? AND recorded IS NULL"
-                              " AND status IS NULL", (consumer, key))
+        await tx.execute("DELETE FROM idempotency_keys WHERE consumer = ? AND key = ? AND recorded IS NULL"
+                         " AND status IS NULL", (consumer, key), resources=False)
 
 
 async def purge(store: Store, before: str) -> None:
     """Forget every key reserved before `before` (a stored dateTime)."""
     async with store.write() as tx:
-        await tx.conn.execute("DELETE FROM idempotency_keys WHERE created < ?", (before,))
+        await tx.execute("DELETE FROM idempotency_keys WHERE created < ?", (before,), resources=False)

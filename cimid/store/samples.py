@@ -19,15 +19,15 @@ TRIM_ROUNDS = 8  # at most this many deletions per trim; the next trim goes on
 async def add(tx: Transaction, samples: list[tuple[str, str, float]]) -> None:
     """Store (meter id, timestamp, value) triples; a second sample at the same instant replaces the first.
     Samples are not resources: the row cache is left alone."""
-    await tx.conn.executemany("INSERT OR REPLACE INTO samples (meter, ts, value) VALUES (?, ?, ?)", samples)
+    await tx.executemany("INSERT OR REPLACE INTO samples (meter, ts, value) VALUES (?, ?, ?)", samples)
 
 
 async def delete_meter(tx: Transaction, meter: str) -> None:
-    await tx.conn.execute("DELETE FROM samples WHERE meter = ?", (meter,))
+    await tx.execute("DELETE FROM samples WHERE meter = ?", (meter,), resources=False)
 
 
 async def delete_all(tx: Transaction) -> None:
-    await tx.conn.execute("DELETE FROM samples")
+    await tx.execute("DELETE FROM samples", resources=False)
 
 
 async def page(store: Store, meter: str, *, filters: list[str] = (), orderby: list[str] = (),
@@ -67,8 +67,7 @@ async def trim(store: Store, before: str, max_bytes: int) -> int:
     holds more than `max_bytes`. Returns how many were dropped."""
     dropped = 0
     async with store.write() as tx:
-        cursor = await tx.conn.execute("DELETE FROM samples WHERE ts < ?", (before,))
-        dropped += cursor.rowcount
+        dropped += await tx.execute("DELETE FROM samples WHERE ts < ?", (before,), resources=False)
     for _ in range(TRIM_ROUNDS):
         used = await used_bytes(store)
         if used <= max_bytes:
@@ -80,10 +79,9 @@ async def trim(store: Store, before: str, max_bytes: int) -> int:
         # pages they free (only emptied pages are freed) bring the database under it.
         excess = math.ceil(count * (used - max_bytes) / used) + max(count // 50, 1)
         async with store.write() as tx:
-            cursor = await tx.conn.execute(
+            dropped += await tx.execute(
                 "DELETE FROM samples WHERE ts <= (SELECT ts FROM samples ORDER BY ts LIMIT 1 OFFSET ?)",
-                (min(excess, count) - 1,))
-            dropped += cursor.rowcount
+                (min(excess, count) - 1,), resources=False)
     return dropped
 
 

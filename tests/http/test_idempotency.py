@@ -284,3 +284,31 @@ async def test_a_reservation_that_changed_nothing_before_a_restart_runs_its_retr
         assert machines(client) == 1
     finally:
         await client.client.close()
+
+
+async def test_an_attach_whose_answer_was_never_stored_is_answered_202_from_its_job_after_a_restart(tmp_path):
+    """A hot-plug's Job is stored already RUNNING by the request's own commit; the answer rebuilt from it
+    is still the 202 with the attachment's Location that the client was first given."""
+    client = await with_consumers(await make_client(tmp_path))
+    made = await client.post("machines", machine(client), headers=who("alice"))
+    volume = await client.post("volumes", {"volumeTemplate": {"volumeConfig": {"capacity": 1024}}},
+                               headers=who("alice"))
+    for answer in (made, volume):
+        await client.wait_job(answer.headers["CIMI-Job-URI"])
+    body = json.dumps({"volume": {"href": volume.headers["Location"]}, "initialLocation": "vdb"}).encode()
+    path = made.headers["Location"].split("/cimi/")[1] + "/volumes"
+    headers = {**who("alice", "plug"), "Content-Type": "application/json"}
+    first = await client.post(path, body, headers=headers)
+    assert first.status == 202, first
+    await client.wait_job(first.headers["CIMI-Job-URI"])
+    await client.client.close()
+    await execute(client, "UPDATE idempotency_keys SET status = NULL, headers = NULL, body = NULL")
+    client = await make_client(tmp_path)
+    try:
+        again = await client.post(path, body, headers=headers)
+        assert again.status == 202 and again.headers["Idempotent-Replayed"] == "true", again
+        for header in ("Location", "CIMI-Job-URI"):
+            assert again.headers[header].split("/cimi/")[1] == first.headers[header].split("/cimi/")[1]
+        assert count(client, "SELECT count(*) FROM resources WHERE kind = 'MachineVolume'") == 1
+    finally:
+        await client.client.close()

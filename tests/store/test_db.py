@@ -198,13 +198,13 @@ async def test_a_transaction_reads_its_own_writes_and_rows_it_has_not_changed_fr
     assert await store.get("Thing", "a") is None
 
 
-async def test_rows_inserted_with_the_commit_commit_with_it_or_not_at_all(store):
+async def test_writes_run_at_the_next_hop_and_a_failing_one_rolls_back_the_whole_transaction(store):
     stamp = "2020-01-01T00:00:00.000Z"
     seen = []
     store.subscribe(seen.append)
     async with store.write() as tx:
         await tx.insert(Row("Thing", "a", "", {"name": "made", "created": stamp}))
-        tx.insert_with_commit(Row("Note", "n1", "", {"name": "a was made", "created": stamp}))
+        await tx.insert(Row("Note", "n1", "", {"name": "a was made", "created": stamp}))
         tx.emit("made")
     assert (await store.get("Note", "n1")).attrs["name"] == "a was made" and seen == ["made"]
     # One that cannot be inserted (its id is taken) fails the commit: the change and its record are rolled
@@ -212,11 +212,104 @@ async def test_rows_inserted_with_the_commit_commit_with_it_or_not_at_all(store)
     with pytest.raises(sqlite3.IntegrityError):
         async with store.write() as tx:
             await tx.insert(Row("Thing", "b", "", {"name": "made", "created": stamp}))
-            tx.insert_with_commit(Row("Note", "n2", "", {"name": "b was made", "created": stamp}))
-            tx.insert_with_commit(Row("Note", "n1", "", {"name": "taken", "created": stamp}))
+            await tx.insert(Row("Note", "n2", "", {"name": "b was made", "created": stamp}))
+            await tx.insert(Row("Note", "n1", "", {"name": "taken", "created": stamp}))
             tx.emit("b made")
     assert await store.get("Thing", "b") is None and await store.get("Note", "n2") is None
     assert (await store.get("Note", "n1")).attrs["name"] == "a was made" and seen == ["made"]
+    # The same failure at a query later in the transaction: raised there, and nothing of it commits.
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.write() as tx:
+            await tx.insert(Row("Thing", "b", "", {"name": "made", "created": stamp}))
+            await tx.insert(Row("Note", "n1", "", {"name": "taken", "created": stamp}))
+            await tx.children("Note", "")
+    assert await store.get("Thing", "b") is None
     async with store.write() as tx:
         await tx.insert(Row("Thing", "b", "", {"name": "made", "created": stamp}))
+        assert [r.id for r in await tx.children("Thing", "")] == ["a", "b"]  # a query sees what came before
     assert (await store.get("Thing", "b")).attrs["name"] == "made"
+
+
+def _counting_hops(store) -> list:
+    hops = []
+    on_writer = store._on_writer
+
+    async def counted(fn):
+        hops.append(fn)
+        return await on_writer(fn)
+    store._on_writer = counted
+    return hops
+
+
+async def test_a_transaction_the_cache_answers_reaches_the_writer_once(store):
+    stamp = "2020-01-01T00:00:00.000Z"
+    async with store.write() as tx:
+        await tx.insert(Row("Job", "j", "", {"name": "job", "created": stamp, "state": "RUNNING"}))
+        await tx.insert(Row("Thing", "t", "", {"name": "thing", "created": stamp}))
+    hops = _counting_hops(store)
+    async with store.write() as tx:  # what a Job's last commit does: read, change, record
+        job = await tx.get("Job", "j")  # rows the last commit wrote are in the cache
+        job.attrs["state"] = "SUCCESS"
+        await tx.update(job)
+        assert (await tx.get("Job", "j")).state == "SUCCESS"
+        await tx.get("Thing", "t")
+        await tx.insert(Row("Event", "e1", "log", {"name": "done", "created": stamp}))
+    assert len(hops) == 1
+    async with store.write() as tx:  # reads the cache answers, no write: no hop at all
+        await tx.get("Thing", "t")
+    assert len(hops) == 1
+    assert (await store.get("Job", "j")).state == "SUCCESS" and await store.get("Event", "e1") is not None
+
+
+async def test_what_a_transaction_wrote_is_cached_exactly_as_sqlite_has_it(store, tmp_path):
+    stamp = "2020-01-01T00:00:00.000Z"
+    async with store.write() as tx:
+        await tx.insert(Row("Thing", "a", "p", {"name": "a", "created": stamp, "state": "ON", "n": [1]},
+                            internal={"x": 1}, owner="alice", public=True))
+        await tx.insert(Row("Thing", "b", "", {"name": "b", "created": stamp}))
+    async with store.write() as tx:
+        a = await tx.get("Thing", "a")
+        a.attrs.update(state="OFF", description="changed")
+        a.internal["x"] = 2
+        await tx.update(a)
+        await tx.update(a)  # twice: version 3
+        # Updated without being read in this transaction: its version is read back, not guessed.
+        await tx.update(Row("Thing", "b", "", {"name": "b2", "created": stamp}))
+    fresh = Store(tmp_path / "db.sqlite3", "FULL")  # no cache: what SQLite holds
+    await fresh.open()
+    try:
+        for id, version in (("a", 3), ("b", 2)):
+            cached, stored = await store.get("Thing", id), await fresh.get("Thing", id)
+            assert (cached.version, cached.attrs, cached.internal, cached.owner, cached.public, cached.parent) == \
+                (stored.version, stored.attrs, stored.internal, stored.owner, stored.public, stored.parent)
+            assert stored.version == version
+    finally:
+        await fresh.close()
+
+
+async def test_a_deleted_rows_sub_collection_leaves_the_cache_and_its_jobs_stay(store):
+    stamp = "2020-01-01T00:00:00.000Z"
+    async with store.write() as tx:
+        await tx.insert(Row("Machine", "m", "", {"name": "m", "created": stamp}))
+        await tx.insert(Row("Disk", "d", "m", {"name": "d", "created": stamp}))
+        await tx.insert(Row("Job", "j", "m", {"name": "j", "created": stamp}))
+        await tx.insert(Row("Machine", "other", "", {"name": "o", "created": stamp}))
+    for kind, id in (("Machine", "m"), ("Disk", "d"), ("Job", "j"), ("Machine", "other")):
+        assert await store.get(kind, id) is not None  # all cached
+    async with store.write() as tx:
+        assert await tx.get("Disk", "d") is not None
+        await tx.delete("Machine", "m")
+        assert await tx.get("Machine", "m") is None and await tx.get("Disk", "d") is None
+        assert await tx.get("Job", "j") is not None and await tx.get("Machine", "other") is not None
+    async with store.write() as tx:  # a child the deleting transaction never read
+        await tx.insert(Row("Machine", "m2", "", {"name": "m2", "created": stamp}))
+        await tx.insert(Row("Disk", "d2", "m2", {"name": "d2", "created": stamp}))
+    assert await store.get("Disk", "d2") is not None
+    async with store.write() as tx:
+        await tx.delete("Machine", "m2")
+        assert await tx.get("Disk", "d2") is None
+        await tx.insert(Row("Disk", "d2", "m2", {"name": "again", "created": stamp}))  # made again after it
+        assert (await tx.get("Disk", "d2")).attrs["name"] == "again"
+    assert await store.get("Machine", "m") is None and await store.get("Disk", "d") is None
+    assert await store.get("Job", "j") is not None and await store.get("Machine", "other") is not None
+    assert (await store.get("Disk", "d2")).attrs["name"] == "again"
