@@ -81,20 +81,25 @@ class EventLogs(ResourceService):
         if not records:
             return
         request = current_request.get()
+        written = []
         if request is not None and not request.recorded:
-            await self._write(tx, *self._access(records[0], request))
+            written.append(await self._write(tx, *self._access(records[0], request)))
             tx.after_commit.append(lambda: setattr(request, "recorded", True))
         for record in records:
-            await self._write(tx, *self._describe(record))
-        tx.emit(EventStored())
+            written.append(await self._write(tx, *self._describe(record)))
+        stored = EventStored()
+        tx.after_commit.append(lambda: stored.committed(tx.stored(row) for row in written))
+        tx.emit(stored)
 
     async def _write(self, tx: Transaction, subject: _Subject, kind: str, attrs: dict, time: str,
-                     initiator: str) -> None:
+                     initiator: str) -> Row:
         log_row = await self._log(tx, subject)
         contact = initiator or self.config["events"]["contact"]
         attrs = {"name": kind, "created": time, "timestamp": time, "type": EVENT_TYPE_BASE + kind, **attrs,
                  **({"contact": contact} if contact else {})}
-        await tx.insert(Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner))
+        event = Row(Event.name, new_id(), log_row.id, attrs, owner=subject.owner)
+        await tx.insert(event)
+        return event
 
     async def _log(self, tx: Transaction, subject: _Subject, persistence: str | None = None) -> Row:
         """The log Events about `subject` go to, made if it does not exist (yet, or any more)."""

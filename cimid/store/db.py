@@ -99,7 +99,9 @@ class Transaction:
                  committed: _RowCache):
         self._on_writer = on_writer  # runs a function of the connection on the writer's thread, to its end
         self._begun = False
-        self._pending: list[tuple[str, tuple]] = []  # statements not run yet, in order
+        self._pending: list[tuple[str, tuple, tuple[str, str] | None]] = []  # statements not run yet, in
+        # order, each with the key of the row it inserts (its sequence number is kept: `stored`)
+        self._seqs: dict[tuple[str, str], int] = {}
         # The store's cache of committed rows: a row this transaction has not changed is read from it, with
         # no thread hop (the transaction holds the one writer, so nothing commits meanwhile).
         self._committed = committed
@@ -121,8 +123,10 @@ class Transaction:
         def run(conn: sqlite3.Connection):
             if begin:
                 conn.execute("BEGIN IMMEDIATE")
-            for sql, params in pending:
-                conn.execute(sql, params)
+            for sql, params, inserted in pending:
+                cursor = conn.execute(sql, params)
+                if inserted is not None:
+                    self._seqs[inserted] = cursor.lastrowid
             return fn(conn)
         return await self._on_writer(run)
 
@@ -172,7 +176,7 @@ class Transaction:
 
     async def insert(self, row: Row) -> None:
         params = _insert_params(row)
-        self._pending.append((_INSERT, params))
+        self._pending.append((_INSERT, params, (row.kind, row.id)))
         self._wrote(row.kind, row.id, (*params[:10], 1, *params[10:]))  # a new row's version is 1
         recorder = insert_recorder.get()
         if recorder is not None:
@@ -184,7 +188,7 @@ class Transaction:
         self._pending.append((
             "UPDATE resources SET name = ?, description = ?, created = ?, updated = ?, state = ?, doc = ?,"
             " internal = ?, public = ?, version = version + 1 WHERE kind = ? AND id = ?",
-            (*promoted, doc_json, internal_json, int(row.public), row.kind, row.id)))
+            (*promoted, doc_json, internal_json, int(row.public), row.kind, row.id), None))
         row.version += 1
         before = self._read.get((row.kind, row.id))
         # As SQLite will have it; unknown unless this transaction saw the row (its version and owner).
@@ -194,13 +198,20 @@ class Transaction:
 
     async def delete(self, kind: str, id: str) -> None:
         """The row, and its sub-collection (not its Jobs, which outlive what they acted on)."""
-        self._pending.append(("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id)))
-        self._pending.append(("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,)))
+        self._pending.append(("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, id), None))
+        self._pending.append(("DELETE FROM resources WHERE parent = ? AND kind != 'Job'", (id,), None))
         self._wrote(kind, id, None, gone=True)
         for key, raw in list(self._read.items()):
             if raw is not None and _orphaned(raw, {id}):
                 self._wrote(*key, None, gone=True)
         self._emptied.add(id)
+
+    def stored(self, row: Row) -> tuple[int, tuple] | None:
+        """After the commit: a row this transaction inserted, as (its sequence number, the row as SQLite
+        holds it), or None if the transaction no longer knows it (changed by a bulk statement since)."""
+        key = (row.kind, row.id)
+        raw, seq = self._read.get(key), self._seqs.get(key)
+        return None if raw is None or seq is None else (seq, raw)
 
     def _wrote(self, kind: str, id: str, raw: tuple | None, gone: bool = False) -> None:
         """Note a write: `raw`, the row as SQLite will have it, None when unknown, or gone."""

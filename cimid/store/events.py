@@ -4,7 +4,7 @@ severity counts of logs, and the retention sweep."""
 from __future__ import annotations
 
 from . import query
-from .db import _IN_SCOPE, _SELECT, Row, Store, _resolve, _row
+from .db import _IN_SCOPE, _SELECT, Row, Store, _resolve, _row, visible
 
 PROVIDER_LOG = "provider"  # the id of the provider's own EventLog
 
@@ -13,6 +13,12 @@ async def latest_seq(store: Store) -> int:
     """The highest sequence number ever given: what a new stream starts after."""
     rows = await store.fetch("SELECT seq FROM sqlite_sequence WHERE name = 'resources'")
     return rows[0][0] if rows else 0
+
+
+def seen_by(raw: tuple, scope: str | None) -> Row | None:
+    """An Event as its commit stored it (Transaction.stored), if `scope` may see it: what events_after
+    would return for it, without reading the store."""
+    return _row(raw) if visible(raw, scope) else None
 
 
 def compile_filters(filters: list[str], columns: dict[str, str]) -> tuple[str, list]:
