@@ -256,7 +256,9 @@ class Volumes(ResourceService):
             volume = await self.changeable(tx, ctx, Volume, href_to_id(attrs["volume"]["href"], Volume, "volume"))
             if volume.state != "AVAILABLE":
                 raise Conflict(f"Volume '{volume.id}' is {volume.state}, not AVAILABLE")
-            users = await self._attachments(tx, volume.id)
+            # The volume's attachments and the machine's, in one look.
+            related = await tx.children_or_referring(MachineVolume.name, machine_id, "volume", volume.id)
+            users = [mv for mv in related if mv.internal["volume"] == volume.id]
             if any(mv.parent == machine_id for mv in users):
                 raise Conflict(f"Volume '{volume.id}' is already attached to Machine '{machine_id}'")
             if users and not self.pools.pool(volume.internal["pool"]).shareable:
@@ -265,7 +267,7 @@ class Volumes(ResourceService):
             # The disks cimid gave the machine, from the store (no look at the host: a disk added behind
             # cimid's back is refused by the hypervisor in the Job, which then fails changing nothing).
             taken = set(own_devices(len(machine.internal["spec"]["disks"])))
-            taken |= {mv.internal["device"] for mv in await tx.children(MachineVolume.name, machine_id)}
+            taken |= {mv.internal["device"] for mv in related if mv.parent == machine_id}
             if device is None:
                 device = next((f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in taken), None)
                 if device is None:
@@ -286,6 +288,7 @@ class Volumes(ResourceService):
                                      "attachment": attachment.id},
                                     target=f"machines/{machine_id}/volumes", success="Volume attached",
                                     affected=[path], begin=True)  # a hot-plug: no commit of its own to begin
+        await asyncio.sleep(0)  # the Job reaches the hypervisor before this answer is rendered and sent
         return job_result(ctx, job, 202, location=path)
 
     # ---------------------------------------------------------------- volumes of a MachineTemplate

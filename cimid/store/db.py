@@ -271,6 +271,13 @@ class Transaction:
         rows = await self._query(_SELECT + " WHERE kind = ? AND parent = ?", (kind, parent))
         return [_row(r) for r in rows]
 
+    async def children_or_referring(self, kind: str, parent: str, key: str, value: str) -> list[Row]:
+        """children and referring in one query: the `kind` rows of `parent`'s sub-collection, and those with
+        `value` under `key` (a machine's attachments and a volume's)."""
+        rows = await self._query(_SELECT + " WHERE kind = ? AND (parent = ? OR json_extract(internal, '$.' || ?) = ?)",
+                                 (kind, parent, key, value))
+        return [_row(r) for r in rows]
+
 
 def _orphaned(raw: tuple, emptied: set[str]) -> bool:
     """Whether a row went with the deletion of its parent (one of `emptied`)."""
