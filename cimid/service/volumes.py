@@ -705,10 +705,10 @@ class Volumes(ResourceService):
             return None
 
     async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
-        if outcome != "STEP":
-            tx.after_commit.append(self._look_at_space)
         step = job.internal["steps"][-1]
         op = step["op"]
+        if outcome != "STEP" and op not in ("attach", "detach"):  # an attachment takes no room in a pool
+            tx.after_commit.append(self._look_at_space)
         if op == "import":
             return await self._finish_import(tx, job, outcome, message, step)
         if outcome == "STEP" and not step.get("transitional"):
