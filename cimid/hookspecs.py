@@ -132,6 +132,10 @@ class ComputeDriver(Protocol):
         """Remove the disk `device` (from a running guest too); one the machine lacks is not an error.
         With `source` (a disk's path), only if the disk `device` is that one."""
 
+    async def has_volume(self, machine_id: str, device: str, source: str) -> bool:
+        """Whether the machine's definition (what it keeps across restarts) has the disk `source` (a disk's
+        path) as `device`: asked after a restart about an attach that was cut short."""
+
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         """Tell a running guest its disk `device` grew to `capacity_kb` (the guest sees the new size)."""
 

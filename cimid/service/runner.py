@@ -115,6 +115,10 @@ class JobKind:
     finish: Callable[[Transaction, Row, str, str, object], Awaitable[tuple[str, str] | None]]
     # The Job was stopped while QUEUED: nothing reached the host, so undo only what the request recorded.
     abandon: Callable[[Transaction, Row], Awaitable[None]]
+    # Whether the host itself durably keeps what the Job's steps did, so that its last commit need not reach
+    # the disk before the Event says so: after a power cut the Job is found unfinished, and finish (given
+    # INTERRUPTED and what observe read) settles it from the host, SUCCESS again where the host says so.
+    outcome_kept_by_host: Callable[[Row], bool] = lambda _job: False
 
 
 class JobRunner:
@@ -226,7 +230,8 @@ class JobRunner:
                     await tx.update(job)
             self.stop_requested.discard(job_id)
             observed = await kind.observe(job)
-            async with self.store.write() as tx:
+            kept_by_host = outcome == "SUCCESS" and kind.outcome_kept_by_host(job)
+            async with self.store.write(durable=not kept_by_host) as tx:
                 job = await tx.get(Job.name, job_id)
                 await self._end_step(tx, job, index, *step_ended, result)
                 outcome, message = await kind.finish(tx, job, outcome, message, observed) or (outcome, message)
@@ -313,8 +318,9 @@ class JobRunner:
             async with self.store.write() as tx:
                 job = await tx.get(Job.name, job.id)
                 await end_nested(tx, job, "FAILED", INTERRUPTED)
-                await kind.finish(tx, job, "FAILED", INTERRUPTED, observed)
-                set_job_state(job, "FAILED", INTERRUPTED)
+                # What the host says may settle it otherwise (a hot-plug libvirt finished: SUCCESS).
+                outcome, message = await kind.finish(tx, job, "FAILED", INTERRUPTED, observed) or ("FAILED", INTERRUPTED)
+                set_job_state(job, outcome, message)
                 await tx.update(job)
                 await alarm_if_failed(tx, job)
         return resumed

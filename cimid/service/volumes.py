@@ -22,7 +22,7 @@ from .events import Alarm, model_changed, state_changed
 from .hrefs import href_to_id, new_id, now, path_of, split_href
 from .present import Context, Result, check_if_match
 from .resources import ResourceService
-from .runner import JobKind, job_result
+from .runner import INTERRUPTED, JobKind, job_result
 from .sweeps import start_sweep
 
 log = logging.getLogger("cimid.volumes")
@@ -53,7 +53,8 @@ class Volumes(ResourceService):
     def __init__(self, family, parts):
         super().__init__(family, parts)
         self.pools = self.drivers.storage
-        self.jobs.register(KIND, JobKind(self.run_step, self.observe, self.finish, self.abandon))
+        self.jobs.register(KIND, JobKind(self.run_step, self.observe, self.finish, self.abandon,
+                                         self.outcome_kept_by_host))
         self._full: set[str] = set()  # pools over storage.full_alarm_percent, alarmed once
         self._space_lock = asyncio.Lock()
         self._space_watch: asyncio.Task | None = None
@@ -745,27 +746,38 @@ class Volumes(ResourceService):
         await tx.update(volume)
         tx.emit(state_changed(Volume, volume, previous, message, job.owner))
 
+    def outcome_kept_by_host(self, job: Row) -> bool:
+        """A hot-plug's outcome is in the domain's definition, which libvirt has written to the disk before
+        it answered; after a power cut that lost the Job's last commit, _finish_attachment reads it back."""
+        return job.internal["steps"][-1]["op"] == "attach"
+
     async def _finish_attachment(self, tx: Transaction, job: Row, step: dict, succeeded: bool,
-                                 message: str) -> None:
+                                 message: str) -> tuple[str, str] | None:
         """An attach or detach ended: its MachineVolume stays or goes with the outcome (the Volume's own
         state never changed)."""
         op = step["op"]
+        found = False  # attached after all: the hypervisor has it
         if op == "attach" and not succeeded and self.drivers.compute is not None:
-            # Cut short (cimid killed) the hypervisor may have attached it already: undo, so that the
-            # host matches the store (detaching a disk the machine lacks is not an error). Only this
+            # Cut short (cimid killed, or a power cut lost the Job's last commit) the hypervisor may have
+            # attached it already: kept if it has (the restart reads what libvirt stored), else undone, so that
+            # the host matches the store (detaching a disk the machine lacks is not an error). Only this
             # volume's disk: the failure may be the hypervisor refusing a name another disk has, which stays.
             volume = await tx.get(Volume.name, job.internal["volume"])
             try:
                 if volume is None:
                     raise DriverError("its Volume is gone")
                 source = (await self.pools.pool(volume.internal["pool"]).attachment(volume.id))["path"]
-                await self.drivers.compute.detach_volume(step["machine"], step["device"], source)
+                found = message == INTERRUPTED and await self.drivers.compute.has_volume(
+                    step["machine"], step["device"], source)
+                if not found:
+                    await self.drivers.compute.detach_volume(step["machine"], step["device"], source)
             except DriverError as exc:
                 log.warning("machine %s: %s could not be detached after a failed attach: %s", step["machine"],
                             step["device"], exc)
         attachment = await tx.get(MachineVolume.name, step["attachment"])
         if attachment is None:
-            return
+            return None
+        succeeded = succeeded or found
         if succeeded == (op == "detach"):
             await tx.delete(MachineVolume.name, attachment.id)
             tx.emit(model_changed(MachineVolume, attachment, "deleted", job.owner,
@@ -774,8 +786,11 @@ class Volumes(ResourceService):
             attachment.internal.pop("detaching", None)
             await tx.update(attachment)
         else:  # attached: said on the Event stream, so a client need not poll
-            tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner,
-                                  f"Volume attached as {step['device']}"))
+            said = f"Volume attached as {step['device']}" + (" (found on the hypervisor after a restart)" if found else "")
+            tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner, said))
+            if found:
+                return "SUCCESS", said
+        return None
 
     async def _settle_snapshot(self, tx: Transaction, step: dict, succeeded: bool, pool, owner: str,
                                message: str) -> None:

@@ -1,7 +1,9 @@
 """SQLite through aiosqlite: WAL, one writer connection behind a lock, BEGIN IMMEDIATE, versioned migrations.
 
 Durability: `synchronous = FULL` by default, so a transaction that answered is on disk even after a power
-cut; `NORMAL` (configurable) survives any process crash but may lose the last commits on power loss.
+cut; `NORMAL` (configurable) survives any process crash but may lose the last commits on power loss. A
+write may ask for NORMAL alone (`write(durable=False)`): one whose change the host keeps itself and a restart
+reads back from it (a hot-plug's outcome, which libvirt has written to the domain's definition).
 """
 
 from __future__ import annotations
@@ -96,8 +98,10 @@ class Transaction:
     inside the transaction: it rolls back the whole of it."""
 
     def __init__(self, on_writer: Callable[[Callable[[sqlite3.Connection], object]], Awaitable],
-                 committed: _RowCache):
+                 committed: _RowCache, relaxed_from: str | None = None):
         self._on_writer = on_writer  # runs a function of the connection on the writer's thread, to its end
+        # The store's synchronous level, for a transaction that commits with NORMAL and puts it back after.
+        self._relaxed_from = relaxed_from
         self._begun = False
         self._pending: list[tuple[str, tuple, tuple[str, str] | None]] = []  # statements not run yet, in
         # order, each with the key of the row it inserts (its sequence number is kept: `stored`)
@@ -122,6 +126,8 @@ class Transaction:
 
         def run(conn: sqlite3.Connection):
             if begin:
+                if self._relaxed_from:  # only outside a transaction
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
             for sql, params, inserted in pending:
                 cursor = conn.execute(sql, params)
@@ -137,7 +143,17 @@ class Transaction:
         """The kept statements and COMMIT, in one hop; nothing at all for a transaction that neither
         wrote nor read the database."""
         if self._begun or self._pending:
-            await self._hop(lambda conn: conn.execute("COMMIT"))
+            await self._hop(lambda conn: self._end(conn, "COMMIT"))
+
+    def _end(self, conn: sqlite3.Connection, statement: str | None) -> None:
+        """On the writer's thread: COMMIT or ROLLBACK (None: nothing to end), and the store's own
+        synchronous level back."""
+        try:
+            if statement is not None:
+                conn.execute(statement)
+        finally:
+            if self._relaxed_from and not conn.in_transaction:
+                conn.execute(f"PRAGMA synchronous = {self._relaxed_from}")
 
     def _settle(self) -> None:
         """After the commit: the rows this transaction wrote are what the cache holds for them now."""
@@ -415,18 +431,21 @@ class Store:
             raise
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Transaction]:
-        """The one way to change the store: serialised, atomic, callbacks run only after the commit."""
+    async def write(self, durable: bool = True) -> AsyncIterator[Transaction]:
+        """The one way to change the store: serialised, atomic, callbacks run only after the commit.
+        durable=False: this commit is not flushed to the disk (see the module's doc)."""
         async with self._lock:
-            tx = Transaction(self._on_writer, self._cache)
+            relaxed = None if durable or self.synchronous.upper() == "NORMAL" else self.synchronous
+            tx = Transaction(self._on_writer, self._cache, relaxed)
             try:
                 yield tx
                 for hook in self._before_commit:
                     await hook(tx)
                 await tx._commit()
             except BaseException:
-                if self._writer.in_transaction:  # begun (even if cancelled since), or a COMMIT that failed
-                    await self._on_writer(lambda conn: conn.execute("ROLLBACK"))
+                # Begun (even if cancelled since), or a COMMIT that failed; and a relaxed level put back.
+                if self._writer.in_transaction or relaxed:
+                    await self._on_writer(lambda conn: tx._end(conn, "ROLLBACK" if conn.in_transaction else None))
                 raise
             self._commits += 1
             tx._settle()

@@ -246,6 +246,13 @@ class LibvirtCompute(LibvirtDomains):
     async def detach_volume(self, machine_id: str, device: str, source: str | None = None) -> None:
         await self._call(lambda: self._detach(machine_id, lambda xml: _disk_element(xml, device, source), device))
 
+    async def has_volume(self, machine_id: str, device: str, source: str) -> bool:
+        def look() -> bool:
+            dom = self._domain(machine_id)
+            return dom is not None and _disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), device,
+                                                     source) is not None
+        return await self._call(look)
+
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         def resize():
             dom = self._require(machine_id)

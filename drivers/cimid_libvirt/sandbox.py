@@ -107,6 +107,9 @@ class SandboxCompute(LibvirtDomains):
     async def resize_volume(self, machine_id: str, device: str, capacity_kb: int) -> None:
         await self._call(self._require, machine_id)
 
+    async def has_volume(self, machine_id: str, device: str, source: str) -> bool:
+        return self._volumes.get(machine_id, {}).get(device, {}).get("path") == source
+
     def attached(self, machine_id: str) -> dict[str, dict]:
         """The volumes the fake host has attached to the machine, by device (for the fast tier's checks)."""
         return dict(self._volumes.get(machine_id, {}))

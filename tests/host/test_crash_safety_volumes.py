@@ -104,10 +104,10 @@ async def test_sigkill_in_volume_create_snapshot_restore_and_attach(libvirt_host
         assert_state(seen["jobs"][last(restore_job)], "FAILED")
         assert last(volume) in seen["volumes"]
 
-        # 4. An attach killed once the hypervisor has the disk, before cimid recorded it (interrupted: the
-        #    disk is detached again, the MachineVolume goes, the volume is free to attach).
-        #    The window is the few milliseconds between libvirt's attach and the Job's last commit: one
-        #    connection, polled without pause, so that the kill usually lands in it.
+        # 4. An attach killed once the hypervisor has the disk, in the few milliseconds before the Job's
+        #    last commit or after it (one connection, polled without pause, so that the kill usually lands in
+        #    the window). libvirt finishes the call without its client, and the restart reads the disk back
+        #    from the domain's definition: SUCCESS either way, and the guest's disks are its MachineVolumes.
         conn = libvirt.open(URI)
         try:
             attach_job, _ = await d.post(f"{machine}/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
@@ -115,12 +115,8 @@ async def test_sigkill_in_volume_create_snapshot_restore_and_attach(libvirt_host
         finally:
             conn.close()
         await d.start()
-        seen = await check_volumes(d, machine)  # either way, the guest's disks are its MachineVolumes
-        assert_state(seen["jobs"][last(attach_job)], "FAILED", "SUCCESS")
-        if seen["jobs"][last(attach_job)]["state"] == "FAILED":  # detached again: free to attach
-            job, _ = await d.post(f"{machine}/volumes", {"volume": {"href": volume}})
-            assert_state(await d.wait_job(job), "SUCCESS")
-            await check_volumes(d, machine)
+        seen = await check_volumes(d, machine)
+        assert_state(seen["jobs"][last(attach_job)], "SUCCESS")
     finally:
         await d.close()
         left = await asyncio.to_thread(domain_names, "cimid-", str(root) + "/")

@@ -19,6 +19,7 @@ from conftest import NS, make_client
 
 from cimid.http.auth import hash_password
 from cimid.http.keys import PROVIDER
+from cimid.service.runner import set_job_state
 from cimid.store import consumers
 
 GIB_KB = 1024 * 1024
@@ -209,6 +210,36 @@ async def test_attach_detach_and_their_refusals(client):
     assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
     assert (await client.get(volume)).status == 404
     assert await pool(client).volume(volume.rsplit("/", 1)[1]) is None
+
+
+async def test_an_attach_whose_last_commit_was_lost_is_settled_from_the_host(client):
+    """A hot-plug's last commit is not flushed (the host keeps its outcome): after a power cut it may be
+    lost, and the restart finds the Job unfinished. It reads the hypervisor's definition back: SUCCESS and the
+    attachment kept where the disk is there, FAILED and the attachment gone where it is not."""
+    machine = await make_machine(client)
+    mid = machine.rsplit("/", 1)[1]
+    first, second = await make_volume(client), await make_volume(client)
+    provider = client.app[PROVIDER]
+    compute, store = provider.drivers.compute, provider.store
+    jobs = {}
+    for volume, device in ((first, "vdb"), (second, "vdc")):
+        r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": device})
+        assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
+        jobs[device] = (r.headers["CIMI-Job-URI"], r.headers["Location"])
+    await compute.detach_volume(mid, "vdc")  # this one never reached the host's definition
+    async with store.write() as tx:  # the last commits lost: both Jobs begun, never ended
+        for job_uri, _ in jobs.values():
+            job = await tx.get("Job", job_uri.rsplit("/", 1)[1])
+            set_job_state(job, "RUNNING")
+            await tx.update(job)
+    await provider.jobs.recover("volume")
+    kept = await client.wait_job(jobs["vdb"][0])
+    assert kept["state"] == "SUCCESS" and "found on the hypervisor after a restart" in kept["statusMessage"], kept
+    assert (await client.get(jobs["vdb"][1])).status == 200
+    lost = await client.wait_job(jobs["vdc"][0])
+    assert lost["state"] == "FAILED", lost
+    assert (await client.get(jobs["vdc"][1])).status == 404
+    assert list(compute.attached(mid)) == ["vdb"]
 
 
 async def test_a_machines_own_disks_are_taken_names(client):

@@ -313,3 +313,30 @@ async def test_a_deleted_rows_sub_collection_leaves_the_cache_and_its_jobs_stay(
     assert await store.get("Machine", "m") is None and await store.get("Disk", "d") is None
     assert await store.get("Job", "j") is not None and await store.get("Machine", "other") is not None
     assert (await store.get("Disk", "d2")).attrs["name"] == "again"
+
+
+async def test_a_write_that_need_not_be_flushed_commits_with_normal_and_puts_the_level_back(store):
+    stamp = "2020-01-01T00:00:00.000Z"
+    levels = []
+
+    async def level() -> int:  # the writer connection's own setting (1: NORMAL, 2: FULL)
+        async with store.write() as tx:
+            (value,), = await tx.fetch("PRAGMA synchronous")
+        return value
+    hops = _counting_hops(store)
+    async with store.write(durable=False) as tx:
+        await tx.insert(Row("Thing", "a", "", {"name": "a", "created": stamp}))
+    assert len(hops) == 1  # still one hop: the level is set and put back in it
+    levels.append(await level())
+    with pytest.raises(RuntimeError):
+        async with store.write(durable=False) as tx:
+            (value,), = await tx.fetch("PRAGMA synchronous")
+            assert value == 1  # NORMAL inside
+            raise RuntimeError("rolled back")
+    levels.append(await level())
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.write(durable=False) as tx:
+            await tx.insert(Row("Thing", "a", "", {"name": "taken", "created": stamp}))  # fails at COMMIT
+    levels.append(await level())
+    assert levels == [2, 2, 2]
+    assert (await store.get("Thing", "a")).attrs["name"] == "a"
