@@ -319,7 +319,8 @@ class JobRunner:
                 job = await tx.get(Job.name, job.id)
                 await end_nested(tx, job, "FAILED", INTERRUPTED)
                 # What the host says may settle it otherwise (a hot-plug libvirt finished: SUCCESS).
-                outcome, message = await kind.finish(tx, job, "FAILED", INTERRUPTED, observed) or ("FAILED", INTERRUPTED)
+                settled = await kind.finish(tx, job, "FAILED", INTERRUPTED, observed)
+                outcome, message = settled or ("FAILED", INTERRUPTED)
                 set_job_state(job, outcome, message)
                 await tx.update(job)
                 await alarm_if_failed(tx, job)

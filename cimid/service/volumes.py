@@ -705,7 +705,8 @@ class Volumes(ResourceService):
             log.warning("cannot read volume %s: %s", volume_id, exc)
             return None
 
-    async def finish(self, tx: Transaction, job: Row, outcome: str, message: str, observed) -> None:
+    async def finish(self, tx: Transaction, job: Row, outcome: str, message: str,
+                     observed) -> tuple[str, str] | None:
         step = job.internal["steps"][-1]
         op = step["op"]
         if outcome != "STEP" and op not in ("attach", "detach"):  # an attachment takes no room in a pool
@@ -786,7 +787,9 @@ class Volumes(ResourceService):
             attachment.internal.pop("detaching", None)
             await tx.update(attachment)
         else:  # attached: said on the Event stream, so a client need not poll
-            said = f"Volume attached as {step['device']}" + (" (found on the hypervisor after a restart)" if found else "")
+            said = f"Volume attached as {step['device']}"
+            if found:
+                said += " (found on the hypervisor after a restart)"
             tx.emit(model_changed(MachineVolume, attachment, "changed", job.owner, said))
             if found:
                 return "SUCCESS", said

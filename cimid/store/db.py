@@ -208,8 +208,8 @@ class Transaction:
         row.version += 1
         before = self._read.get((row.kind, row.id))
         # As SQLite will have it; unknown unless this transaction saw the row (its version and owner).
-        after = None if before is None else \
-            (row.kind, row.id, before[2], *promoted, doc_json, internal_json, before[10] + 1, before[11], int(row.public))
+        after = None if before is None else (row.kind, row.id, before[2], *promoted, doc_json, internal_json,
+                                             before[10] + 1, before[11], int(row.public))
         self._wrote(row.kind, row.id, after)
 
     async def delete(self, kind: str, id: str) -> None:
