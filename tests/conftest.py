@@ -16,6 +16,7 @@ from lxml import etree
 
 from cimid.config import load
 from cimid.daemon import build_app
+from cimid.store.db import Store
 
 pytest_plugins = ("pytester",)  # tests/test_pytest_plugin.py runs outside test files with cimid's plugin
 # Hypothesis keeps its caches (and tests/fuzz's `fuzz` profile its examples) in the temp dir, not in the checkout.
@@ -208,3 +209,12 @@ def assert_error(r: Reply, status: int) -> str:
     assert doc["resourceURI"] == "http://schemas.dmtf.org/cimi/1/Job" and doc["id"] == "" and doc["state"] == "FAILED"
     assert doc["returnCode"] == status and doc["statusMessage"]
     return doc["statusMessage"]
+
+
+@pytest.fixture
+async def store(tmp_path):
+    """A real store in a fresh SQLite file, for the tests that drive the store itself."""
+    s = Store(tmp_path / "db.sqlite3", "FULL")
+    await s.open()
+    yield s
+    await s.close()

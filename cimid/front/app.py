@@ -349,31 +349,29 @@ def claim_key(authorization: str, key: str) -> str:
     return f"{who}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
-async def _template(request: web.Request, doc: dict) -> dict:
-    """A MachineCreate's template, its attributes by value over those of the one it references (read
-    from a node), with its configuration by value."""
-    template = doc.get("machineTemplate") or {}
+async def _by_value(request: web.Request, doc: dict, template_key: str, config_key: str, known: str) -> dict:
+    """A create's template, its attributes by value over those of the one it references (read from a node),
+    with its configuration by value (read too unless it already has `known`)."""
+    template = doc.get(template_key) or {}
     if not isinstance(template, dict):
-        raise BadRequest("machineTemplate must be an object")
+        raise BadRequest(f"{template_key} must be an object")
     if "href" in template:
         template = {**await _read(request, template["href"]), **{k: v for k, v in template.items() if k != "href"}}
-    config = template.get("machineConfig") or {}
-    if isinstance(config, dict) and "href" in config and "cpu" not in config:
+    config = template.get(config_key) or {}
+    if isinstance(config, dict) and "href" in config and known not in config:
         config = await _read(request, config["href"])
-    return {**template, "machineConfig": config}
+    return {**template, config_key: config}
+
+
+async def _template(request: web.Request, doc: dict) -> dict:
+    """A MachineCreate's template, by value, with its configuration by value."""
+    return await _by_value(request, doc, "machineTemplate", "machineConfig", "cpu")
 
 
 async def _volume_capacity(request: web.Request, doc: dict) -> int:
     """The capacity (KB) a VolumeCreate asks for, from its template by value or the node-held one it
     references (global configurations are by value already). 0 when it names none: the node refuses it."""
-    template = doc.get("volumeTemplate") or {}
-    if not isinstance(template, dict):
-        raise BadRequest("volumeTemplate must be an object")
-    if "href" in template:
-        template = {**await _read(request, template["href"]), **{k: v for k, v in template.items() if k != "href"}}
-    config = template.get("volumeConfig") or {}
-    if isinstance(config, dict) and "href" in config and "capacity" not in config:
-        config = await _read(request, config["href"])
+    config = (await _by_value(request, doc, "volumeTemplate", "volumeConfig", "capacity"))["volumeConfig"]
     capacity = config.get("capacity") if isinstance(config, dict) else None
     return capacity if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity > 0 else 0
 

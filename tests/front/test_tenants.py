@@ -92,10 +92,15 @@ async def _call(fed, method, path, who, body=None, **kw):
         return reply.status, (json.loads(data) if data and "json" in reply.content_type else data), reply.headers
 
 
-async def _quota_record(fed, tenant: str) -> dict:
-    etcd = Etcd.from_config({"endpoints": fed.etcd.endpoints, "etcd_timeout": 2.0, "etcd_server_name": "etcd",
+def _as_front(fed) -> Etcd:
+    """A client of the federation's etcd with the front's certificate (connect it, close it)."""
+    return Etcd.from_config({"endpoints": fed.etcd.endpoints, "etcd_timeout": 2.0, "etcd_server_name": "etcd",
                              "tls_ca": str(fed.ca / "ca.crt"), "tls_certificate": str(fed.ca / "front.crt"),
                              "tls_key": str(fed.ca / "front.key")})
+
+
+async def _quota_record(fed, tenant: str) -> dict:
+    etcd = _as_front(fed)
     await etcd.connect()
     try:
         entry = await etcd.get(f"/cimid/v1/quota/{tenant}")
@@ -321,9 +326,7 @@ async def test_bearer_tokens_of_tenants_work_through_every_front(fed):
 
 
 async def _etcd_prefix(fed, prefix: str) -> dict:
-    etcd = Etcd.from_config({"endpoints": fed.etcd.endpoints, "etcd_timeout": 2.0, "etcd_server_name": "etcd",
-                             "tls_ca": str(fed.ca / "ca.crt"), "tls_certificate": str(fed.ca / "front.crt"),
-                             "tls_key": str(fed.ca / "front.key")})
+    etcd = _as_front(fed)
     await etcd.connect()
     try:
         entries, _ = await etcd.get_prefix(prefix)

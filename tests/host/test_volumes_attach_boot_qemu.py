@@ -33,12 +33,17 @@ def group(device):
     yield from volume_group(device)
 
 
+def with_lvm_pool(group) -> dict:
+    """A host-profile configuration with the default dir pool and an lvm pool (thick) on the loop VG."""
+    return {**HOST_OVERRIDES, "storage": {"pools": {
+        "default": {"driver": "dir", "path": ""},
+        "lvm": {"driver": "lvm", "volume_group": group.vg, "lvm_config": NO_ACTIVATION}}}}
+
+
 @pytest.fixture
 async def client(libvirt_host, group):
     root = fresh_dir()
-    client = await make_client(root, {**HOST_OVERRIDES, "storage": {"pools": {
-        "default": {"driver": "dir", "path": ""},
-        "lvm": {"driver": "lvm", "volume_group": group.vg, "lvm_config": NO_ACTIVATION}}}}, profile="host")
+    client = await make_client(root, with_lvm_pool(group), profile="host")
     client.root = root
     try:
         yield client
@@ -157,9 +162,7 @@ async def lv_client(libvirt_host, group, monkeypatch):
     nodes = LoopNodes()
     monkeypatch.setattr(lvm_volumes, "LocalRunner", lambda: nodes)
     root = fresh_dir()
-    client = await make_client(root, {**HOST_OVERRIDES, "storage": {"pools": {
-        "default": {"driver": "dir", "path": ""},
-        "lvm": {"driver": "lvm", "volume_group": group.vg, "lvm_config": NO_ACTIVATION}}}}, profile="host")
+    client = await make_client(root, with_lvm_pool(group), profile="host")
     client.nodes = nodes
     try:
         yield client

@@ -20,14 +20,6 @@ ids = itertools.count()
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "db.sqlite3", "NORMAL")
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 def reads(monkeypatch):
     """How many times followers read the store."""
     made = []

@@ -9,14 +9,6 @@ from cimid.store.db import MIGRATIONS, Row, Store
 from cimid.store.query import QueryError
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "db.sqlite3", "FULL")
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def test_schema_is_migrated_and_in_wal_mode(store, tmp_path):
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
