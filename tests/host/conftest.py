@@ -11,7 +11,7 @@ Fixtures:
                the directory.
   wait_serial  `text = await wait_serial(path, needle, timeout=60)`: polls a serial log for a substring
                (the log holds \\r\\n and ANSI escapes, so match substrings, not lines)
-The whole run shares one event loop (pyproject), since libvirtaio can be registered once per process.
+The whole run shares one event loop (pyproject), which the module-scoped async fixtures live on.
 """
 
 from __future__ import annotations
