@@ -1,5 +1,6 @@
 """The store: WAL, migrations, one writer, rollback on error."""
 
+import os
 import sqlite3
 
 import pytest
@@ -332,3 +333,29 @@ async def test_a_write_that_need_not_be_flushed_commits_with_normal_and_puts_the
     levels.append(await level())
     assert levels == [2, 2, 2]
     assert (await store.get("Thing", "a")).attrs["name"] == "a"
+
+
+async def test_flush_puts_a_relaxed_commit_on_the_disk_by_fsyncing_the_wal_that_holds_it(store, tmp_path,
+                                                                                       monkeypatch):
+    stamp = "2020-01-01T00:00:00.000Z"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    async with store.write(durable=False) as tx:
+        await tx.insert(Row("Thing", "a", "", {"name": "a", "created": stamp}))
+    wal = tmp_path / "db.sqlite3-wal"
+    with sqlite3.connect(wal.with_name("db.sqlite3")) as other:  # what the WAL holds: the relaxed commit
+        assert other.execute("SELECT name FROM resources WHERE id = 'a'").fetchall() == [("a",)]
+    await store.flush()
+    assert synced == [wal.stat().st_ino]
+    relaxed = Store(tmp_path / "relaxed.sqlite3", "NORMAL")  # a store that never flushes has nothing to do
+    await relaxed.open()
+    try:
+        await relaxed.flush()
+    finally:
+        await relaxed.close()
+    assert synced == [wal.stat().st_ino]
