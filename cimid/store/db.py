@@ -162,16 +162,14 @@ class Transaction:
     def _settle(self) -> None:
         """After the commit: the rows this transaction wrote are what the cache holds for them now."""
         if self.touched is None:
-            self._committed.entries.clear()
+            self._committed.clear()
             return
         if self._emptied:
-            entries = self._committed.entries
-            for key in [key for key, entry in entries.items() if _orphaned(entry[0], self._emptied)]:
-                del entries[key]
+            self._committed.drop_children(self._emptied)
         for key in self.touched:
             raw = self._read.get(key)
             if raw is None:
-                self._committed.entries.pop(key, None)
+                self._committed.drop(key)
             else:
                 self._committed.keep(key, raw)
 
@@ -316,20 +314,44 @@ def _insert_params(row: Row) -> tuple:
 
 class _RowCache:
     """Single rows as SQLite returned them (committed), each with its shared decoded Row once asked for;
-    the oldest goes first beyond CACHE_ROWS."""
+    the oldest goes first beyond CACHE_ROWS. Rows are also indexed by parent, so that a delete drops a
+    sub-collection without a walk over the whole cache."""
 
     def __init__(self):
         self.entries: dict[tuple[str, str], list] = {}
+        self._children: dict[str, set[tuple[str, str]]] = {}  # parent id -> keys of its cached rows
 
     def raw(self, key: tuple[str, str]) -> tuple | None:
         entry = self.entries.get(key)
         return None if entry is None else entry[0]
 
     def keep(self, key: tuple[str, str], raw: tuple) -> list:
+        self.drop(key)
         if len(self.entries) >= CACHE_ROWS:
-            del self.entries[next(iter(self.entries))]  # the oldest entry
+            self.drop(next(iter(self.entries)))  # the oldest entry
         entry = self.entries[key] = [raw, None]
+        if raw[2]:
+            self._children.setdefault(raw[2], set()).add(key)
         return entry
+
+    def drop(self, key: tuple[str, str]) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None and entry[0][2]:
+            siblings = self._children[entry[0][2]]
+            siblings.discard(key)
+            if not siblings:
+                del self._children[entry[0][2]]
+
+    def drop_children(self, parents: set[str]) -> None:
+        """The rows that went with the deletion of their parent (one of `parents`)."""
+        for parent in parents:
+            for key in list(self._children.get(parent, ())):
+                if _orphaned(self.entries[key][0], parents):
+                    self.drop(key)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._children.clear()
 
 
 def _split(attrs: dict) -> tuple[list, dict]:
@@ -420,7 +442,7 @@ class Store:
             if conn is not None:
                 await conn.close()
         self._pager = self._reader = self._writer = None
-        self._cache.entries.clear()
+        self._cache.clear()
 
     async def _on_writer(self, fn: Callable[[sqlite3.Connection], object]):
         """fn(the writer's sqlite3 connection) on its thread, run to its end even if the caller is cancelled

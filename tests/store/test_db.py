@@ -359,3 +359,25 @@ async def test_flush_puts_a_relaxed_commit_on_the_disk_by_fsyncing_the_wal_that_
     finally:
         await relaxed.close()
     assert synced == [wal.stat().st_ino]
+
+
+async def test_a_full_cache_forgets_the_oldest_rows_and_a_delete_still_drops_every_cached_child(store,
+                                                                                                 monkeypatch):
+    """The cache keeps its rows by parent too: rows that fell out of a full cache are not dropped twice, and
+    those still in it go with their parent, the others' stay."""
+    from cimid.store import db
+    monkeypatch.setattr(db, "CACHE_ROWS", 4)
+    stamp = "2020-01-01T00:00:00.000Z"
+    async with store.write() as tx:
+        for parent in ("m1", "m2"):
+            await tx.insert(Row("Machine", parent, "", {"name": parent, "created": stamp}))
+            for n in range(3):
+                await tx.insert(Row("Disk", f"{parent}-d{n}", parent, {"name": "d", "created": stamp}))
+    assert len(store._cache.entries) == 4  # the last four written: m2 and its disks
+    for n in range(3):
+        assert await store.get("Disk", f"m1-d{n}") is not None  # read back into the cache, pushing m2's out
+    async with store.write() as tx:
+        await tx.delete("Machine", "m1")
+    assert [key for key in store._cache.entries if key[1].startswith("m1")] == []
+    assert await store.get("Disk", "m1-d0") is None and await store.get("Disk", "m2-d0") is not None
+    assert (await store.get("Machine", "m2")).attrs["name"] == "m2"
