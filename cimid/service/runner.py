@@ -155,7 +155,8 @@ class JobRunner:
         await tx.insert(job)
         # A begun Job is run from the row just committed (no read back); a queued one is read when its turn comes.
         tx.after_commit.append(lambda: self.submit(job.id, job if begin else None))
-        log.info("job %s %s QUEUED (%s)", job.id, action, kind)
+        if not begin:  # a begun one said RUNNING as it began
+            log.info("job %s %s QUEUED (%s)", job.id, action, kind)
         return job
 
     def submit(self, job_id: str, begun: Row | None = None) -> None:
