@@ -65,7 +65,12 @@ async def _rendered(request: web.Request, call) -> web.Response:
         if exc.status >= 500 and exc.status != 501:
             request_id = _log_failure(request, f"{exc.status} {exc.title}")
         return error_response(request, exc, request_id)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and request.transport is None:
+            # The client went away before its body was whole (aiohttp dropped its transport): nothing was
+            # done, and nobody reads this answer. (A reset of a connection cimid opened is a failure.)
+            log.info("%s %s: the client went away before sending its whole request", request.method, request.path)
+            return error_response(request, BadRequest("the request was cut short: the client went away"))
         request_id = _log_failure(request, "unexpected error")
         return error_response(request, InternalError(
             "cimid hit an unexpected error; it is logged on the server. The request may be retried."), request_id)
