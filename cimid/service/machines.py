@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import asdict
 
 from ..errors import BadRequest, Conflict, DriverError, Unavailable
@@ -50,9 +49,6 @@ class Machines(ResourceService):
         self.driver = self.drivers.compute
         self.jobs.register(KIND, JobKind(self.run_step, self.observe, self.finish, self.abandon))
         self.driver.watch(self.on_event)
-        # When a Job last began reading each machine's state from the host (time.monotonic()): an event that
-        # arrived before that is older news than what the Job settled the machine with.
-        self._looked: dict[str, float] = {}
 
     async def ensure_driver(self) -> None:
         """Machine changes need a hypervisor that answers; reads of stored Machines do not."""
@@ -274,7 +270,6 @@ class Machines(ResourceService):
     async def observe(self, job: Row) -> tuple[str | None, str | None] | None:
         """(the state the host reports, for a restore the image the boot disk now stands on)."""
         machine_id = job.internal["machine"]
-        self._note_look(machine_id)
         state = await self._read_state(machine_id)
         boot_image = None
         if job.internal["steps"][-1]["op"] == "restore" and state is not None:
@@ -378,23 +373,24 @@ class Machines(ResourceService):
     def on_event(self, machine_id: str, state: str, reason: str) -> None:
         """The host changed a machine by itself (a guest powered off, crashed): follow it."""
         if self.store.is_open:  # events can still arrive while cimid shuts down
-            asyncio.get_running_loop().create_task(self._follow(machine_id, state, reason, time.monotonic()))
+            asyncio.get_running_loop().create_task(self._follow(machine_id, state, reason))
 
-    def _note_look(self, machine_id: str) -> None:
-        moment = time.monotonic()
-        # Events reach the loop within milliseconds of happening: older looks can be forgotten.
-        self._looked = {id: at for id, at in self._looked.items() if moment - at < 60}
-        self._looked[machine_id] = moment
-
-    async def _follow(self, machine_id: str, state: str, reason: str, arrived: float) -> None:
-        if not self.store.is_open:
+    async def _follow(self, machine_id: str, state: str, reason: str) -> None:
+        """libvirt's events reach cimid on a thread of their own, in no fixed order with a Job's look at the
+        host: one may be older news than what a Job just settled the machine with (its own start's, say).
+        So an event that would change the machine is checked against the host first: dropped where the host
+        is where the store already says (or knows the machine no more), followed otherwise, in the event's
+        own words (a crash reads back as STOPPED; the event says ERROR)."""
+        machine = await self.store.get(Machine.name, machine_id) if self.store.is_open else None
+        if machine is None or machine.state in Machine.transitional_states or machine.state == state:
+            return  # a Job is at work, and it reads the state back when it ends
+        now = await self._read_state(machine_id)
+        if now is None or now == machine.state or not self.store.is_open:
             return
         async with self.store.write() as tx:
             machine = await tx.get(Machine.name, machine_id)
             if machine is None or machine.state in Machine.transitional_states or machine.state == state:
-                return  # a Job is at work, and it reads the state back when it ends
-            if self._looked.get(machine_id, float("-inf")) > arrived:
-                return  # a Job read the host after this event came (e.g. its own start's): the Job's is newer
+                return
             previous = machine.state
             settle(machine, state)
             await tx.update(machine)
