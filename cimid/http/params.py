@@ -79,6 +79,13 @@ def request_uri(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{path}" if _HOST.fullmatch(request.host) else path
 
 
+def client_went_away(request: web.Request, exc: BaseException) -> bool:
+    """Whether `exc` is the client leaving before it sent its whole request (aiohttp drops the transport and
+    fails the body's read with ConnectionResetError): nothing was done, and nobody reads the answer. A reset
+    of a connection cimid opened itself leaves the client's transport in place."""
+    return isinstance(exc, ConnectionResetError) and request.transport is None
+
+
 async def body(request: web.Request, optional: bool = False) -> tuple[str | None, dict]:
     """(the root type the body names, or None; its attributes). An optional body may be empty."""
     limit = request.app[CONFIG]["server"]["max_body_bytes"]

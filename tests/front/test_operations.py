@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -202,3 +204,22 @@ async def test_pages_of_rows_that_tie_merge_exactly(federation):
                                        **query, **{"$first": first, "$last": first + 1})
             walked += [m["id"] for m in page.get(items, [])]
         assert walked == ids, order
+
+
+async def test_a_client_that_goes_away_mid_body_is_one_line_in_the_fronts_log(federation):
+    """A client that leaves before sending its whole body: one info line at the front, no traceback, nothing
+    made, and the front goes on answering."""
+    fed = federation
+    seen = len(fed.front.log.read_text())
+    url = urlsplit(fed.front.url)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(f"POST /cimi/machineConfigs HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000\r\n\r\n{\"name\": \"cut".encode())
+
+    async def logged() -> str | None:
+        text = fed.front.log.read_text()[seen:]
+        return text if "went away" in text else None
+    logged_now = await _until(logged, seconds=20)
+    assert "Traceback" not in logged_now and "Error handling request" not in logged_now, logged_now
+    status, configs, _h = await _get(fed, f"{fed.front.url}/cimi/machineConfigs")
+    assert status == 200 and "cut" not in [c.get("name") for c in configs.get("machineConfigs", [])]
