@@ -49,6 +49,7 @@ class Machines(ResourceService):
         self.driver = self.drivers.compute
         self.jobs.register(KIND, JobKind(self.run_step, self.observe, self.finish, self.abandon))
         self.driver.watch(self.on_event)
+        self._following = asyncio.Lock()  # the host's events are settled one at a time (_follow)
 
     async def ensure_driver(self) -> None:
         """Machine changes need a hypervisor that answers; reads of stored Machines do not."""
@@ -378,26 +379,28 @@ class Machines(ResourceService):
     async def _follow(self, machine_id: str, state: str, reason: str) -> None:
         """libvirt's events reach cimid on a thread of their own, in no fixed order with a Job's look at the
         host: one may be older news than what a Job just settled the machine with (its own start's, say).
-        So an event that would change the machine is checked against the host first: dropped where the host
-        is where the store already says (or knows the machine no more), followed otherwise, in the event's
-        own words (a crash reads back as STOPPED; the event says ERROR)."""
-        machine = await self.store.get(Machine.name, machine_id) if self.store.is_open else None
-        if machine is None or machine.state in Machine.transitional_states or machine.state == state:
-            return  # a Job is at work, and it reads the state back when it ends
-        now = await self._read_state(machine_id)
-        if now is None or now == machine.state or not self.store.is_open:
-            return
-        async with self.store.write() as tx:
-            machine = await tx.get(Machine.name, machine_id)
+        So an event is checked against the host before it changes anything: followed where the host agrees
+        (a crash reads back as SHUTOFF: STOPPED agrees with the event's ERROR), dropped where it does not (a
+        later event, or the next Job, brings what happened since). Events are settled one at a time, in the
+        order they came (they are rare: a guest powering off or crashing)."""
+        async with self._following:
+            machine = await self.store.get(Machine.name, machine_id) if self.store.is_open else None
             if machine is None or machine.state in Machine.transitional_states or machine.state == state:
-                return
-            previous = machine.state
-            settle(machine, state)
-            await tx.update(machine)
-            record_state(tx, machine, previous, reason)
-            if state == "ERROR":  # a crash is an alarm too
-                tx.emit(Alarm(Machine.name, f"machines/{machine_id}", 1, reason, owner=machine.owner,
-                              name=machine.attrs.get("name", ""), severity="critical"))
+                return  # a Job is at work, and it reads the state back when it ends
+            now = await self._read_state(machine_id)
+            if not self.store.is_open or (now != state and not (state == "ERROR" and now == "STOPPED")):
+                return  # old news, or the host knows the machine no more
+            async with self.store.write() as tx:
+                machine = await tx.get(Machine.name, machine_id)
+                if machine is None or machine.state in Machine.transitional_states or machine.state == state:
+                    return
+                previous = machine.state
+                settle(machine, state)
+                await tx.update(machine)
+                record_state(tx, machine, previous, reason)
+                if state == "ERROR":  # a crash is an alarm too
+                    tx.emit(Alarm(Machine.name, f"machines/{machine_id}", 1, reason, owner=machine.owner,
+                                  name=machine.attrs.get("name", ""), severity="critical"))
 
     async def extension(self, ctx: Context, rtype: ResourceType, id: str, extension: Extension,
                         query: dict[str, str]) -> Result:

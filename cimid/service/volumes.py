@@ -249,9 +249,7 @@ class Volumes(ResourceService):
                              "(vdb to vdz; vda is the boot disk)")
         await self.ensure_storage()
         await self.ensure_compute()
-        # Committed with NORMAL (no process crash loses it) so that the hypervisor starts at once, and
-        # flushed to the disk while it works: the answer still waits for the flush.
-        async with self.store.write(durable=False) as tx:
+        async with self.store.write() as tx:
             machine = await self.changeable(tx, ctx, Machine, machine_id)
             if machine.state in Machine.transitional_states or machine.state == "ERROR":
                 raise Conflict(f"Machine '{machine_id}' is {machine.state}; volumes are attached to a machine "
@@ -292,7 +290,6 @@ class Volumes(ResourceService):
                                     target=f"machines/{machine_id}/volumes", success="Volume attached",
                                     affected=[path], begin=True)  # a hot-plug: no commit of its own to begin
         await asyncio.sleep(0)  # the Job reaches the hypervisor before this answer is rendered and sent
-        await self.store.flush()
         return job_result(ctx, job, 202, location=path)
 
     # ---------------------------------------------------------------- volumes of a MachineTemplate

@@ -3,10 +3,7 @@
 Durability: `synchronous = FULL` by default, so a transaction that answered is on disk even after a power
 cut; `NORMAL` (configurable) survives any process crash but may lose the last commits on power loss. A
 write may ask for NORMAL alone (`write(durable=False)`): one whose change the host keeps itself and a restart
-reads back from it (a hot-plug's outcome, which libvirt has written to the domain's definition). Or one
-that must reach the disk before its answer but may start slow work first: it commits with NORMAL (safe from
-any process crash at once) and `flush()`es while that work runs (a hot-plug's request, so that libvirt is
-not kept waiting for the fsync).
+reads back from it (a hot-plug's outcome, which libvirt has written to the domain's definition).
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -455,22 +451,6 @@ class Store:
         except asyncio.CancelledError:
             await done
             raise
-
-    async def flush(self) -> None:
-        """Every commit so far on the disk, even one made with durable=False: the WAL that holds them is
-        fsynced (the inode's pages, whichever descriptor wrote them), on the writer's thread after any
-        commit under way. Nothing to do where the store's level is NORMAL or OFF: it never flushes."""
-        if self.synchronous.upper() in ("NORMAL", "OFF"):
-            return
-        wal = f"{self.path}-wal"
-
-        def sync(_conn) -> None:
-            fd = os.open(wal, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        await self._on_writer(sync)
 
     @asynccontextmanager
     async def write(self, durable: bool = True) -> AsyncIterator[Transaction]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import libvirt
 
 from cimid.errors import DriverError
 
+log = logging.getLogger("cimid.libvirt")
 DOMAIN_PREFIX = "cimid-"
 # libvirt keeps running and stopped domains; these states map onto CIMI's.
 _STATES = {
@@ -53,7 +55,9 @@ def _run_events() -> None:
 
             def run() -> None:
                 while True:
-                    libvirt.virEventRunDefaultImpl()  # releases the interpreter lock while it waits
+                    if libvirt.virEventRunDefaultImpl() < 0:  # it releases the interpreter lock while it waits
+                        log.error("libvirt's event loop failed; trying again in a second")
+                        time.sleep(1)  # not a busy loop
 
             _events_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
             _events_thread.start()

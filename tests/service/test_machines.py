@@ -176,6 +176,41 @@ async def test_an_event_the_host_no_longer_agrees_with_changes_nothing(app_clien
     await app_client.assert_state(m, "STARTED")
 
 
+async def test_an_event_the_host_disagrees_with_leaves_a_failed_machine_as_it_is(app_client):
+    """A machine a Job left ERROR, whose domain the host has stopped: an old STARTED event is dropped."""
+    m, _ = await create(app_client, by_reference(app_client.base, initialState="STOPPED"))
+    machine_id = m.rsplit("/", 1)[1]
+    provider = app_client.app[PROVIDER]
+    async with provider.store.write() as tx:  # as a failed Job leaves it
+        machine = await tx.get("Machine", machine_id)
+        machine.attrs["state"] = "ERROR"
+        await tx.update(machine)
+    await provider.services["machines"]._follow(machine_id, "STARTED", "the machine runs")
+    await app_client.assert_state(m, "ERROR")
+
+
+async def test_quick_changes_behind_cimids_back_end_where_the_host_is(app_client):
+    """A pause, a resume and a power-off in quick succession: their events are settled in order, each
+    checked against the host, and the machine ends STOPPED, as the host is."""
+    import asyncio
+    m, _ = await create(app_client, by_reference(app_client.base))
+    machine_id = m.rsplit("/", 1)[1]
+    driver = app_client.app[PROVIDER].drivers.compute
+
+    def flicker():
+        dom = driver._require(machine_id)
+        dom.suspend()
+        dom.resume()
+        dom.destroy()
+    await driver._call(flicker)
+    for _ in range(100):
+        if (await app_client.get(m)).json["state"] == "STOPPED":
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # any event still on its way is settled by now, and changes nothing
+    await app_client.assert_state(m, "STOPPED")
+
+
 async def test_create_with_unknown_configuration_is_400_and_leaves_nothing(app_client):
     before = await app_client.rows()
     r = await app_client.post("machines", by_reference(app_client.base, machineConfig={

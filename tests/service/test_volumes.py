@@ -212,28 +212,6 @@ async def test_attach_detach_and_their_refusals(client):
     assert await pool(client).volume(volume.rsplit("/", 1)[1]) is None
 
 
-async def test_a_hot_plug_starts_before_its_request_is_flushed_and_answers_after(client, monkeypatch):
-    """The request's commit is made with NORMAL (no process crash loses it), its Job is under way before the
-    WAL is flushed to the disk (the hypervisor is not kept waiting for the fsync), and the 202 goes out only
-    once the flush is done."""
-    machine = await make_machine(client)
-    volume = await make_volume(client)
-    provider = client.app[PROVIDER]
-    flushes = []
-    real_flush = provider.store.flush
-
-    async def flush() -> None:
-        flushes.append(dict(provider.jobs.tasks))  # the Jobs under way as the flush begins
-        await real_flush()
-        flushes[-1]["done"] = True
-    monkeypatch.setattr(provider.store, "flush", flush)
-    r = await client.post(machine + "/volumes", {"volume": {"href": volume}, "initialLocation": "vdb"})
-    assert r.status == 202, r
-    job_id = r.headers["CIMI-Job-URI"].rsplit("/", 1)[1]
-    assert len(flushes) == 1 and job_id in flushes[0] and flushes[0]["done"]
-    assert (await client.wait_job(r.headers["CIMI-Job-URI"]))["state"] == "SUCCESS"
-
-
 async def test_an_attach_whose_last_commit_was_lost_is_settled_from_the_host(client):
     """A hot-plug's last commit is not flushed (the host keeps its outcome): after a power cut it may be
     lost, and the restart finds the Job unfinished. It reads the hypervisor's definition back: SUCCESS and the
