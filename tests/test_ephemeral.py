@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,10 +23,23 @@ def serve(tmp_path, *args):
                             env={**os.environ, "TMPDIR": str(temp)})
 
 
+@contextmanager
+def served(tmp_path, *args):
+    """serve(), killed if it still runs when the block ends, its pipes closed."""
+    proc = serve(tmp_path, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_ephemeral_start_answers_and_a_clean_exit_leaves_no_files(tmp_path, sig):
-    proc = serve(tmp_path, "--ephemeral", "--test-api", "--listen", "127.0.0.1:0")
-    try:
+    with served(tmp_path, "--ephemeral", "--test-api", "--listen", "127.0.0.1:0") as proc:
         line = proc.stdout.readline()
         ready = json.loads(line)
         assert set(ready) == {"cloudEntryPoint", "pid"} and ready["pid"] == proc.pid
@@ -43,12 +57,6 @@ def test_ephemeral_start_answers_and_a_clean_exit_leaves_no_files(tmp_path, sig)
             assert r.status == 202
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
     assert list((tmp_path / "tmp").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]  # nothing in the working directory either
 

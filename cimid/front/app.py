@@ -39,7 +39,7 @@ from ..errors import BadRequest, CimiError, MethodNotAllowed, NotFound, Unavaila
 from ..hookspecs import PlacementRequest
 from ..http.negotiation import JSON, request_format
 from ..http.auth import Authenticator
-from ..http.params import client_went_away, positive
+from ..http.params import cut_short, positive
 from ..http.tls import FRONT_USER_HEADER
 from ..model import TYPES
 from ..model.registry import collection_type
@@ -78,10 +78,9 @@ async def cimi_errors(request: web.Request, handler):
         try:
             return await handler(request)
         except ConnectionResetError as exc:
-            if not client_went_away(request, exc):
+            if (gone := cut_short(request, exc)) is None:
                 raise
-            log.info("%s %s: the client went away before sending its whole request", request.method, request.path)
-            raise BadRequest("the request was cut short: the client went away") from None
+            raise gone from None
         except EtcdUnavailable as exc:
             raise Unavailable(f"the federation's etcd cluster does not answer ({exc}); nothing that needs it "
                               "can be done now, reads of known resources still work", headers={"Retry-After": "5"})

@@ -15,7 +15,7 @@ from ..wire import dialect_for
 from . import idempotency, negotiation
 from .auth import Identity
 from .keys import AUTH, CONFIG, DIALECT, FORMAT, IDENTITY, PROVIDER
-from .params import client_went_away, first_query
+from .params import cut_short, first_query
 from .render import error_response
 from .tls import FRONT_USER_HEADER, client_certificate_name, from_front
 
@@ -66,9 +66,8 @@ async def _rendered(request: web.Request, call) -> web.Response:
             request_id = _log_failure(request, f"{exc.status} {exc.title}")
         return error_response(request, exc, request_id)
     except Exception as exc:
-        if client_went_away(request, exc):
-            log.info("%s %s: the client went away before sending its whole request", request.method, request.path)
-            return error_response(request, BadRequest("the request was cut short: the client went away"))
+        if (gone := cut_short(request, exc)) is not None:
+            return error_response(request, gone)
         request_id = _log_failure(request, "unexpected error")
         return error_response(request, InternalError(
             "cimid hit an unexpected error; it is logged on the server. The request may be retried."), request_id)

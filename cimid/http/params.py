@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from aiohttp import web
@@ -12,6 +13,8 @@ from ..service.present import Context, QueryParams
 from ..wire.text import check_document
 from . import negotiation
 from .keys import CONFIG, DIALECT, IDENTITY
+
+log = logging.getLogger("cimid.http")
 
 
 def first_query(request: web.Request, name: str) -> str | None:
@@ -79,11 +82,15 @@ def request_uri(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{path}" if _HOST.fullmatch(request.host) else path
 
 
-def client_went_away(request: web.Request, exc: BaseException) -> bool:
-    """Whether `exc` is the client leaving before it sent its whole request (aiohttp drops the transport and
-    fails the body's read with ConnectionResetError): nothing was done, and nobody reads the answer. A reset
-    of a connection cimid opened itself leaves the client's transport in place."""
-    return isinstance(exc, ConnectionResetError) and request.transport is None
+def cut_short(request: web.Request, exc: BaseException) -> BadRequest | None:
+    """The answer (logged in one line) for a client that left before it sent its whole request: aiohttp drops
+    the transport and fails the body's read with ConnectionResetError. Nothing was done, and nobody reads the
+    answer. None for anything else, a reset of a connection cimid opened itself included (the client's
+    transport is still there)."""
+    if not isinstance(exc, ConnectionResetError) or request.transport is not None:
+        return None
+    log.info("%s %s: the client went away before sending its whole request", request.method, request.path)
+    return BadRequest("the request was cut short: the client went away")
 
 
 async def body(request: web.Request, optional: bool = False) -> tuple[str | None, dict]:

@@ -43,6 +43,12 @@ def settle(machine: Row, observed: str | None) -> None:
         machine.internal["stable"] = observed
 
 
+def _moved_by(machine: Row | None, state: str) -> bool:
+    """Whether an event saying `state` would change the stored machine: not while a Job is at work on it (the
+    Job reads the state back when it ends), nor where it is in that state already."""
+    return machine is not None and machine.state not in Machine.transitional_states and machine.state != state
+
+
 class Machines(ResourceService):
     def __init__(self, family, parts):
         super().__init__(family, parts)
@@ -385,14 +391,14 @@ class Machines(ResourceService):
         order they came (they are rare: a guest powering off or crashing)."""
         async with self._following:
             machine = await self.store.get(Machine.name, machine_id) if self.store.is_open else None
-            if machine is None or machine.state in Machine.transitional_states or machine.state == state:
-                return  # a Job is at work, and it reads the state back when it ends
+            if not _moved_by(machine, state):
+                return
             now = await self._read_state(machine_id)
             if not self.store.is_open or (now != state and not (state == "ERROR" and now == "STOPPED")):
                 return  # old news, or the host knows the machine no more
             async with self.store.write() as tx:
                 machine = await tx.get(Machine.name, machine_id)
-                if machine is None or machine.state in Machine.transitional_states or machine.state == state:
+                if not _moved_by(machine, state):  # as read again under the write
                     return
                 previous = machine.state
                 settle(machine, state)
@@ -444,3 +450,4 @@ class Machines(ResourceService):
                 record_state(tx, current, previous, "re-read from the hypervisor after cimid restarted")
             log.info("machine %s was %s at start-up; the hypervisor says %s", machine.id, machine.state,
                      observed or "nothing (ERROR)")
+

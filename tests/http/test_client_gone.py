@@ -15,13 +15,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from test_ephemeral import serve
+from test_ephemeral import served
 
 
 @pytest.mark.parametrize("idempotent", [False, True])
 def test_a_body_cut_short_by_the_client_is_logged_in_one_line_and_changes_nothing(tmp_path, idempotent):
-    proc = serve(tmp_path, "--ephemeral", "--listen", "127.0.0.1:0")
-    try:
+    with served(tmp_path, "--ephemeral", "--listen", "127.0.0.1:0") as proc:
         entry_point = json.loads(proc.stdout.readline())["cloudEntryPoint"]
         url = urlsplit(entry_point)
         key = "Idempotency-Key: k1\r\n" if idempotent else ""
@@ -38,11 +37,5 @@ def test_a_body_cut_short_by_the_client_is_logged_in_one_line_and_changes_nothin
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         log += proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
     assert "Traceback" not in log and "unexpected error" not in log, log
     assert "went away" in log, log
